@@ -1,0 +1,41 @@
+# Hearth: `make run` serves the default model, `make test` runs the suite. Both set up first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+# llama-cpp-python compiles llama.cpp from source; use every core for it.
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+
+.PHONY: install models run test check lint typecheck clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+models: install
+	$(BIN)/hearth models pull smollm2
+	$(BIN)/hearth models pull gemma3-270m
+
+run: install
+	$(BIN)/hearth models pull smollm2
+	$(BIN)/hearth serve --host $(HOST) --port $(PORT)
+
+test: models
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check server tests
+	$(BIN)/ruff format --check server tests
+
+typecheck: install
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

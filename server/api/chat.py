@@ -1,0 +1,23 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from sse_starlette import EventSourceResponse
+
+from server.api.cancellation import unless_disconnected
+from server.api.deps import State
+from server.api.sse import sse_response
+from server.protocol.chat import ChatCompletion, ChatCompletionRequest
+
+router = APIRouter(tags=["chat"])
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletion)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, state: State
+) -> ChatCompletion | EventSourceResponse | Response:
+    run = await state.chat.prepare(body, owner=body.user or "")
+    if body.stream:
+        return sse_response(state.chat.stream(run, include_usage=body.include_usage))
+    return await unless_disconnected(request, state.chat.complete(run))

@@ -1,0 +1,23 @@
+"""POST /v1/completions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from sse_starlette import EventSourceResponse
+
+from server.api.cancellation import unless_disconnected
+from server.api.deps import State
+from server.api.sse import sse_response
+from server.protocol.completions import Completion, CompletionRequest
+
+router = APIRouter(tags=["completions"])
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def create_completion(
+    body: CompletionRequest, request: Request, state: State
+) -> Completion | EventSourceResponse | Response:
+    run, echoes = await state.completions.prepare(body, owner=body.user or "")
+    if body.stream:
+        return sse_response(state.completions.stream(run, echoes, include_usage=body.include_usage))
+    return await unless_disconnected(request, state.completions.complete(run, echoes))

@@ -1,0 +1,46 @@
+"""Request body size limit, as raw ASGI middleware so nothing buffers an oversized body first."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.protocol.common import ErrorResponse
+
+
+class BodySizeLimit:
+    """Answer 413 when a body is larger than ``max_bytes``: at once when Content-Length says so,
+    otherwise as soon as the streamed body passes the limit (FastAPI re-raises an HTTPException
+    from body reading, and the error handlers turn it into an OpenAI error)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _message(self) -> str:
+        return f"the request body is larger than the limit of {self.max_bytes} bytes"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            body = ErrorResponse.of(
+                self._message(), "invalid_request_error", None, "payload_too_large"
+            )
+            await JSONResponse(body.dump(), status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(status_code=413, detail=self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)

@@ -1,0 +1,37 @@
+"""Typed stream chunks to Server-Sent Events, always ending with ``data: [DONE]``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator
+
+from pydantic import BaseModel
+from sse_starlette import EventSourceResponse
+
+from server.api.errors import error_payload
+from server.errors import HearthError
+
+logger = logging.getLogger(__name__)
+
+
+def sse_response(chunks: AsyncGenerator[BaseModel, None]) -> EventSourceResponse:
+    """Stream ``chunks`` as SSE. An error after the first byte cannot change the HTTP status, so
+    it is sent as a ``data: {"error": ...}`` event, followed by ``[DONE]`` like any stream.
+    A client disconnect cancels the generator; closing ``chunks`` then cancels the generation."""
+
+    async def events() -> AsyncGenerator[dict[str, str], None]:
+        try:
+            async for chunk in chunks:
+                yield {"data": chunk.model_dump_json()}
+        except HearthError as exc:
+            yield {"data": json.dumps(error_payload(exc))}
+        except Exception:
+            logger.exception("stream failed")
+            internal = HearthError("internal server error", code="internal_error")
+            yield {"data": json.dumps(error_payload(internal))}
+        finally:
+            await chunks.aclose()
+        yield {"data": "[DONE]"}
+
+    return EventSourceResponse(events(), ping=15)

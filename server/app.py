@@ -1,0 +1,51 @@
+"""The FastAPI application: ``create_app(settings)`` wires routers, errors and state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.api import chat, completions, models
+from server.api.errors import install_error_handlers
+from server.api.limits import BodySizeLimit
+from server.errors import HearthError
+from server.settings import Settings
+from server.state import AppState
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the app. Reads nothing from the environment: ``settings`` is all it knows."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = AppState.build(settings)
+        app.state.hearth = state
+        for config in settings.models:
+            if config.preload:
+                try:
+                    await state.registry.get(config.name)
+                except HearthError as exc:
+                    logger.error("could not preload model %s: %s", config.name, exc.message)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(state.close)
+
+    app = FastAPI(
+        title="Hearth",
+        summary="An OpenAI-compatible server for local GGUF models",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(chat.router)
+    app.include_router(completions.router)
+    app.include_router(models.router)
+    return app

@@ -1,0 +1,240 @@
+"""The one module that calls llama.cpp, through llama-cpp-python's low-level ctypes API.
+
+:class:`LlamaBackend` owns a model, one ``llama_context`` with ``n_slots`` sequences over a
+unified KV cache, one reusable ``llama_batch``, and a sampler chain per slot. It is driven by
+exactly one thread (the scheduler's engine thread); only the tokenizer methods, which read the
+immutable vocabulary, may be called from other threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import llama_cpp
+
+from server.engine.types import SamplingParams
+from server.errors import ModelUnavailableError
+
+logger = logging.getLogger(__name__)
+_native_logger = logging.getLogger("hearth.llama_cpp")
+
+# ggml log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
+_NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _forward_native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp is chatty on stderr; route it into logging so the server's log stays readable.
+    _native_logger.log(
+        _NATIVE_LEVELS.get(level, logging.DEBUG), "%s", text.decode(errors="replace").rstrip()
+    )
+
+
+def _init_llama() -> None:
+    llama_cpp.llama_log_set(_forward_native_log, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One token of one sequence in a decode step."""
+
+    slot: int
+    token: int
+    position: int
+    want_logits: bool
+
+
+class LlamaBackend:
+    """A loaded GGUF model with ``n_slots`` independent sequences sharing one context."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_slots: int,
+        n_threads: int,
+        n_batch: int = 512,
+        n_gpu_layers: int = 0,
+    ) -> None:
+        _init_llama()
+        if not path.is_file():
+            raise ModelUnavailableError(f"model file {path} does not exist")
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = n_gpu_layers
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        if not self._model:
+            raise ModelUnavailableError(f"llama.cpp could not load {path} (not a valid GGUF?)")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
+
+        ctx_params = llama_cpp.llama_context_default_params()
+        ctx_params.n_ctx = n_ctx
+        ctx_params.n_batch = n_batch
+        ctx_params.n_ubatch = n_batch
+        ctx_params.n_seq_max = n_slots
+        ctx_params.n_threads = n_threads
+        ctx_params.n_threads_batch = n_threads
+        ctx_params.kv_unified = True
+        ctx_params.no_perf = True
+        self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
+        if not self._ctx:
+            llama_cpp.llama_model_free(self._model)
+            raise ModelUnavailableError(f"llama.cpp could not create a context for {path}")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+
+        self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_slots = n_slots
+        self.n_batch = n_batch
+        self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_slots)
+        self._samplers: list[ctypes.c_void_p | None] = [None] * n_slots
+        self._piece_cache: dict[int, bytes] = {}
+
+    # -- tokenizer (thread-safe: reads the vocabulary only) ---------------------------------
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), buf, capacity, add_special, parse_special
+        )
+        if n < 0:  # the buffer was too small; -n is the size needed
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buf, capacity, add_special, parse_special
+            )
+        return list(buf[:n])
+
+    def token_piece(self, token: int, *, special: bool = False) -> bytes:
+        """The bytes one token stands for (control tokens render empty unless ``special``)."""
+        if not special and token in self._piece_cache:
+            return self._piece_cache[token]
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
+        piece = buf.raw[:n]
+        if not special:
+            self._piece_cache[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    @property
+    def adds_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+
+    def special_token_text(self, which: str) -> str:
+        """Text of the ``bos`` or ``eos`` token, as a chat template expects it; '' if none."""
+        token = (
+            llama_cpp.llama_vocab_bos(self._vocab)
+            if which == "bos"
+            else llama_cpp.llama_vocab_eos(self._vocab)
+        )
+        if token < 0:
+            return ""
+        text: bytes = llama_cpp.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def chat_template(self) -> str | None:
+        raw = llama_cpp.llama_model_chat_template(self._model, None)
+        return raw.decode("utf-8") if raw else None
+
+    # -- sequences (engine thread only) ------------------------------------------------------
+
+    def begin(self, slot: int, sampling: SamplingParams) -> None:
+        """Clear ``slot``'s KV cells and give it a fresh sampler chain."""
+        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        self._free_sampler(slot)
+        self._samplers[slot] = self._build_sampler(sampling)
+
+    def end(self, slot: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        self._free_sampler(slot)
+
+    def decode(self, entries: Sequence[BatchEntry]) -> None:
+        """One ``llama_decode`` over ``entries``; entry ``i`` with logits is sampled at ``i``."""
+        batch = self._batch
+        for i, entry in enumerate(entries):
+            batch.token[i] = entry.token
+            batch.pos[i] = entry.position
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = entry.slot
+            batch.logits[i] = entry.want_logits
+        batch.n_tokens = len(entries)
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise RuntimeError(f"llama_decode failed with status {status}")
+
+    def sample(self, slot: int, batch_index: int) -> int:
+        sampler = self._samplers[slot]
+        assert sampler is not None, f"slot {slot} has no sampler"
+        # llama_sampler_sample also accepts the token into the chain (penalty history).
+        return int(llama_cpp.llama_sampler_sample(sampler, self._ctx, batch_index))
+
+    def close(self) -> None:
+        for slot in range(self.n_slots):
+            self._free_sampler(slot)
+        if self._ctx:
+            llama_cpp.llama_batch_free(self._batch)
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def _free_sampler(self, slot: int) -> None:
+        sampler = self._samplers[slot]
+        if sampler is not None:
+            llama_cpp.llama_sampler_free(sampler)
+            self._samplers[slot] = None
+
+    def _build_sampler(self, p: SamplingParams) -> ctypes.c_void_p:
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
+            add(
+                chain,
+                llama_cpp.llama_sampler_init_penalties(
+                    self.n_vocab,
+                    p.penalty_last_n,
+                    p.repeat_penalty,
+                    p.frequency_penalty,
+                    p.presence_penalty,
+                ),
+            )
+        if p.temperature <= 0.0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return cast(ctypes.c_void_p, chain)
+        if p.top_k > 0:
+            add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
+        if p.top_p < 1.0:
+            add(chain, llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
+        if p.min_p > 0.0:
+            add(chain, llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(p.temperature))
+        add(chain, llama_cpp.llama_sampler_init_dist(_native_seed(p.seed)))
+        return cast(ctypes.c_void_p, chain)
+
+
+def _native_seed(seed: int | None) -> int:
+    """Map an OpenAI int64 seed to llama.cpp's uint32; None means a random seed."""
+    if seed is None:
+        return int(llama_cpp.LLAMA_DEFAULT_SEED)
+    native = seed & 0xFFFFFFFF
+    # 0xFFFFFFFF is llama.cpp's "pick a random seed": keep explicit seeds deterministic.
+    return native if native != llama_cpp.LLAMA_DEFAULT_SEED else 0

@@ -1,0 +1,264 @@
+"""The engine loop: one thread per model that batches every active sequence into one decode.
+
+Each step admits queued requests into free slots, builds one batch holding the next token of
+every generating sequence plus a chunk of each newly admitted prompt, calls ``decode`` once,
+samples each sequence that produced logits, and hands the resulting text to its request.
+The asyncio side never waits on llama.cpp: events cross to the event loop through the sink
+each request registered (``loop.call_soon_threadsafe`` in :mod:`server.engine.stream`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from server.engine.llama import BatchEntry
+from server.engine.queue import FairQueue
+from server.engine.text import TextStream
+from server.engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent
+from server.errors import QueueFullError, ShuttingDownError
+
+logger = logging.getLogger(__name__)
+
+EventSink = Callable[[TokenEvent], None]
+
+
+class Backend(Protocol):
+    """What the loop needs from a model; :class:`server.engine.llama.LlamaBackend` is the real
+    one, and the scheduler tests use a deterministic fake."""
+
+    n_ctx: int
+    n_slots: int
+    n_batch: int
+
+    def begin(self, slot: int, sampling: SamplingParams) -> None: ...
+    def end(self, slot: int) -> None: ...
+    def decode(self, entries: Sequence[BatchEntry]) -> None: ...
+    def sample(self, slot: int, batch_index: int) -> int: ...
+    def token_piece(self, token: int, *, special: bool = False) -> bytes: ...
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A submitted request as the loop tracks it."""
+
+    request: GenerationRequest
+    sink: EventSink
+    submitted_at: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+    # Set once admitted into a slot:
+    slot: int = -1
+    queue_seconds: float = 0.0
+    prefilled: int = 0
+    position: int = 0
+    last_token: int = -1
+    generated: int = 0
+    text: TextStream | None = None
+
+
+class Scheduler:
+    """Owns the engine thread and the admission queue of one model."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        name: str,
+        max_queue: int = 64,
+        prefill_chunk: int = 512,
+    ) -> None:
+        self._backend = backend
+        self._name = name
+        self._prefill_chunk = max(1, min(prefill_chunk, backend.n_batch))
+        self._queue: FairQueue[Ticket] = FairQueue(max_queue)
+        self._free_slots = list(range(backend.n_slots))
+        self._active: list[Ticket] = []
+        self._cond = threading.Condition()
+        self._accepting = True
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+
+    # -- the asyncio side ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, request: GenerationRequest, sink: EventSink) -> Ticket:
+        """Queue ``request``; its events go to ``sink`` from the engine thread."""
+        ticket = Ticket(request=request, sink=sink)
+        with self._cond:
+            if not self._accepting:
+                raise ShuttingDownError("the server is shutting down", retry_after=5)
+            if self._queue.full():
+                raise QueueFullError(
+                    f"the queue for model '{self._name}' is full ({self._queue.maxsize} waiting)",
+                    retry_after=1,
+                )
+            self._queue.put(ticket, owner=request.owner, priority=request.priority)
+            self._cond.notify()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Stop ``ticket``: dropped from the queue now, or its slot freed at the next step."""
+        with self._cond:
+            ticket.cancelled = True
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy_slots(self) -> int:
+        return len(self._active)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop admitting, cancel what is queued, let the loop finish what runs, and join it."""
+        with self._cond:
+            self._accepting = False
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    # -- the engine thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._step_or_wait():
+                pass
+        except Exception:  # a bug in the loop: fail every request loudly rather than hang them
+            logger.exception("engine loop for %s crashed", self._name)
+            with self._cond:
+                self._accepting = False
+                stranded = self._active + self._queue.remove_if(lambda _: True)
+                self._active = []
+            for ticket in stranded:
+                self._emit_end(ticket, "error", error="the engine stopped unexpectedly")
+
+    def _step_or_wait(self) -> bool:
+        with self._cond:
+            for ticket in self._queue.remove_if(lambda t: t.cancelled or self._stop):
+                self._emit_end(ticket, "cancelled")
+            while self._free_slots and (queued := self._queue.pop()) is not None:
+                self._admit(queued)
+            if not self._active:
+                if self._stop:
+                    return False
+                self._cond.wait()
+                return True
+            active = list(self._active)
+        self._step(active)
+        return True
+
+    def _admit(self, ticket: Ticket) -> None:
+        ticket.slot = self._free_slots.pop()
+        ticket.queue_seconds = time.monotonic() - ticket.submitted_at
+        ticket.text = TextStream(ticket.request.stop)
+        self._backend.begin(ticket.slot, ticket.request.sampling)
+        self._active.append(ticket)
+
+    def _step(self, active: list[Ticket]) -> None:
+        entries: list[BatchEntry] = []
+        sampled_at: list[tuple[Ticket, int]] = []
+        prefill_budget = self._prefill_chunk
+        for ticket in active:
+            if ticket.cancelled:
+                self._retire(ticket, "cancelled")
+                continue
+            prompt = ticket.request.prompt_tokens
+            if ticket.prefilled < len(prompt):
+                take = min(
+                    len(prompt) - ticket.prefilled,
+                    prefill_budget,
+                    self._backend.n_batch - len(entries),
+                )
+                if take <= 0:
+                    continue  # no room this step; the prompt continues next step
+                prefill_budget -= take
+                for i in range(ticket.prefilled, ticket.prefilled + take):
+                    last = i == len(prompt) - 1
+                    entries.append(BatchEntry(ticket.slot, prompt[i], i, last))
+                ticket.prefilled += take
+                ticket.position = ticket.prefilled
+                if ticket.prefilled == len(prompt):
+                    sampled_at.append((ticket, len(entries) - 1))
+            elif len(entries) < self._backend.n_batch:
+                entries.append(BatchEntry(ticket.slot, ticket.last_token, ticket.position, True))
+                ticket.position += 1
+                sampled_at.append((ticket, len(entries) - 1))
+        if not entries:
+            return
+        try:
+            self._backend.decode(entries)
+        except RuntimeError as exc:
+            logger.error("decode failed for model %s: %s", self._name, exc)
+            for ticket in {id(t): t for t, _ in sampled_at}.values():
+                self._retire(ticket, "error", error=str(exc))
+            return
+        for ticket, index in sampled_at:
+            self._advance(ticket, self._backend.sample(ticket.slot, index))
+
+    def _advance(self, ticket: Ticket, token: int) -> None:
+        assert ticket.text is not None
+        if ticket.cancelled:
+            self._retire(ticket, "cancelled")
+            return
+        if self._backend.is_end_of_generation(token):
+            self._retire(ticket, "stop")
+            return
+        ticket.generated += 1
+        ticket.last_token = token
+        text = ticket.text.push(self._backend.token_piece(token))
+        if ticket.text.stopped:
+            self._retire(ticket, "stop", text=text, token=token)
+            return
+        if (
+            ticket.generated >= ticket.request.max_tokens
+            or ticket.position + 1 >= self._backend.n_ctx
+        ):
+            self._retire(ticket, "length", text=text, token=token)
+            return
+        ticket.sink(TokenEvent(text=text, token_ids=(token,), completion_tokens=ticket.generated))
+
+    def _retire(
+        self,
+        ticket: Ticket,
+        reason: FinishReason,
+        *,
+        text: str = "",
+        token: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        if ticket.text is not None and reason in ("stop", "length") and not ticket.text.stopped:
+            text += ticket.text.finish()
+        self._backend.end(ticket.slot)
+        with self._cond:
+            self._active.remove(ticket)
+            self._free_slots.append(ticket.slot)
+        self._emit_end(ticket, reason, text=text, token=token, error=error)
+
+    def _emit_end(
+        self,
+        ticket: Ticket,
+        reason: FinishReason,
+        *,
+        text: str = "",
+        token: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        ticket.sink(
+            TokenEvent(
+                text=text,
+                token_ids=(token,) if token is not None else (),
+                finish_reason=reason,
+                prompt_tokens=len(ticket.request.prompt_tokens),
+                completion_tokens=ticket.generated,
+                queue_seconds=ticket.queue_seconds,
+                error=error,
+            )
+        )

@@ -1,0 +1,55 @@
+"""Bridge from the engine thread to asyncio: one request's events as an async iterator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+
+from server.engine.scheduler import Scheduler
+from server.engine.types import GenerationRequest, TokenEvent
+
+
+class GenerationStream:
+    """The events of one submitted request. Use as an async context manager: leaving it early
+    (a client disconnect, an exception) cancels the request, and its slot frees at the next
+    engine step."""
+
+    def __init__(self, scheduler: Scheduler, request: GenerationRequest) -> None:
+        loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        self._scheduler = scheduler
+        self._finished = False
+
+        def sink(event: TokenEvent) -> None:
+            # Runs on the engine thread; a closed loop means nobody is listening any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._events.put_nowait, event)
+
+        self._ticket = scheduler.submit(request, sink)
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._finished:
+            raise StopAsyncIteration
+        event = await self._events.get()
+        if event.finish_reason is not None:
+            self._finished = True
+        return event
+
+    def cancel(self) -> None:
+        if not self._finished:
+            self._scheduler.cancel(self._ticket)
+
+    async def __aenter__(self) -> GenerationStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()

@@ -1,0 +1,58 @@
+"""The engine boundary: the only types services and the engine exchange.
+
+Plain dataclasses, no pydantic and no llama_cpp, so that both sides (and a fake engine in the
+scheduler tests) can use them freely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one sequence picks its tokens. ``temperature == 0`` means greedy."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+
+
+@dataclass
+class GenerationRequest:
+    """One sequence to generate: a tokenized prompt and when to stop."""
+
+    request_id: str
+    prompt_tokens: list[int]
+    max_tokens: int
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: list[str] = field(default_factory=list)
+    # Who the request belongs to (API key or `user`); the queue is fair across owners.
+    owner: str = ""
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A piece of generated text, or the end of a sequence.
+
+    ``text`` is always whole UTF-8 characters with any stop string removed. The last event of a
+    sequence has ``finish_reason`` set; ``error`` explains a ``finish_reason == "error"``.
+    """
+
+    text: str
+    token_ids: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_seconds: float = 0.0
+    error: str | None = None

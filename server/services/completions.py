@@ -1,0 +1,151 @@
+"""OpenAI text completions: raw prompts (text or token ids) to the engine and back."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, replace
+
+from server.engine.types import GenerationRequest
+from server.errors import InvalidRequestError, UnsupportedFeatureError
+from server.protocol.completions import Completion, CompletionChoice, CompletionRequest
+from server.registry import ModelHandle, ModelRegistry
+from server.services.generation import (
+    PreparedRun,
+    check_finish,
+    collect,
+    merged,
+    openai_finish_reason,
+    usage_of,
+)
+from server.services.sampling import completion_budget, sampling_params
+
+# OpenAI's default length for /v1/completions when max_tokens is left out.
+OPENAI_DEFAULT_MAX_TOKENS = 16
+
+
+@dataclass
+class _Prompt:
+    text: str  # what echo prints
+    tokens: list[int]
+
+
+class CompletionService:
+    """Builds, runs and shapes text completions."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def prepare(
+        self, request: CompletionRequest, *, owner: str
+    ) -> tuple[PreparedRun, list[str]]:
+        """Validate and tokenize. Returns the run and, per choice, the echo prefix."""
+        _reject_unsupported(request)
+        handle = await self._registry.get(request.model)
+        prompts = await asyncio.to_thread(_tokenize_prompts, handle, request.prompt)
+        default = handle.config.defaults.max_tokens or OPENAI_DEFAULT_MAX_TOKENS
+        sampling = sampling_params(request, handle.config.defaults)
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        jobs: list[GenerationRequest] = []
+        echoes: list[str] = []
+        for prompt in prompts:
+            budget = completion_budget(
+                request.max_tokens, default, len(prompt.tokens), handle.n_ctx, param="prompt"
+            )
+            for i in range(request.n):
+                seed = None if sampling.seed is None else sampling.seed + i
+                jobs.append(
+                    GenerationRequest(
+                        request_id=f"{request_id}-{len(jobs)}",
+                        prompt_tokens=prompt.tokens,
+                        max_tokens=budget,
+                        sampling=replace(sampling, seed=seed),
+                        stop=request.stop_list(),
+                        owner=owner,
+                    )
+                )
+                echoes.append(prompt.text if request.echo else "")
+        prompt_tokens = sum(len(p.tokens) for p in prompts)
+        return PreparedRun(request_id, handle, jobs, prompt_token_count=prompt_tokens), echoes
+
+    async def complete(self, run: PreparedRun, echoes: list[str]) -> Completion:
+        results = await collect(run)
+        return Completion(
+            id=run.request_id,
+            created=run.created,
+            model=run.model,
+            choices=[
+                CompletionChoice(
+                    index=r.index,
+                    text=echoes[r.index] + r.text,
+                    finish_reason=openai_finish_reason(r.finish_reason),
+                )
+                for r in results
+            ],
+            usage=usage_of(run.prompt_token_count, sum(r.completion_tokens for r in results)),
+        )
+
+    async def stream(
+        self, run: PreparedRun, echoes: list[str], *, include_usage: bool
+    ) -> AsyncGenerator[Completion, None]:
+        def chunk(choices: list[CompletionChoice], usage: bool = False) -> Completion:
+            return Completion(
+                id=run.request_id,
+                created=run.created,
+                model=run.model,
+                choices=choices,
+                usage=usage_of(run.prompt_token_count, completion_tokens) if usage else None,
+            )
+
+        completion_tokens = 0
+        pending_echo = list(echoes)
+        async for index, event in merged(run):
+            text = pending_echo[index] + event.text
+            pending_echo[index] = ""
+            if event.finish_reason is not None:
+                check_finish(event)
+                completion_tokens += event.completion_tokens
+                reason = openai_finish_reason(event.finish_reason)
+                yield chunk([CompletionChoice(index=index, text=text, finish_reason=reason)])
+            elif text:
+                yield chunk([CompletionChoice(index=index, text=text, finish_reason=None)])
+        if include_usage:
+            yield chunk([], usage=True)
+
+
+def _tokenize_prompts(
+    handle: ModelHandle, prompt: str | list[str] | list[int] | list[list[int]]
+) -> list[_Prompt]:
+    if isinstance(prompt, str):
+        items: list[str | list[int]] = [prompt]
+    elif all(isinstance(p, int) for p in prompt):
+        items = [list(prompt)]  # type: ignore[arg-type]
+    else:
+        items = list(prompt)  # type: ignore[arg-type]
+    prompts: list[_Prompt] = []
+    for item in items:
+        if isinstance(item, str):
+            tokens = handle.tokenize(item, add_special=handle.adds_bos)
+            text = item
+        else:
+            bad = [t for t in item if not 0 <= t < handle.n_vocab]
+            if bad:
+                raise InvalidRequestError(
+                    f"prompt token ids must be in [0, {handle.n_vocab}); got {bad[:5]}",
+                    param="prompt",
+                )
+            tokens, text = list(item), handle.detokenize(item)
+        if not tokens:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        prompts.append(_Prompt(text, tokens))
+    return prompts
+
+
+def _reject_unsupported(request: CompletionRequest) -> None:
+    if request.logprobs is not None:
+        raise UnsupportedFeatureError("logprobs are not supported yet", param="logprobs")
+    if request.suffix:
+        raise UnsupportedFeatureError("suffix (insertion) is not supported", param="suffix")
+    if request.best_of is not None and request.best_of != request.n:
+        raise UnsupportedFeatureError("best_of other than n is not supported", param="best_of")

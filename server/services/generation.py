@@ -1,0 +1,165 @@
+"""Running a request's choices on the engine: collected whole, or merged into one stream.
+
+Every choice is its own :class:`GenerationRequest`; all are queued at once, so with several
+slots they decode side by side. Leaving early (an exception, a client disconnect cancelling
+the task) cancels every choice still queued or running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from server.engine.stream import GenerationStream
+from server.engine.types import GenerationRequest, TokenEvent
+from server.errors import EngineError, ShuttingDownError
+from server.protocol.common import Usage
+from server.registry import ModelHandle
+
+logger = logging.getLogger("hearth.requests")
+
+
+@dataclass
+class PreparedRun:
+    """A validated request, tokenized and ready to queue: one job per choice."""
+
+    request_id: str
+    handle: ModelHandle
+    jobs: list[GenerationRequest]
+    prompt_token_count: int
+    created: int = field(default_factory=lambda: int(time.time()))
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def model(self) -> str:
+        return self.handle.name
+
+
+@dataclass
+class ChoiceResult:
+    index: int
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    queue_seconds: float
+
+
+def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+def openai_finish_reason(reason: str) -> Literal["stop", "length"]:
+    """OpenAI knows "stop" and "length"; a stop string or end-of-generation token is "stop"."""
+    return "length" if reason == "length" else "stop"
+
+
+def check_finish(event: TokenEvent) -> None:
+    """Turn an abnormal end into the error the client should see."""
+    if event.finish_reason == "error":
+        raise EngineError(f"generation failed: {event.error or 'unknown engine error'}")
+    if event.finish_reason == "cancelled":
+        raise ShuttingDownError(
+            "the request was cancelled because the server is stopping", retry_after=5
+        )
+
+
+def _submit_all(run: PreparedRun) -> list[GenerationStream]:
+    streams: list[GenerationStream] = []
+    try:
+        for job in run.jobs:
+            streams.append(run.handle.generate(job))
+    except BaseException:
+        for stream in streams:
+            stream.cancel()
+        raise
+    return streams
+
+
+async def collect(run: PreparedRun) -> list[ChoiceResult]:
+    """Run every choice to its end and return the texts, in choice order."""
+    streams = _submit_all(run)
+
+    async def drain(index: int, stream: GenerationStream) -> ChoiceResult:
+        parts: list[str] = []
+        async for event in stream:
+            parts.append(event.text)
+            if event.finish_reason is not None:
+                check_finish(event)
+                return ChoiceResult(
+                    index,
+                    "".join(parts),
+                    event.finish_reason,
+                    event.prompt_tokens,
+                    event.completion_tokens,
+                    event.queue_seconds,
+                )
+        raise EngineError("the engine ended a sequence without a finish event")
+
+    try:
+        results = await asyncio.gather(*(drain(i, s) for i, s in enumerate(streams)))
+    finally:
+        for stream in streams:
+            stream.cancel()
+    log_run(run, results)
+    return list(results)
+
+
+async def merged(run: PreparedRun) -> AsyncGenerator[tuple[int, TokenEvent], None]:
+    """Events of every choice as they come, tagged with the choice index."""
+    streams = _submit_all(run)
+    events: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
+
+    async def pump(index: int, stream: GenerationStream) -> None:
+        async for event in stream:
+            events.put_nowait((index, event))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(streams)
+    finals: list[ChoiceResult] = []
+    try:
+        while remaining:
+            index, event = await events.get()
+            if event.finish_reason is not None:
+                remaining -= 1
+                finals.append(
+                    ChoiceResult(
+                        index,
+                        "",
+                        event.finish_reason,
+                        event.prompt_tokens,
+                        event.completion_tokens,
+                        event.queue_seconds,
+                    )
+                )
+            yield index, event
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            stream.cancel()
+    log_run(run, finals)
+
+
+def log_run(run: PreparedRun, results: Sequence[ChoiceResult]) -> None:
+    """One line per request: id, model, tokens, queue wait, time."""
+    logger.info(
+        "request %s model=%s choices=%d prompt_tokens=%d completion_tokens=%d "
+        "queue_wait=%.3fs time=%.3fs finish=%s",
+        run.request_id,
+        run.model,
+        len(run.jobs),
+        run.prompt_token_count,
+        sum(r.completion_tokens for r in results),
+        max((r.queue_seconds for r in results), default=0.0),
+        time.monotonic() - run.started,
+        ",".join(sorted({r.finish_reason for r in results})),
+    )

