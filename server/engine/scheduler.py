@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -80,6 +81,8 @@ class Scheduler:
         self._active: list[Ticket] = []
         self._cond = threading.Condition()
         self._accepting = True
+        # How sequences ended, by finish reason (written by the engine thread only).
+        self.finished: Counter[str] = Counter()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
 
@@ -251,6 +254,7 @@ class Scheduler:
         token: int | None = None,
         error: str | None = None,
     ) -> None:
+        self.finished[reason] += 1
         ticket.sink(
             TokenEvent(
                 text=text,

@@ -1,0 +1,109 @@
+"""Shared fixtures. Real-model tests use the GGUFs that `make test` pulls into the models dir."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.models.sources import CATALOG
+from server.settings import Settings, load_settings
+
+MODELS_DIR = load_settings(None).models_dir.expanduser()
+
+
+def model_file(package: str) -> Path:
+    path = MODELS_DIR / CATALOG[package].filename
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: run `make models` (make test does it) first")
+    return path
+
+
+def make_settings(**overrides: object) -> Settings:
+    """Settings with both real models, small contexts and two threads (the CI machine's)."""
+    models = [
+        {
+            "name": "smollm2",
+            "aliases": ["SmolLM2-135M-Instruct"],
+            "path": str(model_file("smollm2")),
+            "n_ctx": 1024,
+            "threads": 2,
+            "preload": True,
+            "defaults": {"temperature": 0.7},
+        },
+        {
+            "name": "gemma3-270m",
+            "path": str(model_file("gemma3-270m")),
+            "n_ctx": 1024,
+            "threads": 2,
+        },
+    ]
+    data: dict[str, object] = {"models": models, "max_queue": 8}
+    data.update(overrides)
+    return Settings.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture(scope="session")
+def client(app: FastAPI) -> Iterator[TestClient]:
+    """The app with its lifespan running, the real engine on the real models."""
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    """uvicorn serving a Hearth app on a free loopback port, in a background thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.port = _free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def live_server() -> Iterator[LiveServer]:
+    with LiveServer(create_app(make_settings())) as server:
+        yield server

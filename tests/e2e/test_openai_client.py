@@ -1,0 +1,167 @@
+"""The official `openai` client against a real uvicorn server running the real engine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from server.engine.scheduler import Scheduler
+from tests.conftest import LiveServer
+
+QUESTION = [{"role": "user", "content": "List three fruits."}]
+
+
+@pytest.fixture(scope="module")
+def client(live_server: LiveServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=live_server.base_url + "/v1", api_key="unused", max_retries=0
+    ) as sdk:
+        yield sdk
+
+
+def test_chat_completion(client: openai.OpenAI) -> None:
+    response = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=16)  # type: ignore[arg-type]
+    assert response.object == "chat.completion"
+    assert response.choices[0].message.role == "assistant"
+    assert response.choices[0].message.content
+    assert response.usage is not None and response.usage.completion_tokens <= 16
+
+
+def test_chat_stream_with_usage_matches_the_non_streamed_text(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(
+        model="smollm2", messages=QUESTION, max_tokens=30, temperature=0
+    )  # type: ignore[arg-type]
+    stream = client.chat.completions.create(
+        model="smollm2",
+        messages=QUESTION,  # type: ignore[arg-type]
+        max_tokens=30,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[
+        0
+    ].finish_reason
+
+
+def test_text_completion_and_stream(client: openai.OpenAI) -> None:
+    response = client.completions.create(
+        model="gemma3-270m", prompt="Water boils at", max_tokens=8, temperature=0
+    )
+    assert response.object == "text_completion"
+    streamed = client.completions.create(
+        model="gemma3-270m", prompt="Water boils at", max_tokens=8, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == response.choices[0].text
+
+
+def test_models_list(client: openai.OpenAI) -> None:
+    assert {m.id for m in client.models.list()} == {"smollm2", "gemma3-270m"}
+    assert client.models.retrieve("smollm2").id == "smollm2"
+
+
+def test_errors_surface_as_the_sdks_exceptions(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as not_found:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)  # type: ignore[arg-type]
+    assert not_found.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=5)  # type: ignore[arg-type]
+    assert bad.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as no_template:
+        client.chat.completions.create(model="gemma3-270m", messages=QUESTION)  # type: ignore[arg-type]
+    assert no_template.value.code == "chat_template_missing"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.completions.create(model="smollm2", prompt="word " * 1500, stream=True)
+    assert too_long.value.code == "context_length_exceeded"
+
+
+def test_concurrent_requests_wait_their_turn_and_are_not_interrupted(client: openai.OpenAI) -> None:
+    prompts = [f"Count from {i} upwards:" for i in range(1, 4)]
+    alone = [
+        client.completions.create(model="smollm2", prompt=p, max_tokens=24, temperature=0)
+        .choices[0]
+        .text
+        for p in prompts
+    ]
+    results: dict[int, str] = {}
+
+    def worker(i: int) -> None:
+        stream = client.completions.create(
+            model="smollm2", prompt=prompts[i], max_tokens=24, temperature=0, stream=True
+        )
+        results[i] = "".join(c.choices[0].text for c in stream)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [results[i] for i in range(3)] == alone
+
+
+def _scheduler(live_server: LiveServer) -> Scheduler:
+    scheduler: Scheduler = live_server.app.state.hearth.registry._loaded["smollm2"].scheduler
+    return scheduler
+
+
+def wait_until_idle(scheduler: Scheduler) -> None:
+    """Poll (bounded) until no slot is busy; a slot still busy after 10 s fails the test."""
+    deadline = time.monotonic() + 10
+    while scheduler.busy_slots and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler.busy_slots == 0
+
+
+def test_disconnecting_a_stream_frees_the_slot_at_once(
+    live_server: LiveServer, client: openai.OpenAI
+) -> None:
+    scheduler = _scheduler(live_server)
+    cancelled_before = scheduler.finished["cancelled"]
+    body = {
+        "model": "smollm2",
+        "prompt": "1, 2, 3, 4, 5, 6,",
+        "max_tokens": 900,
+        "temperature": 0,
+        "stream": True,
+    }
+    with (
+        httpx.Client(base_url=live_server.base_url, timeout=30) as http,
+        http.stream("POST", "/v1/completions", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        received = 0
+        for line in lines:
+            if line.startswith("data:"):
+                received += 1
+            if received >= 3:
+                break
+        assert scheduler.busy_slots == 1
+    # The connection is closed: the engine must drop the sequence at its next step.
+    wait_until_idle(scheduler)
+    assert scheduler.finished["cancelled"] == cancelled_before + 1  # cancelled, not run to its end
+    assert scheduler.queued == 0
+    quick = client.completions.create(model="smollm2", prompt="Hi", max_tokens=2)
+    assert quick.choices[0].text is not None
+
+
+def test_disconnecting_a_non_streamed_request_cancels_it(live_server: LiveServer) -> None:
+    scheduler = _scheduler(live_server)
+    cancelled_before = scheduler.finished["cancelled"]
+    body = {"model": "smollm2", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 900, "temperature": 0}
+    with (
+        httpx.Client(base_url=live_server.base_url, timeout=0.5) as http,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        http.post("/v1/completions", json=body)
+    wait_until_idle(scheduler)
+    assert scheduler.finished["cancelled"] == cancelled_before + 1

@@ -1,0 +1,270 @@
+"""The engine loop with a deterministic fake backend (no model): queueing, batching, limits,
+cancellation. Real-model behaviour is covered by the API and end-to-end tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from server.engine.llama import BatchEntry
+from server.engine.scheduler import Scheduler
+from server.engine.types import GenerationRequest, SamplingParams, TokenEvent
+from server.errors import QueueFullError, ShuttingDownError
+
+EOG = 999
+
+
+class FakeBackend:
+    """Each sequence's next token is its previous token + 1; token t reads as "<t>"."""
+
+    def __init__(
+        self, n_slots: int = 1, n_ctx: int = 256, n_batch: int = 64, eog_after: int | None = None
+    ) -> None:
+        self.n_slots = n_slots
+        self.n_ctx = n_ctx
+        self.n_batch = n_batch
+        self.eog_after = eog_after
+        self.batches: list[list[BatchEntry]] = []
+        self.last: dict[int, int] = {}
+        self.generated: dict[int, int] = {}
+        self.gate = threading.Semaphore(1_000_000)
+        self.fail = False
+
+    def begin(self, slot: int, sampling: SamplingParams) -> None:
+        self.generated[slot] = 0
+
+    def end(self, slot: int) -> None:
+        self.last.pop(slot, None)
+
+    def decode(self, entries: Sequence[BatchEntry]) -> None:
+        self.gate.acquire()
+        if self.fail:
+            raise RuntimeError("boom")
+        self.batches.append(list(entries))
+        for entry in entries:
+            self.last[entry.slot] = entry.token
+
+    def sample(self, slot: int, batch_index: int) -> int:
+        self.generated[slot] += 1
+        if self.eog_after is not None and self.generated[slot] > self.eog_after:
+            return EOG
+        return self.batches[-1][batch_index].token + 1
+
+    def token_piece(self, token: int, *, special: bool = False) -> bytes:
+        return f"<{token}>".encode()
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return token == EOG
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.events: list[TokenEvent] = []
+        self.done = threading.Event()
+
+    def __call__(self, event: TokenEvent) -> None:
+        self.events.append(event)
+        if event.finish_reason is not None:
+            self.done.set()
+
+    def wait(self) -> TokenEvent:
+        assert self.done.wait(10), "request did not finish"
+        return self.events[-1]
+
+    @property
+    def text(self) -> str:
+        return "".join(e.text for e in self.events)
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    for _ in range(5000):
+        if condition():
+            return
+        time.sleep(0.001)
+    raise AssertionError("condition never became true")
+
+
+def request(
+    prompt: list[int], max_tokens: int = 3, stop: list[str] | None = None, owner: str = ""
+) -> GenerationRequest:
+    return GenerationRequest("r", prompt, max_tokens, SamplingParams(), stop or [], owner)
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+def run(backend: FakeBackend, **kwargs: int) -> Scheduler:
+    scheduler = Scheduler(backend, name="fake", **kwargs)
+    scheduler.start()
+    return scheduler
+
+
+def test_generates_up_to_max_tokens(backend: FakeBackend) -> None:
+    scheduler = run(backend)
+    sink = Collector()
+    scheduler.submit(request([10, 11], max_tokens=3), sink)
+    final = sink.wait()
+    assert sink.text == "<12><13><14>"
+    assert final.finish_reason == "length"
+    assert final.completion_tokens == 3
+    assert final.prompt_tokens == 2
+    scheduler.stop(timeout=10)
+
+
+def test_end_of_generation_token_stops_with_stop() -> None:
+    backend = FakeBackend(eog_after=2)
+    scheduler = run(backend)
+    sink = Collector()
+    scheduler.submit(request([1], max_tokens=50), sink)
+    final = sink.wait()
+    assert final.finish_reason == "stop"
+    assert sink.text == "<2><3>"
+    scheduler.stop(timeout=10)
+
+
+def test_stop_string_ends_the_sequence_and_is_not_emitted(backend: FakeBackend) -> None:
+    scheduler = run(backend)
+    sink = Collector()
+    scheduler.submit(request([1], max_tokens=50, stop=["<4>"]), sink)
+    final = sink.wait()
+    assert final.finish_reason == "stop"
+    assert sink.text == "<2><3>"
+    scheduler.stop(timeout=10)
+
+
+def test_prompt_is_prefilled_in_chunks() -> None:
+    backend = FakeBackend(n_batch=64)
+    scheduler = run(backend, prefill_chunk=4)
+    sink = Collector()
+    scheduler.submit(request(list(range(10)), max_tokens=1), sink)
+    sink.wait()
+    sizes = [len(b) for b in backend.batches]
+    assert sizes == [4, 4, 2]
+    # Only the last prompt token asks for logits.
+    assert [e.want_logits for e in backend.batches[-1]] == [False, True]
+    assert [e.position for b in backend.batches for e in b] == list(range(10))
+    scheduler.stop(timeout=10)
+
+
+def test_sequences_share_decode_steps_when_there_are_several_slots() -> None:
+    backend = FakeBackend(n_slots=2)
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    a, b = Collector(), Collector()
+    scheduler.submit(request([100], max_tokens=3), a)
+    scheduler.submit(request([200], max_tokens=3), b)
+    backend.gate.release(100)
+    assert a.wait().finish_reason == "length"
+    assert b.wait().finish_reason == "length"
+    assert a.text == "<101><102><103>"
+    assert b.text == "<201><202><203>"
+    assert any({e.slot for e in batch} == {0, 1} for batch in backend.batches)
+    scheduler.stop(timeout=10)
+
+
+def test_with_one_slot_a_later_request_waits_and_never_interrupts_the_running_one(
+    backend: FakeBackend,
+) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    first, second = Collector(), Collector()
+    scheduler.submit(request([1], max_tokens=5), first)
+    scheduler.submit(request([50], max_tokens=2), second)
+    backend.gate.release(100)
+    assert first.wait().finish_reason == "length"
+    assert second.wait().finish_reason == "length"
+    assert first.text == "<2><3><4><5><6>"
+    assert second.text == "<51><52>"
+    assert second.events[-1].queue_seconds >= 0
+    scheduler.stop(timeout=10)
+
+
+def test_queue_full_raises_with_retry_after(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend, max_queue=1)
+    running, queued = Collector(), Collector()
+    scheduler.submit(request([1], max_tokens=100), running)
+    wait_until(lambda: scheduler.busy_slots == 1)  # the slot is taken, the queue empty again
+    scheduler.submit(request([1]), queued)
+    with pytest.raises(QueueFullError) as info:
+        scheduler.submit(request([1]), Collector())
+    assert info.value.status_code == 429
+    assert info.value.retry_after is not None
+    backend.gate.release(1000)
+    scheduler.stop(timeout=10)
+
+
+def test_cancelling_a_queued_request_ends_it_without_decoding(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    running, queued = Collector(), Collector()
+    scheduler.submit(request([1], max_tokens=3), running)
+    ticket = scheduler.submit(request([77], max_tokens=3), queued)
+    scheduler.cancel(ticket)
+    backend.gate.release(100)
+    assert queued.wait().finish_reason == "cancelled"
+    assert running.wait().finish_reason == "length"
+    assert all(e.token != 77 for b in backend.batches for e in b)
+    scheduler.stop(timeout=10)
+
+
+def test_cancelling_a_running_request_frees_its_slot_within_one_step(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    sink = Collector()
+    ticket = scheduler.submit(request([1], max_tokens=1000), sink)
+    backend.gate.release(3)
+    wait_until(lambda: len(sink.events) >= 2)
+    scheduler.cancel(ticket)
+    generated_at_cancel = len(sink.events)
+    backend.gate.release(10)
+    final = sink.wait()
+    assert final.finish_reason == "cancelled"
+    assert final.completion_tokens <= generated_at_cancel + 1
+    assert scheduler.busy_slots == 0
+    scheduler.stop(timeout=10)
+
+
+def test_context_end_finishes_with_length() -> None:
+    backend = FakeBackend(n_ctx=8)
+    scheduler = run(backend)
+    sink = Collector()
+    scheduler.submit(request([1, 2, 3], max_tokens=100), sink)
+    final = sink.wait()
+    assert final.finish_reason == "length"
+    assert final.prompt_tokens + final.completion_tokens <= 8
+    scheduler.stop(timeout=10)
+
+
+def test_decode_failure_ends_the_request_with_an_error(backend: FakeBackend) -> None:
+    backend.fail = True
+    scheduler = run(backend)
+    sink = Collector()
+    scheduler.submit(request([1]), sink)
+    final = sink.wait()
+    assert final.finish_reason == "error"
+    assert final.error == "boom"
+    assert scheduler.busy_slots == 0
+    scheduler.stop(timeout=10)
+
+
+def test_stop_rejects_new_work_and_cancels_the_queue(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    running, queued = Collector(), Collector()
+    scheduler.submit(request([1], max_tokens=3), running)
+    wait_until(lambda: scheduler.busy_slots == 1)
+    scheduler.submit(request([9], max_tokens=3), queued)
+    stopper = threading.Thread(target=scheduler.stop, kwargs={"timeout": 10})
+    stopper.start()
+    backend.gate.release(100)
+    stopper.join(10)
+    assert running.wait().finish_reason == "length"  # what runs is allowed to finish
+    assert queued.wait().finish_reason == "cancelled"
+    with pytest.raises(ShuttingDownError):
+        scheduler.submit(request([1]), Collector())

@@ -1,0 +1,79 @@
+from server.engine.text import TextStream
+
+
+def feed(stream: TextStream, pieces: list[bytes]) -> list[str]:
+    out = [stream.push(p) for p in pieces]
+    out.append(stream.finish())
+    return out
+
+
+def test_plain_text_passes_through_piece_by_piece() -> None:
+    stream = TextStream()
+    assert feed(stream, [b"Hello", b",", b" world"]) == ["Hello", ",", " world", ""]
+
+
+def test_multibyte_character_split_across_tokens_is_emitted_whole() -> None:
+    euro = "€".encode()  # three bytes
+    emoji = "🙂".encode()  # four bytes
+    stream = TextStream()
+    out = feed(stream, [b"a" + euro[:1], euro[1:2], euro[2:] + emoji[:3], emoji[3:]])
+    assert out == ["a", "", "€", "🙂", ""]
+    assert all("\ufffd" not in part for part in out)
+
+
+def test_invalid_bytes_become_replacement_characters_not_errors() -> None:
+    stream = TextStream()
+    assert stream.push(b"\xff") == "\ufffd"
+
+
+def test_incomplete_character_at_the_end_is_flushed_as_replacement() -> None:
+    stream = TextStream()
+    assert stream.push("€".encode()[:2]) == ""
+    assert stream.finish() == "\ufffd"
+
+
+def test_stop_string_inside_one_piece_cuts_the_text() -> None:
+    stream = TextStream(stop=["END"])
+    assert stream.push(b"abcENDdef") == "abc"
+    assert stream.stopped
+    assert stream.push(b"more") == ""
+    assert stream.finish() == ""
+
+
+def test_stop_string_split_across_pieces_is_never_emitted() -> None:
+    stream = TextStream(stop=["###"])
+    out = feed(stream, [b"one #", b"#", b"# two"])
+    assert "".join(out) == "one "
+    assert stream.stopped
+
+
+def test_partial_stop_prefix_is_released_when_it_does_not_complete() -> None:
+    stream = TextStream(stop=["</answer>"])
+    assert stream.push(b"x </ans") == "x "
+    assert stream.push(b"wer") == ""
+    assert stream.push(b"ed") == "</answered"
+    assert not stream.stopped
+
+
+def test_partial_stop_prefix_is_flushed_at_the_end() -> None:
+    stream = TextStream(stop=["\n\n"])
+    assert stream.push(b"last line\n") == "last line"
+    assert stream.finish() == "\n"
+
+
+def test_earliest_of_several_stop_strings_wins() -> None:
+    stream = TextStream(stop=["cat", "bird"])
+    assert stream.push(b"a bird and a cat") == "a "
+
+
+def test_stop_string_made_of_multibyte_characters() -> None:
+    stop = "→→"
+    data = ("go " + stop + " on").encode()
+    stream = TextStream(stop=[stop])
+    out = feed(stream, [data[i : i + 1] for i in range(len(data))])
+    assert "".join(out) == "go "
+
+
+def test_empty_stop_strings_are_ignored() -> None:
+    stream = TextStream(stop=[""])
+    assert stream.push(b"text") == "text"
