@@ -64,8 +64,12 @@ class ModelHandle:
         return GenerationStream(self.scheduler, request)
 
     def close(self) -> None:
-        self.scheduler.stop(timeout=30)
-        self.backend.close()
+        if self.scheduler.stop(timeout=30):
+            self.backend.close()
+        else:  # freeing the context under a running decode would crash the process
+            logger.warning(
+                "model %s: engine still busy at shutdown; leaving it to the OS", self.name
+            )
 
 
 class ModelRegistry:

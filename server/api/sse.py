@@ -14,6 +14,8 @@ from server.errors import HearthError
 
 logger = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE_SECONDS = 25
+
 
 def sse_response(chunks: AsyncGenerator[BaseModel, None]) -> EventSourceResponse:
     """Stream ``chunks`` as SSE. An error after the first byte cannot change the HTTP status, so
@@ -34,4 +36,6 @@ def sse_response(chunks: AsyncGenerator[BaseModel, None]) -> EventSourceResponse
             await chunks.aclose()
         yield {"data": "[DONE]"}
 
-    return EventSourceResponse(events(), ping=15)
+    # On shutdown, let a running stream finish (within uvicorn's own 30 s grace) rather than
+    # cutting it off mid-answer.
+    return EventSourceResponse(events(), ping=15, shutdown_grace_period=SHUTDOWN_GRACE_SECONDS)

@@ -120,13 +120,16 @@ class Scheduler:
     def busy_slots(self) -> int:
         return len(self._active)
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop admitting, cancel what is queued, let the loop finish what runs, and join it."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop admitting, cancel what is queued, let the loop finish what runs, and join it.
+        Returns False if the loop was still running when ``timeout`` passed."""
         with self._cond:
             self._accepting = False
             self._stop = True
             self._cond.notify()
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     # -- the engine thread -----------------------------------------------------------------
 
