@@ -46,6 +46,8 @@ def _describe_validation(errors: Sequence[Any]) -> tuple[str, str | None]:
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         return f"the request body is not valid JSON: {first.get('msg')}", None
+    if first.get("type") == "missing" and not loc:
+        return "the request body is missing: send a JSON object", None
     message = first.get("msg", "invalid request")
     message = message.removeprefix("Value error, ")
     return (f"{param}: {message}" if param else message), param

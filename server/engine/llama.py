@@ -100,7 +100,8 @@ class LlamaBackend:
     # -- tokenizer (thread-safe: reads the vocabulary only) ---------------------------------
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        data = text.encode("utf-8")
+        # JSON may carry lone surrogates, which are not valid UTF-8: replace them, don't fail.
+        data = text.encode("utf-8", errors="replace")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
         n = llama_cpp.llama_tokenize(
@@ -220,7 +221,7 @@ class LlamaBackend:
         if p.temperature <= 0.0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return cast(ctypes.c_void_p, chain)
-        if p.top_k > 0:
+        if 0 < p.top_k < self.n_vocab:
             add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
         if p.top_p < 1.0:
             add(chain, llama_cpp.llama_sampler_init_top_p(p.top_p, 1))

@@ -71,7 +71,7 @@ class WithOptionalUsage(OpenAIResponse):
 
 Temperature = Annotated[float | None, Field(None, ge=0, le=2)]
 TopP = Annotated[float | None, Field(None, ge=0, le=1)]
-TopK = Annotated[int | None, Field(None, ge=0)]
+TopK = Annotated[int | None, Field(None, ge=0, le=2**31 - 1)]
 MinP = Annotated[float | None, Field(None, ge=0, le=1)]
 Penalty = Annotated[float | None, Field(None, ge=-2, le=2)]
 RepeatPenalty = Annotated[float | None, Field(None, gt=0, le=2)]

@@ -39,6 +39,17 @@ def test_malformed_json_is_400(client: TestClient) -> None:
     assert "JSON" in assert_error(response, 400)["message"]
 
 
+def test_empty_body_is_400(client: TestClient) -> None:
+    response = client.post(CHAT, content=b"", headers={"content-type": "application/json"})
+    assert "missing" in assert_error(response, 400)["message"]
+
+
+def test_lone_surrogates_in_text_are_replaced_not_a_500(client: TestClient) -> None:
+    body = b'{"model": "smollm2", "max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    response = client.post(CHAT, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+
+
 @pytest.mark.parametrize("body", [b"[1, 2]", b'"text"', b"42", b"null"])
 def test_body_that_is_not_an_object_is_400(client: TestClient, body: bytes) -> None:
     assert_error(client.post(CHAT, content=body, headers={"content-type": "application/json"}), 400)
@@ -50,6 +61,10 @@ BAD_CHAT_FIELDS = [
     ({"temperature": "hot"}, "temperature"),
     ({"top_p": 1.5}, "top_p"),
     ({"top_p": -0.5}, "top_p"),
+    ({"top_k": -1}, "top_k"),
+    ({"top_k": 2**40}, "top_k"),
+    ({"min_p": 1.5}, "min_p"),
+    ({"repeat_penalty": 0}, "repeat_penalty"),
     ({"n": 0}, "n"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"seed": 2**63}, "seed"),
