@@ -21,6 +21,15 @@ def chat(client: TestClient, **body: Any) -> dict[str, Any]:
     return data
 
 
+def chat_stream(client: TestClient, **body: Any) -> list[dict[str, Any]]:
+    """The chunks of a streamed chat completion (defaults as in :func:`chat`)."""
+    body.setdefault("model", "smollm2")
+    body.setdefault("messages", QUESTION)
+    response = client.post(URL, json={**body, "stream": True})
+    assert response.status_code == 200, response.text
+    return sse_chunks(response)
+
+
 def stream_text(chunks: list[dict[str, Any]], index: int = 0) -> str:
     return "".join(
         c["choices"][0]["delta"].get("content", "")
@@ -104,25 +113,13 @@ def test_stream_has_role_first_one_id_one_finish_and_usage_last(client: TestClie
 
 
 def test_stream_without_include_usage_sends_no_usage(client: TestClient) -> None:
-    response = client.post(
-        URL, json={"model": "smollm2", "messages": QUESTION, "max_tokens": 5, "stream": True}
-    )
-    assert all(c["choices"] and "usage" not in c for c in sse_chunks(response))
+    assert all(c["choices"] and "usage" not in c for c in chat_stream(client, max_tokens=5))
 
 
 def test_streamed_text_equals_non_streamed_text_at_temperature_zero(client: TestClient) -> None:
     whole = chat(client, temperature=0, max_tokens=40)["choices"][0]["message"]["content"]
-    response = client.post(
-        URL,
-        json={
-            "model": "smollm2",
-            "messages": QUESTION,
-            "temperature": 0,
-            "max_tokens": 40,
-            "stream": True,
-        },
-    )
-    assert stream_text(sse_chunks(response)) == whole
+    chunks = chat_stream(client, temperature=0, max_tokens=40)
+    assert stream_text(chunks) == whole
 
 
 def test_same_seed_gives_the_same_text(client: TestClient) -> None:
@@ -141,11 +138,7 @@ def test_n_gives_independent_choices(client: TestClient) -> None:
 
 
 def test_n_streams_each_choice_with_its_own_role_and_finish(client: TestClient) -> None:
-    response = client.post(
-        URL,
-        json={"model": "smollm2", "messages": QUESTION, "n": 2, "max_tokens": 5, "stream": True},
-    )
-    chunks = sse_chunks(response)
+    chunks = chat_stream(client, n=2, max_tokens=5)
     for index in (0, 1):
         mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == index]
         assert mine[0]["delta"]["role"] == "assistant"
@@ -161,18 +154,8 @@ def test_stop_string_is_not_emitted_even_across_tokens(client: TestClient) -> No
     data = chat(client, temperature=0, max_tokens=40, stop=[stop, "never-appears"])
     assert data["choices"][0]["message"]["content"] == cut
     assert data["choices"][0]["finish_reason"] == "stop"
-    response = client.post(
-        URL,
-        json={
-            "model": "smollm2",
-            "messages": QUESTION,
-            "temperature": 0,
-            "max_tokens": 40,
-            "stop": stop,
-            "stream": True,
-        },
-    )
-    assert stream_text(sse_chunks(response)) == cut
+    chunks = chat_stream(client, temperature=0, max_tokens=40, stop=stop)
+    assert stream_text(chunks) == cut
 
 
 def test_every_role_and_text_parts_are_accepted(client: TestClient) -> None:
@@ -203,17 +186,8 @@ def test_multibyte_text_is_never_split_in_a_stream(client: TestClient) -> None:
             "content": "Write the word for cat in Japanese, Chinese and Russian, with emoji 🐱.",
         }
     ]
-    response = client.post(
-        URL,
-        json={
-            "model": "smollm2",
-            "messages": messages,
-            "temperature": 0,
-            "max_tokens": 60,
-            "stream": True,
-        },
-    )
-    pieces = [c["choices"][0]["delta"].get("content", "") for c in sse_chunks(response)]
+    chunks = chat_stream(client, messages=messages, temperature=0, max_tokens=60)
+    pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks]
     assert all("\ufffd" not in p for p in pieces)
     whole = chat(client, messages=messages, temperature=0, max_tokens=60)["choices"][0]["message"][
         "content"
