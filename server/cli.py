@@ -85,18 +85,11 @@ def _configure_logging(level: str) -> None:
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
-
     from server.app import create_app
+    from server.serving import build_server
 
     _configure_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
-    )
+    build_server(create_app(settings), settings).run()
 
 
 def models_list(settings: Settings) -> None:

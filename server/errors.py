@@ -12,10 +12,12 @@ with. ``server.api.errors`` maps the whole tree to ``{"error": {...}}`` JSON wit
     │   ├── ChatTemplateError          400 code=chat_template_error
     │   └── UnsupportedFeatureError    400 code=unsupported_feature
     ├── ModelNotFoundError             404 code=model_not_found, param=model
+    ├── RequestTimeoutError            408 code=request_timeout
     ├── PayloadTooLargeError           413 code=payload_too_large
     ├── QueueFullError                 429 code=queue_full (Retry-After)
     ├── ServiceUnavailableError        503 (Retry-After)
     │   ├── ModelUnavailableError      503 code=model_unavailable
+    │   ├── QueueTimeoutError          503 code=queue_timeout
     │   └── ShuttingDownError          503 code=shutting_down
     └── ModelSourceError               not HTTP: a model could not be pulled or verified
         └── ChecksumMismatchError
@@ -95,6 +97,14 @@ class ModelNotFoundError(HearthError):
         super().__init__(f"The model '{name}' does not exist", param="model")
 
 
+class RequestTimeoutError(HearthError):
+    """The request ran past the server's request_timeout and was stopped."""
+
+    status_code = 408
+    error_type = "timeout_error"
+    code = "request_timeout"
+
+
 class PayloadTooLargeError(HearthError):
     """The request body is larger than the configured limit."""
 
@@ -123,6 +133,12 @@ class ModelUnavailableError(ServiceUnavailableError):
     """The model is registered but cannot be loaded (missing file, corrupt GGUF, ...)."""
 
     code = "model_unavailable"
+
+
+class QueueTimeoutError(ServiceUnavailableError):
+    """The request waited in the queue longer than queue_timeout."""
+
+    code = "queue_timeout"
 
 
 class ShuttingDownError(ServiceUnavailableError):

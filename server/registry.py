@@ -17,7 +17,7 @@ from server.engine.llama import LlamaBackend
 from server.engine.scheduler import Scheduler
 from server.engine.stream import GenerationStream
 from server.engine.types import GenerationRequest
-from server.errors import ModelNotFoundError, ModelUnavailableError
+from server.errors import ModelNotFoundError, ModelUnavailableError, ShuttingDownError
 from server.models.sources import catalog_entry
 from server.settings import ModelConfig, Settings
 
@@ -83,6 +83,7 @@ class ModelRegistry:
                 self._by_name[name] = model
         self._loaded: dict[str, ModelHandle] = {}
         self._locks: dict[str, asyncio.Lock] = {m.name: asyncio.Lock() for m in settings.models}
+        self._accepting = True
         self.created = int(time.time())
 
     @property
@@ -109,6 +110,8 @@ class ModelRegistry:
         """The loaded model for ``name``, loading it first if needed. Concurrent first requests
         share one load."""
         config = self.resolve(name)
+        if not self._accepting:
+            raise ShuttingDownError("the server is shutting down", retry_after=5)
         if (handle := self._loaded.get(config.name)) is not None:
             return handle
         async with self._locks[config.name]:
@@ -128,7 +131,9 @@ class ModelRegistry:
             n_ctx=config.n_ctx,
             n_slots=config.slots,
             n_threads=config.effective_threads(),
-            n_batch=config.n_batch,
+            # Room for every slot's next token beside one prefill chunk.
+            n_batch=config.prefill_chunk + config.slots,
+            kv_unified=config.kv_unified,
             n_gpu_layers=config.n_gpu_layers,
         )
         template = config.chat_template
@@ -147,7 +152,8 @@ class ModelRegistry:
             backend,
             name=config.name,
             max_queue=config.max_queue or self._settings.max_queue,
-            prefill_chunk=config.n_batch,
+            prefill_chunk=config.prefill_chunk,
+            queue_timeout=self._settings.queue_timeout,
         )
         scheduler.start()
         logger.info(
@@ -160,6 +166,12 @@ class ModelRegistry:
             "yes" if template else "none",
         )
         return ModelHandle(config, backend, scheduler, template, time.time())
+
+    def stop_accepting(self) -> None:
+        """From now on every new request gets 503; what is queued or running carries on."""
+        self._accepting = False
+        for handle in self._loaded.values():
+            handle.scheduler.stop_accepting()
 
     def close(self) -> None:
         for handle in self._loaded.values():

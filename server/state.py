@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from server.registry import ModelRegistry
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
+from server.services.generation import RunLimits
 from server.settings import Settings
 
 
@@ -23,7 +24,14 @@ class AppState:
     @classmethod
     def build(cls, settings: Settings) -> AppState:
         registry = ModelRegistry(settings)
-        return cls(settings, registry, ChatService(registry), CompletionService(registry))
+        limits = RunLimits(request_timeout=settings.request_timeout)
+        return cls(
+            settings, registry, ChatService(registry, limits), CompletionService(registry, limits)
+        )
+
+    def begin_shutdown(self) -> None:
+        """SIGTERM: refuse new work with 503 while running requests finish."""
+        self.registry.stop_accepting()
 
     def close(self) -> None:
         self.registry.close()

@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.models.sources import CATALOG
+from server.serving import build_server
 from server.settings import Settings, load_settings
 
 MODELS_DIR = load_settings(None).models_dir.expanduser()
@@ -35,6 +35,7 @@ def make_settings(**overrides: object) -> Settings:
             "aliases": ["SmolLM2-135M-Instruct"],
             "path": str(model_file("smollm2")),
             "n_ctx": 1024,
+            "slots": 8,
             "threads": 2,
             "preload": True,
             "defaults": {"temperature": 0.7},
@@ -43,6 +44,7 @@ def make_settings(**overrides: object) -> Settings:
             "name": "gemma3-270m",
             "path": str(model_file("gemma3-270m")),
             "n_ctx": 1024,
+            "slots": 2,
             "threads": 2,
         },
     ]
@@ -78,28 +80,32 @@ def _free_port() -> int:
 class LiveServer:
     """uvicorn serving a Hearth app on a free loopback port, in a background thread."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, settings: Settings | None = None) -> None:
         self.app = app
         self.port = _free_port()
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        settings = (settings or make_settings()).model_copy(update={"log_level": "warning"})
+        self.server = build_server(app, settings, port=self.port)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def __enter__(self) -> LiveServer:
         self._thread.start()
         deadline = time.monotonic() + 60
-        while not self._server.started:
+        while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.05)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
+        self.server.should_exit = True
         self._thread.join(timeout=60)
 
 

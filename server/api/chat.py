@@ -19,5 +19,8 @@ async def create_chat_completion(
 ) -> ChatCompletion | EventSourceResponse | Response:
     run = await state.chat.prepare(body, owner=body.user or "")
     if body.stream:
-        return sse_response(state.chat.stream(run, include_usage=body.include_usage))
+        return sse_response(
+            state.chat.stream(run, include_usage=body.include_usage),
+            shutdown_grace=state.settings.shutdown_grace,
+        )
     return await unless_disconnected(request, state.chat.complete(run))

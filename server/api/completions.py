@@ -19,5 +19,8 @@ async def create_completion(
 ) -> Completion | EventSourceResponse | Response:
     run, echoes = await state.completions.prepare(body, owner=body.user or "")
     if body.stream:
-        return sse_response(state.completions.stream(run, echoes, include_usage=body.include_usage))
+        return sse_response(
+            state.completions.stream(run, echoes, include_usage=body.include_usage),
+            shutdown_grace=state.settings.shutdown_grace,
+        )
     return await unless_disconnected(request, state.completions.complete(run, echoes))

@@ -14,10 +14,10 @@ from server.errors import HearthError
 
 logger = logging.getLogger(__name__)
 
-SHUTDOWN_GRACE_SECONDS = 25
 
-
-def sse_response(chunks: AsyncGenerator[BaseModel, None]) -> EventSourceResponse:
+def sse_response(
+    chunks: AsyncGenerator[BaseModel, None], *, shutdown_grace: float
+) -> EventSourceResponse:
     """Stream ``chunks`` as SSE. An error after the first byte cannot change the HTTP status, so
     it is sent as a ``data: {"error": ...}`` event, followed by ``[DONE]`` like any stream.
     A client disconnect cancels the generator; closing ``chunks`` then cancels the generation."""
@@ -36,6 +36,6 @@ def sse_response(chunks: AsyncGenerator[BaseModel, None]) -> EventSourceResponse
             await chunks.aclose()
         yield {"data": "[DONE]"}
 
-    # On shutdown, let a running stream finish (within uvicorn's own 30 s grace) rather than
-    # cutting it off mid-answer.
-    return EventSourceResponse(events(), ping=15, shutdown_grace_period=SHUTDOWN_GRACE_SECONDS)
+    # On shutdown, let a running stream finish (within the server's grace period) rather
+    # than cutting it off mid-answer.
+    return EventSourceResponse(events(), ping=15, shutdown_grace_period=shutdown_grace)

@@ -51,7 +51,15 @@ class BatchEntry:
 
 
 class LlamaBackend:
-    """A loaded GGUF model with ``n_slots`` independent sequences sharing one context."""
+    """A loaded GGUF model with ``n_slots`` independent sequences sharing one context.
+
+    ``n_ctx`` is each sequence's context; the KV cache holds ``n_slots * n_ctx`` cells, so a
+    sequence never runs out of room because its neighbours are long. By default each sequence
+    has its own stream of cells: its attention then sums over exactly the cells it would have
+    alone, so a greedy or seeded request gives the same text whether it runs alone or beside
+    others. ``kv_unified`` pools the cells instead; the placement of a sequence's cells among
+    its neighbours' then changes the order of floating-point sums, and outputs drift.
+    """
 
     def __init__(
         self,
@@ -62,6 +70,7 @@ class LlamaBackend:
         n_threads: int,
         n_batch: int = 512,
         n_gpu_layers: int = 0,
+        kv_unified: bool = False,
     ) -> None:
         _init_llama()
         if not path.is_file():
@@ -75,13 +84,13 @@ class LlamaBackend:
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
 
         ctx_params = llama_cpp.llama_context_default_params()
-        ctx_params.n_ctx = n_ctx
+        ctx_params.n_ctx = n_ctx * n_slots
         ctx_params.n_batch = n_batch
         ctx_params.n_ubatch = n_batch
         ctx_params.n_seq_max = n_slots
         ctx_params.n_threads = n_threads
         ctx_params.n_threads_batch = n_threads
-        ctx_params.kv_unified = True
+        ctx_params.kv_unified = kv_unified
         ctx_params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
@@ -89,7 +98,7 @@ class LlamaBackend:
             raise ModelUnavailableError(f"llama.cpp could not create a context for {path}")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
 
-        self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx)
+        self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx) // n_slots
         self.n_slots = n_slots
         self.n_batch = n_batch
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)

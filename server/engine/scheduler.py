@@ -72,10 +72,12 @@ class Scheduler:
         name: str,
         max_queue: int = 64,
         prefill_chunk: int = 512,
+        queue_timeout: float = 60.0,
     ) -> None:
         self._backend = backend
         self._name = name
         self._prefill_chunk = max(1, min(prefill_chunk, backend.n_batch))
+        self._queue_timeout = queue_timeout
         self._queue: FairQueue[Ticket] = FairQueue(max_queue)
         self._free_slots = list(range(backend.n_slots))
         self._active: list[Ticket] = []
@@ -120,6 +122,11 @@ class Scheduler:
     def busy_slots(self) -> int:
         return len(self._active)
 
+    def stop_accepting(self) -> None:
+        """New requests get 503 from now on; queued and running ones carry on."""
+        with self._cond:
+            self._accepting = False
+
     def stop(self, timeout: float | None = None) -> bool:
         """Stop admitting, cancel what is queued, let the loop finish what runs, and join it.
         Returns False if the loop was still running when ``timeout`` passed."""
@@ -150,52 +157,67 @@ class Scheduler:
         with self._cond:
             for ticket in self._queue.remove_if(lambda t: t.cancelled or self._stop):
                 self._emit_end(ticket, "cancelled")
+            now = time.monotonic()
+            for ticket in self._queue.remove_if(
+                lambda t: now - t.submitted_at > self._queue_timeout
+            ):
+                ticket.queue_seconds = now - ticket.submitted_at
+                self._emit_end(ticket, "queue_timeout")
+            for ticket in self._queue.remove_if(
+                lambda t: t.request.deadline is not None and now > t.request.deadline
+            ):
+                self._emit_end(ticket, "deadline")
             while self._free_slots and (queued := self._queue.pop()) is not None:
                 self._admit(queued)
             if not self._active:
                 if self._stop:
                     return False
-                self._cond.wait()
+                # Wake now and then even when idle, so queue deadlines are noticed.
+                self._cond.wait(timeout=1.0)
                 return True
             active = list(self._active)
         self._step(active)
         return True
 
     def _admit(self, ticket: Ticket) -> None:
-        ticket.slot = self._free_slots.pop()
+        ticket.slot = self._free_slots.pop(self._free_slots.index(min(self._free_slots)))
         ticket.queue_seconds = time.monotonic() - ticket.submitted_at
         ticket.text = TextStream(ticket.request.stop)
         self._backend.begin(ticket.slot, ticket.request.sampling)
         self._active.append(ticket)
 
     def _step(self, active: list[Ticket]) -> None:
+        """One decode: the next token of every generating sequence first (so running streams
+        keep their pace), then as much prompt as ``prefill_chunk`` allows."""
+        now = time.monotonic()
         entries: list[BatchEntry] = []
         sampled_at: list[tuple[Ticket, int]] = []
-        prefill_budget = self._prefill_chunk
-        for ticket in active:
+        prefilling: list[Ticket] = []
+        # In slot order: llama.cpp splits a batch whose sequences are out of order into
+        # several micro-batches, which costs as much as decoding them one by one.
+        for ticket in sorted(active, key=lambda t: t.slot):
             if ticket.cancelled:
                 self._retire(ticket, "cancelled")
-                continue
-            prompt = ticket.request.prompt_tokens
-            if ticket.prefilled < len(prompt):
-                take = min(
-                    len(prompt) - ticket.prefilled,
-                    prefill_budget,
-                    self._backend.n_batch - len(entries),
-                )
-                if take <= 0:
-                    continue  # no room this step; the prompt continues next step
-                prefill_budget -= take
-                for i in range(ticket.prefilled, ticket.prefilled + take):
-                    last = i == len(prompt) - 1
-                    entries.append(BatchEntry(ticket.slot, prompt[i], i, last))
-                ticket.prefilled += take
-                ticket.position = ticket.prefilled
-                if ticket.prefilled == len(prompt):
-                    sampled_at.append((ticket, len(entries) - 1))
-            elif len(entries) < self._backend.n_batch:
+            elif ticket.request.deadline is not None and now > ticket.request.deadline:
+                self._retire(ticket, "deadline")
+            elif ticket.prefilled < len(ticket.request.prompt_tokens):
+                prefilling.append(ticket)
+            else:
                 entries.append(BatchEntry(ticket.slot, ticket.last_token, ticket.position, True))
                 ticket.position += 1
+                sampled_at.append((ticket, len(entries) - 1))
+        budget = min(self._prefill_chunk, self._backend.n_batch - len(entries))
+        for ticket in prefilling:
+            prompt = ticket.request.prompt_tokens
+            take = min(len(prompt) - ticket.prefilled, budget)
+            if take <= 0:
+                break  # the rest of the prompts continue next step
+            budget -= take
+            end = ticket.prefilled + take
+            for i in range(ticket.prefilled, end):
+                entries.append(BatchEntry(ticket.slot, prompt[i], i, i == len(prompt) - 1))
+            ticket.prefilled = ticket.position = end
+            if end == len(prompt):
                 sampled_at.append((ticket, len(entries) - 1))
         if not entries:
             return
@@ -203,7 +225,8 @@ class Scheduler:
             self._backend.decode(entries)
         except RuntimeError as exc:
             logger.error("decode failed for model %s: %s", self._name, exc)
-            for ticket in {id(t): t for t, _ in sampled_at}.values():
+            in_batch = {entry.slot for entry in entries}
+            for ticket in [t for t in self._active if t.slot in in_batch]:
                 self._retire(ticket, "error", error=str(exc))
             return
         for ticket, index in sampled_at:

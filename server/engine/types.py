@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-FinishReason = Literal["stop", "length", "cancelled", "error"]
+# "stop" and "length" are OpenAI's; the others end a request abnormally.
+FinishReason = Literal["stop", "length", "cancelled", "error", "queue_timeout", "deadline"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class GenerationRequest:
     # Who the request belongs to (API key or `user`); the queue is fair across owners.
     owner: str = ""
     priority: int = 0
+    # time.monotonic() after which the request is abandoned (queued or running); None: never.
+    deadline: float | None = None
 
 
 @dataclass(frozen=True)

@@ -101,6 +101,8 @@ class SamplingFields(OpenAIRequest):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # Not OpenAI's: a higher priority is admitted first among waiting requests.
+    priority: int = Field(0, ge=-1000, le=1000)
 
     @field_validator("stop")
     @classmethod

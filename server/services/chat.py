@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import replace
 
-from server.engine.types import GenerationRequest
 from server.errors import ChatTemplateMissingError, UnsupportedFeatureError
 from server.protocol.chat import (
     AssistantMessage,
@@ -22,7 +20,9 @@ from server.protocol.common import Usage
 from server.registry import ModelHandle, ModelRegistry
 from server.services.generation import (
     PreparedRun,
+    RunLimits,
     check_finish,
+    choice_jobs,
     collect,
     merged,
     openai_finish_reason,
@@ -35,8 +35,9 @@ from server.services.templates import ChatTemplate, message_to_template_dict
 class ChatService:
     """Builds, runs and shapes chat completions."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, limits: RunLimits) -> None:
         self._registry = registry
+        self._limits = limits
         self._templates: dict[str, ChatTemplate] = {}
 
     async def prepare(self, request: ChatCompletionRequest, *, owner: str) -> PreparedRun:
@@ -66,20 +67,16 @@ class ChatService:
         )
         sampling = sampling_params(request, handle.config.defaults)
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
-        jobs = [
-            GenerationRequest(
-                request_id=f"{request_id}-{i}",
-                prompt_tokens=tokens,
-                max_tokens=budget,
-                # n choices with one seed must still differ, as OpenAI's do.
-                sampling=replace(
-                    sampling, seed=None if sampling.seed is None else sampling.seed + i
-                ),
-                stop=request.stop_list(),
-                owner=owner,
-            )
-            for i in range(request.n)
-        ]
+        jobs = choice_jobs(
+            request_id,
+            0,
+            tokens,
+            budget,
+            sampling,
+            request,
+            owner=owner,
+            deadline=self._limits.deadline(),
+        )
         return PreparedRun(request_id, handle, jobs, prompt_token_count=len(tokens))
 
     async def complete(self, run: PreparedRun) -> ChatCompletion:

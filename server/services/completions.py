@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from server.engine.types import GenerationRequest
 from server.errors import InvalidRequestError, UnsupportedFeatureError
@@ -13,7 +13,9 @@ from server.protocol.completions import Completion, CompletionChoice, Completion
 from server.registry import ModelHandle, ModelRegistry
 from server.services.generation import (
     PreparedRun,
+    RunLimits,
     check_finish,
+    choice_jobs,
     collect,
     merged,
     openai_finish_reason,
@@ -34,8 +36,9 @@ class _Prompt:
 class CompletionService:
     """Builds, runs and shapes text completions."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, limits: RunLimits) -> None:
         self._registry = registry
+        self._limits = limits
 
     async def prepare(
         self, request: CompletionRequest, *, owner: str
@@ -49,23 +52,22 @@ class CompletionService:
         request_id = f"cmpl-{uuid.uuid4().hex}"
         jobs: list[GenerationRequest] = []
         echoes: list[str] = []
+        deadline = self._limits.deadline()
         for prompt in prompts:
             budget = completion_budget(
                 request.max_tokens, default, len(prompt.tokens), handle.n_ctx, param="prompt"
             )
-            for i in range(request.n):
-                seed = None if sampling.seed is None else sampling.seed + i
-                jobs.append(
-                    GenerationRequest(
-                        request_id=f"{request_id}-{len(jobs)}",
-                        prompt_tokens=prompt.tokens,
-                        max_tokens=budget,
-                        sampling=replace(sampling, seed=seed),
-                        stop=request.stop_list(),
-                        owner=owner,
-                    )
-                )
-                echoes.append(prompt.text if request.echo else "")
+            jobs += choice_jobs(
+                request_id,
+                len(jobs),
+                prompt.tokens,
+                budget,
+                sampling,
+                request,
+                owner=owner,
+                deadline=deadline,
+            )
+            echoes += [prompt.text if request.echo else ""] * request.n
         prompt_tokens = sum(len(p.tokens) for p in prompts)
         return PreparedRun(request_id, handle, jobs, prompt_token_count=prompt_tokens), echoes
 

@@ -11,13 +11,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from server.engine.stream import GenerationStream
-from server.engine.types import GenerationRequest, TokenEvent
-from server.errors import EngineError, ShuttingDownError
-from server.protocol.common import Usage
+from server.engine.types import GenerationRequest, SamplingParams, TokenEvent
+from server.errors import EngineError, QueueTimeoutError, RequestTimeoutError, ShuttingDownError
+from server.protocol.common import SamplingFields, Usage
 from server.registry import ModelHandle
 
 logger = logging.getLogger("hearth.requests")
@@ -49,6 +49,44 @@ class ChoiceResult:
     queue_seconds: float
 
 
+@dataclass(frozen=True)
+class RunLimits:
+    """Per-request limits the services apply to every job they build."""
+
+    request_timeout: float | None = None
+
+    def deadline(self) -> float | None:
+        return None if self.request_timeout is None else time.monotonic() + self.request_timeout
+
+
+def choice_jobs(
+    request_id: str,
+    first_index: int,
+    prompt_tokens: list[int],
+    max_tokens: int,
+    sampling: SamplingParams,
+    fields: SamplingFields,
+    *,
+    owner: str,
+    deadline: float | None,
+) -> list[GenerationRequest]:
+    """The ``fields.n`` jobs for one prompt. Choices sharing a seed must still differ, as
+    OpenAI's do: choice *i* samples with ``seed + i``."""
+    return [
+        GenerationRequest(
+            request_id=f"{request_id}-{first_index + i}",
+            prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens,
+            sampling=replace(sampling, seed=None if sampling.seed is None else sampling.seed + i),
+            stop=fields.stop_list(),
+            owner=owner,
+            priority=fields.priority,
+            deadline=deadline,
+        )
+        for i in range(fields.n)
+    ]
+
+
 def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
     return Usage(
         prompt_tokens=prompt_tokens,
@@ -69,6 +107,16 @@ def check_finish(event: TokenEvent) -> None:
     if event.finish_reason == "cancelled":
         raise ShuttingDownError(
             "the request was cancelled because the server is stopping", retry_after=5
+        )
+    if event.finish_reason == "queue_timeout":
+        raise QueueTimeoutError(
+            f"the request waited {event.queue_seconds:.0f}s in the queue without a free slot; "
+            "the server is overloaded, retry later",
+            retry_after=5,
+        )
+    if event.finish_reason == "deadline":
+        raise RequestTimeoutError(
+            "the request ran past the server's request_timeout and was stopped"
         )
 
 

@@ -85,28 +85,40 @@ def test_errors_surface_as_the_sdks_exceptions(client: openai.OpenAI) -> None:
     assert too_long.value.code == "context_length_exceeded"
 
 
-def test_concurrent_requests_wait_their_turn_and_are_not_interrupted(client: openai.OpenAI) -> None:
-    prompts = [f"Count from {i} upwards:" for i in range(1, 4)]
+def test_eight_streams_at_once_match_what_each_gets_alone(client: openai.OpenAI) -> None:
+    """8 slots, 8 concurrent streams: each completes with its own token count, and at
+    temperature 0 each text equals what that request gets alone (no cross-talk)."""
+    topics = ["cats", "the sea", "robots", "winter", "trains", "the moon", "bread", "music"]
+    messages = [[{"role": "user", "content": f"Write two sentences about {t}."}] for t in topics]
     alone = [
-        client.completions.create(model="smollm2", prompt=p, max_tokens=24, temperature=0)
-        .choices[0]
-        .text
-        for p in prompts
+        client.chat.completions.create(model="smollm2", messages=m, max_tokens=48, temperature=0)  # type: ignore[arg-type]
+        for m in messages
     ]
-    results: dict[int, str] = {}
+    results: dict[int, tuple[str, int]] = {}
+    start = threading.Barrier(len(topics))
 
     def worker(i: int) -> None:
-        stream = client.completions.create(
-            model="smollm2", prompt=prompts[i], max_tokens=24, temperature=0, stream=True
+        start.wait()
+        stream = client.chat.completions.create(
+            model="smollm2",
+            messages=messages[i],  # type: ignore[arg-type]
+            max_tokens=48,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
         )
-        results[i] = "".join(c.choices[0].text for c in stream)
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert chunks[-1].usage is not None
+        results[i] = (text, chunks[-1].usage.completion_tokens)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(topics))]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert [results[i] for i in range(3)] == alone
+    for i, reply in enumerate(alone):
+        assert results[i] == (reply.choices[0].message.content, reply.usage.completion_tokens)  # type: ignore[union-attr]
 
 
 def _scheduler(live_server: LiveServer) -> Scheduler:

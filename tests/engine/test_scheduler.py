@@ -61,13 +61,17 @@ class FakeBackend:
 
 
 class Collector:
-    def __init__(self) -> None:
+    def __init__(self, tag: str = "", finish_order: list[str] | None = None) -> None:
         self.events: list[TokenEvent] = []
         self.done = threading.Event()
+        self.tag = tag
+        self.finish_order = finish_order
 
     def __call__(self, event: TokenEvent) -> None:
         self.events.append(event)
         if event.finish_reason is not None:
+            if self.finish_order is not None:
+                self.finish_order.append(self.tag)
             self.done.set()
 
     def wait(self) -> TokenEvent:
@@ -268,3 +272,103 @@ def test_stop_rejects_new_work_and_cancels_the_queue(backend: FakeBackend) -> No
     assert queued.wait().finish_reason == "cancelled"
     with pytest.raises(ShuttingDownError):
         scheduler.submit(request([1]), Collector())
+
+
+def test_waiting_owners_take_turns_for_a_free_slot(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    order: list[str] = []
+    scheduler.submit(request([1], max_tokens=2, owner="flood"), Collector("running", order))
+    wait_until(lambda: scheduler.busy_slots == 1)
+    sinks = [Collector(f"flood-{i}", order) for i in range(3)]
+    for sink in sinks:
+        scheduler.submit(request([1], max_tokens=1, owner="flood"), sink)
+    polite = Collector("polite", order)
+    scheduler.submit(request([1], max_tokens=1, owner="polite"), polite)
+    backend.gate.release(1000)
+    for sink in [*sinks, polite]:
+        sink.wait()
+    assert order[:3] == ["running", "flood-0", "polite"]
+    scheduler.stop(timeout=10)
+
+
+def test_priority_jumps_the_queue(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    running, low, high = Collector(), Collector(), Collector()
+    scheduler.submit(request([1], max_tokens=2), running)
+    wait_until(lambda: scheduler.busy_slots == 1)
+    scheduler.submit(GenerationRequest("low", [5], 1, SamplingParams(), [], "a", priority=0), low)
+    scheduler.submit(GenerationRequest("high", [7], 1, SamplingParams(), [], "b", priority=9), high)
+    backend.gate.release(1000)
+    low.wait()
+    high.wait()
+    assert high.events[-1].queue_seconds <= low.events[-1].queue_seconds
+    scheduler.stop(timeout=10)
+
+
+def test_a_request_that_waits_too_long_times_out(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend, queue_timeout=0.05)  # type: ignore[arg-type]
+    running, waiting = Collector(), Collector()
+    scheduler.submit(request([1], max_tokens=1000), running)
+    wait_until(lambda: scheduler.busy_slots == 1)
+    scheduler.submit(request([2]), waiting)
+    time.sleep(0.1)
+    backend.gate.release(5)  # let the loop take a step and look at the queue
+    final = waiting.wait()
+    assert final.finish_reason == "queue_timeout"
+    assert final.queue_seconds >= 0.05
+    assert running.events[-1].finish_reason is None  # the running one is untouched
+    backend.gate.release(2000)
+    scheduler.stop(timeout=10)
+
+
+def test_a_passed_deadline_frees_the_slot_at_the_next_step(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    sink = Collector()
+    req = request([1], max_tokens=1000)
+    req.deadline = time.monotonic() + 0.05
+    scheduler.submit(req, sink)
+    backend.gate.release(2)
+    wait_until(lambda: len(sink.events) >= 1)
+    time.sleep(0.06)
+    backend.gate.release(2)
+    final = sink.wait()
+    assert final.finish_reason == "deadline"
+    assert final.completion_tokens < 10
+    wait_until(lambda: scheduler.busy_slots == 0)
+    scheduler.stop(timeout=10)
+
+
+def test_stop_accepting_refuses_new_work_but_keeps_the_queue(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    running, queued = Collector(), Collector()
+    scheduler.submit(request([1], max_tokens=2), running)
+    scheduler.submit(request([2], max_tokens=2), queued)
+    scheduler.stop_accepting()
+    with pytest.raises(ShuttingDownError) as info:
+        scheduler.submit(request([3]), Collector())
+    assert info.value.status_code == 503
+    backend.gate.release(100)
+    assert running.wait().finish_reason == "length"
+    assert queued.wait().finish_reason == "length"
+    scheduler.stop(timeout=10)
+
+
+def test_batches_list_sequences_in_slot_order() -> None:
+    backend = FakeBackend(n_slots=3)
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    sinks = [Collector() for _ in range(3)]
+    for i, sink in enumerate(sinks):
+        scheduler.submit(request([10 * (i + 1)], max_tokens=4), sink)
+    backend.gate.release(100)
+    for sink in sinks:
+        sink.wait()
+    for batch in backend.batches:
+        slots = [e.slot for e in batch]
+        assert slots == sorted(slots)
+    scheduler.stop(timeout=10)
