@@ -8,7 +8,7 @@ PORT   ?= 8000
 # llama-cpp-python compiles llama.cpp from source; use every core for it.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install models run test check lint typecheck clean
+.PHONY: install models run test check lint typecheck bench clean
 
 install: $(STAMP)
 
@@ -29,13 +29,24 @@ test: models
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/ruff check server tests
-	$(BIN)/ruff format --check server tests
+	$(BIN)/ruff check server tests bench
+	$(BIN)/ruff format --check server tests bench
 
 typecheck: install
 	$(BIN)/mypy
 
 check: lint typecheck test
+
+# Benchmark, not a test: Hearth beside llama-cpp-python's server and llama.cpp's llama-server
+# (built once from the llama.cpp inside the pinned llama-cpp-python sdist, cached in
+# ~/.cache/hearth/bench). Appends its table to bench/RESULTS.md.
+BENCH_ARGS ?= --rounds 3
+bench: models
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(BIN)/python bench/bench.py \
+	  --model-path $$($(BIN)/python -c 'from server.settings import load_settings; from server.models.sources import CATALOG; print(load_settings(None).models_dir.expanduser() / CATALOG["smollm2"].filename)') \
+	  --llama-server $$(bench/build_llama_server.sh $(BIN)/python) \
+	  --threads $$(nproc) --write bench/RESULTS.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

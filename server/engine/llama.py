@@ -35,6 +35,57 @@ def _forward_native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) ->
     )
 
 
+class _ThreadpoolParams(ctypes.Structure):
+    """ggml's ``struct ggml_threadpool_params`` (ggml.h); GGML_MAX_N_THREADS is 512."""
+
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * 512),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+class _Threadpool:
+    """A persistent ggml CPU threadpool attached to one context.
+
+    llama-cpp-python does not bind ``llama_attach_threadpool``. Without it, ggml builds a
+    throwaway pool of threads for every graph it computes, i.e. on every decode step; llama.cpp's
+    own server attaches a persistent, polling pool instead. The functions live in the shared
+    libraries the wheel ships, so they are bound here by name.
+    """
+
+    def __init__(self, ctx: ctypes.c_void_p, n_threads: int) -> None:
+        lib_dir = Path(llama_cpp.__file__).parent / "lib"
+        self._ggml_cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))
+        self._llama = llama_cpp.llama_cpp._lib
+        self._ggml_cpu.ggml_threadpool_params_init.argtypes = [ctypes.POINTER(_ThreadpoolParams), ctypes.c_int]
+        self._ggml_cpu.ggml_threadpool_params_init.restype = None
+        self._ggml_cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
+        self._ggml_cpu.ggml_threadpool_new.restype = ctypes.c_void_p
+        self._ggml_cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
+        self._ggml_cpu.ggml_threadpool_free.restype = None
+        self._llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self._llama.llama_attach_threadpool.restype = None
+        self._llama.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
+        self._llama.llama_detach_threadpool.restype = None
+        params = _ThreadpoolParams()
+        self._ggml_cpu.ggml_threadpool_params_init(ctypes.byref(params), n_threads)
+        self._pool = self._ggml_cpu.ggml_threadpool_new(ctypes.byref(params))
+        if not self._pool:
+            raise ModelUnavailableError("ggml could not create its CPU threadpool")
+        self._ctx = ctx
+        self._llama.llama_attach_threadpool(ctx, self._pool, self._pool)
+
+    def close(self) -> None:
+        if self._pool:
+            self._llama.llama_detach_threadpool(self._ctx)
+            self._ggml_cpu.ggml_threadpool_free(self._pool)
+            self._pool = None
+
+
 def _init_llama() -> None:
     llama_cpp.llama_log_set(_forward_native_log, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
@@ -97,6 +148,7 @@ class LlamaBackend:
             llama_cpp.llama_model_free(self._model)
             raise ModelUnavailableError(f"llama.cpp could not create a context for {path}")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._threadpool = _Threadpool(self._ctx, n_threads)
 
         self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx) // n_slots
         self.n_slots = n_slots
@@ -200,6 +252,7 @@ class LlamaBackend:
         for slot in range(self.n_slots):
             self._free_sampler(slot)
         if self._ctx:
+            self._threadpool.close()
             llama_cpp.llama_batch_free(self._batch)
             llama_cpp.llama_free(self._ctx)
             self._ctx = None

@@ -1,0 +1,411 @@
+"""`make bench`: Hearth beside llama-cpp-python's server and llama.cpp's llama-server.
+
+Every server gets the same model, the same threads and the same requests, one server at a
+time on this machine. The workload is /v1/completions at temperature 0 with prompts that make
+the model count upwards (so no stream ends early on an end-of-text token), each request with
+its own prompt (so no server gains from a prompt cache). Printed per server:
+
+- single-stream decode tokens/s: (tokens - 1) / (last token time - first token time);
+- aggregate completion tokens/s with 1, 4 and 8 concurrent streams: all tokens / wall time;
+- p50 and p95 time to first token under load (the 8-stream runs);
+- peak RSS of the server process (VmHWM).
+
+Then the ratios Hearth / peer. This is a benchmark, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import math
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+CONCURRENCY = (1, 4, 8)
+
+
+@dataclass
+class StreamResult:
+    start: float
+    ttft: float
+    token_times: list[float]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.token_times)
+
+
+@dataclass
+class ServerResult:
+    name: str
+    single_stream_tps: float = 0.0
+    aggregate_tps: dict[int, float] = field(default_factory=dict)
+    ttft_p50: float = 0.0
+    ttft_p95: float = 0.0
+    peak_rss_mb: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class PeerServer:
+    name: str
+    command: list[str]
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def prompt_for(index: int) -> str:
+    start = 10 + 37 * index
+    return ", ".join(str(n) for n in range(start, start + 8)) + ","
+
+
+async def _stream(
+    client: httpx.AsyncClient, base_url: str, model: str, prompt: str, max_tokens: int
+) -> StreamResult:
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    start = time.perf_counter()
+    times: list[float] = []
+    async with client.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = json.loads(data)
+            if chunk.get("choices") and chunk["choices"][0].get("text"):
+                times.append(time.perf_counter())
+    ttft = (times[0] - start) if times else float("nan")
+    return StreamResult(start, ttft, times)
+
+
+async def _concurrent(
+    base_url: str, model: str, prompts: list[str], max_tokens: int
+) -> list[StreamResult]:
+    # One event loop for every stream: threads would fight over the GIL and the client's own
+    # CPU use would weigh on the server sharing these cores.
+    limits = httpx.Limits(max_connections=len(prompts), max_keepalive_connections=len(prompts))
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        return list(
+            await asyncio.gather(
+                *(_stream(client, base_url, model, p, max_tokens) for p in prompts)
+            )
+        )
+
+
+def stream_completion(base_url: str, model: str, prompt: str, max_tokens: int) -> StreamResult:
+    return asyncio.run(_concurrent(base_url, model, [prompt], max_tokens))[0]
+
+
+def run_concurrent(
+    base_url: str, model: str, streams: int, max_tokens: int, offset: int
+) -> list[StreamResult]:
+    prompts = [prompt_for(offset + i) for i in range(streams)]
+    return asyncio.run(_concurrent(base_url, model, prompts, max_tokens))
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def wait_ready(base_url: str, process: subprocess.Popen[bytes], limit: float = 180) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/v1/models", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server did not become ready")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+class RunningServer:
+    """A peer started in the background, with its log in ``log_dir``."""
+
+    def __init__(self, server: PeerServer, log_dir: Path) -> None:
+        self.spec = server
+        self.base_url = f"http://127.0.0.1:{server.port}"
+        self._log = (log_dir / f"{server.name}.log").open("wb")
+        self.process = subprocess.Popen(
+            server.command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **server.env},
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self._log.close()
+
+
+def measure_round(
+    server: RunningServer, model: str, max_tokens: int, offset: int
+) -> dict[str, float | list[float]]:
+    """One round of every measurement on one server."""
+    single = stream_completion(server.base_url, model, prompt_for(offset), max_tokens)
+    span = single.token_times[-1] - single.token_times[0]
+    figures: dict[str, float | list[float]] = {
+        "single": (single.tokens - 1) / span if span > 0 else float("nan")
+    }
+    offset += 1
+    for streams in CONCURRENCY:
+        runs = run_concurrent(server.base_url, model, streams, max_tokens, offset)
+        offset += streams
+        wall = max(r.token_times[-1] for r in runs if r.tokens) - min(r.start for r in runs)
+        figures[f"agg{streams}"] = sum(r.tokens for r in runs) / wall
+        if streams == max(CONCURRENCY):
+            figures["ttfts"] = [r.ttft for r in runs]
+    return figures
+
+
+def measure_all(
+    servers: list[PeerServer], model: str, max_tokens: int, rounds: int, log_dir: Path
+) -> list[ServerResult]:
+    """Start every server, then take turns round by round, so that a slow patch of a shared
+    machine hurts all of them alike; report the median of the rounds."""
+    running = [RunningServer(s, log_dir) for s in servers]
+    results = [ServerResult(s.name) for s in servers]
+    rounds_by_server: list[list[dict[str, float | list[float]]]] = [[] for _ in servers]
+    try:
+        for server, result in zip(running, results, strict=True):
+            try:
+                wait_ready(server.base_url, server.process)
+                stream_completion(server.base_url, model, prompt_for(999), 8)  # warm-up
+            except Exception as exc:
+                result.error = f"{type(exc).__name__}: {exc}"
+        for round_index in range(rounds):
+            for i, (server, result) in enumerate(zip(running, results, strict=True)):
+                if result.error:
+                    continue
+                print(
+                    f"round {round_index + 1}/{rounds}: {server.spec.name}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                try:
+                    rounds_by_server[i].append(
+                        measure_round(server, model, max_tokens, 100 * round_index)
+                    )
+                except Exception as exc:  # a peer that fails is reported, not fatal
+                    result.error = f"{type(exc).__name__}: {exc}"
+        for server, result, figures in zip(running, results, rounds_by_server, strict=True):
+            result.peak_rss_mb = peak_rss_mb(server.process.pid)
+            if result.error or not figures:
+                continue
+            result.single_stream_tps = statistics.median(float(f["single"]) for f in figures)  # type: ignore[arg-type]
+            for streams in CONCURRENCY:
+                result.aggregate_tps[streams] = statistics.median(
+                    float(f[f"agg{streams}"]) for f in figures
+                )  # type: ignore[arg-type]
+            ttfts = [t for f in figures for t in f["ttfts"]]  # type: ignore[union-attr]
+            result.ttft_p50 = statistics.median(ttfts)
+            result.ttft_p95 = percentile(ttfts, 0.95)
+    finally:
+        for server in running:
+            server.stop()
+    return results
+
+
+def format_table(results: list[ServerResult]) -> str:
+    peers = results[1:]
+    header = ["metric", *[r.name for r in results], *[f"hearth / {p.name}" for p in peers]]
+    rows: list[list[str]] = []
+
+    def row(label: str, values: list[float], fmt: str = "{:.1f}") -> None:
+        """The values, then Hearth's value divided by each peer's."""
+        cells = ["n/a" if math.isnan(v) else fmt.format(v) for v in values]
+        ratios = [
+            "n/a" if math.isnan(values[0]) or math.isnan(v) or not v else f"{values[0] / v:.2f}x"
+            for v in values[1:]
+        ]
+        rows.append([label, *cells, *ratios])
+
+    ok = results  # a failed peer shows n/a
+    row("single-stream decode tok/s", [r.single_stream_tps for r in ok])
+    for streams in CONCURRENCY:
+        row(
+            f"aggregate tok/s, {streams} streams",
+            [r.aggregate_tps.get(streams, float("nan")) for r in ok],
+        )
+    row("TTFT p50 under load (s)", [r.ttft_p50 for r in ok], fmt="{:.2f}")
+    row("TTFT p95 under load (s)", [r.ttft_p95 for r in ok], fmt="{:.2f}")
+    row("peak RSS (MB)", [r.peak_rss_mb for r in ok], fmt="{:.0f}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    for r in results:
+        if r.error:
+            lines.append(f"\n{r.name} failed: {r.error}")
+    return "\n".join(lines)
+
+
+def machine_description(threads: int) -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    system = f"{platform.system()} {platform.machine()}"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {mem_gib:.0f} GiB, {system}; {threads} threads per server"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model-path", type=Path, required=True, help="GGUF file every server loads"
+    )
+    parser.add_argument("--llama-server", type=Path, help="llama-server binary (skipped if absent)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--ctx", type=int, default=1024, help="context per sequence")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per server; medians are reported"
+    )
+    parser.add_argument("--write", type=Path, help="append the table to this markdown file")
+    args = parser.parse_args(argv)
+
+    python = sys.executable
+    model = "bench"
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "hearth-bench-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config = log_dir / "hearth-bench.toml"
+    config.write_text(
+        f'[[models]]\nname = "{model}"\npath = "{args.model_path.resolve()}"\n'
+        f"n_ctx = {args.ctx}\nslots = {args.slots}\nthreads = {args.threads}\n"
+    )
+    servers = [
+        PeerServer(
+            "hearth",
+            [python, "-m", "server", "serve", "--config", str(config), "--log-level", "warning"],
+            port := free_port(),
+            {"HEARTH_PORT": str(port)},
+        ),
+        PeerServer(
+            "llama-cpp-python",
+            [
+                python,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(args.model_path),
+                "--model_alias",
+                model,
+                "--n_ctx",
+                str(args.ctx),
+                "--n_threads",
+                str(args.threads),
+                "--n_threads_batch",
+                str(args.threads),
+                "--port",
+                str(p2 := free_port()),
+                # Its default cuts off a running stream when the next request arrives; let every
+                # request finish so that the tokens counted are tokens delivered.
+                "--interrupt_requests",
+                "False",
+            ],
+            p2,
+        ),
+    ]
+    if args.llama_server and args.llama_server.exists():
+        servers.append(
+            PeerServer(
+                "llama-server",
+                [
+                    str(args.llama_server),
+                    "-m",
+                    str(args.model_path),
+                    "--alias",
+                    model,
+                    "-c",
+                    str(args.ctx * args.slots),
+                    "-np",
+                    str(args.slots),
+                    "-t",
+                    str(args.threads),
+                    "-tb",
+                    str(args.threads),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(p3 := free_port()),
+                ],
+                p3,
+            )
+        )
+    only = os.environ.get("BENCH_ONLY")
+    if only:
+        servers = [s for s in servers if s.name in only.split(",")]
+    results = measure_all(servers, model, args.max_tokens, args.rounds, log_dir)
+    table = format_table(results)
+    print(table)
+    if args.write:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        command = "make bench  # " + " ".join(["bench/bench.py", *(argv or sys.argv[1:])])
+        with args.write.open("a") as fh:
+            fh.write(
+                f"\n## {stamp}: {args.model_path.name}, {args.slots} slots, "
+                f"{args.max_tokens} tokens per request\n\n"
+                f"Machine: {machine_description(args.threads)}.  \n"
+                f"Command: `{command}`\n\n{table}\n"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
