@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import llama_cpp
 
@@ -58,32 +58,34 @@ class _Threadpool:
     """
 
     def __init__(self, ctx: ctypes.c_void_p, n_threads: int) -> None:
-        lib_dir = Path(llama_cpp.__file__).parent / "lib"
-        self._ggml_cpu = ctypes.CDLL(str(lib_dir / "libggml-cpu.so"))
-        self._llama = llama_cpp.llama_cpp._lib
-        self._ggml_cpu.ggml_threadpool_params_init.argtypes = [ctypes.POINTER(_ThreadpoolParams), ctypes.c_int]
-        self._ggml_cpu.ggml_threadpool_params_init.restype = None
-        self._ggml_cpu.ggml_threadpool_new.argtypes = [ctypes.POINTER(_ThreadpoolParams)]
-        self._ggml_cpu.ggml_threadpool_new.restype = ctypes.c_void_p
-        self._ggml_cpu.ggml_threadpool_free.argtypes = [ctypes.c_void_p]
-        self._ggml_cpu.ggml_threadpool_free.restype = None
-        self._llama.llama_attach_threadpool.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
-        self._llama.llama_attach_threadpool.restype = None
-        self._llama.llama_detach_threadpool.argtypes = [ctypes.c_void_p]
-        self._llama.llama_detach_threadpool.restype = None
+        ggml_cpu = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-cpu.so"))
+        llama = llama_cpp.llama_cpp._lib
+        params_p, void_p = ctypes.POINTER(_ThreadpoolParams), ctypes.c_void_p
+        params_init = _bind(ggml_cpu, "ggml_threadpool_params_init", [params_p, ctypes.c_int], None)
+        pool_new = _bind(ggml_cpu, "ggml_threadpool_new", [params_p], void_p)
+        self._pool_free = _bind(ggml_cpu, "ggml_threadpool_free", [void_p], None)
+        attach = _bind(llama, "llama_attach_threadpool", [void_p, void_p, void_p], None)
+        self._detach = _bind(llama, "llama_detach_threadpool", [void_p], None)
         params = _ThreadpoolParams()
-        self._ggml_cpu.ggml_threadpool_params_init(ctypes.byref(params), n_threads)
-        self._pool = self._ggml_cpu.ggml_threadpool_new(ctypes.byref(params))
+        params_init(ctypes.byref(params), n_threads)
+        self._pool = pool_new(ctypes.byref(params))
         if not self._pool:
             raise ModelUnavailableError("ggml could not create its CPU threadpool")
         self._ctx = ctx
-        self._llama.llama_attach_threadpool(ctx, self._pool, self._pool)
+        attach(ctx, self._pool, self._pool)
 
     def close(self) -> None:
         if self._pool:
-            self._llama.llama_detach_threadpool(self._ctx)
-            self._ggml_cpu.ggml_threadpool_free(self._pool)
+            self._detach(self._ctx)
+            self._pool_free(self._pool)
             self._pool = None
+
+
+def _bind(lib: ctypes.CDLL, name: str, argtypes: list[Any], restype: Any) -> Any:
+    function = getattr(lib, name)
+    function.argtypes = argtypes
+    function.restype = restype
+    return function
 
 
 def _init_llama() -> None:
