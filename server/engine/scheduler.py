@@ -85,6 +85,8 @@ class Scheduler:
         self._accepting = True
         # How sequences ended, by finish reason (written by the engine thread only).
         self.finished: Counter[str] = Counter()
+        # Events of the current step, delivered by _flush (engine thread only).
+        self._pending: list[tuple[EventSink, TokenEvent]] = []
         self._stop = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
 
@@ -152,32 +154,52 @@ class Scheduler:
                 self._active = []
             for ticket in stranded:
                 self._emit_end(ticket, "error", error="the engine stopped unexpectedly")
+            self._flush()
 
     def _step_or_wait(self) -> bool:
         with self._cond:
-            for ticket in self._queue.remove_if(lambda t: t.cancelled or self._stop):
-                self._emit_end(ticket, "cancelled")
-            now = time.monotonic()
-            for ticket in self._queue.remove_if(
-                lambda t: now - t.submitted_at > self._queue_timeout
-            ):
-                ticket.queue_seconds = now - ticket.submitted_at
-                self._emit_end(ticket, "queue_timeout")
-            for ticket in self._queue.remove_if(
-                lambda t: t.request.deadline is not None and now > t.request.deadline
-            ):
-                self._emit_end(ticket, "deadline")
+            self._expire_queued(time.monotonic())
             while self._free_slots and (queued := self._queue.pop()) is not None:
                 self._admit(queued)
-            if not self._active:
-                if self._stop:
-                    return False
+            active = list(self._active)
+            stopping = self._stop
+        if active:
+            self._step(active)
+            return True
+        self._flush()
+        if stopping:
+            return False
+        with self._cond:
+            if not self._active and not len(self._queue) and not self._stop:
                 # Wake now and then even when idle, so queue deadlines are noticed.
                 self._cond.wait(timeout=1.0)
-                return True
-            active = list(self._active)
-        self._step(active)
         return True
+
+    def _expire_queued(self, now: float) -> None:
+        """Drop queued requests that were cancelled, waited too long, or passed their deadline."""
+
+        def reason(ticket: Ticket) -> FinishReason | None:
+            if ticket.cancelled or self._stop:
+                return "cancelled"
+            if now - ticket.submitted_at > self._queue_timeout:
+                return "queue_timeout"
+            if ticket.request.deadline is not None and now > ticket.request.deadline:
+                return "deadline"
+            return None
+
+        for ticket in self._queue.remove_if(lambda t: reason(t) is not None):
+            ticket.queue_seconds = now - ticket.submitted_at
+            self._emit_end(ticket, reason(ticket) or "cancelled")
+
+    def _flush(self) -> None:
+        """Hand the events of the last step to their requests.
+
+        Called right before the next ``llama_decode``, which releases the GIL: the event loop
+        then serializes and sends the tokens while llama.cpp computes, instead of holding the
+        GIL while this thread needs it to sample and build the next batch."""
+        pending, self._pending = self._pending, []
+        for sink, event in pending:
+            sink(event)
 
     def _admit(self, ticket: Ticket) -> None:
         ticket.slot = self._free_slots.pop(self._free_slots.index(min(self._free_slots)))
@@ -219,6 +241,7 @@ class Scheduler:
             ticket.prefilled = ticket.position = end
             if end == len(prompt):
                 sampled_at.append((ticket, len(entries) - 1))
+        self._flush()
         if not entries:
             return
         try:
@@ -252,7 +275,8 @@ class Scheduler:
         ):
             self._retire(ticket, "length", text=text, token=token)
             return
-        ticket.sink(TokenEvent(text=text, token_ids=(token,), completion_tokens=ticket.generated))
+        event = TokenEvent(text=text, token_ids=(token,), completion_tokens=ticket.generated)
+        self._pending.append((ticket.sink, event))
 
     def _retire(
         self,
@@ -281,14 +305,13 @@ class Scheduler:
         error: str | None = None,
     ) -> None:
         self.finished[reason] += 1
-        ticket.sink(
-            TokenEvent(
-                text=text,
-                token_ids=(token,) if token is not None else (),
-                finish_reason=reason,
-                prompt_tokens=len(ticket.request.prompt_tokens),
-                completion_tokens=ticket.generated,
-                queue_seconds=ticket.queue_seconds,
-                error=error,
-            )
+        event = TokenEvent(
+            text=text,
+            token_ids=(token,) if token is not None else (),
+            finish_reason=reason,
+            prompt_tokens=len(ticket.request.prompt_tokens),
+            completion_tokens=ticket.generated,
+            queue_seconds=ticket.queue_seconds,
+            error=error,
         )
+        self._pending.append((ticket.sink, event))

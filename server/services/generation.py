@@ -8,6 +8,7 @@ the task) cancels every choice still queued or running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -164,6 +165,35 @@ async def collect(run: PreparedRun) -> list[ChoiceResult]:
 async def merged(run: PreparedRun) -> AsyncGenerator[tuple[int, TokenEvent], None]:
     """Events of every choice as they come, tagged with the choice index."""
     streams = _submit_all(run)
+    finals: list[ChoiceResult] = []
+    try:
+        async with contextlib.aclosing(_interleave(streams)) as events:
+            async for index, event in events:
+                if event.finish_reason is not None:
+                    finals.append(
+                        ChoiceResult(
+                            index,
+                            "",
+                            event.finish_reason,
+                            event.prompt_tokens,
+                            event.completion_tokens,
+                            event.queue_seconds,
+                        )
+                    )
+                yield index, event
+    finally:
+        for stream in streams:
+            stream.cancel()
+    log_run(run, finals)
+
+
+async def _interleave(
+    streams: list[GenerationStream],
+) -> AsyncGenerator[tuple[int, TokenEvent], None]:
+    if len(streams) == 1:  # the common case: no pump task, no second queue per token
+        async for event in streams[0]:
+            yield 0, event
+        return
     events: asyncio.Queue[tuple[int, TokenEvent]] = asyncio.Queue()
 
     async def pump(index: int, stream: GenerationStream) -> None:
@@ -172,29 +202,14 @@ async def merged(run: PreparedRun) -> AsyncGenerator[tuple[int, TokenEvent], Non
 
     tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
     remaining = len(streams)
-    finals: list[ChoiceResult] = []
     try:
         while remaining:
             index, event = await events.get()
-            if event.finish_reason is not None:
-                remaining -= 1
-                finals.append(
-                    ChoiceResult(
-                        index,
-                        "",
-                        event.finish_reason,
-                        event.prompt_tokens,
-                        event.completion_tokens,
-                        event.queue_seconds,
-                    )
-                )
+            remaining -= event.finish_reason is not None
             yield index, event
     finally:
         for task in tasks:
             task.cancel()
-        for stream in streams:
-            stream.cancel()
-    log_run(run, finals)
 
 
 def log_run(run: PreparedRun, results: Sequence[ChoiceResult]) -> None:
