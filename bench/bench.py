@@ -35,6 +35,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 8)
+SINGLE_STREAM_REPEATS = 3
 
 
 @dataclass
@@ -190,12 +191,15 @@ def measure_round(
     server: RunningServer, model: str, max_tokens: int, offset: int
 ) -> dict[str, float | list[float]]:
     """One round of every measurement on one server."""
-    single = stream_completion(server.base_url, model, prompt_for(offset), max_tokens)
-    span = single.token_times[-1] - single.token_times[0]
-    figures: dict[str, float | list[float]] = {
-        "single": (single.tokens - 1) / span if span > 0 else float("nan")
-    }
-    offset += 1
+    # Three single streams per round: one 128-token request is short enough for a noisy
+    # neighbour on a shared machine to move it by 10%.
+    rates = []
+    for i in range(SINGLE_STREAM_REPEATS):
+        single = stream_completion(server.base_url, model, prompt_for(offset + i), max_tokens)
+        span = single.token_times[-1] - single.token_times[0]
+        rates.append((single.tokens - 1) / span if span > 0 else float("nan"))
+    figures: dict[str, float | list[float]] = {"single": statistics.median(rates)}
+    offset += SINGLE_STREAM_REPEATS
     for streams in CONCURRENCY:
         runs = run_concurrent(server.base_url, model, streams, max_tokens, offset)
         offset += streams
@@ -232,7 +236,7 @@ def measure_all(
                 )
                 try:
                     rounds_by_server[i].append(
-                        measure_round(server, model, max_tokens, 100 * round_index)
+                        measure_round(server, model, max_tokens, 1000 * round_index)
                     )
                 except Exception as exc:  # a peer that fails is reported, not fatal
                     result.error = f"{type(exc).__name__}: {exc}"
