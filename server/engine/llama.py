@@ -144,6 +144,9 @@ class LlamaBackend:
         ctx_params.n_threads = n_threads
         ctx_params.n_threads_batch = n_threads
         ctx_params.kv_unified = kv_unified
+        # Sliding-window models (Gemma 3) keep every position, not only the window: a prefix
+        # can then be reused from position 0. truncate() checks this rather than assuming it.
+        ctx_params.swa_full = True
         ctx_params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
@@ -221,14 +224,36 @@ class LlamaBackend:
     # -- sequences (engine thread only) ------------------------------------------------------
 
     def begin(self, slot: int, sampling: SamplingParams) -> None:
-        """Clear ``slot``'s KV cells and give it a fresh sampler chain."""
-        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        """Give ``slot`` a fresh sampler chain; its KV cells are left as they are."""
         self._free_sampler(slot)
         self._samplers[slot] = self._build_sampler(sampling)
 
     def end(self, slot: int) -> None:
-        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        """The sequence is done; its KV cells stay, for a later request to reuse."""
         self._free_sampler(slot)
+
+    def clear(self, slot: int) -> None:
+        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+
+    def truncate(self, slot: int, keep: int) -> bool:
+        """Keep positions ``[0, keep)`` of ``slot`` and drop the rest. False (and the slot
+        cleared) when the memory cannot do that exactly: a recurrent state cannot be cut, and
+        a sliding-window cache may already have dropped early positions."""
+        if keep <= 0:
+            self.clear(slot)
+            return keep == 0
+        ok = bool(llama_cpp.llama_memory_seq_rm(self._memory, slot, keep, -1))
+        ok = ok and llama_cpp.llama_memory_seq_pos_min(self._memory, slot) == 0
+        ok = ok and llama_cpp.llama_memory_seq_pos_max(self._memory, slot) == keep - 1
+        if not ok:
+            self.clear(slot)
+        return ok
+
+    def copy_sequence(self, source: int, target: int) -> None:
+        """Make ``target`` hold what ``source`` holds. With a stream per sequence this copies
+        the KV buffer itself, at the start of the next decode; truncate ``target`` after."""
+        self.clear(target)
+        llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
 
     def decode(self, entries: Sequence[BatchEntry]) -> None:
         """One ``llama_decode`` over ``entries``; entry ``i`` with logits is sampled at ``i``."""

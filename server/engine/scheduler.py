@@ -19,6 +19,7 @@ from typing import Protocol
 
 from server.engine.llama import BatchEntry
 from server.engine.queue import FairQueue
+from server.engine.slots import SlotCache
 from server.engine.text import TextStream
 from server.engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent
 from server.errors import QueueFullError, ShuttingDownError
@@ -38,6 +39,9 @@ class Backend(Protocol):
 
     def begin(self, slot: int, sampling: SamplingParams) -> None: ...
     def end(self, slot: int) -> None: ...
+    def clear(self, slot: int) -> None: ...
+    def truncate(self, slot: int, keep: int) -> bool: ...
+    def copy_sequence(self, source: int, target: int) -> None: ...
     def decode(self, entries: Sequence[BatchEntry]) -> None: ...
     def sample(self, slot: int, batch_index: int) -> int: ...
     def token_piece(self, token: int, *, special: bool = False) -> bytes: ...
@@ -59,6 +63,9 @@ class Ticket:
     position: int = 0
     last_token: int = -1
     generated: int = 0
+    # Generated tokens already fed to decode (their KV is in the slot).
+    fed: list[int] = field(default_factory=list)
+    cached_tokens: int = 0
     text: TextStream | None = None
 
 
@@ -81,6 +88,7 @@ class Scheduler:
         self._queue: FairQueue[Ticket] = FairQueue(max_queue)
         self._free_slots = list(range(backend.n_slots))
         self._active: list[Ticket] = []
+        self.slot_cache = SlotCache(backend.n_slots)
         self._cond = threading.Condition()
         self._accepting = True
         # How sequences ended, by finish reason (written by the engine thread only).
@@ -202,7 +210,22 @@ class Scheduler:
             sink(event)
 
     def _admit(self, ticket: Ticket) -> None:
-        ticket.slot = self._free_slots.pop(self._free_slots.index(min(self._free_slots)))
+        prompt = ticket.request.prompt_tokens
+        busy = {t.slot: t for t in self._active}
+
+        def valid_length(slot: int) -> int:
+            return busy[slot].prefilled if slot in busy else len(self.slot_cache.holds(slot))
+
+        plan = self.slot_cache.assign(prompt, self._free_slots, valid_length)
+        ticket.slot = plan.slot
+        self._free_slots.remove(plan.slot)
+        if plan.copy_from is not None:
+            self._backend.copy_sequence(plan.copy_from, plan.slot)
+            self.slot_cache.stats["copies"] += 1
+        reuse = plan.reuse if self._backend.truncate(plan.slot, plan.reuse) else 0
+        self.slot_cache.record(plan.slot, prompt)
+        self.slot_cache.count(reuse)
+        ticket.prefilled = ticket.position = ticket.cached_tokens = reuse
         ticket.queue_seconds = time.monotonic() - ticket.submitted_at
         ticket.text = TextStream(ticket.request.stop)
         self._backend.begin(ticket.slot, ticket.request.sampling)
@@ -226,6 +249,7 @@ class Scheduler:
                 prefilling.append(ticket)
             else:
                 entries.append(BatchEntry(ticket.slot, ticket.last_token, ticket.position, True))
+                ticket.fed.append(ticket.last_token)
                 ticket.position += 1
                 sampled_at.append((ticket, len(entries) - 1))
         budget = min(self._prefill_chunk, self._backend.n_batch - len(entries))
@@ -250,6 +274,7 @@ class Scheduler:
             logger.error("decode failed for model %s: %s", self._name, exc)
             in_batch = {entry.slot for entry in entries}
             for ticket in [t for t in self._active if t.slot in in_batch]:
+                ticket.prefilled, ticket.fed = 0, []  # its cells are in an unknown state
                 self._retire(ticket, "error", error=str(exc))
             return
         for ticket, index in sampled_at:
@@ -290,6 +315,11 @@ class Scheduler:
         if ticket.text is not None and reason in ("stop", "length") and not ticket.text.stopped:
             text += ticket.text.finish()
         self._backend.end(ticket.slot)
+        # The slot keeps what was computed, for the next request that shares its prefix.
+        held = ticket.request.prompt_tokens[: ticket.prefilled] + ticket.fed
+        if not held:
+            self._backend.clear(ticket.slot)
+        self.slot_cache.record(ticket.slot, held)
         with self._cond:
             self._active.remove(ticket)
             self._free_slots.append(ticket.slot)
@@ -312,6 +342,7 @@ class Scheduler:
             prompt_tokens=len(ticket.request.prompt_tokens),
             completion_tokens=ticket.generated,
             queue_seconds=ticket.queue_seconds,
+            cached_tokens=ticket.cached_tokens,
             error=error,
         )
         self._pending.append((ticket.sink, event))

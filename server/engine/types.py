@@ -58,4 +58,6 @@ class TokenEvent:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     queue_seconds: float = 0.0
+    # Prompt tokens whose KV was reused instead of computed (OpenAI's cached_tokens).
+    cached_tokens: int = 0
     error: str | None = None

@@ -49,10 +49,15 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class PromptTokensDetails(OpenAIResponse):
+    cached_tokens: int = 0
+
+
 class Usage(OpenAIResponse):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails = PromptTokensDetails()
 
 
 class WithOptionalUsage(OpenAIResponse):

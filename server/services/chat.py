@@ -89,13 +89,12 @@ class ChatService:
             )
             for r in results
         ]
-        completion_tokens = sum(r.completion_tokens for r in results)
         return ChatCompletion(
             id=run.request_id,
             created=run.created,
             model=run.model,
             choices=choices,
-            usage=usage_of(run.prompt_token_count, completion_tokens),
+            usage=usage_of(run),
         )
 
     async def stream(
@@ -114,17 +113,15 @@ class ChatService:
 
         for i in range(len(run.jobs)):
             yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
-        completion_tokens = 0
         async for index, event in merged(run):
             if event.text:
                 yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(content=event.text))])
             if event.finish_reason is not None:
                 check_finish(event)
-                completion_tokens += event.completion_tokens
                 reason = openai_finish_reason(event.finish_reason)
                 yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)])
         if include_usage:
-            yield chunk([], usage_of(run.prompt_token_count, completion_tokens))
+            yield chunk([], usage_of(run))
 
     def _template_for(self, handle: ModelHandle) -> ChatTemplate:
         template = self._templates.get(handle.name)

@@ -85,7 +85,7 @@ class CompletionService:
                 )
                 for r in results
             ],
-            usage=usage_of(run.prompt_token_count, sum(r.completion_tokens for r in results)),
+            usage=usage_of(run),
         )
 
     async def stream(
@@ -97,17 +97,15 @@ class CompletionService:
                 created=run.created,
                 model=run.model,
                 choices=choices,
-                usage=usage_of(run.prompt_token_count, completion_tokens) if usage else None,
+                usage=usage_of(run) if usage else None,
             )
 
-        completion_tokens = 0
         pending_echo = list(echoes)
         async for index, event in merged(run):
             text = pending_echo[index] + event.text
             pending_echo[index] = ""
             if event.finish_reason is not None:
                 check_finish(event)
-                completion_tokens += event.completion_tokens
                 reason = openai_finish_reason(event.finish_reason)
                 yield chunk([CompletionChoice(index=index, text=text, finish_reason=reason)])
             elif text:

@@ -11,14 +11,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from server.engine.stream import GenerationStream
 from server.engine.types import GenerationRequest, SamplingParams, TokenEvent
 from server.errors import EngineError, QueueTimeoutError, RequestTimeoutError, ShuttingDownError
-from server.protocol.common import SamplingFields, Usage
+from server.protocol.common import PromptTokensDetails, SamplingFields, Usage
 from server.registry import ModelHandle
 
 logger = logging.getLogger("hearth.requests")
@@ -32,6 +32,8 @@ class PreparedRun:
     handle: ModelHandle
     jobs: list[GenerationRequest]
     prompt_token_count: int
+    # Each choice's end, filled in as choices finish.
+    finals: list[ChoiceResult] = field(default_factory=list)
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=time.monotonic)
 
@@ -48,6 +50,20 @@ class ChoiceResult:
     prompt_tokens: int
     completion_tokens: int
     queue_seconds: float
+    cached_tokens: int
+
+    @classmethod
+    def of(cls, index: int, text: str, final: TokenEvent) -> ChoiceResult:
+        assert final.finish_reason is not None
+        return cls(
+            index,
+            text,
+            final.finish_reason,
+            final.prompt_tokens,
+            final.completion_tokens,
+            final.queue_seconds,
+            final.cached_tokens,
+        )
 
 
 @dataclass(frozen=True)
@@ -88,11 +104,19 @@ def choice_jobs(
     ]
 
 
-def usage_of(prompt_tokens: int, completion_tokens: int) -> Usage:
+def usage_of(run: PreparedRun) -> Usage:
+    """Usage of a finished run: each prompt counted once, every choice's completion, and for
+    each prompt the most of it any of its choices found already in the KV cache."""
+    cached_by_prompt: dict[int, int] = {}
+    for result in run.finals:
+        key = id(run.jobs[result.index].prompt_tokens)
+        cached_by_prompt[key] = max(cached_by_prompt.get(key, 0), result.cached_tokens)
+    completion = sum(r.completion_tokens for r in run.finals)
     return Usage(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens=run.prompt_token_count,
+        completion_tokens=completion,
+        total_tokens=run.prompt_token_count + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(cached_by_prompt.values())),
     )
 
 
@@ -143,48 +167,31 @@ async def collect(run: PreparedRun) -> list[ChoiceResult]:
             parts.append(event.text)
             if event.finish_reason is not None:
                 check_finish(event)
-                return ChoiceResult(
-                    index,
-                    "".join(parts),
-                    event.finish_reason,
-                    event.prompt_tokens,
-                    event.completion_tokens,
-                    event.queue_seconds,
-                )
+                return ChoiceResult.of(index, "".join(parts), event)
         raise EngineError("the engine ended a sequence without a finish event")
 
     try:
-        results = await asyncio.gather(*(drain(i, s) for i, s in enumerate(streams)))
+        run.finals = list(await asyncio.gather(*(drain(i, s) for i, s in enumerate(streams))))
     finally:
         for stream in streams:
             stream.cancel()
-    log_run(run, results)
-    return list(results)
+    log_run(run)
+    return run.finals
 
 
 async def merged(run: PreparedRun) -> AsyncGenerator[tuple[int, TokenEvent], None]:
     """Events of every choice as they come, tagged with the choice index."""
     streams = _submit_all(run)
-    finals: list[ChoiceResult] = []
     try:
         async with contextlib.aclosing(_interleave(streams)) as events:
             async for index, event in events:
                 if event.finish_reason is not None:
-                    finals.append(
-                        ChoiceResult(
-                            index,
-                            "",
-                            event.finish_reason,
-                            event.prompt_tokens,
-                            event.completion_tokens,
-                            event.queue_seconds,
-                        )
-                    )
+                    run.finals.append(ChoiceResult.of(index, "", event))
                 yield index, event
     finally:
         for stream in streams:
             stream.cancel()
-    log_run(run, finals)
+    log_run(run)
 
 
 async def _interleave(
@@ -212,17 +219,18 @@ async def _interleave(
             task.cancel()
 
 
-def log_run(run: PreparedRun, results: Sequence[ChoiceResult]) -> None:
+def log_run(run: PreparedRun) -> None:
     """One line per request: id, model, tokens, queue wait, time."""
     logger.info(
-        "request %s model=%s choices=%d prompt_tokens=%d completion_tokens=%d "
+        "request %s model=%s choices=%d prompt_tokens=%d cached_tokens=%d completion_tokens=%d "
         "queue_wait=%.3fs time=%.3fs finish=%s",
         run.request_id,
         run.model,
         len(run.jobs),
         run.prompt_token_count,
-        sum(r.completion_tokens for r in results),
-        max((r.queue_seconds for r in results), default=0.0),
+        max((r.cached_tokens for r in run.finals), default=0),
+        sum(r.completion_tokens for r in run.finals),
+        max((r.queue_seconds for r in run.finals), default=0.0),
         time.monotonic() - run.started,
-        ",".join(sorted({r.finish_reason for r in results})),
+        ",".join(sorted({r.finish_reason for r in run.finals})),
     )

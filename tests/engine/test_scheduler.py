@@ -32,12 +32,24 @@ class FakeBackend:
         self.generated: dict[int, int] = {}
         self.gate = threading.Semaphore(1_000_000)
         self.fail = False
+        self.kv_ops: list[tuple[str, int, int]] = []
+        self.can_truncate = True
 
     def begin(self, slot: int, sampling: SamplingParams) -> None:
         self.generated[slot] = 0
 
     def end(self, slot: int) -> None:
         self.last.pop(slot, None)
+
+    def clear(self, slot: int) -> None:
+        self.kv_ops.append(("clear", slot, -1))
+
+    def truncate(self, slot: int, keep: int) -> bool:
+        self.kv_ops.append(("truncate", slot, keep))
+        return self.can_truncate
+
+    def copy_sequence(self, source: int, target: int) -> None:
+        self.kv_ops.append(("copy", source, target))
 
     def decode(self, entries: Sequence[BatchEntry]) -> None:
         self.gate.acquire()
@@ -371,4 +383,82 @@ def test_batches_list_sequences_in_slot_order() -> None:
     for batch in backend.batches:
         slots = [e.slot for e in batch]
         assert slots == sorted(slots)
+    scheduler.stop(timeout=10)
+
+
+def test_a_shared_prefix_is_reused_and_only_the_rest_is_prefilled() -> None:
+    backend = FakeBackend(n_slots=2)
+    scheduler = run(backend)
+    first = Collector()
+    scheduler.submit(request(list(range(100, 120)), max_tokens=2), first)
+    assert first.wait().cached_tokens == 0
+    backend.batches.clear()
+    second = Collector()
+    # The same 20 prompt tokens and 2 more: 20 are in the slot already.
+    scheduler.submit(request([*range(100, 120), 7, 8], max_tokens=1), second)
+    final = second.wait()
+    assert final.cached_tokens == 20
+    prompt_positions = sorted(e.position for b in backend.batches for e in b)
+    assert prompt_positions == [20, 21]  # only the new tokens were decoded
+    assert scheduler.slot_cache.stats["hits"] == 1
+    assert scheduler.slot_cache.stats["tokens_saved"] == 20
+    scheduler.stop(timeout=10)
+
+
+def test_the_last_prompt_token_is_always_decoded_for_its_logits() -> None:
+    backend = FakeBackend(n_slots=1)
+    scheduler = run(backend)
+    prompt = [5, 6, 7, 8]
+    for _ in range(2):
+        sink = Collector()
+        scheduler.submit(request(prompt, max_tokens=1), sink)
+        sink.wait()
+    assert sink.events[-1].cached_tokens == 3
+    assert [e.position for e in backend.batches[-1]] == [3]
+    scheduler.stop(timeout=10)
+
+
+def test_a_longer_prefix_in_a_busy_slot_is_copied_not_recomputed() -> None:
+    backend = FakeBackend(n_slots=2)
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    long_prompt = list(range(1000, 1100))
+    busy = Collector()
+    scheduler.submit(request(long_prompt, max_tokens=50), busy)
+    backend.gate.release(3)  # prefill (one chunk) and a couple of tokens
+    wait_until(lambda: len(busy.events) >= 1)
+    follower = Collector()
+    scheduler.submit(request([*long_prompt, 1, 2, 3], max_tokens=1), follower)
+    backend.gate.release(1000)
+    assert follower.wait().cached_tokens == 100
+    assert ("copy", 0, 1) in backend.kv_ops
+    assert busy.wait().finish_reason == "length"
+    scheduler.stop(timeout=10)
+
+
+def test_when_truncation_is_impossible_the_prompt_is_computed_in_full() -> None:
+    backend = FakeBackend(n_slots=1)
+    backend.can_truncate = False  # e.g. a recurrent model, or a pruned sliding window
+    scheduler = run(backend)
+    for _ in range(2):
+        sink = Collector()
+        scheduler.submit(request([1, 2, 3, 4], max_tokens=1), sink)
+        sink.wait()
+    assert sink.events[-1].cached_tokens == 0
+    assert sorted(e.position for e in backend.batches[-1]) == [0, 1, 2, 3]
+    scheduler.stop(timeout=10)
+
+
+def test_unrelated_requests_take_the_least_recently_used_slot() -> None:
+    backend = FakeBackend(n_slots=2)
+    scheduler = run(backend)
+    for prompt in ([1, 1, 1], [2, 2, 2]):
+        sink = Collector()
+        scheduler.submit(request(prompt, max_tokens=1), sink)
+        sink.wait()
+    slots_used = {e.slot for b in backend.batches for e in b}
+    assert slots_used == {0, 1}  # the second did not evict the first conversation's cache
+    sink = Collector()
+    scheduler.submit(request([1, 1, 1, 9], max_tokens=1), sink)
+    assert sink.wait().cached_tokens == 3
     scheduler.stop(timeout=10)

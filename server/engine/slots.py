@@ -1,0 +1,79 @@
+"""Which slot a new request should take, given what every slot's KV cache already holds.
+
+A slot keeps its KV cells after its request ends, so the next turn of a conversation, or
+another question about the same document, finds its prefix already computed. The choice:
+
+1. the free slot sharing the longest prefix with the prompt;
+2. if another slot, busy or idle, shares a clearly longer prefix, copy that slot's cache
+   into a free one (``llama_memory_seq_cp``) rather than recompute it;
+3. with nothing shared, the free slot used least recently, so that warm caches live longest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from server.engine.prefix import PrefixTree
+
+# A copy moves a whole KV stream; below this many extra tokens, recomputing is as cheap.
+MIN_COPY_GAIN = 32
+
+
+@dataclass(frozen=True)
+class Assignment:
+    slot: int
+    reuse: int  # prompt tokens whose KV is kept (after a copy, if any)
+    copy_from: int | None = None
+
+
+class SlotCache:
+    """What each slot holds, indexed by token prefix. Used by the engine thread only."""
+
+    def __init__(self, n_slots: int) -> None:
+        self._tokens: list[list[int]] = [[] for _ in range(n_slots)]
+        self._last_used = [0.0] * n_slots
+        self._index: PrefixTree[int] = PrefixTree()
+        self.stats: Counter[str] = Counter()
+
+    def holds(self, slot: int) -> list[int]:
+        return self._tokens[slot]
+
+    def assign(
+        self,
+        prompt: Sequence[int],
+        free_slots: Sequence[int],
+        valid_length: Callable[[int], int],
+        *,
+        can_copy: bool = True,
+    ) -> Assignment:
+        """Pick a slot for ``prompt``. ``valid_length(slot)`` is how many of a slot's indexed
+        tokens have their KV computed now (a busy slot may still be reading its prompt)."""
+        limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
+        free = set(free_slots)
+        depth, slot = self._index.longest_match(prompt, accept=lambda s: s in free)
+        if slot is None or depth == 0:
+            slot = min(free_slots, key=lambda s: (self._last_used[s], s))
+            depth = 0
+        reuse = max(0, min(depth, limit, valid_length(slot)))
+        if can_copy:
+            other_depth, other = self._index.longest_match(prompt, accept=lambda s: s != slot)
+            if other is not None:
+                usable = max(0, min(other_depth, limit, valid_length(other)))
+                if usable >= reuse + MIN_COPY_GAIN:
+                    return Assignment(slot, usable, copy_from=other)
+        return Assignment(slot, reuse)
+
+    def record(self, slot: int, tokens: Sequence[int]) -> None:
+        """``slot`` now holds (or is about to hold) ``tokens``."""
+        self._index.remove(self._tokens[slot], slot)
+        self._tokens[slot] = list(tokens)
+        if tokens:
+            self._index.insert(tokens, slot)
+        self._last_used[slot] = time.monotonic()
+
+    def count(self, reused: int) -> None:
+        self.stats["hits" if reused else "misses"] += 1
+        self.stats["tokens_saved"] += reused
