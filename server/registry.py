@@ -15,6 +15,7 @@ from pathlib import Path
 
 from server.engine.llama import LlamaBackend
 from server.engine.scheduler import Scheduler
+from server.engine.state_cache import StateCache
 from server.engine.stream import GenerationStream
 from server.engine.types import GenerationRequest
 from server.errors import ModelNotFoundError, ModelUnavailableError, ShuttingDownError
@@ -134,6 +135,7 @@ class ModelRegistry:
             # Room for every slot's next token beside one prefill chunk.
             n_batch=config.prefill_chunk + config.slots,
             kv_unified=config.kv_unified,
+            flash_attn=config.flash_attn,
             n_gpu_layers=config.n_gpu_layers,
         )
         template = config.chat_template
@@ -148,8 +150,17 @@ class ModelRegistry:
                 ) from exc
         if template is None:
             template = backend.chat_template()
+        state_cache = None
+        if self._settings.kv_cache_ram_bytes > 0:
+            state_cache = StateCache(
+                model_key=backend.identity,
+                ram_bytes=self._settings.kv_cache_ram_bytes,
+                disk_dir=self._settings.kv_cache_dir.expanduser(),
+                disk_bytes=self._settings.kv_cache_disk_bytes,
+            )
         scheduler = Scheduler(
             backend,
+            state_cache=state_cache,
             name=config.name,
             max_queue=config.max_queue or self._settings.max_queue,
             prefill_chunk=config.prefill_chunk,

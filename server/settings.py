@@ -22,6 +22,10 @@ def _default_models_dir() -> Path:
     return Path.home() / ".cache" / "hearth" / "models"
 
 
+def _default_kv_dir() -> Path:
+    return Path.home() / ".cache" / "hearth" / "kv"
+
+
 class SamplingDefaults(BaseModel):
     """A model's sampling defaults, used for every field a request leaves out."""
 
@@ -66,6 +70,11 @@ class ModelConfig(BaseModel):
         512,
         ge=16,
         description="Most prompt tokens read in one decode step, beside the decoding ones.",
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="llama.cpp flash attention. `off` is slower, but a reused prefix then gives "
+        "bit-identical results to recomputing it.",
     )
     kv_unified: bool = Field(
         False,
@@ -124,6 +133,15 @@ class Settings(BaseSettings):
     )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds running requests get to finish after SIGTERM."
+    )
+    kv_cache_ram_bytes: int = Field(
+        1 << 30, ge=0, description="RAM for saved KV states, per model; 0 turns the cache off."
+    )
+    kv_cache_disk_bytes: int = Field(
+        4 << 30, ge=0, description="Disk for saved KV states, per model; 0 keeps them in RAM only."
+    )
+    kv_cache_dir: Path = Field(
+        default_factory=_default_kv_dir, description="Where saved KV states are written."
     )
     slots: int | None = Field(
         None, ge=1, le=64, description="Override every model's `slots` (sequences per batch)."

@@ -48,7 +48,8 @@ def make_settings(**overrides: object) -> Settings:
             "threads": 2,
         },
     ]
-    data: dict[str, object] = {"models": models, "max_queue": 8}
+    # Saved KV states stay in RAM, so that every test app starts with cold caches.
+    data: dict[str, object] = {"models": models, "max_queue": 8, "kv_cache_disk_bytes": 0}
     data.update(overrides)
     return Settings.model_validate(data)
 

@@ -9,6 +9,7 @@ immutable vocabulary, may be called from other threads.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,6 +94,10 @@ def _init_llama() -> None:
     llama_cpp.llama_backend_init()
 
 
+# llama_flash_attn_type: AUTO = -1, DISABLED = 0, ENABLED = 1
+_FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+
+
 @dataclass(frozen=True)
 class BatchEntry:
     """One token of one sequence in a decode step."""
@@ -124,6 +129,7 @@ class LlamaBackend:
         n_batch: int = 512,
         n_gpu_layers: int = 0,
         kv_unified: bool = False,
+        flash_attn: str = "auto",
     ) -> None:
         _init_llama()
         if not path.is_file():
@@ -135,6 +141,7 @@ class LlamaBackend:
             raise ModelUnavailableError(f"llama.cpp could not load {path} (not a valid GGUF?)")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
+        self.identity = _model_identity(path, kv_unified)
 
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = n_ctx * n_slots
@@ -147,6 +154,7 @@ class LlamaBackend:
         # Sliding-window models (Gemma 3) keep every position, not only the window: a prefix
         # can then be reused from position 0. truncate() checks this rather than assuming it.
         ctx_params.swa_full = True
+        ctx_params.flash_attn_type = _FLASH_ATTN[flash_attn]
         ctx_params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
@@ -249,6 +257,23 @@ class LlamaBackend:
             self.clear(slot)
         return ok
 
+    def save_state(self, slot: int) -> bytes:
+        """``slot``'s KV state, as llama.cpp serializes it."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, slot)
+        buf = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self._ctx, buf, size, slot)
+        return ctypes.string_at(buf, written)
+
+    def restore_state(self, slot: int, state: bytes) -> bool:
+        """Load a state from :meth:`save_state` into ``slot``; False (slot cleared) if
+        llama.cpp refuses it."""
+        self.clear(slot)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(state), slot) == 0:
+            self.clear(slot)
+            return False
+        return True
+
     def copy_sequence(self, source: int, target: int) -> None:
         """Make ``target`` hold what ``source`` holds. With a stream per sequence this copies
         the KV buffer itself, at the start of the next decode; truncate ``target`` after."""
@@ -328,3 +353,14 @@ def _native_seed(seed: int | None) -> int:
     native = seed & 0xFFFFFFFF
     # 0xFFFFFFFF is llama.cpp's "pick a random seed": keep explicit seeds deterministic.
     return native if native != llama_cpp.LLAMA_DEFAULT_SEED else 0
+
+
+def _model_identity(path: Path, kv_unified: bool) -> str:
+    """What a saved KV state depends on: the weights (size and leading bytes of the GGUF),
+    the llama.cpp build, and the cache layout. States saved under another identity are never
+    loaded."""
+    digest = hashlib.sha256()
+    digest.update(f"{llama_cpp.__version__}|{path.stat().st_size}|{kv_unified}|".encode())
+    with path.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+    return digest.hexdigest()

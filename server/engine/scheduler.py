@@ -19,12 +19,16 @@ from typing import Protocol
 
 from server.engine.llama import BatchEntry
 from server.engine.queue import FairQueue
-from server.engine.slots import SlotCache
+from server.engine.slots import MIN_COPY_GAIN, SlotCache
+from server.engine.state_cache import StateCache
 from server.engine.text import TextStream
 from server.engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent
 from server.errors import QueueFullError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
+
+# Shorter sequences are cheap to recompute and not worth a saved state.
+MIN_SAVED_TOKENS = 64
 
 EventSink = Callable[[TokenEvent], None]
 
@@ -42,6 +46,8 @@ class Backend(Protocol):
     def clear(self, slot: int) -> None: ...
     def truncate(self, slot: int, keep: int) -> bool: ...
     def copy_sequence(self, source: int, target: int) -> None: ...
+    def save_state(self, slot: int) -> bytes: ...
+    def restore_state(self, slot: int, state: bytes) -> bool: ...
     def decode(self, entries: Sequence[BatchEntry]) -> None: ...
     def sample(self, slot: int, batch_index: int) -> int: ...
     def token_piece(self, token: int, *, special: bool = False) -> bytes: ...
@@ -80,6 +86,7 @@ class Scheduler:
         max_queue: int = 64,
         prefill_chunk: int = 512,
         queue_timeout: float = 60.0,
+        state_cache: StateCache | None = None,
     ) -> None:
         self._backend = backend
         self._name = name
@@ -89,6 +96,7 @@ class Scheduler:
         self._free_slots = list(range(backend.n_slots))
         self._active: list[Ticket] = []
         self.slot_cache = SlotCache(backend.n_slots)
+        self.state_cache = state_cache
         self._cond = threading.Condition()
         self._accepting = True
         # How sequences ended, by finish reason (written by the engine thread only).
@@ -176,6 +184,9 @@ class Scheduler:
             return True
         self._flush()
         if stopping:
+            if self.state_cache is not None:
+                self.save_idle_slots()
+                self.state_cache.close()
             return False
         with self._cond:
             if not self._active and not len(self._queue) and not self._stop:
@@ -219,10 +230,19 @@ class Scheduler:
         plan = self.slot_cache.assign(prompt, self._free_slots, valid_length)
         ticket.slot = plan.slot
         self._free_slots.remove(plan.slot)
-        if plan.copy_from is not None:
+        saved = self._saved_state_for(prompt, better_than=plan.reuse)
+        if plan.reuse < len(self.slot_cache.holds(plan.slot)):
+            self._save_slot(plan.slot)  # what the slot holds beyond the reuse is overwritten
+        if saved is not None and self._backend.restore_state(plan.slot, saved[1]):
+            self.slot_cache.stats["restores"] += 1
+            keep = saved[0]
+        elif plan.copy_from is not None:
             self._backend.copy_sequence(plan.copy_from, plan.slot)
             self.slot_cache.stats["copies"] += 1
-        reuse = plan.reuse if self._backend.truncate(plan.slot, plan.reuse) else 0
+            keep = plan.reuse
+        else:
+            keep = plan.reuse if saved is None else 0  # a refused restore left the slot empty
+        reuse = keep if self._backend.truncate(plan.slot, keep) else 0
         self.slot_cache.record(plan.slot, prompt)
         self.slot_cache.count(reuse)
         ticket.prefilled = ticket.position = ticket.cached_tokens = reuse
@@ -230,6 +250,27 @@ class Scheduler:
         ticket.text = TextStream(ticket.request.stop)
         self._backend.begin(ticket.slot, ticket.request.sampling)
         self._active.append(ticket)
+
+    def _saved_state_for(self, prompt: list[int], *, better_than: int) -> tuple[int, bytes] | None:
+        """A saved state sharing a clearly longer prefix than the slots do, and its length."""
+        if self.state_cache is None:
+            return None
+        depth, entry = self.state_cache.longest_match(prompt)
+        usable = min(depth, len(prompt) - 1)
+        if entry is None or usable < better_than + MIN_COPY_GAIN:
+            return None
+        state = self.state_cache.get(entry)
+        return None if state is None else (usable, state)
+
+    def _save_slot(self, slot: int) -> None:
+        held = self.slot_cache.holds(slot)
+        if self.state_cache is not None and len(held) >= MIN_SAVED_TOKENS:
+            self.state_cache.put(held, self._backend.save_state(slot))
+
+    def save_idle_slots(self) -> None:
+        """Keep every idle slot's state (at shutdown, so that a restart finds them)."""
+        for slot in list(self._free_slots):
+            self._save_slot(slot)
 
     def _step(self, active: list[Ticket]) -> None:
         """One decode: the next token of every generating sequence first (so running streams

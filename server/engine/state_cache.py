@@ -1,0 +1,290 @@
+"""Saved sequence states: a RAM LRU written through to a disk directory, both bounded in bytes.
+
+When a slot is about to be overwritten, its KV state (``llama_state_seq_get_data``) is kept
+here under the tokens it covers. A later prompt sharing a long prefix with such an entry has
+the state restored into its slot instead of prefilling those tokens again.
+
+Every entry is also written to disk by a background thread, so the cache survives a restart.
+A file starts with a one-line JSON header (format version, the model identity, the tokens,
+the state's length and sha256) followed by the raw state. Files for another model or another
+llama.cpp build, truncated files and files whose checksum fails are dropped with a warning
+and never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server.engine.prefix import PrefixTree
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "hearth-kv-state-1"
+
+
+@dataclass
+class _Entry:
+    tokens: tuple[int, ...]
+    size: int
+    blob: bytes | None  # None: on disk only
+    path: Path | None
+    used: float
+
+
+class StateCache:
+    """Token-prefix keyed states of one model. Engine thread only, except the disk writer."""
+
+    def __init__(
+        self,
+        *,
+        model_key: str,
+        ram_bytes: int,
+        disk_dir: Path | None,
+        disk_bytes: int,
+    ) -> None:
+        self.model_key = model_key
+        self.ram_limit = ram_bytes
+        self.disk_limit = disk_bytes
+        self._entries: dict[int, _Entry] = {}
+        self._ram: OrderedDict[int, None] = OrderedDict()  # LRU order of entries with a blob
+        self._index: PrefixTree[int] = PrefixTree()
+        self._by_tokens: dict[tuple[int, ...], int] = {}
+        self._next_id = 0
+        self.ram_bytes = 0
+        self.disk_bytes = 0
+        self.stats: Counter[str] = Counter()
+        self._dir = disk_dir / model_key[:32] if disk_dir is not None else None
+        # The writer thread only writes files; what it wrote comes back through _written and
+        # is booked by the engine thread, which alone touches the entries and the index.
+        self._writes: queue.Queue[tuple[int, tuple[int, ...], bytes] | None] = queue.Queue()
+        self._written: queue.Queue[tuple[int, Path, int]] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        if self._dir is not None and disk_bytes > 0:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._load_directory()
+            self._writer = threading.Thread(
+                target=self._write_loop, name="kv-state-writer", daemon=True
+            )
+            self._writer.start()
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def longest_match(self, prompt: Sequence[int]) -> tuple[int, int | None]:
+        self._absorb_writes()
+        return self._index.longest_match(prompt)
+
+    def tokens_of(self, entry_id: int) -> tuple[int, ...]:
+        return self._entries[entry_id].tokens
+
+    def get(self, entry_id: int) -> bytes | None:
+        """The state of ``entry_id`` (from RAM, else disk, verified); None if unusable."""
+        entry = self._entries.get(entry_id)
+        if entry is None:
+            return None
+        entry.used = time.time()
+        if entry.blob is not None:
+            self._ram.move_to_end(entry_id)
+            return entry.blob
+        blob = self._read_verified(entry.path) if entry.path is not None else None
+        if blob is None:
+            self._forget(entry_id)
+            return None
+        entry.blob = blob
+        self._ram[entry_id] = None
+        self.ram_bytes += entry.size
+        self._evict_ram()
+        return blob
+
+    # -- storing ------------------------------------------------------------------------------
+
+    def put(self, tokens: Sequence[int], blob: bytes) -> None:
+        self._absorb_writes()
+        key = tuple(tokens)
+        if key in self._by_tokens:  # the same tokens again: refresh, keep one copy
+            self.get(self._by_tokens[key])
+            return
+        if len(blob) > max(self.ram_limit, self.disk_limit):
+            return
+        entry_id, self._next_id = self._next_id, self._next_id + 1
+        entry = _Entry(key, len(blob), blob, None, time.time())
+        self._entries[entry_id] = entry
+        self._by_tokens[key] = entry_id
+        self._index.insert(key, entry_id)
+        self._ram[entry_id] = None
+        self.ram_bytes += entry.size
+        self.stats["stored"] += 1
+        if self._writer is not None:
+            self._writes.put((entry_id, key, blob))
+        self._evict_ram()
+
+    def close(self) -> None:
+        """Finish pending disk writes."""
+        if self._writer is not None:
+            self._writes.put(None)
+            self._writer.join(60)
+            self._writer = None
+        self._absorb_writes()
+
+    def counters(self) -> dict[str, int]:
+        self._absorb_writes()
+        return {
+            **self.stats,
+            "ram_bytes": self.ram_bytes,
+            "disk_bytes": self.disk_bytes,
+            "entries": len(self._entries),
+        }
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _evict_ram(self) -> None:
+        while self.ram_bytes > self.ram_limit and self._ram:
+            entry_id, _ = self._ram.popitem(last=False)
+            entry = self._entries[entry_id]
+            entry.blob = None
+            self.ram_bytes -= entry.size
+            self.stats["ram_evictions"] += 1
+            if entry.path is None and self._writer is None:
+                self._forget(entry_id)  # no disk copy will ever exist
+
+    def _forget(self, entry_id: int) -> None:
+        entry = self._entries.pop(entry_id, None)
+        if entry is None:
+            return
+        self._by_tokens.pop(entry.tokens, None)
+        self._index.remove(entry.tokens, entry_id)
+        if entry_id in self._ram:
+            del self._ram[entry_id]
+            self.ram_bytes -= entry.size
+        if entry.path is not None:
+            self.disk_bytes -= _unlink(entry.path)
+
+    def _absorb_writes(self) -> None:
+        while True:
+            try:
+                entry_id, path, size = self._written.get_nowait()
+            except queue.Empty:
+                break
+            entry = self._entries.get(entry_id)
+            if entry is None:  # forgotten meanwhile
+                _unlink(path)
+                continue
+            entry.path = path
+            self.disk_bytes += size
+        self._evict_disk()
+
+    def _write_loop(self) -> None:
+        while (item := self._writes.get()) is not None:
+            entry_id, tokens, blob = item
+            try:
+                path = self._write_file(tokens, blob)
+                self._written.put((entry_id, path, path.stat().st_size))
+            except OSError as exc:
+                logger.warning("could not write KV state to disk: %s", exc)
+
+    def _write_file(self, tokens: tuple[int, ...], blob: bytes) -> Path:
+        assert self._dir is not None
+        header = {
+            "format": FORMAT,
+            "model": self.model_key,
+            "tokens": list(tokens),
+            "size": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+        }
+        path = self._dir / f"{hashlib.sha256(repr(tokens).encode()).hexdigest()[:40]}.state"
+        tmp = path.with_suffix(".partial")
+        with tmp.open("wb") as fh:
+            fh.write(json.dumps(header).encode() + b"\n")
+            fh.write(blob)
+        os.replace(tmp, path)
+        return path
+
+    def _evict_disk(self) -> None:
+        """Least recently used files go first; an entry left with no copy is forgotten."""
+        if self.disk_bytes <= self.disk_limit:
+            return
+        on_disk = sorted((e.used, i) for i, e in self._entries.items() if e.path is not None)
+        for _, entry_id in on_disk:
+            if self.disk_bytes <= self.disk_limit:
+                break
+            entry = self._entries[entry_id]
+            assert entry.path is not None
+            self.disk_bytes -= _unlink(entry.path)
+            entry.path = None
+            self.stats["disk_evictions"] += 1
+            if entry.blob is None:
+                self._forget(entry_id)
+
+    def _load_directory(self) -> None:
+        assert self._dir is not None
+        for leftover in self._dir.glob("*.partial"):
+            leftover.unlink(missing_ok=True)
+        files = sorted(self._dir.glob("*.state"), key=lambda p: p.stat().st_mtime)
+        for path in files:
+            header = self._read_header(path)
+            if header is None:
+                continue
+            tokens = tuple(int(t) for t in header["tokens"])
+            entry_id, self._next_id = self._next_id, self._next_id + 1
+            entry = _Entry(tokens, int(header["size"]), None, path, path.stat().st_mtime)
+            if tokens in self._by_tokens:  # a duplicate: keep the newer file
+                self._forget(self._by_tokens[tokens])
+            self._entries[entry_id] = entry
+            self._by_tokens[tokens] = entry_id
+            self._index.insert(tokens, entry_id)
+            self.disk_bytes += path.stat().st_size
+        self._evict_disk()
+        if self._entries:
+            logger.info(
+                "KV state cache: %d saved states found in %s", len(self._entries), self._dir
+            )
+
+    def _read_header(self, path: Path) -> dict[str, Any] | None:
+        try:
+            with path.open("rb") as fh:
+                line = fh.readline()
+            header = json.loads(line)
+            if header.get("format") != FORMAT or header.get("model") != self.model_key:
+                raise ValueError("written by another model or llama.cpp build")
+            if path.stat().st_size - len(line) != int(header["size"]):
+                raise ValueError("truncated")
+            return dict(header)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("dropping KV state file %s: %s", path.name, exc)
+            path.unlink(missing_ok=True)
+            return None
+
+    def _read_verified(self, path: Path) -> bytes | None:
+        try:
+            with path.open("rb") as fh:
+                header = json.loads(fh.readline())
+                blob = fh.read()
+            if len(blob) != int(header["size"]):
+                raise ValueError("truncated")
+            if hashlib.sha256(blob).hexdigest() != header["sha256"]:
+                raise ValueError("checksum mismatch")
+            return blob
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("dropping KV state file %s: %s", path.name, exc)
+            path.unlink(missing_ok=True)
+            return None
+
+
+def _unlink(path: Path) -> int:
+    """Delete ``path``; return the bytes it held (0 if it was already gone)."""
+    try:
+        size = path.stat().st_size
+        path.unlink()
+    except OSError:
+        return 0
+    return size

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from server.engine.state_cache import StateCache
+
+
+def ram_only(limit: int) -> StateCache:
+    return StateCache(model_key="m" * 64, ram_bytes=limit, disk_dir=None, disk_bytes=0)
+
+
+def on_disk(
+    tmp_path: Path, ram: int = 10_000, disk: int = 10_000, key: str = "m" * 64
+) -> StateCache:
+    return StateCache(model_key=key, ram_bytes=ram, disk_dir=tmp_path, disk_bytes=disk)
+
+
+def test_longest_match_and_get() -> None:
+    cache = ram_only(1000)
+    cache.put([1, 2, 3, 4], b"abcd")
+    depth, entry = cache.longest_match([1, 2, 3, 9])
+    assert depth == 3 and entry is not None
+    assert cache.get(entry) == b"abcd"
+    assert cache.tokens_of(entry) == (1, 2, 3, 4)
+
+
+def test_ram_never_exceeds_its_limit_and_evicts_least_recently_used() -> None:
+    cache = ram_only(250)
+    cache.put([1], b"a" * 100)
+    cache.put([2], b"b" * 100)
+    _, first = cache.longest_match([1])
+    assert first is not None
+    cache.get(first)  # [1] is now more recent than [2]
+    cache.put([3], b"c" * 100)
+    assert cache.ram_bytes <= 250
+    assert cache.longest_match([2])[0] == 0
+    assert cache.longest_match([1])[0] == 1
+    assert cache.longest_match([3])[0] == 1
+
+
+def test_an_entry_larger_than_every_limit_is_not_kept() -> None:
+    cache = ram_only(10)
+    cache.put([1], b"x" * 11)
+    assert cache.longest_match([1]) == (0, None)
+
+
+def test_entries_survive_a_restart_on_disk(tmp_path: Path) -> None:
+    cache = on_disk(tmp_path)
+    cache.put([5, 6, 7], b"state-bytes")
+    cache.close()
+    again = on_disk(tmp_path)
+    depth, entry = again.longest_match([5, 6, 7, 8])
+    assert depth == 3 and entry is not None
+    assert again.get(entry) == b"state-bytes"
+    again.close()
+
+
+def test_ram_evicted_entries_are_read_back_from_disk(tmp_path: Path) -> None:
+    cache = on_disk(tmp_path, ram=150, disk=10_000)
+    cache.put([1], b"a" * 100)
+    cache.close()  # written
+    cache = on_disk(tmp_path, ram=150, disk=10_000)
+    cache.put([2], b"b" * 100)
+    _, entry = cache.longest_match([1])
+    assert entry is not None and cache.get(entry) == b"a" * 100
+    assert cache.ram_bytes <= 150
+    cache.close()
+
+
+def test_disk_never_exceeds_its_limit(tmp_path: Path) -> None:
+    cache = on_disk(tmp_path, ram=1000, disk=700)
+    for i in range(6):
+        cache.put([i], bytes([i]) * 200)
+    cache.close()
+    counters = cache.counters()
+    assert counters["disk_bytes"] <= 700
+    assert sum(p.stat().st_size for p in tmp_path.rglob("*.state")) <= 700
+    assert counters["disk_evictions"] >= 1
+
+
+def test_truncated_file_is_dropped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = on_disk(tmp_path)
+    cache.put([1, 2], b"z" * 500)
+    cache.close()
+    (path,) = list(tmp_path.rglob("*.state"))
+    path.write_bytes(path.read_bytes()[:-100])
+    with caplog.at_level(logging.WARNING):
+        again = on_disk(tmp_path)
+    assert again.longest_match([1, 2]) == (0, None)
+    assert "truncated" in caplog.text
+    assert not path.exists()
+    again.close()
+
+
+def test_corrupt_state_is_never_loaded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cache = on_disk(tmp_path)
+    cache.put([1, 2], b"z" * 500)
+    cache.close()
+    (path,) = list(tmp_path.rglob("*.state"))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    again = on_disk(tmp_path)
+    _, entry = again.longest_match([1, 2])
+    assert entry is not None
+    with caplog.at_level(logging.WARNING):
+        assert again.get(entry) is None
+    assert "checksum" in caplog.text
+    assert again.longest_match([1, 2]) == (0, None)
+    again.close()
+
+
+def test_another_models_states_are_not_loaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = on_disk(tmp_path, key="a" * 64)
+    cache.put([1], b"state")
+    cache.close()
+    # Same directory name prefix, other identity: simulate a file from another build.
+    (path,) = list(tmp_path.rglob("*.state"))
+    header, _, blob = path.read_bytes().partition(b"\n")
+    path.write_bytes(
+        header.replace(b'"' + b"a" * 64 + b'"', b'"' + b"b" * 64 + b'"') + b"\n" + blob
+    )
+    with caplog.at_level(logging.WARNING):
+        again = on_disk(tmp_path, key="a" * 64)
+    assert again.longest_match([1]) == (0, None)
+    assert "another model" in caplog.text
+    again.close()
