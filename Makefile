@@ -41,12 +41,16 @@ check: lint typecheck test
 # (built once from the llama.cpp inside the pinned llama-cpp-python sdist, cached in
 # ~/.cache/hearth/bench). Appends its table to bench/RESULTS.md.
 BENCH_ARGS ?= --rounds 3
+SMOLLM2 = $$($(BIN)/python -c 'from server.settings import load_settings; from server.models.sources import CATALOG; print(load_settings(None).models_dir.expanduser() / CATALOG["smollm2"].filename)')
 bench: models
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
-	$(BIN)/python bench/bench.py \
-	  --model-path $$($(BIN)/python -c 'from server.settings import load_settings; from server.models.sources import CATALOG; print(load_settings(None).models_dir.expanduser() / CATALOG["smollm2"].filename)') \
+	bench/build_llama_server.sh $(BIN)/python > /dev/null
+	$(BIN)/python bench/bench.py --model-path $(SMOLLM2) \
 	  --llama-server $$(bench/build_llama_server.sh $(BIN)/python) \
 	  --threads $$(nproc) --write bench/RESULTS.md $(BENCH_ARGS)
+	$(BIN)/python bench/cache_bench.py --model-path $(SMOLLM2) \
+	  --llama-server $$(bench/build_llama_server.sh $(BIN)/python) \
+	  --threads $$(nproc) --write bench/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

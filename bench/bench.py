@@ -306,33 +306,9 @@ def machine_description(threads: int) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--model-path", type=Path, required=True, help="GGUF file every server loads"
-    )
-    parser.add_argument("--llama-server", type=Path, help="llama-server binary (skipped if absent)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--slots", type=int, default=8)
-    parser.add_argument("--ctx", type=int, default=1024, help="context per sequence")
-    parser.add_argument("--max-tokens", type=int, default=128)
-    parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds per server; medians are reported"
-    )
-    parser.add_argument("--write", type=Path, help="append the table to this markdown file")
-    args = parser.parse_args(argv)
-
+def peer_servers(args: argparse.Namespace, model: str, config: Path) -> list[PeerServer]:
+    """The three servers, each on a free port, with the same model, context and threads."""
     python = sys.executable
-    model = "bench"
-    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "hearth-bench-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    config = log_dir / "hearth-bench.toml"
-    config.write_text(
-        f'[[models]]\nname = "{model}"\npath = "{args.model_path.resolve()}"\n'
-        f"n_ctx = {args.ctx}\nslots = {args.slots}\nthreads = {args.threads}\n"
-    )
     servers = [
         PeerServer(
             "hearth",
@@ -392,6 +368,36 @@ def main(argv: list[str] | None = None) -> int:
                 p3,
             )
         )
+    return servers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model-path", type=Path, required=True, help="GGUF file every server loads"
+    )
+    parser.add_argument("--llama-server", type=Path, help="llama-server binary (skipped if absent)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--ctx", type=int, default=1024, help="context per sequence")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per server; medians are reported"
+    )
+    parser.add_argument("--write", type=Path, help="append the table to this markdown file")
+    args = parser.parse_args(argv)
+
+    model = "bench"
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "hearth-bench-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config = log_dir / "hearth-bench.toml"
+    config.write_text(
+        f'[[models]]\nname = "{model}"\npath = "{args.model_path.resolve()}"\n'
+        f"n_ctx = {args.ctx}\nslots = {args.slots}\nthreads = {args.threads}\n"
+    )
+    servers = peer_servers(args, model, config)
     only = os.environ.get("BENCH_ONLY")
     if only:
         servers = [s for s in servers if s.name in only.split(",")]

@@ -257,18 +257,22 @@ class LlamaBackend:
             self.clear(slot)
         return ok
 
-    def save_state(self, slot: int) -> bytes:
-        """``slot``'s KV state, as llama.cpp serializes it."""
+    def save_state(self, slot: int) -> bytearray:
+        """``slot``'s KV state, as llama.cpp serializes it (written straight into the
+        returned buffer: states are tens of megabytes, copies show in time to first token)."""
         size = llama_cpp.llama_state_seq_get_size(self._ctx, slot)
-        buf = (ctypes.c_uint8 * size)()
+        state = bytearray(size)
+        buf = (ctypes.c_uint8 * size).from_buffer(state)
         written = llama_cpp.llama_state_seq_get_data(self._ctx, buf, size, slot)
-        return ctypes.string_at(buf, written)
+        del buf  # release the export before resizing
+        del state[written:]
+        return state
 
-    def restore_state(self, slot: int, state: bytes) -> bool:
+    def restore_state(self, slot: int, state: bytearray) -> bool:
         """Load a state from :meth:`save_state` into ``slot``; False (slot cleared) if
         llama.cpp refuses it."""
         self.clear(slot)
-        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        buf = (ctypes.c_uint8 * len(state)).from_buffer(state)
         if llama_cpp.llama_state_seq_set_data(self._ctx, buf, len(state), slot) == 0:
             self.clear(slot)
             return False

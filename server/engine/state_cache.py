@@ -37,7 +37,7 @@ FORMAT = "hearth-kv-state-1"
 class _Entry:
     tokens: tuple[int, ...]
     size: int
-    blob: bytes | None  # None: on disk only
+    blob: bytearray | None  # None: on disk only
     path: Path | None
     used: float
 
@@ -67,7 +67,7 @@ class StateCache:
         self._dir = disk_dir / model_key[:32] if disk_dir is not None else None
         # The writer thread only writes files; what it wrote comes back through _written and
         # is booked by the engine thread, which alone touches the entries and the index.
-        self._writes: queue.Queue[tuple[int, tuple[int, ...], bytes] | None] = queue.Queue()
+        self._writes: queue.Queue[tuple[int, tuple[int, ...], bytearray] | None] = queue.Queue()
         self._written: queue.Queue[tuple[int, Path, int]] = queue.Queue()
         self._writer: threading.Thread | None = None
         if self._dir is not None and disk_bytes > 0:
@@ -87,7 +87,7 @@ class StateCache:
     def tokens_of(self, entry_id: int) -> tuple[int, ...]:
         return self._entries[entry_id].tokens
 
-    def get(self, entry_id: int) -> bytes | None:
+    def get(self, entry_id: int) -> bytearray | None:
         """The state of ``entry_id`` (from RAM, else disk, verified); None if unusable."""
         entry = self._entries.get(entry_id)
         if entry is None:
@@ -108,7 +108,9 @@ class StateCache:
 
     # -- storing ------------------------------------------------------------------------------
 
-    def put(self, tokens: Sequence[int], blob: bytes) -> None:
+    def put(self, tokens: Sequence[int], blob: bytes | bytearray) -> None:
+        """Keep ``blob`` (not copied if it is a bytearray; it must not change afterwards)."""
+        blob = blob if isinstance(blob, bytearray) else bytearray(blob)
         self._absorb_writes()
         key = tuple(tokens)
         if key in self._by_tokens:  # the same tokens again: refresh, keep one copy
@@ -192,7 +194,7 @@ class StateCache:
             except OSError as exc:
                 logger.warning("could not write KV state to disk: %s", exc)
 
-    def _write_file(self, tokens: tuple[int, ...], blob: bytes) -> Path:
+    def _write_file(self, tokens: tuple[int, ...], blob: bytearray) -> Path:
         assert self._dir is not None
         header = {
             "format": FORMAT,
@@ -264,13 +266,13 @@ class StateCache:
             path.unlink(missing_ok=True)
             return None
 
-    def _read_verified(self, path: Path) -> bytes | None:
+    def _read_verified(self, path: Path) -> bytearray | None:
         try:
             with path.open("rb") as fh:
                 header = json.loads(fh.readline())
-                blob = fh.read()
-            if len(blob) != int(header["size"]):
-                raise ValueError("truncated")
+                blob = bytearray(int(header["size"]))
+                if fh.readinto(blob) != len(blob) or fh.read(1):
+                    raise ValueError("truncated")
             if hashlib.sha256(blob).hexdigest() != header["sha256"]:
                 raise ValueError("checksum mismatch")
             return blob

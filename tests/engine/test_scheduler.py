@@ -51,6 +51,14 @@ class FakeBackend:
     def copy_sequence(self, source: int, target: int) -> None:
         self.kv_ops.append(("copy", source, target))
 
+    def save_state(self, slot: int) -> bytearray:
+        self.kv_ops.append(("save", slot, -1))
+        return bytearray(f"state-of-{slot}".encode())
+
+    def restore_state(self, slot: int, state: bytearray) -> bool:
+        self.kv_ops.append(("restore", slot, len(state)))
+        return True
+
     def decode(self, entries: Sequence[BatchEntry]) -> None:
         self.gate.acquire()
         if self.fail:
@@ -461,4 +469,28 @@ def test_unrelated_requests_take_the_least_recently_used_slot() -> None:
     sink = Collector()
     scheduler.submit(request([1, 1, 1, 9], max_tokens=1), sink)
     assert sink.wait().cached_tokens == 3
+    scheduler.stop(timeout=10)
+
+
+def test_an_overwritten_slot_is_saved_and_restored_later() -> None:
+    from server.engine.state_cache import StateCache
+
+    backend = FakeBackend(n_slots=1)
+    cache = StateCache(model_key="fake" * 16, ram_bytes=1 << 20, disk_dir=None, disk_bytes=0)
+    scheduler = Scheduler(backend, name="fake", state_cache=cache)
+    scheduler.start()
+    conversation = list(range(500, 600))
+    other = list(range(700, 800))
+    for prompt in (conversation, other):
+        sink = Collector()
+        scheduler.submit(request(prompt, max_tokens=2), sink)
+        sink.wait()
+    assert ("save", 0, -1) in backend.kv_ops  # the conversation was saved before being overwritten
+    backend.batches.clear()
+    sink = Collector()
+    scheduler.submit(request([*conversation, 1], max_tokens=1), sink)
+    assert sink.wait().cached_tokens == 100
+    assert any(op[0] == "restore" for op in backend.kv_ops)
+    assert sorted(e.position for b in backend.batches for e in b) == [100]
+    assert scheduler.slot_cache.stats["restores"] == 1
     scheduler.stop(timeout=10)
