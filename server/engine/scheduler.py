@@ -188,6 +188,10 @@ class Scheduler:
                 self.save_idle_slots()
                 self.state_cache.close()
             return False
+        # Idle: save one slot's state now, so that a later request that overwrites the slot
+        # does not wait for the copy. One at a time: a new request waits for one save at most.
+        if any(self._save_slot(slot) for slot in list(self._free_slots)):
+            return True
         with self._cond:
             if not self._active and not len(self._queue) and not self._stop:
                 # Wake now and then even when idle, so queue deadlines are noticed.
@@ -264,10 +268,18 @@ class Scheduler:
         state = self.state_cache.get(entry)
         return None if state is None else (usable, state)
 
-    def _save_slot(self, slot: int) -> None:
+    def _save_slot(self, slot: int) -> bool:
+        """Put what ``slot`` holds into the state cache, unless it is there or too short."""
         held = self.slot_cache.holds(slot)
-        if self.state_cache is not None and len(held) >= MIN_SAVED_TOKENS:
-            self.state_cache.put(held, self._backend.save_state(slot))
+        if (
+            self.state_cache is None
+            or self.slot_cache.is_saved(slot)
+            or len(held) < MIN_SAVED_TOKENS
+        ):
+            return False
+        self.state_cache.put(held, self._backend.save_state(slot))
+        self.slot_cache.mark_saved(slot)
+        return True
 
     def save_idle_slots(self) -> None:
         """Keep every idle slot's state (at shutdown, so that a restart finds them)."""

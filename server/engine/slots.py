@@ -34,6 +34,7 @@ class SlotCache:
 
     def __init__(self, n_slots: int) -> None:
         self._tokens: list[list[int]] = [[] for _ in range(n_slots)]
+        self._saved = [True] * n_slots  # is what the slot holds already in the state cache?
         self._last_used = [0.0] * n_slots
         self._index: PrefixTree[int] = PrefixTree()
         self.stats: Counter[str] = Counter()
@@ -70,9 +71,16 @@ class SlotCache:
         """``slot`` now holds (or is about to hold) ``tokens``."""
         self._index.remove(self._tokens[slot], slot)
         self._tokens[slot] = list(tokens)
+        self._saved[slot] = False
         if tokens:
             self._index.insert(tokens, slot)
         self._last_used[slot] = time.monotonic()
+
+    def is_saved(self, slot: int) -> bool:
+        return self._saved[slot]
+
+    def mark_saved(self, slot: int) -> None:
+        self._saved[slot] = True
 
     def count(self, reused: int) -> None:
         self.stats["hits" if reused else "misses"] += 1
