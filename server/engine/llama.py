@@ -11,7 +11,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -257,18 +257,17 @@ class LlamaBackend:
             self.clear(slot)
         return ok
 
-    def save_state(self, slot: int) -> bytearray:
-        """``slot``'s KV state, as llama.cpp serializes it (written straight into the
-        returned buffer: states are tens of megabytes, copies show in time to first token)."""
+    def save_state(self, slot: int, allocate: Callable[[int], memoryview]) -> memoryview:
+        """``slot``'s KV state, as llama.cpp serializes it, written straight into a buffer from
+        ``allocate(size)``: states are tens of megabytes, and copies show in time to first token."""
         size = llama_cpp.llama_state_seq_get_size(self._ctx, slot)
-        state = bytearray(size)
-        buf = (ctypes.c_uint8 * size).from_buffer(state)
-        written = llama_cpp.llama_state_seq_get_data(self._ctx, buf, size, slot)
-        del buf  # release the export before resizing
-        del state[written:]
-        return state
+        state = allocate(size)
+        written = llama_cpp.llama_state_seq_get_data(
+            self._ctx, (ctypes.c_uint8 * size).from_buffer(state), size, slot
+        )
+        return state[:written]
 
-    def restore_state(self, slot: int, state: bytearray) -> bool:
+    def restore_state(self, slot: int, state: memoryview) -> bool:
         """Load a state from :meth:`save_state` into ``slot``; False (slot cleared) if
         llama.cpp refuses it."""
         self.clear(slot)

@@ -51,12 +51,15 @@ class FakeBackend:
     def copy_sequence(self, source: int, target: int) -> None:
         self.kv_ops.append(("copy", source, target))
 
-    def save_state(self, slot: int) -> bytearray:
+    def save_state(self, slot: int, allocate: Callable[[int], memoryview]) -> memoryview:
         self.kv_ops.append(("save", slot, -1))
-        return bytearray(f"state-of-{slot}".encode())
+        data = f"state-of-{slot}".encode()
+        buffer = allocate(len(data))
+        buffer[:] = data
+        return buffer
 
-    def restore_state(self, slot: int, state: bytearray) -> bool:
-        self.kv_ops.append(("restore", slot, len(state)))
+    def restore_state(self, slot: int, state: memoryview) -> bool:
+        self.kv_ops.append(("restore", slot, state.nbytes))
         return True
 
     def decode(self, entries: Sequence[BatchEntry]) -> None:

@@ -8,6 +8,12 @@ import pytest
 from server.engine.state_cache import StateCache
 
 
+def put(cache: StateCache, tokens: list[int], data: bytes) -> None:
+    buffer = cache.buffer_for(len(data))
+    buffer[:] = data
+    cache.put(tokens, buffer)
+
+
 def ram_only(limit: int) -> StateCache:
     return StateCache(model_key="m" * 64, ram_bytes=limit, disk_dir=None, disk_bytes=0)
 
@@ -20,21 +26,21 @@ def on_disk(
 
 def test_longest_match_and_get() -> None:
     cache = ram_only(1000)
-    cache.put([1, 2, 3, 4], b"abcd")
+    put(cache, [1, 2, 3, 4], b"abcd")
     depth, entry = cache.longest_match([1, 2, 3, 9])
     assert depth == 3 and entry is not None
-    assert cache.get(entry) == b"abcd"
+    assert bytes(cache.get(entry) or b"") == b"abcd"
     assert cache.tokens_of(entry) == (1, 2, 3, 4)
 
 
 def test_ram_never_exceeds_its_limit_and_evicts_least_recently_used() -> None:
     cache = ram_only(250)
-    cache.put([1], b"a" * 100)
-    cache.put([2], b"b" * 100)
+    put(cache, [1], b"a" * 100)
+    put(cache, [2], b"b" * 100)
     _, first = cache.longest_match([1])
     assert first is not None
     cache.get(first)  # [1] is now more recent than [2]
-    cache.put([3], b"c" * 100)
+    put(cache, [3], b"c" * 100)
     assert cache.ram_bytes <= 250
     assert cache.longest_match([2])[0] == 0
     assert cache.longest_match([1])[0] == 1
@@ -43,29 +49,29 @@ def test_ram_never_exceeds_its_limit_and_evicts_least_recently_used() -> None:
 
 def test_an_entry_larger_than_every_limit_is_not_kept() -> None:
     cache = ram_only(10)
-    cache.put([1], b"x" * 11)
+    put(cache, [1], b"x" * 11)
     assert cache.longest_match([1]) == (0, None)
 
 
 def test_entries_survive_a_restart_on_disk(tmp_path: Path) -> None:
     cache = on_disk(tmp_path)
-    cache.put([5, 6, 7], b"state-bytes")
+    put(cache, [5, 6, 7], b"state-bytes")
     cache.close()
     again = on_disk(tmp_path)
     depth, entry = again.longest_match([5, 6, 7, 8])
     assert depth == 3 and entry is not None
-    assert again.get(entry) == b"state-bytes"
+    assert bytes(again.get(entry) or b"") == b"state-bytes"
     again.close()
 
 
 def test_ram_evicted_entries_are_read_back_from_disk(tmp_path: Path) -> None:
     cache = on_disk(tmp_path, ram=150, disk=10_000)
-    cache.put([1], b"a" * 100)
+    put(cache, [1], b"a" * 100)
     cache.close()  # written
     cache = on_disk(tmp_path, ram=150, disk=10_000)
-    cache.put([2], b"b" * 100)
+    put(cache, [2], b"b" * 100)
     _, entry = cache.longest_match([1])
-    assert entry is not None and cache.get(entry) == b"a" * 100
+    assert entry is not None and bytes(cache.get(entry) or b"") == b"a" * 100
     assert cache.ram_bytes <= 150
     cache.close()
 
@@ -73,7 +79,7 @@ def test_ram_evicted_entries_are_read_back_from_disk(tmp_path: Path) -> None:
 def test_disk_never_exceeds_its_limit(tmp_path: Path) -> None:
     cache = on_disk(tmp_path, ram=1000, disk=700)
     for i in range(6):
-        cache.put([i], bytes([i]) * 200)
+        put(cache, [i], bytes([i]) * 200)
     cache.close()
     counters = cache.counters()
     assert counters["disk_bytes"] <= 700
@@ -85,7 +91,7 @@ def test_truncated_file_is_dropped_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = on_disk(tmp_path)
-    cache.put([1, 2], b"z" * 500)
+    put(cache, [1, 2], b"z" * 500)
     cache.close()
     (path,) = list(tmp_path.rglob("*.state"))
     path.write_bytes(path.read_bytes()[:-100])
@@ -99,7 +105,7 @@ def test_truncated_file_is_dropped_with_a_warning(
 
 def test_corrupt_state_is_never_loaded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     cache = on_disk(tmp_path)
-    cache.put([1, 2], b"z" * 500)
+    put(cache, [1, 2], b"z" * 500)
     cache.close()
     (path,) = list(tmp_path.rglob("*.state"))
     data = bytearray(path.read_bytes())
@@ -119,7 +125,7 @@ def test_another_models_states_are_not_loaded(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = on_disk(tmp_path, key="a" * 64)
-    cache.put([1], b"state")
+    put(cache, [1], b"state")
     cache.close()
     # Same directory name prefix, other identity: simulate a file from another build.
     (path,) = list(tmp_path.rglob("*.state"))
@@ -132,3 +138,17 @@ def test_another_models_states_are_not_loaded(
     assert again.longest_match([1]) == (0, None)
     assert "another model" in caplog.text
     again.close()
+
+
+def test_buffers_of_evicted_states_are_reused_for_new_ones() -> None:
+    cache = ram_only(1000)
+    put(cache, [1], b"a" * 400)
+    put(cache, [2], b"b" * 400)
+    put(cache, [3], b"c" * 400)  # evicts [1] and takes over its memory
+    _, third = cache.longest_match([3])
+    assert third is not None and bytes(cache.get(third) or b"") == b"c" * 400
+    buffer = cache.buffer_for(390)  # evicts [2], the least recently used, and reuses its memory
+    assert bytes(buffer[:3]) == b"bbb"  # the old memory, not a fresh zeroed block
+    assert buffer.nbytes == 390
+    assert cache.ram_bytes <= 1000
+    assert cache.buffer_for(100).nbytes == 100  # too small a fit: fresh memory
