@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 # Shorter sequences are cheap to recompute and not worth a saved state.
 MIN_SAVED_TOKENS = 64
+# Idle this long before saving slot states in the background.
+IDLE_SAVE_DELAY = 0.25
 
 EventSink = Callable[[TokenEvent], None]
 
@@ -96,6 +98,7 @@ class Scheduler:
         self._free_slots = list(range(backend.n_slots))
         self._active: list[Ticket] = []
         self.slot_cache = SlotCache(backend.n_slots)
+        self._idle_since: float | None = None
         self.state_cache = state_cache
         self._cond = threading.Condition()
         self._accepting = True
@@ -180,6 +183,7 @@ class Scheduler:
             active = list(self._active)
             stopping = self._stop
         if active:
+            self._idle_since = None
             self._step(active)
             return True
         self._flush()
@@ -188,14 +192,24 @@ class Scheduler:
                 self.save_idle_slots()
                 self.state_cache.close()
             return False
-        # Idle: save one slot's state now, so that a later request that overwrites the slot
-        # does not wait for the copy. One at a time: a new request waits for one save at most.
-        if any(self._save_slot(slot) for slot in list(self._free_slots)):
-            return True
+        # Idle for a while: save one slot's state, so that a later request that overwrites
+        # the slot does not wait for the copy. Not at once (the next turn of a conversation
+        # often follows immediately and reuses the slot as it is), and one at a time (a new
+        # request waits for one save at most).
+        now = time.monotonic()
+        self._idle_since = self._idle_since or now
+        unsaved = self.state_cache is not None and any(
+            self._worth_saving(slot) for slot in self._free_slots
+        )
+        if unsaved and now - self._idle_since >= IDLE_SAVE_DELAY:
+            for slot in list(self._free_slots):
+                if self._save_slot(slot):
+                    return True
         with self._cond:
             if not self._active and not len(self._queue) and not self._stop:
                 # Wake now and then even when idle, so queue deadlines are noticed.
-                self._cond.wait(timeout=1.0)
+                wait = IDLE_SAVE_DELAY if unsaved else 1.0
+                self._cond.wait(timeout=wait)
         return True
 
     def _expire_queued(self, now: float) -> None:
@@ -268,15 +282,15 @@ class Scheduler:
         state = self.state_cache.get(entry)
         return None if state is None else (usable, state)
 
+    def _worth_saving(self, slot: int) -> bool:
+        held = self.slot_cache.holds(slot)
+        return not self.slot_cache.is_saved(slot) and len(held) >= MIN_SAVED_TOKENS
+
     def _save_slot(self, slot: int) -> bool:
         """Put what ``slot`` holds into the state cache, unless it is there or too short."""
-        held = self.slot_cache.holds(slot)
-        if (
-            self.state_cache is None
-            or self.slot_cache.is_saved(slot)
-            or len(held) < MIN_SAVED_TOKENS
-        ):
+        if self.state_cache is None or not self._worth_saving(slot):
             return False
+        held = self.slot_cache.holds(slot)
         self.state_cache.put(held, self._backend.save_state(slot, self.state_cache.buffer_for))
         self.slot_cache.mark_saved(slot)
         return True
