@@ -306,6 +306,29 @@ def machine_description(threads: int) -> str:
     )
 
 
+def hearth_config(path: Path, args: argparse.Namespace, model: str) -> Path:
+    """A one-model Hearth config with the benchmark's context, slots and threads."""
+    path.write_text(
+        f'[[models]]\nname = "{model}"\npath = "{args.model_path.resolve()}"\n'
+        f"n_ctx = {args.ctx}\nslots = {args.slots}\nthreads = {args.threads}\n"
+    )
+    return path
+
+
+def append_results(
+    path: Path, title: str, threads: int, script: str, argv: list[str] | None, table: str
+) -> None:
+    """Add a dated table to RESULTS.md, with the machine and the command that made it."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "make bench  # " + " ".join([script, *(argv or sys.argv[1:])])
+    with path.open("a") as fh:
+        fh.write(
+            f"\n## {stamp}: {title}\n\n"
+            f"Machine: {machine_description(threads)}.  \n"
+            f"Command: `{command}`\n\n{table}\n"
+        )
+
+
 def peer_servers(args: argparse.Namespace, model: str, config: Path) -> list[PeerServer]:
     """The three servers, each on a free port, with the same model, context and threads."""
     python = sys.executable
@@ -392,11 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     model = "bench"
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "hearth-bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    config = log_dir / "hearth-bench.toml"
-    config.write_text(
-        f'[[models]]\nname = "{model}"\npath = "{args.model_path.resolve()}"\n'
-        f"n_ctx = {args.ctx}\nslots = {args.slots}\nthreads = {args.threads}\n"
-    )
+    config = hearth_config(log_dir / "hearth-bench.toml", args, model)
     servers = peer_servers(args, model, config)
     only = os.environ.get("BENCH_ONLY")
     if only:
@@ -405,15 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(results)
     print(table)
     if args.write:
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        command = "make bench  # " + " ".join(["bench/bench.py", *(argv or sys.argv[1:])])
-        with args.write.open("a") as fh:
-            fh.write(
-                f"\n## {stamp}: {args.model_path.name}, {args.slots} slots, "
-                f"{args.max_tokens} tokens per request\n\n"
-                f"Machine: {machine_description(args.threads)}.  \n"
-                f"Command: `{command}`\n\n{table}\n"
-            )
+        title = f"{args.model_path.name}, {args.slots} slots, {args.max_tokens} tokens per request"
+        append_results(args.write, title, args.threads, "bench/bench.py", argv, table)
     return 0
 
 

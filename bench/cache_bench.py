@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
 import statistics
@@ -31,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import (
     RunningServer,
-    machine_description,
+    append_results,
+    hearth_config,
     peer_servers,
     wait_ready,
 )
@@ -159,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     model = "bench"
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "hearth-bench-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    config = log_dir / "hearth-cache-bench.toml"
-    config.write_text(
-        f'[[models]]\nname = "{model}"\npath = "{args.model_path.resolve()}"\n'
-        f"n_ctx = {args.ctx}\nslots = {args.slots}\nthreads = {args.threads}\n"
-    )
+    config = hearth_config(log_dir / "hearth-cache-bench.toml", args, model)
     only = os.environ.get("BENCH_ONLY")
     results: dict[str, dict[str, float]] = {}
     for spec in peer_servers(args, model, config):
@@ -189,14 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(results)
     print(table)
     if args.write:
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        command = "make bench  # " + " ".join(["bench/cache_bench.py", *(argv or sys.argv[1:])])
-        with args.write.open("a") as fh:
-            fh.write(
-                f"\n## {stamp}: KV reuse, {args.model_path.name}, 4 slots\n\n"
-                f"Machine: {machine_description(args.threads)}.  \n"
-                f"Command: `{command}`\n\n{table}\n"
-            )
+        title = f"KV reuse, {args.model_path.name}, 4 slots"
+        append_results(args.write, title, args.threads, "bench/cache_bench.py", argv, table)
     return 0
 
 

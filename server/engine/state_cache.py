@@ -303,8 +303,7 @@ class StateCache:
                 raise ValueError("truncated")
             return dict(header)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("dropping KV state file %s: %s", path.name, exc)
-            path.unlink(missing_ok=True)
+            _drop_file(path, exc)
             return None
 
     def _read_verified(self, path: Path) -> memoryview | None:
@@ -318,8 +317,7 @@ class StateCache:
                 raise ValueError("checksum mismatch")
             return memoryview(blob)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            logger.warning("dropping KV state file %s: %s", path.name, exc)
-            path.unlink(missing_ok=True)
+            _drop_file(path, exc)
             return None
 
 
@@ -338,3 +336,9 @@ def _capacity(blob: memoryview | None) -> int:
     if blob is None:
         return 0
     return len(blob.obj) if isinstance(blob.obj, bytearray) else blob.nbytes
+
+
+def _drop_file(path: Path, reason: Exception) -> None:
+    """An unusable state file: say why, and delete it so it is never tried again."""
+    logger.warning("dropping KV state file %s: %s", path.name, reason)
+    path.unlink(missing_ok=True)
