@@ -110,5 +110,17 @@ class PrefixTree(Generic[V]):
                     return depth, value
         return 0, None
 
+    def prefixes_of(self, tokens: Sequence[int]) -> list[V]:
+        """Values stored under keys that are prefixes of ``tokens`` (``tokens`` included)."""
+        found = list(self._root.values)
+        node, i = self._root, 0
+        while i < len(tokens):
+            edge = node.edges.get(tokens[i])
+            if edge is None or list(tokens[i : i + len(edge[0])]) != list(edge[0]):
+                break
+            node, i = edge[1], i + len(edge[0])
+            found.extend(node.values)
+        return found
+
     def __contains__(self, value: object) -> bool:
         return any(v == value for v in self._root.subtree_values())

@@ -288,10 +288,12 @@ class Scheduler:
 
     def _save_slot(self, slot: int) -> bool:
         """Put what ``slot`` holds into the state cache, unless it is there or too short."""
-        if self.state_cache is None or not self._worth_saving(slot):
+        cache = self.state_cache
+        if cache is None or not self._worth_saving(slot):
             return False
         held = self.slot_cache.holds(slot)
-        self.state_cache.put(held, self._backend.save_state(slot, self.state_cache.buffer_for))
+        state = self._backend.save_state(slot, lambda size: cache.buffer_for(size, held))
+        cache.put(held, state)
         self.slot_cache.mark_saved(slot)
         return True
 

@@ -110,7 +110,7 @@ class StateCache:
 
     # -- storing ------------------------------------------------------------------------------
 
-    def buffer_for(self, size: int) -> memoryview:
+    def buffer_for(self, size: int, tokens: Sequence[int] = ()) -> memoryview:
         """A writable buffer of ``size`` bytes for a new state, within the RAM limit: least
         recently used states make room first, and their memory is reused when it fits.
 
@@ -118,16 +118,25 @@ class StateCache:
         here, into memory used before 2.5 ms, and a state may be copied on the way to a
         request's first token."""
         self._absorb_writes()
-        while self._ram and self.ram_bytes + size > self.ram_limit:
+        # A state whose tokens are a prefix of the new one's (the same conversation, a turn
+        # ago) can never match a prompt better than the new state: it goes, and its memory
+        # is reused.
+        for entry_id in self._index.prefixes_of(tokens):
+            self._replace(entry_id)
+        while self._ram and self.ram_bytes + size + size // 8 > self.ram_limit:
             self._evict_oldest(recycle=True)
         fitting = [b for b in self._spare if size <= len(b) <= size + size // 4]
         buffer = min(fitting, key=len) if fitting else None
         if buffer is not None:
             self._drop_spare(buffer)
-        while self._spare and self.ram_bytes + self._spare_bytes + size > self.ram_limit:
+        while (
+            self._spare and self.ram_bytes + self._spare_bytes + size + size // 8 > self.ram_limit
+        ):
             self._drop_spare(max(self._spare, key=len))
         if buffer is None:
-            buffer = bytearray(size)
+            # Room to grow: the next turn of the same conversation is a little longer, and
+            # its state should fit the memory this one leaves behind.
+            buffer = bytearray(size + size // 8)
         return memoryview(buffer)[:size]
 
     def put(self, tokens: Sequence[int], blob: memoryview) -> None:
@@ -195,6 +204,13 @@ class StateCache:
                 self._spare_bytes += len(buffer)
         if entry.path is None and self._writer is None:
             self._forget(entry_id)  # no disk copy will ever exist
+
+    def _replace(self, entry_id: int) -> None:
+        if entry_id in self._ram:  # move it to the front of the LRU, then evict it
+            self._ram.move_to_end(entry_id, last=False)
+            self._evict_oldest(recycle=True)
+        self._forget(entry_id)
+        self.stats["superseded"] += 1
 
     def _drop_spare(self, buffer: bytearray) -> None:
         self._spare.remove(buffer)

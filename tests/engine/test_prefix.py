@@ -80,3 +80,13 @@ def test_against_brute_force() -> None:
         best = max(common_prefix_length(k, query) for k in keys.values())
         assert depth == best
         assert found is not None and common_prefix_length(keys[found], query) == best
+
+
+def test_prefixes_of_lists_every_key_that_starts_the_query() -> None:
+    tree: PrefixTree[str] = PrefixTree()
+    tree.insert([1, 2], "short")
+    tree.insert([1, 2, 3, 4], "long")
+    tree.insert([1, 9], "other")
+    tree.insert([], "empty")
+    assert sorted(tree.prefixes_of([1, 2, 3, 4, 5])) == ["empty", "long", "short"]
+    assert sorted(tree.prefixes_of([1, 2, 3])) == ["empty", "short"]

@@ -9,7 +9,7 @@ from server.engine.state_cache import StateCache
 
 
 def put(cache: StateCache, tokens: list[int], data: bytes) -> None:
-    buffer = cache.buffer_for(len(data))
+    buffer = cache.buffer_for(len(data), tokens)
     buffer[:] = data
     cache.put(tokens, buffer)
 
@@ -152,3 +152,16 @@ def test_buffers_of_evicted_states_are_reused_for_new_ones() -> None:
     assert buffer.nbytes == 390
     assert cache.ram_bytes <= 1000
     assert cache.buffer_for(100).nbytes == 100  # too small a fit: fresh memory
+
+
+def test_a_longer_state_of_the_same_conversation_supersedes_the_older_one() -> None:
+    cache = ram_only(10_000)
+    put(cache, [1, 2, 3], b"a" * 300)
+    put(cache, [9, 9], b"z" * 300)
+    put(cache, [1, 2, 3, 4, 5], b"b" * 300)  # turn 2 of the first conversation
+    assert cache.counters()["entries"] == 2
+    assert cache.stats["superseded"] == 1
+    depth, entry = cache.longest_match([1, 2, 3, 7])
+    assert depth == 3 and entry is not None
+    assert bytes(cache.get(entry) or b"") == b"b" * 300
+    assert cache.ram_bytes <= 700  # the older state's memory was reused, not added
