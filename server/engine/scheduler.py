@@ -248,9 +248,10 @@ class Scheduler:
         plan = self.slot_cache.assign(prompt, self._free_slots, valid_length)
         ticket.slot = plan.slot
         self._free_slots.remove(plan.slot)
-        saved = self._saved_state_for(prompt, better_than=plan.reuse)
         if len(self.slot_cache.holds(plan.slot)) - plan.reuse >= MIN_SAVED_TOKENS:
             self._save_slot(plan.slot)  # much of what the slot holds is about to be overwritten
+        # Looked up after the save: making room for it may have evicted states.
+        saved = self._saved_state_for(prompt, better_than=plan.reuse)
         if saved is not None and self._backend.restore_state(plan.slot, saved[1]):
             self.slot_cache.stats["restores"] += 1
             keep = saved[0]

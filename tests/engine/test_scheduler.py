@@ -497,3 +497,20 @@ def test_an_overwritten_slot_is_saved_and_restored_later() -> None:
     assert sorted(e.position for b in backend.batches for e in b) == [100]
     assert scheduler.slot_cache.stats["restores"] == 1
     scheduler.stop(timeout=10)
+
+
+def test_a_tiny_state_cache_never_hands_out_an_evicted_state() -> None:
+    from server.engine.state_cache import StateCache
+
+    backend = FakeBackend(n_slots=1)
+    # Room for one saved state only: saving the slot evicts whatever else was kept.
+    cache = StateCache(model_key="tiny" * 16, ram_bytes=12, disk_dir=None, disk_bytes=0)
+    scheduler = Scheduler(backend, name="fake", state_cache=cache)
+    scheduler.start()
+    a, b = list(range(500, 600)), list(range(700, 800))
+    for prompt in (a, b, a, b):
+        sink = Collector()
+        scheduler.submit(request(prompt, max_tokens=1), sink)
+        assert sink.wait().finish_reason == "length"
+    assert cache.ram_bytes <= 12
+    scheduler.stop(timeout=10)
