@@ -337,7 +337,11 @@ def peer_servers(args: argparse.Namespace, model: str, config: Path) -> list[Pee
             "hearth",
             [python, "-m", "server", "serve", "--config", str(config), "--log-level", "warning"],
             port := free_port(),
-            {"HEARTH_PORT": str(port)},
+            {
+                "HEARTH_PORT": str(port),
+                # Saved KV states stay in RAM: nothing from a benchmark lingers on disk.
+                "HEARTH_KV_CACHE_DISK_BYTES": "0",
+            },
         ),
         PeerServer(
             "llama-cpp-python",

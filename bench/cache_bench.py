@@ -165,9 +165,6 @@ def main(argv: list[str] | None = None) -> int:
     for spec in peer_servers(args, model, config):
         if only and spec.name not in only.split(","):
             continue
-        if spec.name == "hearth":  # saved states must not outlive the run or leak into it
-            spec.env["HEARTH_KV_CACHE_DIR"] = str(log_dir / "kv-states")
-            spec.env["HEARTH_KV_CACHE_DISK_BYTES"] = "0"
         print(f"cache scenario: {spec.name}", file=sys.stderr, flush=True)
         server = RunningServer(spec, log_dir)
         try:

@@ -13,6 +13,7 @@ and never loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -243,6 +244,9 @@ class StateCache:
         self._evict_disk()
 
     def _write_loop(self) -> None:
+        # Hashing and writing tens of megabytes must not take CPU from decoding.
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         while (item := self._writes.get()) is not None:
             entry_id, tokens, blob = item
             try:

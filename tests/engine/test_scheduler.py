@@ -478,12 +478,12 @@ def test_unrelated_requests_take_the_least_recently_used_slot() -> None:
 def test_an_overwritten_slot_is_saved_and_restored_later() -> None:
     from server.engine.state_cache import StateCache
 
-    backend = FakeBackend(n_slots=1)
+    backend = FakeBackend(n_slots=1, n_ctx=1024)
     cache = StateCache(model_key="fake" * 16, ram_bytes=1 << 20, disk_dir=None, disk_bytes=0)
     scheduler = Scheduler(backend, name="fake", state_cache=cache)
     scheduler.start()
-    conversation = list(range(500, 600))
-    other = list(range(700, 800))
+    conversation = list(range(1000, 1300))  # long enough to be worth saving
+    other = list(range(2000, 2300))
     for prompt in (conversation, other):
         sink = Collector()
         scheduler.submit(request(prompt, max_tokens=2), sink)
@@ -492,9 +492,9 @@ def test_an_overwritten_slot_is_saved_and_restored_later() -> None:
     backend.batches.clear()
     sink = Collector()
     scheduler.submit(request([*conversation, 1], max_tokens=1), sink)
-    assert sink.wait().cached_tokens == 100
+    assert sink.wait().cached_tokens == 300
     assert any(op[0] == "restore" for op in backend.kv_ops)
-    assert sorted(e.position for b in backend.batches for e in b) == [100]
+    assert sorted(e.position for b in backend.batches for e in b) == [300]
     assert scheduler.slot_cache.stats["restores"] == 1
     scheduler.stop(timeout=10)
 
@@ -502,15 +502,16 @@ def test_an_overwritten_slot_is_saved_and_restored_later() -> None:
 def test_a_tiny_state_cache_never_hands_out_an_evicted_state() -> None:
     from server.engine.state_cache import StateCache
 
-    backend = FakeBackend(n_slots=1)
+    backend = FakeBackend(n_slots=1, n_ctx=1024)
     # Room for one saved state only: saving the slot evicts whatever else was kept.
     cache = StateCache(model_key="tiny" * 16, ram_bytes=12, disk_dir=None, disk_bytes=0)
     scheduler = Scheduler(backend, name="fake", state_cache=cache)
     scheduler.start()
-    a, b = list(range(500, 600)), list(range(700, 800))
+    a, b = list(range(1000, 1300)), list(range(2000, 2300))
     for prompt in (a, b, a, b):
         sink = Collector()
         scheduler.submit(request(prompt, max_tokens=1), sink)
         assert sink.wait().finish_reason == "length"
     assert cache.ram_bytes <= 12
+    assert cache.stats["stored"] >= 2  # states were saved, and evicted to make room
     scheduler.stop(timeout=10)
