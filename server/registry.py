@@ -33,7 +33,6 @@ class ModelHandle:
     backend: LlamaBackend
     scheduler: Scheduler
     chat_template_source: str | None
-    loaded_at: float
 
     @property
     def name(self) -> str:
@@ -104,9 +103,6 @@ class ModelRegistry:
         assert config.package is not None
         return self._settings.models_dir.expanduser() / catalog_entry(config.package).filename
 
-    def is_loaded(self, name: str) -> bool:
-        return self.resolve(name).name in self._loaded
-
     async def get(self, name: str) -> ModelHandle:
         """The loaded model for ``name``, loading it first if needed. Concurrent first requests
         share one load."""
@@ -176,7 +172,7 @@ class ModelRegistry:
             config.slots,
             "yes" if template else "none",
         )
-        return ModelHandle(config, backend, scheduler, template, time.time())
+        return ModelHandle(config, backend, scheduler, template)
 
     def stop_accepting(self) -> None:
         """From now on every new request gets 503; what is queued or running carries on."""

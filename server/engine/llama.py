@@ -140,7 +140,6 @@ class LlamaBackend:
         if not self._model:
             raise ModelUnavailableError(f"llama.cpp could not load {path} (not a valid GGUF?)")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self.n_ctx_train: int = llama_cpp.llama_model_n_ctx_train(self._model)
         self.identity = _model_identity(path, kv_unified)
 
         ctx_params = llama_cpp.llama_context_default_params()
