@@ -17,7 +17,7 @@ from server.engine.llama import LlamaBackend
 from server.engine.scheduler import Scheduler
 from server.engine.state_cache import StateCache
 from server.engine.stream import GenerationStream
-from server.engine.types import GenerationRequest
+from server.engine.types import GenerationRequest, Grammar
 from server.errors import ModelNotFoundError, ModelUnavailableError, ShuttingDownError
 from server.models.sources import catalog_entry
 from server.settings import ModelConfig, Settings
@@ -58,6 +58,10 @@ class ModelHandle:
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.backend.detokenize(tokens)
+
+    def check_grammar(self, grammar: Grammar) -> str | None:
+        """Why llama.cpp refuses ``grammar``, or None."""
+        return self.backend.check_grammar(grammar)
 
     def generate(self, request: GenerationRequest) -> GenerationStream:
         """Queue ``request``; raises QueueFullError or ShuttingDownError if it cannot wait."""

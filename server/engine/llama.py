@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import llama_cpp
+import numpy as np
 
-from server.engine.types import SamplingParams
+from server.engine.types import Grammar, SamplingParams, TopLogprob
 from server.errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -230,6 +231,15 @@ class LlamaBackend:
 
     # -- sequences (engine thread only) ------------------------------------------------------
 
+    def check_grammar(self, grammar: Grammar) -> str | None:
+        """Why llama.cpp refuses ``grammar``, or None if it accepts it. Safe from any thread:
+        parsing reads the vocabulary only."""
+        sampler = self._grammar_sampler(grammar)
+        if not sampler:
+            return "llama.cpp could not parse the grammar"
+        llama_cpp.llama_sampler_free(sampler)
+        return None
+
     def begin(self, slot: int, sampling: SamplingParams) -> None:
         """Give ``slot`` a fresh sampler chain; its KV cells are left as they are."""
         self._free_sampler(slot)
@@ -302,6 +312,29 @@ class LlamaBackend:
         # llama_sampler_sample also accepts the token into the chain (penalty history).
         return int(llama_cpp.llama_sampler_sample(sampler, self._ctx, batch_index))
 
+    def logprobs(
+        self, batch_index: int, token: int, top: int
+    ) -> tuple[float, tuple[TopLogprob, ...]]:
+        """Log-probability of ``token`` and the ``top`` likeliest tokens at ``batch_index``,
+        from the model's raw logits (before penalties, bias, grammar or truncation)."""
+        pointer = llama_cpp.llama_get_logits_ith(self._ctx, batch_index)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
+        peak = logits.max()
+        log_total = peak + np.log(np.exp(logits - peak).sum())
+        alternatives: tuple[TopLogprob, ...] = ()
+        if top > 0:
+            best = (
+                np.argpartition(-logits, top - 1)[:top]
+                if top < self.n_vocab
+                else np.arange(self.n_vocab)
+            )
+            best = best[np.argsort(-logits[best], kind="stable")]
+            alternatives = tuple(
+                TopLogprob(int(t), self.token_piece(int(t)), min(0.0, float(logits[t] - log_total)))
+                for t in best
+            )
+        return min(0.0, float(logits[token] - log_total)), alternatives
+
     def close(self) -> None:
         for slot in range(self.n_slots):
             self._free_sampler(slot)
@@ -320,9 +353,27 @@ class LlamaBackend:
             llama_cpp.llama_sampler_free(sampler)
             self._samplers[slot] = None
 
+    def _grammar_sampler(self, grammar: Grammar) -> ctypes.c_void_p | None:
+        gbnf, root = grammar.gbnf.encode(), grammar.root.encode()
+        if not grammar.triggers:
+            sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf, root)
+        else:
+            patterns = (ctypes.c_char_p * len(grammar.triggers))(
+                *(t.encode() for t in grammar.triggers)
+            )
+            sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                self._vocab, gbnf, root, patterns, len(grammar.triggers), None, 0
+            )
+        return cast(ctypes.c_void_p | None, sampler or None)
+
     def _build_sampler(self, p: SamplingParams) -> ctypes.c_void_p:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
+        if p.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(p.logit_bias))()
+            for entry, (token, bias) in zip(biases, p.logit_bias, strict=True):
+                entry.token, entry.bias = token, bias
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
         if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
             add(
                 chain,
@@ -334,6 +385,14 @@ class LlamaBackend:
                     p.presence_penalty,
                 ),
             )
+        if p.grammar is not None:
+            # Before any truncation: the grammar must see every candidate, or top-k could
+            # leave it none it allows. (The chain owns and frees it.)
+            grammar = self._grammar_sampler(p.grammar)
+            if grammar is None:
+                llama_cpp.llama_sampler_free(chain)
+                raise RuntimeError("llama.cpp could not parse the grammar")
+            add(chain, grammar)
         if p.temperature <= 0.0:
             add(chain, llama_cpp.llama_sampler_init_greedy())
             return cast(ctypes.c_void_p, chain)

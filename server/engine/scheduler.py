@@ -18,11 +18,19 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.engine.llama import BatchEntry
+from server.engine.prefix import common_prefix_length
 from server.engine.queue import FairQueue
 from server.engine.slots import MIN_COPY_GAIN, SlotCache
 from server.engine.state_cache import StateCache
-from server.engine.text import TextStream
-from server.engine.types import FinishReason, GenerationRequest, SamplingParams, TokenEvent
+from server.engine.text import TextStream, TokenTexts
+from server.engine.types import (
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+    TopLogprob,
+)
 from server.errors import QueueFullError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
@@ -53,6 +61,9 @@ class Backend(Protocol):
     def restore_state(self, slot: int, state: memoryview) -> bool: ...
     def decode(self, entries: Sequence[BatchEntry]) -> None: ...
     def sample(self, slot: int, batch_index: int) -> int: ...
+    def logprobs(
+        self, batch_index: int, token: int, top: int
+    ) -> tuple[float, tuple[TopLogprob, ...]]: ...
     def token_piece(self, token: int, *, special: bool = False) -> bytes: ...
     def is_end_of_generation(self, token: int) -> bool: ...
 
@@ -76,6 +87,7 @@ class Ticket:
     fed: list[int] = field(default_factory=list)
     cached_tokens: int = 0
     text: TextStream | None = None
+    token_texts: TokenTexts | None = None  # only when logprobs are asked for
 
 
 class Scheduler:
@@ -98,6 +110,8 @@ class Scheduler:
         self._queue: FairQueue[Ticket] = FairQueue(max_queue)
         self._free_slots = list(range(backend.n_slots))
         self._active: list[Ticket] = []
+        # Taken from the queue, waiting for a running prompt they share to be computed.
+        self._deferred: list[Ticket] = []
         self.slot_cache = SlotCache(backend.n_slots)
         self._idle_since: float | None = None
         self.state_cache = state_cache
@@ -170,8 +184,8 @@ class Scheduler:
             logger.exception("engine loop for %s crashed", self._name)
             with self._cond:
                 self._accepting = False
-                stranded = self._active + self._queue.remove_if(lambda _: True)
-                self._active = []
+                stranded = self._active + self._deferred + self._queue.remove_if(lambda _: True)
+                self._active, self._deferred = [], []
             for ticket in stranded:
                 self._emit_end(ticket, "error", error="the engine stopped unexpectedly")
             self._flush()
@@ -179,8 +193,7 @@ class Scheduler:
     def _step_or_wait(self) -> bool:
         with self._cond:
             self._expire_queued(time.monotonic())
-            while self._free_slots and (queued := self._queue.pop()) is not None:
-                self._admit(queued)
+            self._admit_queued()
             active = list(self._active)
             stopping = self._stop
         if active:
@@ -225,9 +238,43 @@ class Scheduler:
                 return "deadline"
             return None
 
-        for ticket in self._queue.remove_if(lambda t: reason(t) is not None):
+        expired = self._queue.remove_if(lambda t: reason(t) is not None)
+        expired += [t for t in self._deferred if reason(t) is not None]
+        for ticket in expired:
+            if ticket in self._deferred:
+                self._deferred.remove(ticket)
             ticket.queue_seconds = now - ticket.submitted_at
             self._emit_end(ticket, reason(ticket) or "cancelled")
+
+    def _admit_queued(self) -> None:
+        """Fill free slots from the queue. A request whose prompt shares a prefix with one a
+        running sequence is still reading waits for it, then copies its KV instead of
+        computing the same tokens side by side: so the ``n`` choices of one request, or many
+        requests with one system prompt, read their prompt once. At most as many wait as
+        there are free slots, which stay theirs."""
+        for ticket in list(self._deferred):
+            if self._prefilling_prefix_of(ticket) is None:
+                self._deferred.remove(ticket)
+                self._admit(ticket)
+        capacity = len(self._free_slots) - len(self._deferred)
+        while capacity > 0 and (queued := self._queue.pop()) is not None:
+            capacity -= 1
+            if self._prefilling_prefix_of(queued) is not None:
+                self._deferred.append(queued)
+            else:
+                self._admit(queued)
+
+    def _prefilling_prefix_of(self, ticket: Ticket) -> Ticket | None:
+        """A running sequence still computing a prompt prefix worth sharing with ``ticket``."""
+        prompt = ticket.request.prompt_tokens
+        for other in self._active:
+            if other.prefilled < len(other.request.prompt_tokens):
+                shared = min(
+                    common_prefix_length(prompt, other.request.prompt_tokens), len(prompt) - 1
+                )
+                if shared >= MIN_COPY_GAIN and shared > other.prefilled:
+                    return other
+        return None
 
     def _flush(self) -> None:
         """Hand the events of the last step to their requests.
@@ -268,8 +315,13 @@ class Scheduler:
         ticket.prefilled = ticket.position = ticket.cached_tokens = reuse
         ticket.queue_seconds = time.monotonic() - ticket.submitted_at
         ticket.text = TextStream(ticket.request.stop)
-        self._backend.begin(ticket.slot, ticket.request.sampling)
+        if ticket.request.sampling.logprobs is not None:
+            ticket.token_texts = TokenTexts()
         self._active.append(ticket)
+        try:
+            self._backend.begin(ticket.slot, ticket.request.sampling)
+        except RuntimeError as exc:  # e.g. a grammar llama.cpp refuses
+            self._retire(ticket, "error", error=str(exc))
 
     def _saved_state_for(
         self, prompt: list[int], *, better_than: int
@@ -351,9 +403,9 @@ class Scheduler:
                 self._retire(ticket, "error", error=str(exc))
             return
         for ticket, index in sampled_at:
-            self._advance(ticket, self._backend.sample(ticket.slot, index))
+            self._advance(ticket, self._backend.sample(ticket.slot, index), index)
 
-    def _advance(self, ticket: Ticket, token: int) -> None:
+    def _advance(self, ticket: Ticket, token: int, batch_index: int) -> None:
         assert ticket.text is not None
         if ticket.cancelled:
             self._retire(ticket, "cancelled")
@@ -363,7 +415,12 @@ class Scheduler:
             return
         ticket.generated += 1
         ticket.last_token = token
-        text = ticket.text.push(self._backend.token_piece(token))
+        piece = self._backend.token_piece(token)
+        if ticket.token_texts is not None:
+            top = ticket.request.sampling.logprobs or 0
+            logprob, alternatives = self._backend.logprobs(batch_index, token, top)
+            ticket.token_texts.add(token, piece, logprob, alternatives)
+        text = ticket.text.push(piece)
         if ticket.text.stopped:
             self._retire(ticket, "stop", text=text, token=token)
             return
@@ -373,8 +430,19 @@ class Scheduler:
         ):
             self._retire(ticket, "length", text=text, token=token)
             return
-        event = TokenEvent(text=text, token_ids=(token,), completion_tokens=ticket.generated)
+        logprobs = self._released_logprobs(ticket, final=False)
+        event = TokenEvent(
+            text=text, token_ids=(token,), completion_tokens=ticket.generated, logprobs=logprobs
+        )
         self._pending.append((ticket.sink, event))
+
+    @staticmethod
+    def _released_logprobs(ticket: Ticket, *, final: bool) -> tuple[TokenLogprob, ...]:
+        if ticket.token_texts is None or ticket.text is None:
+            return ()
+        if final:
+            return ticket.token_texts.finish(ticket.text.emitted)
+        return ticket.token_texts.release(ticket.text.emitted)
 
     def _retire(
         self,
@@ -385,8 +453,11 @@ class Scheduler:
         token: int | None = None,
         error: str | None = None,
     ) -> None:
-        if ticket.text is not None and reason in ("stop", "length") and not ticket.text.stopped:
-            text += ticket.text.finish()
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if ticket.text is not None and reason in ("stop", "length"):
+            if not ticket.text.stopped:
+                text += ticket.text.finish()
+            logprobs = self._released_logprobs(ticket, final=True)
         self._backend.end(ticket.slot)
         # The slot keeps what was computed, for the next request that shares its prefix.
         held = ticket.request.prompt_tokens[: ticket.prefilled] + ticket.fed
@@ -396,7 +467,7 @@ class Scheduler:
         with self._cond:
             self._active.remove(ticket)
             self._free_slots.append(ticket.slot)
-        self._emit_end(ticket, reason, text=text, token=token, error=error)
+        self._emit_end(ticket, reason, text=text, token=token, error=error, logprobs=logprobs)
 
     def _emit_end(
         self,
@@ -406,6 +477,7 @@ class Scheduler:
         text: str = "",
         token: int | None = None,
         error: str | None = None,
+        logprobs: tuple[TokenLogprob, ...] = (),
     ) -> None:
         self.finished[reason] += 1
         event = TokenEvent(
@@ -417,5 +489,6 @@ class Scheduler:
             queue_seconds=ticket.queue_seconds,
             cached_tokens=ticket.cached_tokens,
             error=error,
+            logprobs=logprobs,
         )
         self._pending.append((ticket.sink, event))

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from server.engine.types import TokenLogprob, TopLogprob
 
 
 class TextStream:
@@ -28,12 +31,16 @@ class TextStream:
         self._stops = [s for s in stop if s]
         self._held = ""
         self.stopped = False
+        # Characters released so far: the length of the text the client has been sent.
+        self.emitted = 0
 
     def push(self, piece: bytes) -> str:
         """Add one token's bytes; return the text that is now safe to emit."""
         if self.stopped:
             return ""
-        return self._release(self._decoder.decode(piece, final=False))
+        text = self._release(self._decoder.decode(piece, final=False))
+        self.emitted += len(text)
+        return text
 
     def finish(self) -> str:
         """End of sequence: flush whatever is held (a stop prefix that never completed)."""
@@ -42,6 +49,7 @@ class TextStream:
         text = self._release(self._decoder.decode(b"", final=True))
         text += self._held
         self._held = ""
+        self.emitted += len(text)
         return text
 
     def _release(self, new_text: str) -> str:
@@ -71,3 +79,58 @@ class TextStream:
                     best = n
                     break
         return best
+
+
+@dataclass
+class _Span:
+    start: int
+    text: str
+    logprob: TokenLogprob
+
+
+class TokenTexts:
+    """Splits a sequence's output text among the tokens that produced it, for logprobs.
+
+    It decodes the same bytes as the sequence's :class:`TextStream`, so character offsets
+    agree: a token is released once the text stream has released all of its characters, and
+    at the end the token a stop string starts in is cut to the part before it. The released
+    tokens' texts therefore join to exactly the text the client receives.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoded = 0
+        self._pending: list[_Span] = []
+
+    def add(self, token: int, piece: bytes, logprob: float, top: tuple[TopLogprob, ...]) -> None:
+        text = self._decoder.decode(piece, final=False)
+        self._pending.append(
+            _Span(self._decoded, text, TokenLogprob(token, "", piece, logprob, top))
+        )
+        self._decoded += len(text)
+
+    def release(self, emitted: int) -> tuple[TokenLogprob, ...]:
+        """The tokens whose characters all lie within the first ``emitted`` characters. A token
+        with no characters of its own (the start of a UTF-8 character) waits for the next."""
+        done = 0
+        for i, span in enumerate(self._pending):
+            if span.start + len(span.text) > emitted:
+                break
+            if span.text:
+                done = i + 1
+        return self._take(done, emitted)
+
+    def finish(self, emitted: int) -> tuple[TokenLogprob, ...]:
+        """End of the sequence, whose text is ``emitted`` characters long: every token that
+        contributed to it, the last one cut to its share."""
+        tail = self._decoder.decode(b"", final=True)  # an unfinished character, as U+FFFD
+        if tail and self._pending:
+            self._pending[-1].text += tail
+        done = 0
+        while done < len(self._pending) and self._pending[done].start < emitted:
+            done += 1
+        return self._take(done, emitted)
+
+    def _take(self, count: int, emitted: int) -> tuple[TokenLogprob, ...]:
+        spans, self._pending = self._pending[:count], self._pending[count:]
+        return tuple(replace(s.logprob, text=s.text[: max(0, emitted - s.start)]) for s in spans)

@@ -14,6 +14,20 @@ FinishReason = Literal["stop", "length", "cancelled", "error", "queue_timeout", 
 
 
 @dataclass(frozen=True)
+class Grammar:
+    """A GBNF grammar the output must match.
+
+    With ``triggers`` the grammar is lazy: output is free until one of these regular
+    expressions matches the text so far, and from the start of that match (or of its first
+    capturing group) the rest must match the grammar.
+    """
+
+    gbnf: str
+    root: str = "root"
+    triggers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SamplingParams:
     """How one sequence picks its tokens. ``temperature == 0`` means greedy."""
 
@@ -26,6 +40,11 @@ class SamplingParams:
     repeat_penalty: float = 1.0
     penalty_last_n: int = 64
     seed: int | None = None
+    # (token id, bias added to its logit); -100 or less bans the token.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: Grammar | None = None
+    # Report each token's log-probability and this many top alternatives; None: don't.
+    logprobs: int | None = None
 
 
 @dataclass
@@ -45,6 +64,29 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    token: int
+    piece: bytes
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability (under the model, before sampling changes it).
+
+    ``text`` is the part of the output this token accounts for: the ``text`` of a sequence's
+    tokens joins to exactly the text it returns (a token that ends inside a UTF-8 character
+    has ``""``, and the next one carries the character; a stop string is cut out).
+    """
+
+    token: int
+    text: str
+    piece: bytes
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """A piece of generated text, or the end of a sequence.
 
@@ -61,3 +103,5 @@ class TokenEvent:
     # Prompt tokens whose KV was reused instead of computed (OpenAI's cached_tokens).
     cached_tokens: int = 0
     error: str | None = None
+    # The tokens whose text is complete as of this event (only when logprobs were asked).
+    logprobs: tuple[TokenLogprob, ...] = ()

@@ -22,6 +22,8 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 MAX_STOP_STRINGS = 4
 MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 300
 
 
 class OpenAIRequest(BaseModel):
@@ -83,6 +85,15 @@ RepeatPenalty = Annotated[float | None, Field(None, gt=0, le=2)]
 Seed = Annotated[int | None, Field(None, ge=INT64_MIN, le=INT64_MAX)]
 MaxTokens = Annotated[int | None, Field(None, ge=1)]
 Choices = Annotated[int, Field(1, ge=1, le=MAX_CHOICES)]
+LogitBias = Annotated[
+    dict[str, Annotated[float, Field(ge=-100, le=100)]] | None,
+    Field(
+        None,
+        description="Token id (as a string) to a bias from -100 (ban) to 100 (force), "
+        f"added to its logit; at most {MAX_LOGIT_BIAS} entries.",
+        max_length=MAX_LOGIT_BIAS,
+    ),
+]
 Stop = Annotated[
     str | list[str] | None,
     Field(None, description=f"Up to {MAX_STOP_STRINGS} strings that end the output, not included."),

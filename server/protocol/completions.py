@@ -6,7 +6,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from server.protocol.common import OpenAIRequest, OpenAIResponse, SamplingFields, WithOptionalUsage
+from server.protocol.common import (
+    LogitBias,
+    OpenAIRequest,
+    OpenAIResponse,
+    SamplingFields,
+    WithOptionalUsage,
+)
 
 FinishReason = Literal["stop", "length"]
 Prompt = str | list[str] | list[int] | list[list[int]]
@@ -18,6 +24,7 @@ class CompletionRequest(SamplingFields, OpenAIRequest):
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
+    logit_bias: LogitBias = None
     best_of: int | None = Field(None, ge=1)
 
     @field_validator("prompt")
@@ -30,10 +37,17 @@ class CompletionRequest(SamplingFields, OpenAIRequest):
         return prompt
 
 
+class CompletionLogprobs(OpenAIResponse):
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
 class CompletionChoice(OpenAIResponse):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None
 
 

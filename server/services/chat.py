@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator
+from dataclasses import replace
+from typing import Any
 
-from server.errors import ChatTemplateMissingError, UnsupportedFeatureError
+from server.engine.grammar import SchemaNotSupported, json_object_grammar, json_schema_grammar
+from server.engine.types import Grammar
+from server.errors import ChatTemplateMissingError, InvalidRequestError
 from server.protocol.chat import (
     AssistantMessage,
     ChatChoice,
@@ -15,6 +19,11 @@ from server.protocol.chat import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatDelta,
+    ChatMessage,
+    FinishReason,
+    FunctionCallDelta,
+    ResponseFormat,
+    ToolCallDelta,
 )
 from server.protocol.common import Usage
 from server.registry import ModelHandle, ModelRegistry
@@ -28,8 +37,17 @@ from server.services.generation import (
     openai_finish_reason,
     usage_of,
 )
-from server.services.sampling import completion_budget, sampling_params
+from server.services.logprobs import chat_logprobs
+from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
 from server.services.templates import ChatTemplate, message_to_template_dict
+from server.services.tools import (
+    ToolCallParser,
+    ToolPlan,
+    fallback_tools_prompt,
+    parse_arguments,
+    plan_tools,
+    render_call,
+)
 
 
 class ChatService:
@@ -42,18 +60,20 @@ class ChatService:
 
     async def prepare(self, request: ChatCompletionRequest, *, owner: str) -> PreparedRun:
         """Validate, render and tokenize; every error here is raised before any byte is sent."""
-        _reject_unsupported(request)
+        tools = plan_tools(request)
+        grammar = _response_format_grammar(request.response_format)
+        if tools is not None:
+            if grammar is not None:
+                raise InvalidRequestError(
+                    "response_format json_object/json_schema cannot be combined with tools "
+                    "unless tool_choice is 'none'",
+                    param="response_format",
+                )
+            grammar = tools.grammar
         handle = await self._registry.get(request.model)
         template = self._template_for(handle)
-        messages = [
-            message_to_template_dict(
-                m.role,
-                [p.model_dump() for p in m.content] if isinstance(m.content, list) else m.content,
-                {"name": m.name, "tool_calls": m.tool_calls, "tool_call_id": m.tool_call_id},
-            )
-            for m in request.messages
-        ]
-        prompt = template.render(messages, add_generation_prompt=True)
+        messages, template_tools = _template_messages(request.messages, template, tools)
+        prompt = template.render(messages, add_generation_prompt=True, tools=template_tools)
         bos = template.bos_token
         add_bos = handle.adds_bos and not (bos and prompt.startswith(bos))
         tokens = await asyncio.to_thread(handle.tokenize, prompt, add_special=add_bos)
@@ -65,7 +85,16 @@ class ChatService:
             handle.n_ctx,
             param="messages",
         )
-        sampling = sampling_params(request, handle.config.defaults)
+        if grammar is not None and (problem := handle.check_grammar(grammar)) is not None:
+            raise InvalidRequestError(
+                problem, param="response_format" if tools is None else "tools"
+            )
+        sampling = replace(
+            sampling_params(request, handle.config.defaults),
+            logit_bias=logit_bias_pairs(request.logit_bias, handle.n_vocab),
+            grammar=grammar,
+            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+        )
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         jobs = choice_jobs(
             request_id,
@@ -77,18 +106,32 @@ class ChatService:
             owner=owner,
             deadline=self._limits.deadline(),
         )
-        return PreparedRun(request_id, handle, jobs, prompt_token_count=len(tokens))
+        return PreparedRun(request_id, handle, jobs, prompt_token_count=len(tokens), tools=tools)
 
     async def complete(self, run: PreparedRun) -> ChatCompletion:
         results = await collect(run)
-        choices = [
-            ChatChoice(
-                index=r.index,
-                message=AssistantMessage(content=r.text),
-                finish_reason=openai_finish_reason(r.finish_reason),
+        choices = []
+        for r in results:
+            content: str | None = r.text
+            calls = None
+            finish: FinishReason = openai_finish_reason(r.finish_reason)
+            if run.tools is not None:
+                parser = ToolCallParser(run.tools.functions)
+                head, calls = parser.feed(r.text)
+                content = head + parser.finish()
+                if calls:
+                    content = content if content.strip() else None
+                    finish = "tool_calls" if finish == "stop" else finish
+                else:
+                    calls = None
+            choices.append(
+                ChatChoice(
+                    index=r.index,
+                    message=AssistantMessage(content=content, tool_calls=calls),
+                    logprobs=chat_logprobs(r.logprobs) if run.wants_logprobs else None,
+                    finish_reason=finish,
+                )
             )
-            for r in results
-        ]
         return ChatCompletion(
             id=run.request_id,
             created=run.created,
@@ -111,14 +154,40 @@ class ChatService:
                 usage=usage,
             )
 
+        tools = run.tools
+        parsers = [ToolCallParser(tools.functions) if tools else None for _ in run.jobs]
         for i in range(len(run.jobs)):
             yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
         async for index, event in merged(run):
-            if event.text:
-                yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(content=event.text))])
+            parser = parsers[index]
+            content, calls = parser.feed(event.text) if parser else (event.text, [])
+            if event.finish_reason is not None and parser is not None:
+                content += parser.finish()
+            logprobs = (
+                chat_logprobs(event.logprobs) if run.wants_logprobs and event.logprobs else None
+            )
+            if content or logprobs:
+                delta = ChatDelta(content=content)
+                yield chunk([ChatChunkChoice(index=index, delta=delta, logprobs=logprobs)])
+            for call in calls:
+                assert parser is not None
+                number = parser.calls.index(call)
+                head = ToolCallDelta(
+                    index=number,
+                    id=call.id,
+                    type="function",
+                    function=FunctionCallDelta(name=call.function.name, arguments=""),
+                )
+                body = ToolCallDelta(
+                    index=number, function=FunctionCallDelta(arguments=call.function.arguments)
+                )
+                for part in (head, body):
+                    yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[part]))])
             if event.finish_reason is not None:
                 check_finish(event)
-                reason = openai_finish_reason(event.finish_reason)
+                reason: FinishReason = openai_finish_reason(event.finish_reason)
+                if parser is not None and parser.calls and reason == "stop":
+                    reason = "tool_calls"
                 yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)])
         if include_usage:
             yield chunk([], usage_of(run))
@@ -141,12 +210,72 @@ class ChatService:
         return template
 
 
-def _reject_unsupported(request: ChatCompletionRequest) -> None:
-    if request.logprobs:
-        raise UnsupportedFeatureError("logprobs are not supported yet", param="logprobs")
-    if request.tools:
-        raise UnsupportedFeatureError("tools are not supported yet", param="tools")
-    if request.response_format is not None and request.response_format.get("type") != "text":
-        raise UnsupportedFeatureError(
-            "only response_format {'type': 'text'} is supported yet", param="response_format"
+def _response_format_grammar(response_format: ResponseFormat | None) -> Grammar | None:
+    if response_format is None or response_format.type == "text":
+        return None
+    if response_format.type == "json_object":
+        return json_object_grammar()
+    spec = response_format.json_schema
+    if spec is None:
+        raise InvalidRequestError(
+            "response_format of type json_schema needs a json_schema object",
+            param="response_format.json_schema",
         )
+    try:
+        return json_schema_grammar(spec.json_schema or {})
+    except SchemaNotSupported as exc:
+        raise InvalidRequestError(
+            f"the JSON schema cannot be enforced: {exc}", param="response_format.json_schema"
+        ) from exc
+
+
+def _template_messages(
+    messages: list[ChatMessage], template: ChatTemplate, tools: ToolPlan | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The messages as the template receives them, and its ``tools`` variable.
+
+    A template that knows tools gets OpenAI's tool messages as they are (with arguments as
+    values, as Hugging Face templates expect). For one that does not, calls in the history are
+    written in Hearth's call format, tool results become user turns in ``<tool_response>``
+    tags, and the tools are described in the system prompt."""
+    native = template.knows_tools
+    rendered: list[dict[str, Any]] = []
+    for m in messages:
+        content: Any = (
+            [p.model_dump() for p in m.content] if isinstance(m.content, list) else m.content
+        )
+        role = m.role
+        calls = [c.get("function", {}) for c in m.tool_calls or []]
+        extra: dict[str, Any] = {"name": m.name, "tool_call_id": m.tool_call_id}
+        if native:
+            extra["tool_calls"] = [
+                {
+                    **c,
+                    "function": {
+                        **c.get("function", {}),
+                        "arguments": parse_arguments(f.get("arguments")),
+                    },
+                }
+                for c, f in zip(m.tool_calls or [], calls, strict=True)
+            ] or None
+        elif calls:
+            text = message_to_template_dict(role, content, {})["content"]
+            written = "\n".join(
+                render_call(f.get("name"), parse_arguments(f.get("arguments"))) for f in calls
+            )
+            content = f"{text}\n{written}" if text else written
+        elif role == "tool":
+            text = message_to_template_dict(role, content, {})["content"]
+            role, content = "user", f"<tool_response>\n{text}\n</tool_response>"
+        rendered.append(message_to_template_dict(role, content, extra))
+    if tools is None or native:
+        return rendered, tools.tools if tools is not None else None
+    descriptions = {
+        t["function"]["name"]: t["function"].get("description", "") for t in tools.tools
+    }
+    prompt = fallback_tools_prompt(tools.functions, descriptions)
+    if rendered and rendered[0]["role"] in ("system", "developer"):
+        rendered[0] = {**rendered[0], "content": f"{rendered[0]['content']}\n\n{prompt}"}
+    else:
+        rendered.insert(0, {"role": "system", "content": prompt})
+    return rendered, None

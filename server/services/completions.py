@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from server.engine.types import GenerationRequest
 from server.errors import InvalidRequestError, UnsupportedFeatureError
@@ -21,7 +21,8 @@ from server.services.generation import (
     openai_finish_reason,
     usage_of,
 )
-from server.services.sampling import completion_budget, sampling_params
+from server.services.logprobs import completion_logprobs
+from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
 
 # OpenAI's default length for /v1/completions when max_tokens is left out.
 OPENAI_DEFAULT_MAX_TOKENS = 16
@@ -48,7 +49,11 @@ class CompletionService:
         handle = await self._registry.get(request.model)
         prompts = await asyncio.to_thread(_tokenize_prompts, handle, request.prompt)
         default = handle.config.defaults.max_tokens or OPENAI_DEFAULT_MAX_TOKENS
-        sampling = sampling_params(request, handle.config.defaults)
+        sampling = replace(
+            sampling_params(request, handle.config.defaults),
+            logit_bias=logit_bias_pairs(request.logit_bias, handle.n_vocab),
+            logprobs=request.logprobs,
+        )
         request_id = f"cmpl-{uuid.uuid4().hex}"
         jobs: list[GenerationRequest] = []
         echoes: list[str] = []
@@ -81,6 +86,11 @@ class CompletionService:
                 CompletionChoice(
                     index=r.index,
                     text=echoes[r.index] + r.text,
+                    logprobs=(
+                        completion_logprobs(r.logprobs, len(echoes[r.index]))
+                        if run.wants_logprobs
+                        else None
+                    ),
                     finish_reason=openai_finish_reason(r.finish_reason),
                 )
                 for r in results
@@ -101,15 +111,23 @@ class CompletionService:
             )
 
         pending_echo = list(echoes)
+        offsets = [len(echo) for echo in echoes]  # where each choice's next token starts
         async for index, event in merged(run):
             text = pending_echo[index] + event.text
             pending_echo[index] = ""
+            logprobs = None
+            if run.wants_logprobs and event.logprobs:
+                logprobs = completion_logprobs(event.logprobs, offsets[index])
+                offsets[index] += sum(len(e.text) for e in event.logprobs)
+            reason = None
             if event.finish_reason is not None:
                 check_finish(event)
                 reason = openai_finish_reason(event.finish_reason)
-                yield chunk([CompletionChoice(index=index, text=text, finish_reason=reason)])
-            elif text:
-                yield chunk([CompletionChoice(index=index, text=text, finish_reason=None)])
+            if text or logprobs or reason:
+                choice = CompletionChoice(
+                    index=index, text=text, logprobs=logprobs, finish_reason=reason
+                )
+                yield chunk([choice])
         if include_usage:
             yield chunk([], usage=True)
 
@@ -143,8 +161,10 @@ def _tokenize_prompts(
 
 
 def _reject_unsupported(request: CompletionRequest) -> None:
-    if request.logprobs is not None:
-        raise UnsupportedFeatureError("logprobs are not supported yet", param="logprobs")
+    if request.logprobs is not None and request.echo:
+        raise UnsupportedFeatureError(
+            "logprobs of the prompt (echo with logprobs) are not supported", param="logprobs"
+        )
     if request.suffix:
         raise UnsupportedFeatureError("suffix (insertion) is not supported", param="suffix")
     if request.best_of is not None and request.best_of != request.n:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from server.engine.stream import GenerationStream
-from server.engine.types import GenerationRequest, SamplingParams, TokenEvent
+from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
 from server.errors import EngineError, QueueTimeoutError, RequestTimeoutError, ShuttingDownError
 from server.protocol.common import PromptTokensDetails, SamplingFields, Usage
 from server.registry import ModelHandle
+from server.services.tools import ToolPlan
 
 logger = logging.getLogger("hearth.requests")
 
@@ -32,6 +33,8 @@ class PreparedRun:
     handle: ModelHandle
     jobs: list[GenerationRequest]
     prompt_token_count: int
+    # The tools the model may call (chat only).
+    tools: ToolPlan | None = None
     # Each choice's end, filled in as choices finish.
     finals: list[ChoiceResult] = field(default_factory=list)
     created: int = field(default_factory=lambda: int(time.time()))
@@ -40,6 +43,10 @@ class PreparedRun:
     @property
     def model(self) -> str:
         return self.handle.name
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.jobs[0].sampling.logprobs is not None
 
 
 @dataclass
@@ -51,9 +58,12 @@ class ChoiceResult:
     completion_tokens: int
     queue_seconds: float
     cached_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
     @classmethod
-    def of(cls, index: int, text: str, final: TokenEvent) -> ChoiceResult:
+    def of(
+        cls, index: int, text: str, final: TokenEvent, logprobs: tuple[TokenLogprob, ...] = ()
+    ) -> ChoiceResult:
         assert final.finish_reason is not None
         return cls(
             index,
@@ -63,6 +73,7 @@ class ChoiceResult:
             final.completion_tokens,
             final.queue_seconds,
             final.cached_tokens,
+            logprobs,
         )
 
 
@@ -106,11 +117,14 @@ def choice_jobs(
 
 def usage_of(run: PreparedRun) -> Usage:
     """Usage of a finished run: each prompt counted once, every choice's completion, and for
-    each prompt the most of it any of its choices found already in the KV cache."""
+    each prompt what was in the KV cache before the request. That is the least any of its
+    choices found: the others may have copied the prompt from the first choice to read it."""
     cached_by_prompt: dict[int, int] = {}
     for result in run.finals:
         key = id(run.jobs[result.index].prompt_tokens)
-        cached_by_prompt[key] = max(cached_by_prompt.get(key, 0), result.cached_tokens)
+        cached_by_prompt[key] = min(
+            cached_by_prompt.get(key, result.cached_tokens), result.cached_tokens
+        )
     completion = sum(r.completion_tokens for r in run.finals)
     return Usage(
         prompt_tokens=run.prompt_token_count,
@@ -163,11 +177,13 @@ async def collect(run: PreparedRun) -> list[ChoiceResult]:
 
     async def drain(index: int, stream: GenerationStream) -> ChoiceResult:
         parts: list[str] = []
+        logprobs: list[TokenLogprob] = []
         async for event in stream:
             parts.append(event.text)
+            logprobs += event.logprobs
             if event.finish_reason is not None:
                 check_finish(event)
-                return ChoiceResult.of(index, "".join(parts), event)
+                return ChoiceResult.of(index, "".join(parts), event, tuple(logprobs))
         raise EngineError("the engine ended a sequence without a finish event")
 
     try:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from server.engine.types import SamplingParams
-from server.errors import ContextLengthExceededError
+from server.errors import ContextLengthExceededError, InvalidRequestError
 from server.protocol.common import SamplingFields
 from server.settings import SamplingDefaults
 
@@ -47,3 +49,24 @@ def completion_budget(
         )
     budget = requested if requested is not None else default
     return room if budget is None else min(budget, room)
+
+
+def logit_bias_pairs(bias: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``{"token id": bias}`` as engine pairs; -100 bans a token outright."""
+    if not bias:
+        return ()
+    pairs: list[tuple[int, float]] = []
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except ValueError:
+            raise InvalidRequestError(
+                f"logit_bias keys must be token ids; got {key!r}", param="logit_bias"
+            ) from None
+        if not 0 <= token < n_vocab:
+            raise InvalidRequestError(
+                f"logit_bias token id {token} is outside the vocabulary [0, {n_vocab})",
+                param="logit_bias",
+            )
+        pairs.append((token, -math.inf if value <= -100 else value))
+    return tuple(pairs)

@@ -44,9 +44,16 @@ class ChatTemplate:
             raise ChatTemplateError(f"the model's chat template is not valid Jinja: {exc}") from exc
         self.bos_token = bos_token
         self.eos_token = eos_token
+        # Templates written for tool use read a `tools` variable; others ignore it, and get
+        # Hearth's fallback tool prompt instead (services/tools.py).
+        self.knows_tools = "tools" in source
 
     def render(
-        self, messages: Sequence[dict[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: list[dict[str, Any]] | None = None,
     ) -> str:
         try:
             return self._template.render(
@@ -54,6 +61,7 @@ class ChatTemplate:
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token,
                 eos_token=self.eos_token,
+                tools=tools,
             )
         except ChatTemplateError:
             raise

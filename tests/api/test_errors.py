@@ -153,27 +153,49 @@ def test_unknown_model_is_404_and_never_served_by_another(client: TestClient, ur
     assert_error(response, 404, code="model_not_found", param="model")
 
 
+def test_image_parts_are_refused_clearly(client: TestClient) -> None:
+    image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+    body = {"model": "smollm2", "messages": [image]}
+    assert_error(client.post(CHAT, json=body), 400, code="unsupported_feature", param="messages")
+
+
+def test_echo_with_logprobs_is_refused_clearly(client: TestClient) -> None:
+    body = {"model": "smollm2", "prompt": "Hi", "echo": True, "logprobs": 1}
+    assert_error(
+        client.post(COMPLETIONS, json=body), 400, code="unsupported_feature", param="logprobs"
+    )
+
+
 @pytest.mark.parametrize(
     "fields, param",
     [
-        ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": 2}, None),
+        ({"logit_bias": {"50000000": 1}}, "logit_bias"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias"),
+        ({"logit_bias": {"12": 101}}, "logit_bias.12"),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"tool_choice": "required"}, "tool_choice"),
         (
             {
-                "messages": [
-                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
-                ]
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "g"}},
             },
-            "messages",
+            "tool_choice",
         ),
     ],
 )
-def test_features_not_built_yet_are_refused_clearly(
-    client: TestClient, fields: dict[str, Any], param: str
+def test_bad_structured_fields_are_400(
+    client: TestClient, fields: dict[str, Any], param: str | None
 ) -> None:
-    body = {"model": "smollm2", "messages": MESSAGES, **fields}
-    assert_error(client.post(CHAT, json=body), 400, code="unsupported_feature", param=param)
+    body = {"model": "smollm2", "messages": MESSAGES, "max_tokens": 4, **fields}
+    assert_error(client.post(CHAT, json=body), 400, param=param)
+
+
+def test_completion_logprobs_above_five_are_400(client: TestClient) -> None:
+    body = {"model": "smollm2", "prompt": "Hi", "logprobs": 6}
+    assert_error(client.post(COMPLETIONS, json=body), 400, param="logprobs")
 
 
 def test_unknown_route_and_wrong_method_use_the_error_shape(client: TestClient) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from server.engine.llama import BatchEntry
 from server.engine.scheduler import Scheduler
-from server.engine.types import GenerationRequest, SamplingParams, TokenEvent
+from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TopLogprob
 from server.errors import QueueFullError, ShuttingDownError
 
 EOG = 999
@@ -75,6 +75,14 @@ class FakeBackend:
         if self.eog_after is not None and self.generated[slot] > self.eog_after:
             return EOG
         return self.batches[-1][batch_index].token + 1
+
+    def logprobs(
+        self, batch_index: int, token: int, top: int
+    ) -> tuple[float, tuple[TopLogprob, ...]]:
+        alternatives = tuple(
+            TopLogprob(token + i, f"<{token + i}>".encode(), -float(i)) for i in range(top)
+        )
+        return -0.5, alternatives
 
     def token_piece(self, token: int, *, special: bool = False) -> bytes:
         return f"<{token}>".encode()
@@ -514,4 +522,55 @@ def test_a_tiny_state_cache_never_hands_out_an_evicted_state() -> None:
         assert sink.wait().finish_reason == "length"
     assert cache.ram_bytes <= 12
     assert cache.stats["stored"] >= 2  # states were saved, and evicted to make room
+    scheduler.stop(timeout=10)
+
+
+def test_choices_submitted_together_read_their_shared_prompt_once() -> None:
+    backend = FakeBackend(n_slots=3, n_batch=512)
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    prompt = list(range(2000, 2100))
+    sinks = [Collector() for _ in range(3)]
+    for sink in sinks:
+        scheduler.submit(request(prompt, max_tokens=2), sink)
+    backend.gate.release(1000)
+    finals = [sink.wait() for sink in sinks]
+    # The 100 prompt tokens are decoded by one sequence; the others copy its cells and
+    # decode only the last prompt token (for its logits).
+    prompt_tokens_decoded = [e for b in backend.batches for e in b if e.token in prompt]
+    assert len(prompt_tokens_decoded) == 100 + 2
+    assert sorted(f.cached_tokens for f in finals) == [0, 99, 99]
+    assert [op for op in backend.kv_ops if op[0] == "copy"] == [("copy", 0, 1), ("copy", 0, 2)]
+    scheduler.stop(timeout=10)
+
+
+def test_requests_waiting_on_a_shared_prompt_never_take_more_than_the_free_slots() -> None:
+    backend = FakeBackend(n_slots=2, n_batch=512)
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    prompt = list(range(3000, 3100))
+    sinks = [Collector() for _ in range(4)]
+    for sink in sinks:
+        scheduler.submit(request(prompt, max_tokens=2), sink)
+    wait_until(lambda: scheduler.busy_slots == 1)
+    assert scheduler.queued == 2  # one runs, one waits for its prompt, two stay queued
+    backend.gate.release(1000)
+    assert all(sink.wait().finish_reason == "length" for sink in sinks)
+    scheduler.stop(timeout=10)
+
+
+def test_logprobs_cover_exactly_the_emitted_text() -> None:
+    backend = FakeBackend(n_slots=1)
+    scheduler = run(backend)
+    sampling = SamplingParams(logprobs=2)
+    sink = Collector()
+    # Tokens read "<11>", "<12>", ...; the stop string cuts inside the third token.
+    scheduler.submit(GenerationRequest("r", [10], 5, sampling, ["3>"]), sink)
+    final = sink.wait()
+    entries = [lp for e in sink.events for lp in e.logprobs]
+    assert final.finish_reason == "stop"
+    assert sink.text == "<11><12><1"
+    assert "".join(lp.text for lp in entries) == sink.text
+    assert [lp.token for lp in entries] == [11, 12, 13]
+    assert all(lp.logprob <= 0 and len(lp.top) == 2 for lp in entries)
     scheduler.stop(timeout=10)

@@ -1,4 +1,4 @@
-from server.engine.text import TextStream
+from server.engine.text import TextStream, TokenTexts
 
 
 def feed(stream: TextStream, pieces: list[bytes]) -> list[str]:
@@ -77,3 +77,39 @@ def test_stop_string_made_of_multibyte_characters() -> None:
 def test_empty_stop_strings_are_ignored() -> None:
     stream = TextStream(stop=[""])
     assert stream.push(b"text") == "text"
+
+
+def _aligned(pieces: list[bytes], stop: list[str]) -> tuple[str, list[str]]:
+    """Run pieces through a TextStream and TokenTexts as the scheduler does."""
+    stream, texts = TextStream(stop), TokenTexts()
+    out: list[str] = []
+    tokens: list[str] = []
+    for i, piece in enumerate(pieces):
+        texts.add(i, piece, -1.0, ())
+        out.append(stream.push(piece))
+        if stream.stopped:
+            break
+        tokens += [t.text for t in texts.release(stream.emitted)]
+    if not stream.stopped:
+        out.append(stream.finish())
+    tokens += [t.text for t in texts.finish(stream.emitted)]
+    return "".join(out), tokens
+
+
+def test_token_texts_join_to_the_text_across_split_characters() -> None:
+    euro = "€".encode()
+    text, tokens = _aligned([b"a" + euro[:1], euro[1:2], euro[2:] + b"b", b"c"], [])
+    assert text == "a€bc"
+    assert tokens == ["a", "", "€b", "c"]
+
+
+def test_token_texts_are_cut_where_a_stop_string_starts() -> None:
+    text, tokens = _aligned([b"Hello", b" wor", b"ld\n\nmore"], ["\n\n"])
+    assert text == "Hello world"
+    assert tokens == ["Hello", " wor", "ld"]
+
+
+def test_token_texts_include_an_unfinished_character_at_the_end() -> None:
+    text, tokens = _aligned([b"ok", "🙂".encode()[:2]], [])
+    assert text == "ok\ufffd"
+    assert "".join(tokens) == text

@@ -1,0 +1,212 @@
+"""GBNF grammars for structured output and tool calls, from JSON schemas.
+
+The conversion is llama-cpp-python's ``SchemaConverter`` (a port of llama.cpp's own
+json-schema-to-grammar). It silently ignores the keywords it cannot express, so a schema is
+checked first: a keyword that would constrain the output but cannot be enforced raises
+:class:`SchemaNotSupported` naming it, rather than returning output that breaks the schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llama_cpp.llama_grammar import SchemaConverter
+
+from server.engine.types import Grammar
+
+# Keywords that constrain a value but that the converter does not enforce.
+UNENFORCEABLE = frozenset(
+    {
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "patternProperties",
+        "propertyNames",
+        "unevaluatedProperties",
+        "unevaluatedItems",
+        "additionalItems",
+        "uniqueItems",
+        "contains",
+        "minContains",
+        "maxContains",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "dependentSchemas",
+        "dependencies",
+        "contentEncoding",
+        "contentMediaType",
+    }
+)
+ENFORCED_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid3", "uuid4"})
+# Keywords whose values are schemas, or maps or lists of schemas.
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMAS = ("items", "additionalProperties")
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+
+
+class SchemaNotSupported(ValueError):
+    """A JSON schema (or part of one) that cannot be turned into a grammar."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(f"{message} (at {path or 'the top level'})")
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A tool the model may call: its name and the JSON schema of its arguments."""
+
+    name: str
+    parameters: dict[str, Any]
+
+
+def json_schema_grammar(schema: dict[str, Any]) -> Grammar:
+    """A grammar for JSON values that match ``schema``."""
+    converter = _converter()
+    root = _visit(converter, schema, "")
+    return Grammar(_format(converter), root=root)
+
+
+def json_object_grammar() -> Grammar:
+    """A grammar for any JSON object (OpenAI's ``{"type": "json_object"}``)."""
+    return json_schema_grammar({"type": "object"})
+
+
+def tool_call_grammar(
+    functions: Sequence[FunctionSpec], *, parallel: bool, lazy: bool = False
+) -> Grammar:
+    """Calls in the form ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``,
+    to one of ``functions`` with arguments matching its schema; several in a row when
+    ``parallel``. ``lazy``: text is free until ``<tool_call>`` appears, and constrained after."""
+    converter = _converter()
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": f.name}, "arguments": f.parameters or {}},
+            "required": ["name", "arguments"],
+        }
+        for f in functions
+    ]
+    call = _visit(converter, {"anyOf": calls} if len(calls) > 1 else calls[0], "call")
+    one = f'"{TOOL_CALL_OPEN}\\n" {call} "\\n{TOOL_CALL_CLOSE}"'
+    rules = _format(converter)
+    rules += f"\ntool-call ::= {one}"
+    rules += "\nroot ::= tool-call" + (' ("\\n" tool-call)*' if parallel else "")
+    return Grammar(rules, triggers=(TOOL_CALL_OPEN,) if lazy else ())
+
+
+def check_schema(schema: Any, path: str = "") -> None:
+    """Raise :class:`SchemaNotSupported` for anything in ``schema`` a grammar cannot enforce."""
+    if isinstance(schema, bool):
+        if schema is False:
+            raise SchemaNotSupported("a schema of `false` matches nothing", path=path)
+        return
+    if not isinstance(schema, dict):
+        raise SchemaNotSupported("a schema must be an object", path=path)
+    for keyword in sorted(UNENFORCEABLE.intersection(schema)):
+        raise SchemaNotSupported(f"the keyword '{keyword}' cannot be enforced", path=path)
+    fmt = schema.get("format")
+    if fmt is not None and fmt not in ENFORCED_FORMATS:
+        raise SchemaNotSupported(f"the string format '{fmt}' cannot be enforced", path=path)
+    ref = schema.get("$ref")
+    if ref is not None and not (isinstance(ref, str) and ref.startswith("#/")):
+        raise SchemaNotSupported(
+            f"only local references ('#/...') are supported, not {ref!r}", path=path
+        )
+    if "pattern" in schema:
+        pattern = schema["pattern"]
+        if not (isinstance(pattern, str) and pattern.startswith("^") and pattern.endswith("$")):
+            raise SchemaNotSupported(
+                "a 'pattern' must be anchored with ^ and $ to be enforced", path=path
+            )
+    for name, sub in _subschemas(schema):
+        check_schema(sub, f"{path}/{name}")
+
+
+def _subschemas(schema: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    for key in _SUBSCHEMA_MAPS:
+        value = schema.get(key)
+        if isinstance(value, dict):
+            for name, sub in value.items():
+                yield f"{key}/{name}", sub
+    for key in _SUBSCHEMA_LISTS:
+        value = schema.get(key)
+        if isinstance(value, list):
+            for i, sub in enumerate(value):
+                yield f"{key}/{i}", sub
+    for key in _SUBSCHEMAS:
+        value = schema.get(key)
+        if isinstance(value, dict):
+            yield key, value
+        elif isinstance(value, list):  # the old tuple form of "items"
+            for i, sub in enumerate(value):
+                yield f"{key}/{i}", sub
+
+
+def _format(converter: SchemaConverter) -> str:
+    return str(converter.format_grammar())  # type: ignore[no-untyped-call]
+
+
+def _converter() -> SchemaConverter:
+    return SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
+    )
+
+
+def _visit(converter: SchemaConverter, schema: dict[str, Any], name: str) -> str:
+    check_schema(schema)
+    schema = copy.deepcopy(schema)  # references are rewritten in place below
+    _resolve_local_refs(converter, schema)
+    try:
+        return str(converter.visit(schema, name))  # type: ignore[no-untyped-call]
+    except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        detail = str(exc) or type(exc).__name__
+        raise SchemaNotSupported(f"the schema cannot be turned into a grammar: {detail}") from exc
+
+
+def _resolve_local_refs(converter: SchemaConverter, root: dict[str, Any]) -> None:
+    """Register every ``#/...`` reference in ``root`` with the converter.
+
+    The converter's own ``resolve_refs`` stops at the first ``$ref`` it meets, so a schema whose
+    top level is a ``$ref`` (pydantic's form for a recursive model) leaves the references
+    inside ``$defs`` unresolved. This walks the whole tree instead."""
+
+    def target_of(ref: str) -> Any:
+        node: Any = root
+        for part in ref[2:].split("/"):
+            part = part.replace("~1", "/").replace("~0", "~")
+            if not isinstance(node, dict) or part not in node:
+                raise SchemaNotSupported(f"the reference {ref!r} points nowhere")
+            node = node[part]
+        return node
+
+    def walk(node: Any) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/"):
+                converter._refs[ref] = target_of(ref)
+            for value in node.values():
+                walk(value)
+
+    walk(root)
+
+
+def schema_summary(schema: dict[str, Any]) -> str:
+    """A compact JSON rendering of a schema, for prompts."""
+    return json.dumps(schema, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,88 @@
+"""Tool calls out of model text: whole, and streamed piece by piece."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from server.engine.grammar import FunctionSpec
+from server.errors import InvalidRequestError
+from server.protocol.chat import ChatCompletionRequest
+from server.services.tools import ToolCallParser, plan_tools
+
+FUNCTIONS = [FunctionSpec("get_weather", {"type": "object"}), FunctionSpec("add", {})]
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def test_text_then_a_call() -> None:
+    parser = ToolCallParser(FUNCTIONS)
+    content, calls = parser.feed("Let me check. " + CALL)
+    assert content == "Let me check. "
+    assert [c.function.name for c in calls] == ["get_weather"]
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
+    assert calls[0].id.startswith("call_")
+    assert parser.finish() == ""
+
+
+def test_streamed_in_small_pieces_gives_the_same_result() -> None:
+    text = "Hi " + CALL + "\n" + CALL.replace("get_weather", "add")
+    parser = ToolCallParser(FUNCTIONS)
+    content, names = "", []
+    for i in range(0, len(text), 3):
+        piece, calls = parser.feed(text[i : i + 3])
+        content += piece
+        names += [c.function.name for c in calls]
+    content += parser.finish()
+    assert content == "Hi "
+    assert names == ["get_weather", "add"]
+    assert len({c.id for c in parser.calls}) == 2
+
+
+def test_a_partial_tag_is_held_back_until_it_is_clearly_text() -> None:
+    parser = ToolCallParser(FUNCTIONS)
+    assert parser.feed("a <tool") == ("a ", [])
+    assert parser.feed("box") == ("<toolbox", [])
+
+
+def test_a_malformed_or_unknown_call_stays_text() -> None:
+    parser = ToolCallParser(FUNCTIONS)
+    bad = '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'
+    content, calls = parser.feed(bad)
+    assert (content, calls) == (bad, [])
+    cut = ToolCallParser(FUNCTIONS)
+    assert cut.feed('<tool_call>{"name": "add"') == ("", [])
+    assert cut.finish() == '<tool_call>{"name": "add"'
+
+
+def _request(**fields: object) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    )
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+]
+
+
+def test_plans_follow_tool_choice() -> None:
+    assert plan_tools(_request()) is None
+    assert plan_tools(_request(tools=TOOLS, tool_choice="none")) is None
+    auto = plan_tools(_request(tools=TOOLS))
+    assert auto is not None and auto.grammar.triggers == ("<tool_call>",)
+    required = plan_tools(_request(tools=TOOLS, tool_choice="required"))
+    assert required is not None and required.grammar.triggers == ()
+    single = plan_tools(_request(tools=TOOLS, tool_choice="required", parallel_tool_calls=False))
+    assert single is not None and "tool-call)*" not in single.grammar.gbnf
+
+
+def test_unenforceable_parameters_are_refused_naming_the_keyword() -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": "f", "parameters": {"type": "integer", "maximum": 3}},
+        }
+    ]
+    with pytest.raises(InvalidRequestError, match="maximum"):
+        plan_tools(_request(tools=tools))
