@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.api import chat, completions, models
+from server.api import chat, completions, embeddings, models, tokens
 from server.api.errors import install_error_handlers
 from server.api.limits import BodySizeLimit
 from server.errors import HearthError
@@ -47,5 +47,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(embeddings.router)
+    app.include_router(tokens.router)
     app.include_router(models.router)
     return app

@@ -8,21 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.engine.llama import LlamaBackend
+from server.engine.llama import LlamaBackend, LlamaEmbedder
 from server.engine.scheduler import Scheduler
 from server.engine.state_cache import StateCache
 from server.engine.stream import GenerationStream
 from server.engine.types import GenerationRequest, Grammar
-from server.errors import ModelNotFoundError, ModelUnavailableError, ShuttingDownError
+from server.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelUnavailableError,
+    ShuttingDownError,
+)
 from server.models.sources import catalog_entry
 from server.settings import ModelConfig, Settings
 
 logger = logging.getLogger(__name__)
+
+# Inputs embedded together in one decode.
+EMBEDDING_SEQUENCES = 8
 
 
 @dataclass
@@ -33,6 +42,8 @@ class ModelHandle:
     backend: LlamaBackend
     scheduler: Scheduler
     chat_template_source: str | None
+    _embedder: LlamaEmbedder | None = field(default=None, repr=False)
+    _embed_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def name(self) -> str:
@@ -63,12 +74,40 @@ class ModelHandle:
         """Why llama.cpp refuses ``grammar``, or None."""
         return self.backend.check_grammar(grammar)
 
+    @property
+    def n_embd(self) -> int:
+        return self.backend.n_embd
+
+    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Pooled embeddings of token inputs (blocking: call it from a worker thread). Inputs
+        are embedded one request at a time, beside the decode loop, not in it."""
+        with self._embed_lock:
+            return self._embedding_context().embed(inputs)
+
+    def _embedding_context(self) -> LlamaEmbedder:
+        if not self.config.embeddings:
+            raise InvalidRequestError(
+                f"model '{self.name}' does not serve embeddings (embeddings = false in its config)",
+                param="model",
+            )
+        if self._embedder is None:
+            self._embedder = self.backend.embedder(
+                n_ctx=self.n_ctx,
+                n_seqs=EMBEDDING_SEQUENCES,
+                n_threads=self.config.effective_threads(),
+                pooling=self.config.pooling,
+            )
+        return self._embedder
+
     def generate(self, request: GenerationRequest) -> GenerationStream:
         """Queue ``request``; raises QueueFullError or ShuttingDownError if it cannot wait."""
         return GenerationStream(self.scheduler, request)
 
     def close(self) -> None:
         if self.scheduler.stop(timeout=30):
+            with self._embed_lock:
+                if self._embedder is not None:
+                    self._embedder.close()
             self.backend.close()
         else:  # freeing the context under a running decode would crash the process
             logger.warning(

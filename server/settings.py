@@ -91,6 +91,16 @@ class ModelConfig(BaseModel):
         None, ge=1, description="Queue bound for this model; defaults to the server's max_queue."
     )
     preload: bool = Field(False, description="Load at server start instead of on first use.")
+    embeddings: bool = Field(
+        True,
+        description="Serve /v1/embeddings from this model, through a second llama.cpp context "
+        "on the same weights (created on the first embeddings request).",
+    )
+    pooling: Literal["auto", "mean", "cls", "last"] = Field(
+        "auto",
+        description="How token vectors become one embedding: `auto` uses the pooling the GGUF "
+        "declares (embedding models do), else the mean of the tokens.",
+    )
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
 
     @model_validator(mode="after")

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from server.registry import ModelRegistry
 from server.services.chat import ChatService
 from server.services.completions import CompletionService
+from server.services.embeddings import EmbeddingService
 from server.services.generation import RunLimits
+from server.services.tokens import TokenService
 from server.settings import Settings
 
 
@@ -20,13 +22,20 @@ class AppState:
     registry: ModelRegistry
     chat: ChatService
     completions: CompletionService
+    embeddings: EmbeddingService
+    tokens: TokenService
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
         registry = ModelRegistry(settings)
         limits = RunLimits(request_timeout=settings.request_timeout)
         return cls(
-            settings, registry, ChatService(registry, limits), CompletionService(registry, limits)
+            settings,
+            registry,
+            ChatService(registry, limits),
+            CompletionService(registry, limits),
+            EmbeddingService(registry),
+            TokenService(registry),
         )
 
     def begin_shutdown(self) -> None:

@@ -7,13 +7,14 @@ from sse_starlette import EventSourceResponse
 
 from server.api.cancellation import unless_disconnected
 from server.api.deps import State
+from server.api.responses import GENERATION_RESPONSES
 from server.api.sse import sse_response
 from server.protocol.chat import ChatCompletion, ChatCompletionRequest
 
 router = APIRouter(tags=["chat"])
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletion)
+@router.post("/v1/chat/completions", response_model=ChatCompletion, responses=GENERATION_RESPONSES)
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, state: State
 ) -> ChatCompletion | EventSourceResponse | Response:

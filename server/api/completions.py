@@ -7,13 +7,14 @@ from sse_starlette import EventSourceResponse
 
 from server.api.cancellation import unless_disconnected
 from server.api.deps import State
+from server.api.responses import GENERATION_RESPONSES
 from server.api.sse import sse_response
 from server.protocol.completions import Completion, CompletionRequest
 
 router = APIRouter(tags=["completions"])
 
 
-@router.post("/v1/completions", response_model=Completion)
+@router.post("/v1/completions", response_model=Completion, responses=GENERATION_RESPONSES)
 async def create_completion(
     body: CompletionRequest, request: Request, state: State
 ) -> Completion | EventSourceResponse | Response:

@@ -1,0 +1,19 @@
+"""POST /v1/embeddings."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+
+from server.api.cancellation import unless_disconnected
+from server.api.deps import State
+from server.api.responses import ERROR_RESPONSES
+from server.protocol.embeddings import EmbeddingList, EmbeddingRequest
+
+router = APIRouter(tags=["embeddings"])
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingList, responses=ERROR_RESPONSES)
+async def create_embeddings(
+    body: EmbeddingRequest, request: Request, state: State
+) -> EmbeddingList | Response:
+    return await unless_disconnected(request, state.embeddings.create(body))

@@ -1,0 +1,38 @@
+"""What every route may answer besides success, for the OpenAPI document.
+
+Declaring the error statuses (all ``{"error": {...}}`` objects) and the SSE form of streamed
+responses keeps ``/openapi.json`` true, so that clients generated from it, and the schemathesis
+run in the tests, know every answer the server gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from server.protocol.common import ErrorResponse
+
+_ERROR_STATUSES = {
+    400: "The request is invalid (the error's `param` names the field).",
+    404: "The model (or route) does not exist.",
+    413: "The request body is larger than max_body_bytes.",
+    429: "The model's queue is full; retry after Retry-After seconds.",
+    500: "An internal error.",
+    503: "The model cannot load, the server is shutting down, or the request waited in the "
+    "queue past queue_timeout.",
+}
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in _ERROR_STATUSES.items()
+}
+
+# Generation may also end with 408 (request_timeout) or 499 (the client went away).
+GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    408: {"model": ErrorResponse, "description": "The request ran past request_timeout."},
+    200: {
+        "description": "The completion, or with `stream: true` a stream of Server-Sent Events "
+        "whose data are chunks, ending with `data: [DONE]`.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+}

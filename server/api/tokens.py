@@ -1,0 +1,26 @@
+"""POST /tokenize and POST /detokenize."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from server.api.deps import State
+from server.api.responses import ERROR_RESPONSES
+from server.protocol.tokens import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+
+router = APIRouter(tags=["tokens"])
+
+
+@router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
+async def tokenize(body: TokenizeRequest, state: State) -> TokenizeResponse:
+    return await state.tokens.tokenize(body)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)
+async def detokenize(body: DetokenizeRequest, state: State) -> DetokenizeResponse:
+    return await state.tokens.detokenize(body)

@@ -1,0 +1,80 @@
+"""OpenAI embeddings: inputs to token lists, pooled vectors, unit length, float or base64."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+from server.errors import ContextLengthExceededError, InvalidRequestError
+from server.protocol.embeddings import (
+    Embedding,
+    EmbeddingInput,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+)
+from server.registry import ModelHandle, ModelRegistry
+
+
+class EmbeddingService:
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def create(self, request: EmbeddingRequest) -> EmbeddingList:
+        handle = await self._registry.get(request.model)
+        if request.dimensions is not None and request.dimensions > handle.n_embd:
+            raise InvalidRequestError(
+                f"dimensions must be at most {handle.n_embd} for model '{handle.name}'",
+                param="dimensions",
+            )
+        inputs = await asyncio.to_thread(_tokenized_inputs, handle, request.input)
+        vectors = await asyncio.to_thread(handle.embed, inputs)
+        data = []
+        for index, vector in enumerate(vectors):
+            values = _unit(vector[: request.dimensions] if request.dimensions else vector)
+            encoded: list[float] | str = values
+            if request.encoding_format == "base64":
+                packed = struct.pack(f"<{len(values)}f", *values)
+                encoded = base64.b64encode(packed).decode("ascii")
+            data.append(Embedding(index=index, embedding=encoded))
+        tokens = sum(len(i) for i in inputs)
+        return EmbeddingList(
+            data=data,
+            model=handle.name,
+            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+
+def _tokenized_inputs(handle: ModelHandle, value: EmbeddingInput) -> list[list[int]]:
+    items: list[Any] = [value] if isinstance(value, str) or isinstance(value[0], int) else value
+    inputs: list[list[int]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            tokens = handle.tokenize(item, add_special=handle.adds_bos)
+        else:
+            tokens = list(item)
+            bad = [t for t in tokens if not 0 <= t < handle.n_vocab]
+            if bad:
+                raise InvalidRequestError(
+                    f"input token ids must be in [0, {handle.n_vocab}); got {bad[:5]}",
+                    param="input",
+                )
+        if len(tokens) > handle.n_ctx:
+            raise ContextLengthExceededError(
+                f"input {i} has {len(tokens)} tokens; model '{handle.name}' embeds at most "
+                f"{handle.n_ctx}",
+                param="input",
+            )
+        if not tokens:
+            raise InvalidRequestError(f"input {i} is empty", param="input")
+        inputs.append(tokens)
+    return inputs
+
+
+def _unit(vector: Sequence[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else list(vector)
