@@ -26,6 +26,23 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in _ERROR_STATUSES.items()
 }
 
+# Before OpenAPI 3.2, the schema of an event stream describes each event.
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string"},
+        "data": {
+            "type": "string",
+            "description": "A chunk as JSON (the same object as the non-streamed response, "
+            'with `"object"` ending in `.chunk` for chat), an `{"error": ...}` object after a '
+            "failure, or `[DONE]`, which ends every stream.",
+        },
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+
 # Generation may also end with 408 (request_timeout) or 499 (the client went away).
 GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
@@ -33,6 +50,6 @@ GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The completion, or with `stream: true` a stream of Server-Sent Events "
         "whose data are chunks, ending with `data: [DONE]`.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
     },
 }

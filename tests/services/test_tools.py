@@ -9,6 +9,8 @@ import pytest
 from server.engine.grammar import FunctionSpec
 from server.errors import InvalidRequestError
 from server.protocol.chat import ChatCompletionRequest
+from server.services.chat import _template_messages
+from server.services.templates import ChatTemplate
 from server.services.tools import ToolCallParser, plan_tools
 
 FUNCTIONS = [FunctionSpec("get_weather", {"type": "object"}), FunctionSpec("add", {})]
@@ -86,3 +88,51 @@ def test_unenforceable_parameters_are_refused_naming_the_keyword() -> None:
     ]
     with pytest.raises(InvalidRequestError, match="maximum"):
         plan_tools(_request(tools=tools))
+
+
+TOOL_TEMPLATE = (
+    "{% if tools %}TOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}"
+    "{% for m in messages %}[{{ m.role }}]{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<call {{ c.function.name }} {{ c.function.arguments.city }}>{% endfor %}"
+    "\n{% endfor %}"
+)
+HISTORY = [
+    {"role": "user", "content": "Weather in Rome?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "c1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+            }
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "Sunny"},
+]
+
+
+def _render(template_source: str) -> str:
+    request = _request(messages=HISTORY, tools=TOOLS)
+    template = ChatTemplate(template_source)
+    messages, tools = _template_messages(request.messages, template, plan_tools(request))
+    return template.render(messages, tools=tools)
+
+
+def test_a_template_that_knows_tools_gets_them_and_the_calls_as_values() -> None:
+    prompt = _render(TOOL_TEMPLATE)
+    assert prompt.startswith("TOOLS:get_weather;")
+    assert "[assistant]<call get_weather Rome>" in prompt  # arguments parsed from JSON text
+    assert "[tool]Sunny" in prompt
+
+
+def test_other_templates_get_the_fallback_prompt_and_written_calls() -> None:
+    prompt = _render("{% for m in messages %}[{{ m.role }}]{{ m.content }}\n{% endfor %}")
+    assert prompt.startswith("[system]You can call functions")
+    assert '"name": "get_weather"' in prompt
+    assert (
+        '[assistant]<tool_call>\n{"name": "get_weather", "arguments": {"city": "Rome"}}\n</tool_call>'
+        in prompt
+    )
+    assert "[user]<tool_response>\nSunny\n</tool_response>" in prompt
