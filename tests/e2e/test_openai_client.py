@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
@@ -14,14 +13,6 @@ from server.engine.scheduler import Scheduler
 from tests.conftest import LiveServer
 
 QUESTION = [{"role": "user", "content": "List three fruits."}]
-
-
-@pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=live_server.base_url + "/v1", api_key="unused", max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:

@@ -5,35 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Iterator
 
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.conftest import LiveServer
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 40}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-
-
-@pytest.fixture(scope="module")
-def client(live_server: LiveServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=live_server.base_url + "/v1", api_key="unused", max_retries=0
-    ) as sdk:
-        yield sdk
+from tests.api.test_structured import WEATHER_TOOL
 
 
 class City(BaseModel):
