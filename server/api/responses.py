@@ -13,10 +13,13 @@ from server.protocol.common import ErrorResponse
 
 _ERROR_STATUSES = {
     400: "The request is invalid (the error's `param` names the field).",
+    401: "No API key, or an invalid one (when keys are configured).",
     404: "The model (or route) does not exist.",
     413: "The request body is larger than max_body_bytes.",
-    429: "The model's queue is full; retry after Retry-After seconds.",
+    429: "The model's queue is full, or the API key is over a limit; retry after Retry-After "
+    "seconds.",
     500: "An internal error.",
+    502: "A remote model's upstream server failed or could not be reached.",
     503: "The model cannot load, the server is shutting down, or the request waited in the "
     "queue past queue_timeout.",
 }

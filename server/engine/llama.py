@@ -168,6 +168,12 @@ class LlamaBackend:
         self.n_batch = n_batch
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_embd: int = llama_cpp.llama_model_n_embd(self._model)
+        # The KV cache's size: every layer keeps an f16 key and value vector per cell.
+        n_head = max(1, llama_cpp.llama_model_n_head(self._model))
+        head_dim = self.n_embd // n_head
+        kv_width = llama_cpp.llama_model_n_head_kv(self._model) * head_dim
+        n_layer = llama_cpp.llama_model_n_layer(self._model)
+        self.kv_cache_bytes = n_layer * n_ctx * n_slots * kv_width * 2 * 2
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_slots)
         self._samplers: list[ctypes.c_void_p | None] = [None] * n_slots
         # Each slot's grammar sampler, outside its chain (see sample()).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any
 
 from pydantic import (
@@ -100,7 +101,46 @@ Stop = Annotated[
 ]
 
 
-class SamplingFields(OpenAIRequest):
+_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_keep_alive(value: float | str | None) -> float | None:
+    """Ollama's keep_alive: seconds, or a duration such as "5m", "90s", "1h"; negative
+    keeps the model loaded for good."""
+    if value is None or isinstance(value, int | float):
+        return None if value is None else float(value)
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError("keep_alive must be seconds or a duration such as '5m', '30s', '1h'")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+KeepAlive = Annotated[
+    float | str | None,
+    Field(
+        None,
+        description="Not OpenAI's (Ollama's): how long the model stays loaded after this "
+        "request, in seconds or as '5m', '1h'; negative keeps it loaded.",
+    ),
+]
+
+
+class WithKeepAlive(OpenAIRequest):
+    keep_alive: KeepAlive = None
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _valid_duration(cls, value: float | str | None) -> float | str | None:
+        parse_keep_alive(value)
+        return value
+
+    @property
+    def keep_alive_seconds(self) -> float | None:
+        return parse_keep_alive(self.keep_alive)
+
+
+class SamplingFields(WithKeepAlive):
     """The sampling and length fields chat and text completions share."""
 
     max_tokens: MaxTokens = None

@@ -6,14 +6,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from server.protocol.common import OpenAIRequest, OpenAIResponse
+from server.protocol.common import OpenAIResponse, WithKeepAlive
 
 MAX_EMBEDDING_INPUTS = 2048
 
 EmbeddingInput = str | list[str] | list[int] | list[list[int]]
 
 
-class EmbeddingRequest(OpenAIRequest):
+class EmbeddingRequest(WithKeepAlive):
     model: str
     input: EmbeddingInput = Field(
         ...,

@@ -11,6 +11,7 @@ from typing import Any
 from server.engine.grammar import SchemaNotSupported, json_object_grammar, json_schema_grammar
 from server.engine.types import Grammar
 from server.errors import ChatTemplateMissingError, InvalidRequestError
+from server.handle import Lease, ModelHandle
 from server.protocol.chat import (
     AssistantMessage,
     ChatChoice,
@@ -26,8 +27,9 @@ from server.protocol.chat import (
     ToolCallDelta,
 )
 from server.protocol.common import Usage
-from server.registry import ModelHandle, ModelRegistry
+from server.registry import ModelRegistry
 from server.services.generation import (
+    Caller,
     PreparedRun,
     RunLimits,
     check_finish,
@@ -35,6 +37,7 @@ from server.services.generation import (
     collect,
     merged,
     openai_finish_reason,
+    released_on_error,
     usage_of,
 )
 from server.services.logprobs import chat_logprobs
@@ -58,7 +61,7 @@ class ChatService:
         self._limits = limits
         self._templates: dict[str, ChatTemplate] = {}
 
-    async def prepare(self, request: ChatCompletionRequest, *, owner: str) -> PreparedRun:
+    async def prepare(self, request: ChatCompletionRequest, caller: Caller) -> PreparedRun:
         """Validate, render and tokenize; every error here is raised before any byte is sent."""
         tools = plan_tools(request)
         grammar = _response_format_grammar(request.response_format)
@@ -70,7 +73,19 @@ class ChatService:
                     param="response_format",
                 )
             grammar = tools.grammar
-        handle = await self._registry.get(request.model)
+        lease = await self._registry.checkout(request.model, keep_alive=request.keep_alive_seconds)
+        with released_on_error(lease) as handle:
+            return await self._prepare(request, caller, lease, handle, tools, grammar)
+
+    async def _prepare(
+        self,
+        request: ChatCompletionRequest,
+        caller: Caller,
+        lease: Lease,
+        handle: ModelHandle,
+        tools: ToolPlan | None,
+        grammar: Grammar | None,
+    ) -> PreparedRun:
         template = self._template_for(handle)
         messages, template_tools = _template_messages(request.messages, template, tools)
         prompt = template.render(messages, add_generation_prompt=True, tools=template_tools)
@@ -84,6 +99,7 @@ class ChatService:
             len(tokens),
             handle.n_ctx,
             param="messages",
+            caps=(handle.config.max_tokens_cap, caller.max_tokens_cap),
         )
         if grammar is not None and (problem := handle.check_grammar(grammar)) is not None:
             raise InvalidRequestError(
@@ -103,10 +119,10 @@ class ChatService:
             budget,
             sampling,
             request,
-            owner=owner,
+            owner=caller.owner,
             deadline=self._limits.deadline(),
         )
-        return PreparedRun(request_id, handle, jobs, prompt_token_count=len(tokens), tools=tools)
+        return PreparedRun(request_id, lease, jobs, prompt_token_count=len(tokens), tools=tools)
 
     async def complete(self, run: PreparedRun) -> ChatCompletion:
         results = await collect(run)

@@ -9,9 +9,11 @@ from dataclasses import dataclass, replace
 
 from server.engine.types import GenerationRequest
 from server.errors import InvalidRequestError, UnsupportedFeatureError
+from server.handle import Lease, ModelHandle
 from server.protocol.completions import Completion, CompletionChoice, CompletionRequest
-from server.registry import ModelHandle, ModelRegistry
+from server.registry import ModelRegistry
 from server.services.generation import (
+    Caller,
     PreparedRun,
     RunLimits,
     check_finish,
@@ -19,6 +21,7 @@ from server.services.generation import (
     collect,
     merged,
     openai_finish_reason,
+    released_on_error,
     usage_of,
 )
 from server.services.logprobs import completion_logprobs
@@ -42,11 +45,17 @@ class CompletionService:
         self._limits = limits
 
     async def prepare(
-        self, request: CompletionRequest, *, owner: str
+        self, request: CompletionRequest, caller: Caller
     ) -> tuple[PreparedRun, list[str]]:
         """Validate and tokenize. Returns the run and, per choice, the echo prefix."""
         _reject_unsupported(request)
-        handle = await self._registry.get(request.model)
+        lease = await self._registry.checkout(request.model, keep_alive=request.keep_alive_seconds)
+        with released_on_error(lease) as handle:
+            return await self._prepare(request, caller, lease, handle)
+
+    async def _prepare(
+        self, request: CompletionRequest, caller: Caller, lease: Lease, handle: ModelHandle
+    ) -> tuple[PreparedRun, list[str]]:
         prompts = await asyncio.to_thread(_tokenize_prompts, handle, request.prompt)
         default = handle.config.defaults.max_tokens or OPENAI_DEFAULT_MAX_TOKENS
         sampling = replace(
@@ -60,7 +69,12 @@ class CompletionService:
         deadline = self._limits.deadline()
         for prompt in prompts:
             budget = completion_budget(
-                request.max_tokens, default, len(prompt.tokens), handle.n_ctx, param="prompt"
+                request.max_tokens,
+                default,
+                len(prompt.tokens),
+                handle.n_ctx,
+                param="prompt",
+                caps=(handle.config.max_tokens_cap, caller.max_tokens_cap),
             )
             jobs += choice_jobs(
                 request_id,
@@ -69,12 +83,12 @@ class CompletionService:
                 budget,
                 sampling,
                 request,
-                owner=owner,
+                owner=caller.owner,
                 deadline=deadline,
             )
             echoes += [prompt.text if request.echo else ""] * request.n
         prompt_tokens = sum(len(p.tokens) for p in prompts)
-        return PreparedRun(request_id, handle, jobs, prompt_token_count=prompt_tokens), echoes
+        return PreparedRun(request_id, lease, jobs, prompt_token_count=prompt_tokens), echoes
 
     async def complete(self, run: PreparedRun, echoes: list[str]) -> Completion:
         results = await collect(run)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.errors import ContextLengthExceededError, InvalidRequestError
+from server.handle import ModelHandle
 from server.protocol.embeddings import (
     Embedding,
     EmbeddingInput,
@@ -17,7 +18,7 @@ from server.protocol.embeddings import (
     EmbeddingRequest,
     EmbeddingUsage,
 )
-from server.registry import ModelHandle, ModelRegistry
+from server.registry import ModelRegistry
 
 
 class EmbeddingService:
@@ -25,7 +26,12 @@ class EmbeddingService:
         self._registry = registry
 
     async def create(self, request: EmbeddingRequest) -> EmbeddingList:
-        handle = await self._registry.get(request.model)
+        async with self._registry.use(
+            request.model, keep_alive=request.keep_alive_seconds
+        ) as handle:
+            return await self._create(request, handle)
+
+    async def _create(self, request: EmbeddingRequest, handle: ModelHandle) -> EmbeddingList:
         if request.dimensions is not None and request.dimensions > handle.n_embd:
             raise InvalidRequestError(
                 f"dimensions must be at most {handle.n_embd} for model '{handle.name}'",

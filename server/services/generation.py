@@ -11,26 +11,47 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from server.engine.stream import GenerationStream
 from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
 from server.errors import EngineError, QueueTimeoutError, RequestTimeoutError, ShuttingDownError
+from server.handle import Lease, ModelHandle
+from server.metrics import RunRecord
 from server.protocol.common import PromptTokensDetails, SamplingFields, Usage
-from server.registry import ModelHandle
 from server.services.tools import ToolPlan
 
 logger = logging.getLogger("hearth.requests")
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: the owner the queue is fair across (an API key's name, else the
+    request's ``user``), and the most tokens that caller may ask for in one completion."""
+
+    owner: str = ""
+    max_tokens_cap: int | None = None
+
+
+@contextlib.contextmanager
+def released_on_error(lease: Lease) -> Iterator[ModelHandle]:
+    """The leased model, for preparing a run; the lease is given back if preparing fails."""
+    try:
+        yield lease.handle
+    except BaseException:
+        lease.release()
+        raise
+
+
 @dataclass
 class PreparedRun:
-    """A validated request, tokenized and ready to queue: one job per choice."""
+    """A validated request, tokenized and ready to queue: one job per choice. It holds a lease
+    on its model until it ends (:meth:`close`), so the model is not unloaded under it."""
 
     request_id: str
-    handle: ModelHandle
+    lease: Lease
     jobs: list[GenerationRequest]
     prompt_token_count: int
     # The tools the model may call (chat only).
@@ -39,10 +60,20 @@ class PreparedRun:
     finals: list[ChoiceResult] = field(default_factory=list)
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    # Called once when the run ends, with what it did (metrics, rate limits).
+    on_finish: list[Callable[[RunRecord], None]] = field(default_factory=list)
+
+    @property
+    def handle(self) -> ModelHandle:
+        return self.lease.handle
 
     @property
     def model(self) -> str:
         return self.handle.name
+
+    def close(self) -> None:
+        self.lease.release()
 
     @property
     def wants_logprobs(self) -> bool:
@@ -173,12 +204,18 @@ def _submit_all(run: PreparedRun) -> list[GenerationStream]:
 
 async def collect(run: PreparedRun) -> list[ChoiceResult]:
     """Run every choice to its end and return the texts, in choice order."""
-    streams = _submit_all(run)
+    try:
+        streams = _submit_all(run)
+    except BaseException:
+        finish_run(run)
+        raise
 
     async def drain(index: int, stream: GenerationStream) -> ChoiceResult:
         parts: list[str] = []
         logprobs: list[TokenLogprob] = []
         async for event in stream:
+            if event.token_ids and run.first_token_at is None:
+                run.first_token_at = time.monotonic()
             parts.append(event.text)
             logprobs += event.logprobs
             if event.finish_reason is not None:
@@ -191,23 +228,29 @@ async def collect(run: PreparedRun) -> list[ChoiceResult]:
     finally:
         for stream in streams:
             stream.cancel()
-    log_run(run)
+        finish_run(run)
     return run.finals
 
 
 async def merged(run: PreparedRun) -> AsyncGenerator[tuple[int, TokenEvent], None]:
     """Events of every choice as they come, tagged with the choice index."""
-    streams = _submit_all(run)
+    try:
+        streams = _submit_all(run)
+    except BaseException:
+        finish_run(run)
+        raise
     try:
         async with contextlib.aclosing(_interleave(streams)) as events:
             async for index, event in events:
+                if event.token_ids and run.first_token_at is None:
+                    run.first_token_at = time.monotonic()
                 if event.finish_reason is not None:
                     run.finals.append(ChoiceResult.of(index, "", event))
                 yield index, event
     finally:
         for stream in streams:
             stream.cancel()
-    log_run(run)
+        finish_run(run)
 
 
 async def _interleave(
@@ -233,6 +276,26 @@ async def _interleave(
     finally:
         for task in tasks:
             task.cancel()
+
+
+def finish_run(run: PreparedRun) -> None:
+    """The run is over, finished or not: give back its model, report it, log it."""
+    run.close()
+    if run.on_finish:
+        record = RunRecord(
+            model=run.model,
+            prompt_tokens=run.prompt_token_count,
+            completion_tokens=sum(r.completion_tokens for r in run.finals),
+            cached_tokens=usage_of(run).prompt_tokens_details.cached_tokens,
+            queue_seconds=[r.queue_seconds for r in run.finals],
+            time_to_first_token=(
+                None if run.first_token_at is None else run.first_token_at - run.started
+            ),
+        )
+        callbacks, run.on_finish = run.on_finish, []
+        for callback in callbacks:
+            callback(record)
+    log_run(run)
 
 
 def log_run(run: PreparedRun) -> None:

@@ -29,10 +29,17 @@ def sampling_params(request: SamplingFields, defaults: SamplingDefaults) -> Samp
 
 
 def completion_budget(
-    requested: int | None, default: int | None, prompt_tokens: int, n_ctx: int, *, param: str
+    requested: int | None,
+    default: int | None,
+    prompt_tokens: int,
+    n_ctx: int,
+    *,
+    param: str,
+    caps: tuple[int | None, ...] = (),
 ) -> int:
     """How many tokens may be generated. The prompt must leave room for at least one token,
-    and an explicit max_tokens must fit beside the prompt (as OpenAI answers)."""
+    and an explicit max_tokens must fit beside the prompt (as OpenAI answers). ``caps`` (the
+    model's and the API key's max_tokens_cap) lower the result, whatever was asked."""
     room = n_ctx - prompt_tokens
     if room < 1:
         raise ContextLengthExceededError(
@@ -48,7 +55,8 @@ def completion_budget(
             param="max_tokens",
         )
     budget = requested if requested is not None else default
-    return room if budget is None else min(budget, room)
+    budget = room if budget is None else min(budget, room)
+    return min([budget, *(cap for cap in caps if cap is not None)])
 
 
 def logit_bias_pairs(bias: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, float], ...]:

@@ -19,19 +19,19 @@ class TokenService:
         self._registry = registry
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
-        handle = await self._registry.get(request.model)
-        add = request.add_special and handle.adds_bos
-        tokens = await asyncio.to_thread(handle.tokenize, request.text, add_special=add)
+        async with self._registry.use(request.model) as handle:
+            add = request.add_special and handle.adds_bos
+            tokens = await asyncio.to_thread(handle.tokenize, request.text, add_special=add)
         return TokenizeResponse(
             model=handle.name, tokens=tokens, count=len(tokens), max_model_len=handle.n_ctx
         )
 
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
-        handle = await self._registry.get(request.model)
-        bad = [t for t in request.tokens if not 0 <= t < handle.n_vocab]
-        if bad:
-            raise InvalidRequestError(
-                f"token ids must be in [0, {handle.n_vocab}); got {bad[:5]}", param="tokens"
-            )
-        text = await asyncio.to_thread(handle.detokenize, request.tokens)
+        async with self._registry.use(request.model) as handle:
+            bad = [t for t in request.tokens if not 0 <= t < handle.n_vocab]
+            if bad:
+                raise InvalidRequestError(
+                    f"token ids must be in [0, {handle.n_vocab}); got {bad[:5]}", param="tokens"
+                )
+            text = await asyncio.to_thread(handle.detokenize, request.tokens)
         return DetokenizeResponse(model=handle.name, text=text)

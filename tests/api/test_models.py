@@ -7,8 +7,11 @@ def test_list_models(client: TestClient) -> None:
     ids = [m["id"] for m in data["data"]]
     assert ids == ["smollm2", "gemma3-270m"]
     for card in data["data"]:
-        assert set(card) == {"id", "object", "created", "owned_by"}
-        assert card["object"] == "model"
+        assert {"id", "object", "created", "owned_by"} <= set(card)
+        assert card["object"] == "model" and card["remote"] is False
+    smollm2 = data["data"][0]
+    assert smollm2["loaded"] is True  # preloaded
+    assert smollm2["aliases"] == ["SmolLM2-135M-Instruct"]
 
 
 def test_get_model_by_name_and_alias(client: TestClient) -> None:

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from tests.conftest import make_settings
+from tests.conftest import exact_reuse, make_settings
 
 SYSTEM = "You are a patient teacher. " + " ".join(
     f"Rule {i}: answer briefly and kindly." for i in range(40)
@@ -27,9 +27,7 @@ SYSTEM = "You are a patient teacher. " + " ".join(
 
 
 def exact_settings(**overrides: Any) -> Any:
-    settings = make_settings(**overrides)
-    models = [m.model_copy(update={"flash_attn": "off"}) for m in settings.models]
-    return settings.model_copy(update={"models": models})
+    return exact_reuse(make_settings(**overrides))
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +138,7 @@ def test_an_overwritten_slot_is_restored_from_the_ram_state_cache() -> None:
         original = post(client, "/v1/completions", first)
         post(client, "/v1/completions", other)  # takes the only slot: "rivers" is saved first
         again = post(client, "/v1/completions", first)
-        scheduler = client.app.state.hearth.registry._loaded["smollm2"].scheduler  # type: ignore[attr-defined]
+        scheduler = client.app.state.hearth.registry.loaded_handle("smollm2").scheduler  # type: ignore[attr-defined]
         assert scheduler.slot_cache.stats["restores"] == 1
         assert scheduler.state_cache.counters()["ram_bytes"] > 0
     assert (

@@ -25,7 +25,7 @@ def one_slot_server() -> Iterator[LiveServer]:
 
 
 def scheduler_of(server: LiveServer) -> Scheduler:
-    scheduler: Scheduler = server.app.state.hearth.registry._loaded["smollm2"].scheduler
+    scheduler: Scheduler = server.app.state.hearth.registry.loaded_handle("smollm2").scheduler
     return scheduler
 
 

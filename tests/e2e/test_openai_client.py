@@ -113,7 +113,7 @@ def test_eight_streams_at_once_match_what_each_gets_alone(client: openai.OpenAI)
 
 
 def _scheduler(live_server: LiveServer) -> Scheduler:
-    scheduler: Scheduler = live_server.app.state.hearth.registry._loaded["smollm2"].scheduler
+    scheduler: Scheduler = live_server.app.state.hearth.registry.loaded_handle("smollm2").scheduler
     return scheduler
 
 

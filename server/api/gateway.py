@@ -1,0 +1,105 @@
+"""What every request passes through first: its id, its API key and limits, its metrics.
+
+Raw ASGI middleware rather than a FastAPI dependency, because it must span the whole response:
+a stream's concurrency slot is held, and its latency measured, until its last byte is sent,
+long after the route function has returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.access import ApiKey
+from server.api.errors import error_response
+from server.errors import HearthError
+from server.logs import request_id_var
+from server.state import AppState
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-request-id"
+# A client's own id is kept when it looks like one; anything else gets a fresh id.
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Routes that answer without an API key: probes, metrics and the API's own description.
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/openapi.json"})
+# Metrics label routes by these paths only; anything else is "other" (bounded label values).
+KNOWN_ROUTES = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/models",
+        "/tokenize",
+        "/detokenize",
+        *OPEN_PATHS,
+    }
+)
+
+
+def presented_key(headers: Headers) -> str | None:
+    """``Authorization: Bearer KEY`` (OpenAI's SDKs), or ``api-key``/``x-api-key``."""
+    authorization = headers.get("authorization", "")
+    scheme, _, credentials = authorization.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return headers.get("x-api-key") or headers.get("api-key")
+
+
+class Gateway:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state: AppState | None = getattr(scope["app"].state, "hearth", None)
+        headers = Headers(scope=scope)
+        client_id = headers.get(REQUEST_ID_HEADER, "")
+        request_id = client_id if _CLIENT_ID.match(client_id) else f"req_{uuid.uuid4().hex}"
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.monotonic()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        key: ApiKey | None = None
+        try:
+            if state is not None and scope["path"] not in OPEN_PATHS:
+                try:
+                    key = self._admit(state, headers)
+                except HearthError as error:
+                    state.metrics.rejections.labels(error.code or "rejected").inc()
+                    await error_response(error)(scope, receive, send_with_id)
+                    return
+                scope["state"]["api_key"] = key
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if state is not None:
+                if key is not None:
+                    state.limiter.release(key)
+                path = scope["path"]
+                route = path if path in KNOWN_ROUTES else "other"
+                model = scope["state"].get("model", "")
+                state.metrics.record_request(route, model, status, time.monotonic() - started)
+            request_id_var.reset(token)
+
+    @staticmethod
+    def _admit(state: AppState, headers: Headers) -> ApiKey | None:
+        if not state.keys.enabled:
+            return None
+        key = state.keys.authenticate(presented_key(headers))
+        state.limiter.admit(key)
+        return key

@@ -1,0 +1,26 @@
+"""Remote models: hand the request to the upstream service and relay its answer."""
+
+from __future__ import annotations
+
+from fastapi import Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from server.state import AppState
+
+
+async def forward_if_remote(
+    body: BaseModel, path: str, request: Request, state: AppState
+) -> Response | None:
+    """The upstream's answer when ``body.model`` is a remote model, else None (serve it here).
+    ``path`` is the route below ``/v1``."""
+    config = state.registry.resolve(str(getattr(body, "model", "")))
+    if config.upstream is None:
+        return None
+    request.state.model = config.name
+    stream = bool(getattr(body, "stream", False))
+    payload = body.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    answer = await state.upstream.forward(config, path, payload, stream=stream)
+    if answer.lines is not None:
+        return StreamingResponse(answer.lines, media_type="text/event-stream")
+    return Response(answer.body, status_code=answer.status, media_type=answer.content_type)

@@ -1,0 +1,174 @@
+"""Prometheus metrics, served at GET /metrics (prometheus-client, in the app's own registry).
+
+Two kinds: what happens to requests is counted and timed as it happens (:class:`Metrics`);
+what the engines hold right now (queues, slots, caches, loaded models) is read from them at
+scrape time by :class:`_LiveCollector`, so the engine threads never touch a metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from server.registry import ModelRegistry
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+@dataclass
+class RunRecord:
+    """What one finished generation or embedding request reports."""
+
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    queue_seconds: list[float] = field(default_factory=list)
+    time_to_first_token: float | None = None
+
+
+class Metrics:
+    """The app's metrics. Built in the lifespan, kept on the app state."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "hearth_requests",
+            "HTTP requests by route, model and status code.",
+            ["route", "model", "status"],
+            registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "hearth_request_duration_seconds",
+            "Time from the request's arrival to the end of its response (streams included).",
+            ["route", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "hearth_tokens",
+            "Tokens by model and kind: prompt (in), completion (out), cached (prompt tokens "
+            "whose KV was reused), embedding (embedded input).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
+        self.time_to_first_token = Histogram(
+            "hearth_time_to_first_token_seconds",
+            "Time from a prepared (tokenized) request to its first generated token.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "hearth_queue_wait_seconds",
+            "Time a sequence waited in its model's queue for a free slot.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.rejections = Counter(
+            "hearth_rejected_requests",
+            "Requests refused before running, by reason (unauthorized, rate_limited, ...).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.registry.register(_LiveCollector(registry))
+
+    def record_run(self, record: RunRecord) -> None:
+        model = record.model
+        for kind, count in (
+            ("prompt", record.prompt_tokens),
+            ("completion", record.completion_tokens),
+            ("cached", record.cached_tokens),
+        ):
+            if count:
+                self.tokens.labels(model, kind).inc(count)
+        for seconds in record.queue_seconds:
+            self.queue_wait.labels(model).observe(seconds)
+        if record.time_to_first_token is not None:
+            self.time_to_first_token.labels(model).observe(record.time_to_first_token)
+
+    def record_request(self, route: str, model: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, model, str(status)).inc()
+        self.request_seconds.labels(route, model).observe(seconds)
+
+    def exposition(self) -> bytes:
+        return bytes(generate_latest(self.registry))
+
+
+class _LiveCollector(Collector):
+    """Engine state at scrape time."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        loaded = GaugeMetricFamily(
+            "hearth_model_loaded", "1 if the model is loaded now, else 0.", labels=["model"]
+        )
+        loads = CounterMetricFamily(
+            "hearth_model_loads", "Times the model was loaded.", labels=["model"]
+        )
+        unloads = CounterMetricFamily(
+            "hearth_model_unloads",
+            "Times the model was unloaded, by reason (keep_alive, evicted, ...).",
+            labels=["model", "reason"],
+        )
+        for name, events in self._registry.lifecycle_counts().items():
+            loaded.add_metric([name], 1.0 if self._registry.is_loaded(name) else 0.0)
+            loads.add_metric([name], events.get("load", 0))
+            for reason, count in events.items():
+                if reason != "load":
+                    unloads.add_metric([name, reason], count)
+        yield from (loaded, loads, unloads)
+        yield from _engine_metrics(self._registry.loaded_handles())
+
+
+def _engine_metrics(handles: Iterable[object]) -> Iterator[Metric]:
+    gauges: dict[str, tuple[str, Callable[[object], float]]] = {
+        "hearth_queue_depth": ("Requests waiting for a slot.", lambda h: h.scheduler.queued),  # type: ignore[attr-defined]
+        "hearth_slots_busy": ("Slots generating now.", lambda h: h.scheduler.busy_slots),  # type: ignore[attr-defined]
+        "hearth_slots": ("Slots of the model.", lambda h: h.config.slots),  # type: ignore[attr-defined]
+    }
+    families = {
+        name: GaugeMetricFamily(name, help_text, labels=["model"])
+        for name, (help_text, _) in gauges.items()
+    }
+    cache = {
+        kind: CounterMetricFamily(
+            f"hearth_prefix_cache_{kind}",
+            f"KV prefix reuse: {kind.replace('_', ' ')}.",
+            labels=["model"],
+        )
+        for kind in ("hits", "misses", "tokens_saved", "copies", "restores")
+    }
+    state_bytes = GaugeMetricFamily(
+        "hearth_kv_state_bytes", "Saved KV states, by where they are.", labels=["model", "store"]
+    )
+    state_evictions = CounterMetricFamily(
+        "hearth_kv_state_evictions", "Saved KV states evicted, by store.", labels=["model", "store"]
+    )
+    for handle in handles:
+        name = handle.name  # type: ignore[attr-defined]
+        for metric, (_, read) in gauges.items():
+            families[metric].add_metric([name], float(read(handle)))
+        scheduler = handle.scheduler  # type: ignore[attr-defined]
+        for kind, family in cache.items():
+            family.add_metric([name], scheduler.slot_cache.stats.get(kind, 0))
+        states = scheduler.state_cache
+        if states is not None:
+            state_bytes.add_metric([name, "ram"], states.ram_bytes)
+            state_bytes.add_metric([name, "disk"], states.disk_bytes)
+            state_evictions.add_metric([name, "ram"], states.stats.get("ram_evictions", 0))
+            state_evictions.add_metric([name, "disk"], states.stats.get("disk_evictions", 0))
+    yield from families.values()
+    yield from cache.values()
+    yield from (state_bytes, state_evictions)
