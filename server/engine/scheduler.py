@@ -20,7 +20,7 @@ from typing import Protocol
 from server.engine.llama import BatchEntry
 from server.engine.prefix import common_prefix_length
 from server.engine.queue import FairQueue
-from server.engine.slots import MIN_COPY_GAIN, SlotCache
+from server.engine.slots import MIN_COPY_GAIN, MIN_RECOMPUTED, SlotCache
 from server.engine.state_cache import StateCache
 from server.engine.text import TextStream, TokenTexts
 from server.engine.types import (
@@ -270,7 +270,8 @@ class Scheduler:
         for other in self._active:
             if other.prefilled < len(other.request.prompt_tokens):
                 shared = min(
-                    common_prefix_length(prompt, other.request.prompt_tokens), len(prompt) - 1
+                    common_prefix_length(prompt, other.request.prompt_tokens),
+                    len(prompt) - MIN_RECOMPUTED,
                 )
                 if shared >= MIN_COPY_GAIN and shared > other.prefilled:
                     return other
@@ -330,7 +331,7 @@ class Scheduler:
         if self.state_cache is None:
             return None
         depth, entry = self.state_cache.longest_match(prompt)
-        usable = min(depth, len(prompt) - 1)
+        usable = min(depth, len(prompt) - MIN_RECOMPUTED)
         if entry is None or usable < better_than + MIN_COPY_GAIN:
             return None
         state = self.state_cache.get(entry)

@@ -20,6 +20,11 @@ from server.engine.prefix import PrefixTree
 
 # A copy moves a whole KV stream; below this many extra tokens, recomputing is as cheap.
 MIN_COPY_GAIN = 32
+# Prompt tokens always computed, even when all are cached: the last one's logits are needed,
+# and llama.cpp computes attention for a lone query with another kernel than for several,
+# whose rounding differs (0.84 in a logit, measured): with two, a reused prefix gives the
+# same logits as reading the whole prompt at once (exactly, with flash attention off).
+MIN_RECOMPUTED = 2
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class SlotCache:
     ) -> Assignment:
         """Pick a slot for ``prompt``. ``valid_length(slot)`` is how many of a slot's indexed
         tokens have their KV computed now (a busy slot may still be reading its prompt)."""
-        limit = len(prompt) - 1  # the last prompt token is always decoded, for its logits
+        limit = len(prompt) - MIN_RECOMPUTED
         free = set(free_slots)
         depth, slot = self._index.longest_match(prompt, accept=lambda s: s in free)
         if slot is None or depth == 0:

@@ -34,8 +34,8 @@ class UpstreamAnswer:
 
 
 class UpstreamService:
-    def __init__(self) -> None:
-        self._client = httpx.AsyncClient()
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._client = httpx.AsyncClient(transport=transport)
 
     async def aclose(self) -> None:
         await self._client.aclose()

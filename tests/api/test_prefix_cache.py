@@ -93,7 +93,7 @@ def test_streamed_usage_reports_cached_tokens(client: TestClient) -> None:
     response = client.post("/v1/chat/completions", json=body)
     last = [line for line in response.text.splitlines() if line.startswith("data: {")][-1]
     usage = json.loads(last[6:])["usage"]
-    assert usage["prompt_tokens_details"]["cached_tokens"] >= usage["prompt_tokens"] - 1
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= usage["prompt_tokens"] - 2
 
 
 def test_gemma_sliding_window_model_reuses_only_where_correct(
@@ -143,7 +143,7 @@ def test_an_overwritten_slot_is_restored_from_the_ram_state_cache() -> None:
         assert scheduler.state_cache.counters()["ram_bytes"] > 0
     assert (
         again["usage"]["prompt_tokens_details"]["cached_tokens"]
-        == again["usage"]["prompt_tokens"] - 1
+        == again["usage"]["prompt_tokens"] - 2
     )
     assert again["choices"][0]["text"] == original["choices"][0]["text"]
 

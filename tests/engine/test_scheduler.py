@@ -424,7 +424,9 @@ def test_a_shared_prefix_is_reused_and_only_the_rest_is_prefilled() -> None:
     scheduler.stop(timeout=10)
 
 
-def test_the_last_prompt_token_is_always_decoded_for_its_logits() -> None:
+def test_the_last_two_prompt_tokens_are_always_decoded() -> None:
+    """For the last one's logits, and with a second so that attention takes the same kernel
+    as it does for a whole prompt."""
     backend = FakeBackend(n_slots=1)
     scheduler = run(backend)
     prompt = [5, 6, 7, 8]
@@ -432,8 +434,8 @@ def test_the_last_prompt_token_is_always_decoded_for_its_logits() -> None:
         sink = Collector()
         scheduler.submit(request(prompt, max_tokens=1), sink)
         sink.wait()
-    assert sink.events[-1].cached_tokens == 3
-    assert [e.position for e in backend.batches[-1]] == [3]
+    assert sink.events[-1].cached_tokens == 2
+    assert [e.position for e in backend.batches[-1]] == [2, 3]
     scheduler.stop(timeout=10)
 
 
@@ -478,7 +480,7 @@ def test_unrelated_requests_take_the_least_recently_used_slot() -> None:
     slots_used = {e.slot for b in backend.batches for e in b}
     assert slots_used == {0, 1}  # the second did not evict the first conversation's cache
     sink = Collector()
-    scheduler.submit(request([1, 1, 1, 9], max_tokens=1), sink)
+    scheduler.submit(request([1, 1, 1, 9, 9], max_tokens=1), sink)
     assert sink.wait().cached_tokens == 3
     scheduler.stop(timeout=10)
 
@@ -500,9 +502,9 @@ def test_an_overwritten_slot_is_saved_and_restored_later() -> None:
     backend.batches.clear()
     sink = Collector()
     scheduler.submit(request([*conversation, 1], max_tokens=1), sink)
-    assert sink.wait().cached_tokens == 300
+    assert sink.wait().cached_tokens == 299
     assert any(op[0] == "restore" for op in backend.kv_ops)
-    assert sorted(e.position for b in backend.batches for e in b) == [300]
+    assert sorted(e.position for b in backend.batches for e in b) == [299, 300]
     assert scheduler.slot_cache.stats["restores"] == 1
     scheduler.stop(timeout=10)
 
@@ -536,10 +538,10 @@ def test_choices_submitted_together_read_their_shared_prompt_once() -> None:
     backend.gate.release(1000)
     finals = [sink.wait() for sink in sinks]
     # The 100 prompt tokens are decoded by one sequence; the others copy its cells and
-    # decode only the last prompt token (for its logits).
+    # decode only the last two prompt tokens.
     prompt_tokens_decoded = [e for b in backend.batches for e in b if e.token in prompt]
-    assert len(prompt_tokens_decoded) == 100 + 2
-    assert sorted(f.cached_tokens for f in finals) == [0, 99, 99]
+    assert len(prompt_tokens_decoded) == 100 + 2 * 2
+    assert sorted(f.cached_tokens for f in finals) == [0, 98, 98]
     assert [op for op in backend.kv_ops if op[0] == "copy"] == [("copy", 0, 1), ("copy", 0, 2)]
     scheduler.stop(timeout=10)
 

@@ -1,0 +1,115 @@
+"""Remote models: a front Hearth proxying to a second Hearth (the shared live server)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.services.upstream import UpstreamService
+from server.settings import ModelConfig
+from tests.api.sse import sse_chunks
+from tests.conftest import LiveServer, make_settings
+
+QUESTION = [{"role": "user", "content": "Name a colour."}]
+
+
+def remote(name: str, url: str, **fields: Any) -> dict[str, Any]:
+    return {"name": name, "upstream": url, "upstream_model": "smollm2", **fields}
+
+
+@pytest.fixture(scope="module")
+def front(live_server: LiveServer) -> Iterator[TestClient]:
+    settings = make_settings(
+        models=[
+            remote("far", live_server.base_url + "/v1"),
+            remote("down", "http://127.0.0.1:9/v1"),
+            remote("impatient", live_server.base_url + "/v1", upstream_timeout=0.05),
+        ]
+    )
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def test_chat_is_proxied_and_named_as_here(front: TestClient, live_server: LiveServer) -> None:
+    body = {"model": "far", "messages": QUESTION, "max_tokens": 8, "temperature": 0}
+    proxied = front.post("/v1/chat/completions", json=body)
+    assert proxied.status_code == 200
+    direct = httpx.post(
+        live_server.base_url + "/v1/chat/completions", json={**body, "model": "smollm2"}
+    ).json()
+    assert proxied.json()["model"] == "far"
+    assert proxied.json()["choices"][0]["message"] == direct["choices"][0]["message"]
+
+
+def test_streams_are_relayed_chunk_by_chunk(front: TestClient) -> None:
+    body = {"model": "far", "messages": QUESTION, "max_tokens": 8, "temperature": 0, "stream": True}
+    response = front.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200
+    chunks = sse_chunks(response)
+    assert len(chunks) >= 3 and all(c["model"] == "far" for c in chunks)
+    assert response.text.rstrip().endswith("data: [DONE]")
+
+
+def test_embeddings_and_completions_are_proxied(front: TestClient) -> None:
+    embedded = front.post("/v1/embeddings", json={"model": "far", "input": "hi"})
+    assert embedded.status_code == 200 and len(embedded.json()["data"][0]["embedding"]) == 576
+    completed = front.post(
+        "/v1/completions", json={"model": "far", "prompt": "Hi", "max_tokens": 3}
+    )
+    assert completed.status_code == 200 and completed.json()["model"] == "far"
+
+
+def test_upstream_errors_pass_through_with_their_status(front: TestClient) -> None:
+    body = {"model": "far", "messages": QUESTION, "max_tokens": 100_000}
+    response = front.post("/v1/chat/completions", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_a_down_or_slow_upstream_is_502(front: TestClient) -> None:
+    down = front.post("/v1/chat/completions", json={"model": "down", "messages": QUESTION})
+    assert down.status_code == 502
+    assert down.json()["error"]["code"] == "upstream_unavailable"
+    body = {"model": "impatient", "messages": QUESTION, "max_tokens": 200}
+    slow = front.post("/v1/chat/completions", json=body)
+    assert slow.status_code == 502 and "timed out" in slow.json()["error"]["message"]
+
+
+def test_remote_models_are_listed_as_such(front: TestClient) -> None:
+    cards = {c["id"]: c for c in front.get("/v1/models").json()["data"]}
+    assert cards["far"]["remote"] is True and cards["far"]["loaded"] is True
+    assert front.get("/ready").status_code == 200
+
+
+def test_the_upstream_gets_its_own_name_and_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"object": "list", "model": "theirs", "data": []})
+
+    async def scenario() -> bytes:
+        service = UpstreamService(transport=httpx.MockTransport(answer))
+        config = ModelConfig(
+            name="ours", upstream="http://up/v1", upstream_model="theirs", upstream_api_key="sk-up"
+        )
+        result = await service.forward(
+            config, "/embeddings", {"model": "ours", "input": "x"}, stream=False
+        )
+        await service.aclose()
+        return result.body
+
+    import asyncio
+
+    body = asyncio.run(scenario())
+    (request,) = seen
+    assert str(request.url) == "http://up/v1/embeddings"
+    assert request.headers["authorization"] == "Bearer sk-up"
+    assert json.loads(request.content) == {"model": "theirs", "input": "x"}
+    assert json.loads(body)["model"] == "ours"
