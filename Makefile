@@ -8,7 +8,7 @@ PORT   ?= 8000
 # llama-cpp-python compiles llama.cpp from source; use every core for it.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install models run test check lint typecheck bench clean
+.PHONY: install models run test check lint typecheck bench soak clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ bench: models
 	  --threads $$(nproc) --write bench/RESULTS.md $(BENCH_ARGS)
 	$(BIN)/python bench/cache_bench.py --model-path $(SMOLLM2) \
 	  --llama-server $$(bench/build_llama_server.sh $(BIN)/python) \
+	  --threads $$(nproc) --write bench/RESULTS.md
+
+# A bounded soak and fault run on loopback (SOAK_MINUTES, default 10); see bench/soak.py.
+SOAK_MINUTES ?= 10
+soak: models
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES) --model-path $(SMOLLM2) \
 	  --threads $$(nproc) --write bench/RESULTS.md
 
 clean:

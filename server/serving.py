@@ -29,6 +29,9 @@ def build_server(app: FastAPI, settings: Settings, *, port: int | None = None) -
         host=settings.host,
         port=settings.port if port is None else port,
         log_level=settings.log_level,
+        # uvicorn's loggers go through the root handler that `hearth serve` set up, so its
+        # lines are JSON too when log_format is json.
+        log_config=None,
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
     return DrainingServer(config)

@@ -11,6 +11,7 @@ from server.api.proxy import forward_if_remote
 from server.api.responses import GENERATION_RESPONSES
 from server.api.sse import sse_response
 from server.protocol.chat import ChatCompletion, ChatCompletionRequest
+from server.services.generation import submit
 
 router = APIRouter(tags=["chat"])
 
@@ -24,6 +25,7 @@ async def create_chat_completion(
     run = await state.chat.prepare(body, caller_of(request, body.user))
     track(run, request, state)
     if body.stream:
+        submit(run)  # a full queue is a 429 here, not an error event in a 200 stream
         return sse_response(
             state.chat.stream(run, include_usage=body.include_usage),
             shutdown_grace=state.settings.shutdown_grace,

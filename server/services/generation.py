@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -61,6 +62,8 @@ class PreparedRun:
     created: int = field(default_factory=lambda: int(time.time()))
     started: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
+    # The queued choices, once submitted.
+    streams: list[GenerationStream] | None = None
     # Called once when the run ends, with what it did (metrics, rate limits).
     on_finish: list[Callable[[RunRecord], None]] = field(default_factory=list)
 
@@ -190,7 +193,12 @@ def check_finish(event: TokenEvent) -> None:
         )
 
 
-def _submit_all(run: PreparedRun) -> list[GenerationStream]:
+def submit(run: PreparedRun) -> None:
+    """Queue every choice now. A full queue or a stopping server raises here, so that a
+    streamed request can still be answered with a plain 429 or 503 before its stream starts.
+    Idempotent; :func:`collect` and :func:`merged` call it if the caller has not."""
+    if run.streams is not None:
+        return
     streams: list[GenerationStream] = []
     try:
         for job in run.jobs:
@@ -198,17 +206,28 @@ def _submit_all(run: PreparedRun) -> list[GenerationStream]:
     except BaseException:
         for stream in streams:
             stream.cancel()
+        finish_run(run)
         raise
-    return streams
+    run.streams = streams
+    # A run dropped without being read (its client gone before the stream started) must not
+    # keep generating: cancel its choices when it is collected.
+    weakref.finalize(run, _cancel_all, list(streams))
+
+
+def _cancel_all(streams: list[GenerationStream]) -> None:
+    for stream in streams:
+        stream.cancel()
+
+
+def _submitted(run: PreparedRun) -> list[GenerationStream]:
+    submit(run)
+    assert run.streams is not None
+    return run.streams
 
 
 async def collect(run: PreparedRun) -> list[ChoiceResult]:
     """Run every choice to its end and return the texts, in choice order."""
-    try:
-        streams = _submit_all(run)
-    except BaseException:
-        finish_run(run)
-        raise
+    streams = _submitted(run)
 
     async def drain(index: int, stream: GenerationStream) -> ChoiceResult:
         parts: list[str] = []
@@ -234,11 +253,7 @@ async def collect(run: PreparedRun) -> list[ChoiceResult]:
 
 async def merged(run: PreparedRun) -> AsyncGenerator[tuple[int, TokenEvent], None]:
     """Events of every choice as they come, tagged with the choice index."""
-    try:
-        streams = _submit_all(run)
-    except BaseException:
-        finish_run(run)
-        raise
+    streams = _submitted(run)
     try:
         async with contextlib.aclosing(_interleave(streams)) as events:
             async for index, event in events:

@@ -64,6 +64,11 @@ def test_full_queue_is_429_with_retry_after_and_timeout_is_503(one_slot_server: 
         assert full.status_code == 429
         assert full.json()["error"]["code"] == "queue_full"
         assert int(full.headers["Retry-After"]) >= 1
+        # A stream that cannot queue is refused before it starts, not with an error event.
+        chat = {"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "stream": True}
+        full_stream = http.post("/v1/chat/completions", json=chat)
+        assert full_stream.status_code == 429
+        assert full_stream.json()["error"]["code"] == "queue_full"
 
         waiter.join(30)
         timed_out = waiting["r"]
