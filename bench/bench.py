@@ -316,11 +316,17 @@ def hearth_config(path: Path, args: argparse.Namespace, model: str) -> Path:
 
 
 def append_results(
-    path: Path, title: str, threads: int, script: str, argv: list[str] | None, table: str
+    path: Path,
+    title: str,
+    threads: int,
+    script: str,
+    argv: list[str] | None,
+    table: str,
+    target: str = "bench",
 ) -> None:
     """Add a dated table to RESULTS.md, with the machine and the command that made it."""
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = "make bench  # " + " ".join([script, *(argv or sys.argv[1:])])
+    command = f"make {target}  # " + " ".join([script, *(argv or sys.argv[1:])])
     with path.open("a") as fh:
         fh.write(
             f"\n## {stamp}: {title}\n\n"

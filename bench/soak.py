@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench/soak.py",
             argv,
             table,
+            target="soak",
         )
     return 0 if all(checks.values()) else 1
 

@@ -188,11 +188,12 @@ def _package_of(settings: Settings, name: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "keys":  # needs no settings
+        print(key_digest(args.key).hex())
+        return 0
     try:
         settings = load_settings(args.config, **_settings_overrides(args))
-        if args.command == "keys":
-            print(key_digest(args.key).hex())
-        elif args.command == "serve":
+        if args.command == "serve":
             serve(settings)
         elif args.models_command == "list":
             models_list(settings)

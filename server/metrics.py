@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from server.handle import ModelHandle
     from server.registry import ModelRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -132,11 +133,11 @@ class _LiveCollector(Collector):
         yield from _engine_metrics(self._registry.loaded_handles())
 
 
-def _engine_metrics(handles: Iterable[object]) -> Iterator[Metric]:
-    gauges: dict[str, tuple[str, Callable[[object], float]]] = {
-        "hearth_queue_depth": ("Requests waiting for a slot.", lambda h: h.scheduler.queued),  # type: ignore[attr-defined]
-        "hearth_slots_busy": ("Slots generating now.", lambda h: h.scheduler.busy_slots),  # type: ignore[attr-defined]
-        "hearth_slots": ("Slots of the model.", lambda h: h.config.slots),  # type: ignore[attr-defined]
+def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
+    gauges: dict[str, tuple[str, Callable[[ModelHandle], float]]] = {
+        "hearth_queue_depth": ("Requests waiting for a slot.", lambda h: h.scheduler.queued),
+        "hearth_slots_busy": ("Slots generating now.", lambda h: h.scheduler.busy_slots),
+        "hearth_slots": ("Slots of the model.", lambda h: h.config.slots),
     }
     families = {
         name: GaugeMetricFamily(name, help_text, labels=["model"])
@@ -157,10 +158,10 @@ def _engine_metrics(handles: Iterable[object]) -> Iterator[Metric]:
         "hearth_kv_state_evictions", "Saved KV states evicted, by store.", labels=["model", "store"]
     )
     for handle in handles:
-        name = handle.name  # type: ignore[attr-defined]
+        name = handle.name
         for metric, (_, read) in gauges.items():
             families[metric].add_metric([name], float(read(handle)))
-        scheduler = handle.scheduler  # type: ignore[attr-defined]
+        scheduler = handle.scheduler
         for kind, family in cache.items():
             family.add_metric([name], scheduler.slot_cache.stats.get(kind, 0))
         states = scheduler.state_cache

@@ -35,3 +35,22 @@ def test_prompt_filling_the_context_is_rejected() -> None:
         completion_budget(None, None, 1024, 1024, param="messages")
     assert info.value.code == "context_length_exceeded"
     assert info.value.param == "messages"
+
+
+def test_caps_lower_the_budget_whatever_is_asked() -> None:
+    assert completion_budget(500, None, 100, 1024, param="prompt", caps=(64, None)) == 64
+    assert completion_budget(None, None, 100, 1024, param="prompt", caps=(None, 32)) == 32
+    assert completion_budget(10, None, 100, 1024, param="prompt", caps=(64, 32)) == 10
+
+
+def test_keep_alive_durations() -> None:
+    from server.protocol.common import parse_keep_alive
+
+    assert parse_keep_alive("5m") == 300
+    assert parse_keep_alive("90s") == 90
+    assert parse_keep_alive("1h") == 3600
+    assert parse_keep_alive(-1) == -1
+    assert parse_keep_alive("0") == 0
+    assert parse_keep_alive(None) is None
+    with pytest.raises(ValueError):
+        parse_keep_alive("soon")

@@ -1,0 +1,54 @@
+"""The `hearth` command's model and key helpers, and its settings flags."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from server.access import key_digest
+from server.cli import _build_parser, _settings_overrides, main
+from server.settings import load_settings
+from tests.conftest import model_file
+
+
+def test_keys_hash_prints_the_sha256(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "hash", "sk-test"]) == 0
+    assert capsys.readouterr().out.strip() == key_digest("sk-test").hex()
+
+
+def test_list_settings_are_repeatable_flags() -> None:
+    args = _build_parser().parse_args(
+        ["serve", "--api-key", "a", "--api-key", "b", "--cors-origin", "https://x.example"]
+    )
+    settings = load_settings(None, **_settings_overrides(args))
+    assert settings.api_keys == ["a", "b"]
+    assert settings.cors_origins == ["https://x.example"]
+
+
+def test_keys_from_the_environment_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEARTH_API_KEYS", "one, two,,three")
+    assert load_settings(None).api_keys == ["one", "two", "three"]
+
+
+def test_models_show_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    shutil.copy(model_file("smollm2"), models_dir / model_file("smollm2").name)
+    config = tmp_path / "models.toml"
+    config.write_text(
+        '[[models]]\nname = "smollm2"\npackage = "smollm2"\nkeep_alive = 60\n'
+        '[[models]]\nname = "far"\nupstream = "http://h:1/v1"\nupstream_api_key = "secret"\n'
+    )
+    common = ["--config", str(config), "--models-dir", str(models_dir)]
+    assert main(["models", "show", "smollm2", *common]) == 0
+    shown = capsys.readouterr().out
+    assert "keep_alive: 60.0" in shown and "MB]" in shown
+    assert main(["models", "show", "far", *common]) == 0
+    assert "upstream_api_key: (set)" in capsys.readouterr().out  # never printed
+    assert main(["models", "rm", "smollm2", *common]) == 0
+    assert not any(models_dir.iterdir())
+    assert "removed" in capsys.readouterr().out
+    assert main(["models", "rm", "far", *common]) == 1  # nothing Hearth pulled
+    assert main(["models", "show", "nope", *common]) == 1
