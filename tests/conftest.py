@@ -71,7 +71,7 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield test_client
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -83,7 +83,7 @@ class LiveServer:
 
     def __init__(self, app: FastAPI, settings: Settings | None = None) -> None:
         self.app = app
-        self.port = _free_port()
+        self.port = free_port()
         settings = (settings or make_settings()).model_copy(update={"log_level": "warning"})
         self.server = build_server(app, settings, port=self.port)
         self._thread = threading.Thread(target=self.server.run, daemon=True)

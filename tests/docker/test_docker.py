@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import MODELS_DIR, model_file
+from tests.conftest import MODELS_DIR, free_port, model_file
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 ENTRYPOINT = DOCKER / "entrypoint.sh"
@@ -62,20 +61,13 @@ def test_other_commands_run_as_hearth_commands(tmp_path: Path) -> None:
     assert _run_with_stub(tmp_path, ["models", "list"]) == ["models list"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_the_entrypoint_serves_the_real_model_and_stops_cleanly(tmp_path: Path) -> None:
     config = tmp_path / "models.toml"
     config.write_text(
         '[[models]]\nname = "smollm2"\npackage = "smollm2"\npreload = true\nn_ctx = 512\nslots = 2\n'
     )
     model_file("smollm2")  # present already: the pull below finds it and does nothing
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
