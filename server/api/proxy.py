@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from server.api.deps import api_key_of
 from server.state import AppState
 
 
@@ -23,4 +26,24 @@ async def forward_if_remote(
     answer = await state.upstream.forward(config, path, payload, stream=stream)
     if answer.lines is not None:
         return StreamingResponse(answer.lines, media_type="text/event-stream")
+    if answer.status == 200:
+        _count_usage(answer.body, config.name, request, state)
     return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
+
+
+def _count_usage(body: bytes, model: str, request: Request, state: AppState) -> None:
+    """A whole answer's usage counts in the metrics and against the key's token limit, as a
+    local model's does. (A stream's is not read: it passes through untouched.)"""
+    try:
+        usage = json.loads(body).get("usage") or {}
+        prompt, completion = (
+            int(usage.get("prompt_tokens", 0)),
+            int(usage.get("completion_tokens", 0)),
+        )
+    except (ValueError, AttributeError, TypeError):
+        return
+    for kind, count in (("prompt", prompt), ("completion", completion)):
+        if count > 0:
+            state.metrics.tokens.labels(model, kind).inc(count)
+    if (key := api_key_of(request)) is not None:
+        state.limiter.record_tokens(key, prompt + completion)

@@ -45,6 +45,9 @@ def test_chat_is_proxied_and_named_as_here(front: TestClient, live_server: LiveS
     ).json()
     assert proxied.json()["model"] == "far"
     assert proxied.json()["choices"][0]["message"] == direct["choices"][0]["message"]
+    metrics = front.get("/metrics").text
+    assert 'hearth_tokens_total{kind="completion",model="far"}' in metrics
+    assert 'hearth_requests_total{model="far",route="/v1/chat/completions",status="200"}' in metrics
 
 
 def test_streams_are_relayed_chunk_by_chunk(front: TestClient) -> None:
