@@ -62,6 +62,15 @@ def _build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--models-dir", dest="models_dir", default=None, help="Where pulled models are stored."
     )
+    listing.add_argument(
+        "--server",
+        dest="server_url",
+        default=None,
+        help="Also show which models a running server (e.g. http://127.0.0.1:8000) has loaded.",
+    )
+    listing.add_argument(
+        "--key", dest="server_key", default=None, help="API key for --server, if it needs one."
+    )
     pull = model_commands.add_parser(
         "pull",
         parents=[common],
@@ -106,12 +115,30 @@ def serve(settings: Settings) -> None:
     build_server(create_app(settings), settings).run()
 
 
-def models_list(settings: Settings) -> None:
+def _loaded_on(server_url: str, key: str | None) -> dict[str, bool]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        response = httpx.get(f"{server_url.rstrip('/')}/v1/models", headers=headers, timeout=10)
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ModelSourceError(f"cannot list the models of {server_url}: {exc}") from exc
+    return {card["id"]: bool(card.get("loaded")) for card in response.json()["data"]}
+
+
+def models_list(
+    settings: Settings, server_url: str | None = None, server_key: str | None = None
+) -> None:
     from server.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
+    loaded = _loaded_on(server_url, server_key) if server_url else None
     for config in settings.models:
         aliases = f" (aliases: {', '.join(config.aliases)})" if config.aliases else ""
+        if loaded is not None:
+            status = "loaded" if loaded.get(config.name) else "not loaded"
+            aliases += f" [{status} on {server_url}]"
         if config.upstream is not None:
             print(f"{config.name}{aliases}\n  source: upstream {config.upstream}")
             continue
@@ -196,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             serve(settings)
         elif args.models_command == "list":
-            models_list(settings)
+            models_list(settings, args.server_url, args.server_key)
         elif args.models_command == "show":
             models_show(settings, args.name)
         elif args.models_command == "rm":

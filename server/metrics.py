@@ -34,6 +34,24 @@ class RunRecord:
     cached_tokens: int = 0
     queue_seconds: list[float] = field(default_factory=list)
     time_to_first_token: float | None = None
+    completion_id: str = ""
+    choices: int = 1
+    finish: str = ""
+
+    def log_fields(self) -> dict[str, object]:
+        """The record as the request's log line shows it."""
+        return {
+            "completion_id": self.completion_id,
+            "choices": self.choices,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "completion_tokens": self.completion_tokens,
+            "queue_wait": round(max(self.queue_seconds, default=0.0), 3),
+            "ttft": None
+            if self.time_to_first_token is None
+            else round(self.time_to_first_token, 3),
+            "finish": self.finish,
+        }
 
 
 class Metrics:

@@ -32,6 +32,7 @@ def build_server(app: FastAPI, settings: Settings, *, port: int | None = None) -
         # uvicorn's loggers go through the root handler that `hearth serve` set up, so its
         # lines are JSON too when log_format is json.
         log_config=None,
+        access_log=False,  # the gateway logs each request, with its id and tokens
         timeout_graceful_shutdown=int(settings.shutdown_grace),
     )
     return DrainingServer(config)

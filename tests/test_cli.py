@@ -10,7 +10,7 @@ import pytest
 from server.access import key_digest
 from server.cli import _build_parser, _settings_overrides, main
 from server.settings import load_settings
-from tests.conftest import model_file
+from tests.conftest import LiveServer, model_file
 
 
 def test_keys_hash_prints_the_sha256(capsys: pytest.CaptureFixture[str]) -> None:
@@ -52,3 +52,12 @@ def test_models_show_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "removed" in capsys.readouterr().out
     assert main(["models", "rm", "far", *common]) == 1  # nothing Hearth pulled
     assert main(["models", "show", "nope", *common]) == 1
+
+
+def test_models_list_shows_what_a_running_server_has_loaded(
+    live_server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "list", "--server", live_server.base_url]) == 0
+    out = capsys.readouterr().out
+    assert f"smollm2 (aliases: SmolLM2-135M-Instruct) [loaded on {live_server.base_url}]" in out
+    assert main(["models", "list", "--server", "http://127.0.0.1:9"]) == 1

@@ -20,9 +20,9 @@ class Capture(logging.Handler):
         self.records.append(record)
 
 
-def test_the_request_log_line_carries_the_http_request_id(client: TestClient) -> None:
+def test_one_access_line_per_request_with_its_id_and_tokens(client: TestClient) -> None:
     capture = Capture()
-    logger = logging.getLogger("hearth.requests")
+    logger = logging.getLogger("hearth.access")
     logger.addHandler(capture)
     logger.setLevel(logging.INFO)
     try:
@@ -31,9 +31,29 @@ def test_the_request_log_line_carries_the_http_request_id(client: TestClient) ->
     finally:
         logger.removeHandler(capture)
     assert response.headers["x-request-id"] == "log-me-1"
-    (record,) = [r for r in capture.records if r.getMessage().startswith("request cmpl-")]
+    (record,) = capture.records
     assert record.request_id == "log-me-1"  # type: ignore[attr-defined]
-    assert "prompt_tokens=" in record.getMessage() and "queue_wait=" in record.getMessage()
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields["path"] == "/v1/completions" and fields["status"] == 200
+    assert fields["model"] == "smollm2" and fields["completion_id"].startswith("cmpl-")
+    assert fields["completion_tokens"] == 2 and fields["prompt_tokens"] >= 1
+    message = record.getMessage()
+    assert "status=200" in message and "queue_wait=" in message and "ttft=" in message
+    line = json.loads(JsonFormatter().format(record))
+    assert line["request_id"] == "log-me-1" and line["completion_tokens"] == 2
+
+
+def test_requests_refused_early_are_logged_too(client: TestClient) -> None:
+    capture = Capture()
+    logger = logging.getLogger("hearth.access")
+    logger.addHandler(capture)
+    logger.setLevel(logging.INFO)
+    try:
+        client.post("/v1/completions", json={"model": "nope", "prompt": "x"})
+    finally:
+        logger.removeHandler(capture)
+    (record,) = capture.records
+    assert record.fields["status"] == 404  # type: ignore[attr-defined]
 
 
 def test_json_lines_have_the_fields_and_the_request_id() -> None:

@@ -39,6 +39,11 @@ def track(run: PreparedRun, request: Request, state: AppState) -> None:
     metrics, and against its API key's tokens-per-minute limit."""
     request.state.model = run.model
     run.on_finish.append(state.metrics.record_run)
+
+    def remember(record: RunRecord) -> None:  # for the request's log line
+        request.state.run_record = record
+
+    run.on_finish.append(remember)
     key = api_key_of(request)
     if key is not None:
 

@@ -22,6 +22,8 @@ from server.logs import request_id_var
 from server.state import AppState
 
 logger = logging.getLogger(__name__)
+# One line per request: method, path, status, model, key and time, and what a generation did.
+access_logger = logging.getLogger("hearth.access")
 
 REQUEST_ID_HEADER = "x-request-id"
 # A client's own id is kept when it looks like one; anything else gets a fresh id.
@@ -87,13 +89,15 @@ class Gateway:
                 scope["state"]["api_key"] = key
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.monotonic() - started
+            model = scope["state"].get("model", "")
             if state is not None:
                 if key is not None:
                     state.limiter.release(key)
                 path = scope["path"]
                 route = path if path in KNOWN_ROUTES else "other"
-                model = scope["state"].get("model", "")
-                state.metrics.record_request(route, model, status, time.monotonic() - started)
+                state.metrics.record_request(route, model, status, elapsed)
+            _log_access(scope, status, model, key, elapsed)
             request_id_var.reset(token)
 
     @staticmethod
@@ -103,3 +107,19 @@ class Gateway:
         key = state.keys.authenticate(presented_key(headers))
         state.limiter.admit(key)
         return key
+
+
+def _log_access(scope: Scope, status: int, model: str, key: ApiKey | None, elapsed: float) -> None:
+    fields: dict[str, object] = {
+        "method": scope["method"],
+        "path": scope["path"],
+        "status": status,
+        "model": model or None,
+        "key": key.name if key is not None else None,
+        "time": round(elapsed, 3),
+    }
+    record = scope["state"].get("run_record")
+    if record is not None:
+        fields.update(record.log_fields())
+    text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and v != "")
+    access_logger.info("%s", text, extra={"fields": fields})

@@ -296,35 +296,27 @@ async def _interleave(
 def finish_run(run: PreparedRun) -> None:
     """The run is over, finished or not: give back its model, report it, log it."""
     run.close()
-    if run.on_finish:
-        record = RunRecord(
-            model=run.model,
-            prompt_tokens=run.prompt_token_count,
-            completion_tokens=sum(r.completion_tokens for r in run.finals),
-            cached_tokens=usage_of(run).prompt_tokens_details.cached_tokens,
-            queue_seconds=[r.queue_seconds for r in run.finals],
-            time_to_first_token=(
-                None if run.first_token_at is None else run.first_token_at - run.started
-            ),
-        )
-        callbacks, run.on_finish = run.on_finish, []
-        for callback in callbacks:
-            callback(record)
-    log_run(run)
-
-
-def log_run(run: PreparedRun) -> None:
-    """One line per request: id, model, tokens, queue wait, time."""
-    logger.info(
-        "request %s model=%s choices=%d prompt_tokens=%d cached_tokens=%d completion_tokens=%d "
-        "queue_wait=%.3fs time=%.3fs finish=%s",
+    record = RunRecord(
+        model=run.model,
+        prompt_tokens=run.prompt_token_count,
+        completion_tokens=sum(r.completion_tokens for r in run.finals),
+        cached_tokens=usage_of(run).prompt_tokens_details.cached_tokens,
+        queue_seconds=[r.queue_seconds for r in run.finals],
+        time_to_first_token=(
+            None if run.first_token_at is None else run.first_token_at - run.started
+        ),
+        completion_id=run.request_id,
+        choices=len(run.jobs),
+        finish=",".join(sorted({r.finish_reason for r in run.finals})) or "cancelled",
+    )
+    callbacks, run.on_finish = run.on_finish, []
+    for callback in callbacks:
+        callback(record)
+    # The request's access line (api/gateway.py) carries these fields; this is for debugging.
+    logger.debug(
+        "run %s model=%s %s time=%.3fs",
         run.request_id,
         run.model,
-        len(run.jobs),
-        run.prompt_token_count,
-        max((r.cached_tokens for r in run.finals), default=0),
-        sum(r.completion_tokens for r in run.finals),
-        max((r.queue_seconds for r in run.finals), default=0.0),
+        " ".join(f"{k}={v}" for k, v in record.log_fields().items()),
         time.monotonic() - run.started,
-        ",".join(sorted({r.finish_reason for r in run.finals})),
     )
