@@ -156,6 +156,10 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
         "hearth_queue_depth": ("Requests waiting for a slot.", lambda h: h.scheduler.queued),
         "hearth_slots_busy": ("Slots generating now.", lambda h: h.scheduler.busy_slots),
         "hearth_slots": ("Slots of the model.", lambda h: h.config.slots),
+        "hearth_model_requests_active": (
+            "Requests holding the model (preparing, queued, running or streaming).",
+            lambda h: h.active,
+        ),
     }
     families = {
         name: GaugeMetricFamily(name, help_text, labels=["model"])

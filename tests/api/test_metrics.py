@@ -59,6 +59,7 @@ def test_engine_and_model_state_are_read_at_scrape_time(client: TestClient) -> N
     assert value(data, "hearth_slots", model="smollm2") == 8
     assert value(data, "hearth_slots_busy", model="smollm2") == 0
     assert value(data, "hearth_queue_depth", model="smollm2") == 0
+    assert ("hearth_model_requests_active", (("model", "smollm2"),)) in data
     assert (
         value(data, "hearth_prefix_cache_hits_total", model="smollm2")
         + value(data, "hearth_prefix_cache_misses_total", model="smollm2")
