@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -23,25 +21,21 @@ async def forward_if_remote(
     request.state.model = config.name
     stream = bool(getattr(body, "stream", False))
     payload = body.model_dump(mode="json", exclude_unset=True, by_alias=True)
-    answer = await state.upstream.forward(config, path, payload, stream=stream)
+
+    def count(prompt: int, completion: int) -> None:
+        _count_usage(prompt, completion, config.name, request, state)
+
+    answer = await state.upstream.forward(config, path, payload, stream=stream, on_usage=count)
     if answer.lines is not None:
         return StreamingResponse(answer.lines, media_type="text/event-stream")
-    if answer.status == 200:
-        _count_usage(answer.body, config.name, request, state)
     return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
 
 
-def _count_usage(body: bytes, model: str, request: Request, state: AppState) -> None:
-    """A whole answer's usage counts in the metrics and against the key's token limit, as a
-    local model's does. (A stream's is not read: it passes through untouched.)"""
-    try:
-        usage = json.loads(body).get("usage") or {}
-        prompt, completion = (
-            int(usage.get("prompt_tokens", 0)),
-            int(usage.get("completion_tokens", 0)),
-        )
-    except (ValueError, AttributeError, TypeError):
-        return
+def _count_usage(
+    prompt: int, completion: int, model: str, request: Request, state: AppState
+) -> None:
+    """A remote answer's usage counts in the metrics and against the key's token limit, as a
+    local model's does: a whole answer's always, a stream's when the client asked for it."""
     for kind, count in (("prompt", prompt), ("completion", completion)):
         if count > 0:
             state.metrics.tokens.labels(model, kind).inc(count)

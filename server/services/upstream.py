@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +41,17 @@ class UpstreamService:
         await self._client.aclose()
 
     async def forward(
-        self, config: ModelConfig, path: str, body: dict[str, Any], *, stream: bool
+        self,
+        config: ModelConfig,
+        path: str,
+        body: dict[str, Any],
+        *,
+        stream: bool,
+        on_usage: UsageSink | None = None,
     ) -> UpstreamAnswer:
-        """POST ``body`` to the upstream's ``path`` (``/chat/completions``, ...)."""
+        """POST ``body`` to the upstream's ``path`` (``/chat/completions``, ...). ``on_usage``
+        gets the prompt and completion tokens the answer reports: a whole answer's always, a
+        stream's when the client asked for stream usage."""
         assert config.upstream is not None
         url = config.upstream.rstrip("/") + path
         payload = {**body, "model": config.upstream_model or config.name}
@@ -65,8 +73,10 @@ class UpstreamService:
                 raise _unreachable(config, exc) from exc
             finally:
                 await response.aclose()
+            if on_usage is not None and response.status_code == 200:
+                _report_usage(raw, on_usage)
             return UpstreamAnswer(response.status_code, content_type, _renamed(raw, config.name))
-        return UpstreamAnswer(200, content_type, lines=_sse_lines(response, config))
+        return UpstreamAnswer(200, content_type, lines=_sse_lines(response, config, on_usage))
 
 
 def _unreachable(config: ModelConfig, exc: Exception) -> UpstreamError:
@@ -77,6 +87,17 @@ def _unreachable(config: ModelConfig, exc: Exception) -> UpstreamError:
         f"{type(exc).__name__}",
         retry_after=5,
     )
+
+
+UsageSink = Callable[[int, int], None]
+
+
+def _report_usage(chunk: bytes, on_usage: UsageSink) -> None:
+    try:
+        usage = json.loads(chunk).get("usage") or {}
+        on_usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
+    except (ValueError, AttributeError, TypeError):
+        return
 
 
 def _renamed(raw: bytes, name: str) -> bytes:
@@ -91,13 +112,18 @@ def _renamed(raw: bytes, name: str) -> bytes:
     return raw
 
 
-async def _sse_lines(response: httpx.Response, config: ModelConfig) -> AsyncIterator[str]:
+async def _sse_lines(
+    response: httpx.Response, config: ModelConfig, on_usage: UsageSink | None
+) -> AsyncIterator[str]:
     """The upstream's SSE lines, each ``data:`` chunk renamed; a break-off ends the stream with
     an error event and ``[DONE]``, as Hearth's own streams end."""
     try:
         async for line in response.aiter_lines():
             if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                line = "data: " + _renamed(line[5:].strip().encode(), config.name).decode()
+                chunk = line[5:].strip().encode()
+                if on_usage is not None and b'"usage"' in chunk:
+                    _report_usage(chunk, on_usage)
+                line = "data: " + _renamed(chunk, config.name).decode()
             yield line + "\n"
     except httpx.HTTPError as exc:
         error = _unreachable(config, exc)

@@ -57,6 +57,19 @@ def test_streams_are_relayed_chunk_by_chunk(front: TestClient) -> None:
     chunks = sse_chunks(response)
     assert len(chunks) >= 3 and all(c["model"] == "far" for c in chunks)
     assert response.text.rstrip().endswith("data: [DONE]")
+    before = front.get("/metrics").text
+    with_usage = {**body, "stream_options": {"include_usage": True}, "max_tokens": 5}
+    last = sse_chunks(front.post("/v1/chat/completions", json=with_usage))[-1]
+    produced = last["usage"]["completion_tokens"]
+    assert 0 < produced <= 5 and last["model"] == "far"
+    assert _completion_tokens(front.get("/metrics").text) == _completion_tokens(before) + produced
+
+
+def _completion_tokens(metrics: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith('hearth_tokens_total{kind="completion",model="far"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def test_embeddings_and_completions_are_proxied(front: TestClient) -> None:
