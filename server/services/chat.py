@@ -133,13 +133,12 @@ class ChatService:
             finish: FinishReason = openai_finish_reason(r.finish_reason)
             if run.tools is not None:
                 parser = ToolCallParser(run.tools.functions)
-                head, calls = parser.feed(r.text)
+                head, _ = parser.feed(r.text)
                 content = head + parser.finish()
+                calls = parser.calls or None
                 if calls:
                     content = content if content.strip() else None
                     finish = "tool_calls" if finish == "stop" else finish
-                else:
-                    calls = None
             choices.append(
                 ChatChoice(
                     index=r.index,
@@ -178,7 +177,7 @@ class ChatService:
             parser = parsers[index]
             content, calls = parser.feed(event.text) if parser else (event.text, [])
             if event.finish_reason is not None and parser is not None:
-                content += parser.finish()
+                content += parser.finish(partial_as_content=False)
             logprobs = (
                 chat_logprobs(event.logprobs) if run.wants_logprobs and event.logprobs else None
             )
@@ -186,19 +185,13 @@ class ChatService:
                 delta = ChatDelta(content=content)
                 yield chunk([ChatChunkChoice(index=index, delta=delta, logprobs=logprobs)])
             for call in calls:
-                assert parser is not None
-                number = parser.calls.index(call)
-                head = ToolCallDelta(
-                    index=number,
+                part = ToolCallDelta(
+                    index=call.index,
                     id=call.id,
-                    type="function",
-                    function=FunctionCallDelta(name=call.function.name, arguments=""),
+                    type="function" if call.id else None,
+                    function=FunctionCallDelta(name=call.name, arguments=call.arguments),
                 )
-                body = ToolCallDelta(
-                    index=number, function=FunctionCallDelta(arguments=call.function.arguments)
-                )
-                for part in (head, body):
-                    yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[part]))])
+                yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[part]))])
             if event.finish_reason is not None:
                 check_finish(event)
                 reason: FinishReason = openai_finish_reason(event.finish_reason)

@@ -16,6 +16,7 @@ for whole responses and, incrementally, for streams.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -124,25 +125,46 @@ def parse_arguments(arguments: Any) -> Any:
     return arguments
 
 
+@dataclass(frozen=True)
+class CallDelta:
+    """A piece of a tool call as it streams: the first carries its id and name, later ones
+    more of its arguments (JSON text, which joins to the call's ``arguments``)."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+# How a constrained call begins (the grammar writes the name before the arguments).
+_CALL_HEAD = re.compile(r'^\s*\{\s*"name"\s*:\s*"([A-Za-z0-9_-]{1,64})"\s*,\s*"arguments"\s*:\s*')
+
+
 class ToolCallParser:
     """Splits a choice's output into content and tool calls, incrementally.
 
-    Text that might be the start of ``<tool_call>`` is held back until it is clearly not; a
-    call is released when its closing tag arrives. Whitespace between calls is dropped. A
-    call that is not valid JSON naming a known function is returned as content, unchanged.
+    Text that might be the start of ``<tool_call>`` is held back until it is clearly not. Once
+    a call's head (``{"name": "...", "arguments":``) has arrived, its id and name are released,
+    then its arguments as they come, holding back only what could be the call's closing brace;
+    a call whose head looks otherwise is released whole when its closing tag arrives.
+    Whitespace between calls is dropped. A call that is not valid JSON naming a known function
+    is returned as content, unchanged.
     """
 
     def __init__(self, functions: Sequence[FunctionSpec]) -> None:
         self._names = {f.name for f in functions}
         self._buffer = ""
         self._in_call = False
+        self._open: CallDelta | None = None  # the call whose head has been released
+        self._args_start = 0  # where its arguments begin in the buffer
+        self._sent = ""  # the part of its arguments released so far
         self.calls: list[ToolCall] = []
 
-    def feed(self, text: str) -> tuple[str, list[ToolCall]]:
-        """Add output text; returns the content now safe to show and the calls completed."""
+    def feed(self, text: str) -> tuple[str, list[CallDelta]]:
+        """Add output text; returns the content now safe to show and the call pieces."""
         self._buffer += text
         content: list[str] = []
-        calls: list[ToolCall] = []
+        deltas: list[CallDelta] = []
         while True:
             if not self._in_call:
                 start = self._buffer.find(TOOL_CALL_OPEN)
@@ -156,26 +178,72 @@ class ToolCallParser:
                 self._in_call = True
             end = self._buffer.find(TOOL_CALL_CLOSE)
             if end < 0:
+                deltas += self._stream_open_call()
                 break
             raw, self._buffer = self._buffer[:end], self._buffer[end + len(TOOL_CALL_CLOSE) :]
             self._in_call = False
-            call = self._parse(raw)
-            if call is None:
-                content.append(TOOL_CALL_OPEN + raw + TOOL_CALL_CLOSE)
-            else:
-                calls.append(call)
-        self.calls += calls
-        return self._visible("".join(content)), calls
+            deltas += self._close(raw, content)
+        return self._visible("".join(content)), deltas
 
-    def finish(self) -> str:
-        """The end of the output: whatever is held back is content after all."""
+    def finish(self, *, partial_as_content: bool = True) -> str:
+        """The end of the output: what is held back is content after all. A call cut short
+        whose head was already streamed is dropped unless ``partial_as_content``."""
+        streamed = self._open is not None
         rest = (TOOL_CALL_OPEN if self._in_call else "") + self._buffer
-        self._buffer, self._in_call = "", False
+        self._buffer, self._in_call, self._open, self._sent = "", False, None, ""
+        if streamed and not partial_as_content:
+            return ""
         return self._visible(rest)
+
+    def _stream_open_call(self) -> list[CallDelta]:
+        deltas: list[CallDelta] = []
+        if self._open is None:
+            head = _CALL_HEAD.match(self._buffer)
+            # Wait for the arguments' first character: the space before it may not be in yet.
+            if head is None or head.end() == len(self._buffer):
+                return []
+            if head.group(1) not in self._names:
+                return []
+            self._open = CallDelta(len(self.calls), f"call_{uuid.uuid4().hex[:24]}", head.group(1))
+            self._args_start, self._sent = head.end(), ""
+            deltas.append(self._open)
+        arguments = self._buffer[self._args_start :]
+        # Everything up to the last "}" seen is arguments: the call's own closing brace can
+        # only be that one or a later one.
+        last_brace = arguments.rfind("}")
+        safe = (arguments[:last_brace] if last_brace >= 0 else arguments).rstrip()
+        if len(safe) > len(self._sent):
+            deltas.append(CallDelta(self._open.index, arguments=safe[len(self._sent) :]))
+            self._sent = safe
+        return deltas
+
+    def _close(self, raw: str, content: list[str]) -> list[CallDelta]:
+        opened, self._open = self._open, None
+        if opened is not None:
+            body = raw[self._args_start :].rstrip()
+            arguments = body[:-1].rstrip() if body.endswith("}") else body
+            self.calls.append(
+                ToolCall(
+                    id=opened.id or "",
+                    function=FunctionCall(name=opened.name or "", arguments=arguments),
+                )
+            )
+            rest = arguments[len(self._sent) :] if arguments.startswith(self._sent) else ""
+            return [CallDelta(opened.index, arguments=rest)] if rest else []
+        call = self._parse(raw)
+        if call is None:
+            content.append(TOOL_CALL_OPEN + raw + TOOL_CALL_CLOSE)
+            return []
+        self.calls.append(call)
+        index = len(self.calls) - 1
+        return [
+            CallDelta(index, call.id, call.function.name),
+            CallDelta(index, arguments=call.function.arguments),
+        ]
 
     def _visible(self, content: str) -> str:
         # Once the model has called a tool, the newlines between calls are not content.
-        return "" if self.calls and not content.strip() else content
+        return "" if (self.calls or self._open) and not content.strip() else content
 
     def _parse(self, raw: str) -> ToolCall | None:
         try:
@@ -184,12 +252,15 @@ class ToolCallParser:
             return None
         if not isinstance(value, dict) or value.get("name") not in self._names:
             return None
-        arguments = value.get("arguments", {})
+        head = _CALL_HEAD.match(raw)
+        if head is not None:  # the arguments as the model wrote them, as a stream sends them
+            body = raw[head.end() :].rstrip()
+            arguments = body[:-1].rstrip() if body.endswith("}") else body
+        else:
+            arguments = json.dumps(value.get("arguments", {}), ensure_ascii=False)
         return ToolCall(
             id=f"call_{uuid.uuid4().hex[:24]}",
-            function=FunctionCall(
-                name=value["name"], arguments=json.dumps(arguments, ensure_ascii=False)
-            ),
+            function=FunctionCall(name=value["name"], arguments=arguments),
         )
 
 

@@ -19,26 +19,49 @@ CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</
 
 def test_text_then_a_call() -> None:
     parser = ToolCallParser(FUNCTIONS)
-    content, calls = parser.feed("Let me check. " + CALL)
+    content, deltas = parser.feed("Let me check. " + CALL)
     assert content == "Let me check. "
-    assert [c.function.name for c in calls] == ["get_weather"]
-    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}
-    assert calls[0].id.startswith("call_")
+    (call,) = parser.calls
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert deltas[0].id == call.id and deltas[0].name == "get_weather"
+    assert "".join(d.arguments for d in deltas) == call.function.arguments
     assert parser.finish() == ""
 
 
-def test_streamed_in_small_pieces_gives_the_same_result() -> None:
+def test_streamed_in_small_pieces_gives_the_same_calls_and_arguments_as_they_come() -> None:
     text = "Hi " + CALL + "\n" + CALL.replace("get_weather", "add")
     parser = ToolCallParser(FUNCTIONS)
-    content, names = "", []
+    content, deltas = "", []
     for i in range(0, len(text), 3):
-        piece, calls = parser.feed(text[i : i + 3])
+        piece, new = parser.feed(text[i : i + 3])
         content += piece
-        names += [c.function.name for c in calls]
-    content += parser.finish()
+        deltas += new
+    content += parser.finish(partial_as_content=False)
     assert content == "Hi "
-    assert names == ["get_weather", "add"]
-    assert len({c.id for c in parser.calls}) == 2
+    assert [c.function.name for c in parser.calls] == ["get_weather", "add"]
+    for index, call in enumerate(parser.calls):
+        mine = [d for d in deltas if d.index == index]
+        assert mine[0].id == call.id and mine[0].name == call.function.name
+        assert "".join(d.arguments for d in mine) == call.function.arguments
+        assert len([d for d in mine if d.arguments]) > 1  # the arguments came in pieces
+    whole = ToolCallParser(FUNCTIONS)
+    whole.feed(text)
+    whole.finish()
+    assert [c.function.arguments for c in whole.calls] == [
+        c.function.arguments for c in parser.calls
+    ]
+
+
+def test_a_call_cut_short_after_its_head_was_streamed() -> None:
+    streamed = ToolCallParser(FUNCTIONS)
+    _, deltas = streamed.feed('<tool_call>\n{"name": "add", "arguments": {"a": 1')
+    assert deltas[0].name == "add" and deltas[-1].arguments == '{"a": 1'
+    assert streamed.finish(partial_as_content=False) == ""
+    assert streamed.calls == []
+    whole = ToolCallParser(FUNCTIONS)
+    whole.feed('<tool_call>\n{"name": "add", "arguments": {"a": 1')
+    assert whole.finish() == '<tool_call>\n{"name": "add", "arguments": {"a": 1'
 
 
 def test_a_partial_tag_is_held_back_until_it_is_clearly_text() -> None:
@@ -50,8 +73,8 @@ def test_a_partial_tag_is_held_back_until_it_is_clearly_text() -> None:
 def test_a_malformed_or_unknown_call_stays_text() -> None:
     parser = ToolCallParser(FUNCTIONS)
     bad = '<tool_call>{"name": "rm_rf", "arguments": {}}</tool_call>'
-    content, calls = parser.feed(bad)
-    assert (content, calls) == (bad, [])
+    content, deltas = parser.feed(bad)
+    assert (content, deltas, parser.calls) == (bad, [], [])
     cut = ToolCallParser(FUNCTIONS)
     assert cut.feed('<tool_call>{"name": "add"') == ("", [])
     assert cut.finish() == '<tool_call>{"name": "add"'
