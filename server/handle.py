@@ -9,7 +9,8 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from server.engine.llama import LlamaBackend, LlamaEmbedder
+from server.engine.embedder import LlamaEmbedder
+from server.engine.llama import LlamaBackend
 from server.engine.scheduler import Scheduler
 from server.engine.stream import GenerationStream
 from server.engine.types import GenerationRequest, Grammar
