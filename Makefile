@@ -12,9 +12,16 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The llama-cpp-python pinned in pyproject.toml, built by scripts/llama_wheel.sh (see there why).
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml | head -1)
+
+$(STAMP): pyproject.toml scripts/llama_wheel.sh
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	wheels=$$(scripts/llama_wheel.sh $(BIN)/python $(LLAMA_CPP_VERSION)) && \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps \
+	    --force-reinstall "$$wheels"/llama_cpp_python-*.whl && \
+	  $(BIN)/python -m pip install --quiet --disable-pip-version-check \
+	    --find-links "$$wheels" -e '.[test]'
 	@touch $(STAMP)
 
 models: install

@@ -69,15 +69,26 @@ class Gateway:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.monotonic()
         status = 500
+        key: ApiKey | None = None
+        released = False
+
+        def release_key() -> None:
+            nonlocal released
+            if key is not None and state is not None and not released:
+                released = True
+                state.limiter.release(key)
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # The answer is complete: a client that reads the last byte and sends its next
+                # request at once must find the key's concurrency free again.
+                release_key()
             await send(message)
 
-        key: ApiKey | None = None
         try:
             if state is not None and scope["path"] not in OPEN_PATHS:
                 try:
@@ -91,9 +102,8 @@ class Gateway:
         finally:
             elapsed = time.monotonic() - started
             model = scope["state"].get("model", "")
+            release_key()
             if state is not None:
-                if key is not None:
-                    state.limiter.release(key)
                 path = scope["path"]
                 route = path if path in KNOWN_ROUTES else "other"
                 state.metrics.record_request(route, model, status, elapsed)
