@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from llama_cpp.llama_grammar import SchemaConverter
 
+from server.engine.gbnf import GrammarRejected, validate_gbnf
+from server.engine.grammar_limits import GrammarLimitError, check_keyword_bounds, check_schema_size
 from server.engine.types import Grammar
 
 # Keywords that constrain a value but that the converter does not enforce.
@@ -54,6 +57,8 @@ _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUBSCHEMAS = ("items", "additionalProperties")
 
+logger = logging.getLogger(__name__)
+
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 
@@ -77,7 +82,7 @@ def json_schema_grammar(schema: dict[str, Any]) -> Grammar:
     """A grammar for JSON values that match ``schema``."""
     converter = _converter()
     root = _visit(converter, schema, "")
-    return Grammar(_format(converter), root=root)
+    return Grammar(_checked(_format(converter)), root=root)
 
 
 def json_object_grammar() -> Grammar:
@@ -92,24 +97,74 @@ def tool_call_grammar(
     to one of ``functions`` with arguments matching its schema; several in a row when
     ``parallel``. ``lazy``: text is free until ``<tool_call>`` appears, and constrained after."""
     converter = _converter()
-    calls = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": f.name}, "arguments": f.parameters or {}},
-            "required": ["name", "arguments"],
-        }
-        for f in functions
-    ]
-    call = _visit(converter, {"anyOf": calls} if len(calls) > 1 else calls[0], "call")
+    # Each function's parameters are a document of their own: their references (pydantic
+    # writes "#/$defs/X") point into them, not into the wrapper built around them here. Each
+    # is kept under the wrapper's $defs, its references rebased to point there.
+    definitions: dict[str, Any] = {}
+    calls = []
+    for i, function in enumerate(functions):
+        parameters = function.parameters or {}
+        check_schema(parameters)
+        home = f"{_FUNCTION_ROOT}{i}"
+        definitions[home] = _rebased(parameters, f"#/$defs/{home}")
+        calls.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": function.name},
+                    "arguments": {"$ref": f"#/$defs/{home}"},
+                },
+                "required": ["name", "arguments"],
+            }
+        )
+    wrapper: dict[str, Any] = {"anyOf": calls} if len(calls) > 1 else dict(calls[0])
+    wrapper["$defs"] = definitions
+    call = _visit(converter, wrapper, "call", checked=True)
     one = f'"{TOOL_CALL_OPEN}\\n" {call} "\\n{TOOL_CALL_CLOSE}"'
     rules = _format(converter)
     rules += f"\ntool-call ::= {one}"
     rules += "\nroot ::= tool-call" + (' ("\\n" tool-call)*' if parallel else "")
-    return Grammar(rules, triggers=(TOOL_CALL_OPEN,) if lazy else ())
+    return Grammar(_checked(rules), triggers=(TOOL_CALL_OPEN,) if lazy else ())
+
+
+# Where tool_call_grammar keeps each function's parameters, under the wrapper's $defs.
+_FUNCTION_ROOT = "hearth-function-"
+
+
+def _rebased(schema: Any, base: str) -> Any:
+    """``schema`` with every local reference ``#/...`` made relative to ``base`` instead."""
+    if isinstance(schema, list):
+        return [_rebased(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rebased = {key: _rebased(value, base) for key, value in schema.items()}
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        rebased["$ref"] = base + ref[1:]
+    return rebased
+
+
+def _checked(gbnf: str) -> str:
+    """``gbnf``, once llama.cpp is sure to parse it (see :mod:`server.engine.gbnf`)."""
+    try:
+        validate_gbnf(gbnf)
+    except GrammarRejected as exc:
+        logger.warning("refused a grammar made from a schema: %s", exc)
+        raise SchemaNotSupported(str(exc)) from None
+    return gbnf
 
 
 def check_schema(schema: Any, path: str = "") -> None:
-    """Raise :class:`SchemaNotSupported` for anything in ``schema`` a grammar cannot enforce."""
+    """Raise :class:`SchemaNotSupported` for anything in ``schema`` a grammar cannot enforce,
+    or that is beyond the bounds of :mod:`server.engine.grammar_limits`."""
+    try:
+        check_schema_size(schema)
+    except GrammarLimitError as exc:
+        raise SchemaNotSupported(str(exc), path=path) from None
+    _check_node(schema, path)
+
+
+def _check_node(schema: Any, path: str) -> None:
     if isinstance(schema, bool):
         if schema is False:
             raise SchemaNotSupported("a schema of `false` matches nothing", path=path)
@@ -132,8 +187,12 @@ def check_schema(schema: Any, path: str = "") -> None:
             raise SchemaNotSupported(
                 "a 'pattern' must be anchored with ^ and $ to be enforced", path=path
             )
+    try:
+        check_keyword_bounds(schema)
+    except GrammarLimitError as exc:
+        raise SchemaNotSupported(str(exc), path=path) from None
     for name, sub in _subschemas(schema):
-        check_schema(sub, f"{path}/{name}")
+        _check_node(sub, f"{path}/{name}")
 
 
 def _subschemas(schema: dict[str, Any]) -> Iterator[tuple[str, Any]]:
@@ -166,8 +225,11 @@ def _converter() -> SchemaConverter:
     )
 
 
-def _visit(converter: SchemaConverter, schema: dict[str, Any], name: str) -> str:
-    check_schema(schema)
+def _visit(
+    converter: SchemaConverter, schema: dict[str, Any], name: str, *, checked: bool = False
+) -> str:
+    if not checked:
+        check_schema(schema)
     schema = copy.deepcopy(schema)  # references are rewritten in place below
     _resolve_local_refs(converter, schema)
     try:

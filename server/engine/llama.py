@@ -20,7 +20,7 @@ import llama_cpp
 import numpy as np
 
 from server.engine.embedder import LlamaEmbedder
-from server.engine.types import Grammar, SamplingParams, TopLogprob
+from server.engine.types import Grammar, SamplingDeadEnd, SamplingParams, TopLogprob
 from server.errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -28,14 +28,17 @@ _native_logger = logging.getLogger("hearth.llama_cpp")
 
 # ggml log levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation of the previous line.
 _NATIVE_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+_NATIVE_MAX_BYTES = 1000
 
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
 def _forward_native_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     # llama.cpp is chatty on stderr; route it into logging so the server's log stays readable.
-    _native_logger.log(
-        _NATIVE_LEVELS.get(level, logging.DEBUG), "%s", text.decode(errors="replace").rstrip()
-    )
+    # A message is cut short: some quote their input, and a client's input can be megabytes.
+    message = text[:_NATIVE_MAX_BYTES].decode(errors="replace").rstrip()
+    if len(text) > _NATIVE_MAX_BYTES:
+        message += f" ... ({len(text)} bytes)"
+    _native_logger.log(_NATIVE_LEVELS.get(level, logging.DEBUG), "%s", message)
 
 
 class _ThreadpoolParams(ctypes.Structure):
@@ -177,8 +180,10 @@ class LlamaBackend:
         self.kv_cache_bytes = n_layer * n_ctx * n_slots * kv_width * 2 * 2
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_slots)
         self._samplers: list[ctypes.c_void_p | None] = [None] * n_slots
-        # Each slot's grammar sampler, outside its chain (see sample()).
+        # Each slot's grammar sampler, outside its chain (see sample()), and the tokens its
+        # logit_bias bans (to tell when a grammar leaves nothing to choose).
         self._grammars: list[ctypes.c_void_p | None] = [None] * n_slots
+        self._banned: list[np.ndarray[Any, np.dtype[Any]] | None] = [None] * n_slots
         self._candidates: np.ndarray[Any, np.dtype[Any]] | None = None
         self._piece_cache: dict[int, bytes] = {}
 
@@ -261,6 +266,8 @@ class LlamaBackend:
                 raise RuntimeError("llama.cpp could not parse the grammar")
         self._samplers[slot] = self._build_sampler(sampling)
         self._grammars[slot] = grammar
+        banned = [token for token, bias in sampling.logit_bias if bias == float("-inf")]
+        self._banned[slot] = np.array(banned, dtype=np.int64) if grammar and banned else None
 
     def end(self, slot: int) -> None:
         """The sequence is done; its KV cells stay, for a later request to reuse."""
@@ -330,10 +337,10 @@ class LlamaBackend:
         if grammar is None:
             # llama_sampler_sample also accepts the token into the chain (penalty history).
             return int(llama_cpp.llama_sampler_sample(sampler, self._ctx, batch_index))
-        return self._sample_with_grammar(sampler, grammar, batch_index)
+        return self._sample_with_grammar(sampler, grammar, slot, batch_index)
 
     def _sample_with_grammar(
-        self, chain: ctypes.c_void_p, grammar: ctypes.c_void_p, batch_index: int
+        self, chain: ctypes.c_void_p, grammar: ctypes.c_void_p, slot: int, batch_index: int
     ) -> int:
         """Sample without the grammar, and check only the chosen token against it; apply the
         grammar to every candidate only when that token is refused.
@@ -341,22 +348,38 @@ class LlamaBackend:
         A grammar checks a candidate by matching its text against the parse stacks: over a
         49,152-token vocabulary that cost 6 ms a token, most of a decode step, while the
         unconstrained choice is usually allowed anyway. (llama.cpp's own server does the same.)
+
+        A token reaches ``llama_sampler_accept`` only once the grammar has allowed it: accepting
+        a refused token throws inside llama.cpp, which aborts the process. When the grammar
+        leaves nothing that ``logit_bias`` has not banned, :class:`SamplingDeadEnd` ends the
+        sequence instead.
         """
         token = self._apply_and_select(chain, batch_index, grammar=None)
-        single = llama_cpp.llama_token_data(token, 1.0, 0.0)
-        one = llama_cpp.llama_token_data_array(ctypes.pointer(single), 1, -1, False)
-        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(one))
-        if single.logit == float("-inf"):
-            token = self._apply_and_select(chain, batch_index, grammar=grammar)
+        if not self._grammar_allows(grammar, token):
+            token = self._apply_and_select(chain, batch_index, grammar=grammar, slot=slot)
+            if not self._grammar_allows(grammar, token):
+                raise SamplingDeadEnd("the grammar refused every token the samplers chose")
         llama_cpp.llama_sampler_accept(grammar, token)
         llama_cpp.llama_sampler_accept(chain, token)
         return token
 
+    @staticmethod
+    def _grammar_allows(grammar: ctypes.c_void_p, token: int) -> bool:
+        single = llama_cpp.llama_token_data(token, 1.0, 0.0)
+        one = llama_cpp.llama_token_data_array(ctypes.pointer(single), 1, -1, False)
+        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(one))
+        return bool(single.logit != float("-inf"))
+
     def _apply_and_select(
-        self, chain: ctypes.c_void_p, batch_index: int, grammar: ctypes.c_void_p | None
+        self,
+        chain: ctypes.c_void_p,
+        batch_index: int,
+        grammar: ctypes.c_void_p | None,
+        slot: int = -1,
     ) -> int:
         """Run the samplers over every token's logit at ``batch_index`` and return the choice
-        (without accepting it)."""
+        (without accepting it). With a grammar, raise :class:`SamplingDeadEnd` when it leaves
+        no token that the slot's ``logit_bias`` has not banned."""
         if self._candidates is None:
             dtype = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
             assert dtype.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
@@ -370,6 +393,14 @@ class LlamaBackend:
         array = llama_cpp.llama_token_data_array(data, self.n_vocab, -1, False)
         if grammar is not None:
             llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
+            allowed = np.isfinite(candidates["logit"])
+            banned = self._banned[slot]
+            if banned is not None:
+                allowed[banned] = False
+            if not allowed.any():
+                raise SamplingDeadEnd(
+                    "no token can follow: logit_bias bans every token the grammar allows here"
+                )
         llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
         if not 0 <= array.selected < array.size:
             raise RuntimeError("the sampler chain selected no token")

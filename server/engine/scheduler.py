@@ -26,6 +26,7 @@ from server.engine.text import TextStream, TokenTexts
 from server.engine.types import (
     FinishReason,
     GenerationRequest,
+    SamplingDeadEnd,
     SamplingParams,
     TokenEvent,
     TokenLogprob,
@@ -404,7 +405,12 @@ class Scheduler:
                 self._retire(ticket, "error", error=str(exc))
             return
         for ticket, index in sampled_at:
-            self._advance(ticket, self._backend.sample(ticket.slot, index), index)
+            try:
+                token = self._backend.sample(ticket.slot, index)
+            except SamplingDeadEnd as exc:
+                self._retire(ticket, "invalid", error=str(exc))
+                continue
+            self._advance(ticket, token, index)
 
     def _advance(self, ticket: Ticket, token: int, batch_index: int) -> None:
         assert ticket.text is not None

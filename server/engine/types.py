@@ -9,8 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-# "stop" and "length" are OpenAI's; the others end a request abnormally.
-FinishReason = Literal["stop", "length", "cancelled", "error", "queue_timeout", "deadline"]
+# "stop" and "length" are OpenAI's; the others end a request abnormally. "invalid": the
+# request's own constraints left no token to choose (see SamplingDeadEnd).
+FinishReason = Literal[
+    "stop", "length", "cancelled", "error", "invalid", "queue_timeout", "deadline"
+]
+
+
+class SamplingDeadEnd(Exception):
+    """No token may follow: the grammar allows none that ``logit_bias`` has not banned. The
+    sequence ends; nothing the grammar refused is ever accepted into it (llama.cpp aborts the
+    whole process on that)."""
 
 
 @dataclass(frozen=True)

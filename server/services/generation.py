@@ -18,7 +18,13 @@ from typing import Literal
 
 from server.engine.stream import GenerationStream
 from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TokenLogprob
-from server.errors import EngineError, QueueTimeoutError, RequestTimeoutError, ShuttingDownError
+from server.errors import (
+    EngineError,
+    InvalidRequestError,
+    QueueTimeoutError,
+    RequestTimeoutError,
+    ShuttingDownError,
+)
 from server.handle import Lease, ModelHandle
 from server.metrics import RunRecord
 from server.protocol.common import PromptTokensDetails, SamplingFields, Usage
@@ -175,6 +181,12 @@ def openai_finish_reason(reason: str) -> Literal["stop", "length"]:
 
 def check_finish(event: TokenEvent) -> None:
     """Turn an abnormal end into the error the client should see."""
+    if event.finish_reason == "invalid":
+        raise InvalidRequestError(
+            f"generation stopped: {event.error or 'no token could follow'}",
+            param="logit_bias",
+            code="no_allowed_token",
+        )
     if event.finish_reason == "error":
         raise EngineError(f"generation failed: {event.error or 'unknown engine error'}")
     if event.finish_reason == "cancelled":

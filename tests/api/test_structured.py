@@ -110,6 +110,40 @@ def test_a_named_tool_choice_forces_a_valid_call(client: TestClient) -> None:
     assert _assert_weather_call(call) == {"city": "Rome"}
 
 
+class Stop(BaseModel):
+    city: str = Field(max_length=30)
+    nights: int
+
+
+class Trip(BaseModel):
+    traveller: str = Field(max_length=30)
+    stops: list[Stop] = Field(max_length=3)
+
+
+def test_tool_parameters_with_their_own_defs_resolve_within_the_function(
+    client: TestClient,
+) -> None:
+    # pydantic writes nested models as "$ref": "#/$defs/Stop", relative to the parameters,
+    # not to the call Hearth wraps around them; this was a 400 ("points nowhere").
+    trip_tool = {
+        "type": "function",
+        "function": {"name": "plan_trip", "parameters": Trip.model_json_schema()},
+    }
+    data = chat(
+        client,
+        messages=[{"role": "user", "content": "Plan a trip to Rome and Paris for Ann."}],
+        tools=[WEATHER_TOOL, trip_tool],
+        tool_choice={"type": "function", "function": {"name": "plan_trip"}},
+        temperature=0,
+        max_tokens=120,
+    )
+    choice = data["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", choice
+    (call,) = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "plan_trip"
+    Trip.model_validate_json(call["function"]["arguments"])
+
+
 def test_required_without_parallel_calls_gives_exactly_one_call(client: TestClient) -> None:
     data = chat(
         client,

@@ -73,3 +73,61 @@ def test_tool_call_grammar_forced_lazy_and_parallel() -> None:
     assert lazy.triggers == ("<tool_call>",)
     assert 'root ::= tool-call ("\\n" tool-call)*' in lazy.gbnf
     assert '"\\"get_weather\\""' in lazy.gbnf and '"\\"noop\\""' in lazy.gbnf
+
+
+@pytest.mark.parametrize(
+    ("schema", "named"),
+    [
+        ({"type": "string", "maxLength": 1001}, "maxLength"),
+        ({"type": "string", "minLength": -1}, "minLength"),
+        ({"type": "array", "maxItems": 5000}, "maxItems"),
+        ({"type": "string", "pattern": "^a{2000}$"}, "pattern"),
+        ({"type": "string", "pattern": "^(a{100}|b){300}$"}, "pattern"),
+        ({"type": "string", "pattern": "^" + "a" * 3000 + "$"}, "pattern"),
+        ({"enum": list(range(257))}, "enum"),
+        ({"oneOf": [{"const": i} for i in range(257)]}, "oneOf"),
+        ({"anyOf": []}, "grammar"),
+        ({"type": "object", "properties": {'a"b': {"type": "string"}}}, "grammar"),
+    ],
+)
+def test_schemas_beyond_the_bounds_are_refused_by_name(
+    schema: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(SchemaNotSupported, match=named):
+        json_schema_grammar(schema)
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    json_schema_grammar({"type": "string", "maxLength": 1000})
+    json_schema_grammar({"type": "array", "items": {"type": "integer"}, "maxItems": 1000})
+    json_schema_grammar({"enum": [f"v{i}" for i in range(256)]})
+    json_schema_grammar({"type": "string", "pattern": "^(a{10}){100}$"})
+
+
+def test_deep_schemas_are_refused_without_recursion() -> None:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(5000):
+        schema = {"type": "array", "items": schema}
+    with pytest.raises(SchemaNotSupported, match="nested deeper"):
+        json_schema_grammar(schema)
+    value: Any = "x"
+    for _ in range(5000):
+        value = [value]
+    with pytest.raises(SchemaNotSupported, match="nested deeper"):
+        json_schema_grammar({"const": value})
+
+
+def test_each_functions_references_resolve_within_its_own_parameters() -> None:
+    first = {
+        "type": "object",
+        "properties": {"item": {"$ref": "#/$defs/Item"}},
+        "$defs": {"Item": {"type": "integer"}},
+    }
+    second = {
+        "type": "object",
+        "properties": {"item": {"$ref": "#/$defs/Item"}},
+        "$defs": {"Item": {"type": "boolean"}},
+    }
+    grammar = tool_call_grammar([FunctionSpec("a", first), FunctionSpec("b", second)], parallel=False)
+    # Two different "Item" definitions, each reached from its own function.
+    assert "integer" in grammar.gbnf and "boolean" in grammar.gbnf
