@@ -42,11 +42,13 @@ class KeyLimits:
 
 @dataclass(frozen=True)
 class ApiKey:
-    """A known key: its name (used in logs, metrics and queue fairness), digest and limits."""
+    """A known key: its name (used in logs, metrics and queue fairness), digest and limits.
+    An ``admin`` key may also shorten a model's keep_alive (and so unload a shared model)."""
 
     name: str
     digest: bytes = field(repr=False)
     limits: KeyLimits = KeyLimits()
+    admin: bool = False
 
 
 class KeyStore:
@@ -104,7 +106,7 @@ def _key_from_entry(entry: dict[str, Any], defaults: KeyLimits, *, where: str) -
             digest = b""
         if len(digest) != 32:
             raise ValueError(f"{where}: key_sha256 must be 64 hex digits")
-    known = {"name", "key", "key_sha256", *KeyLimits.__dataclass_fields__}
+    known = {"name", "key", "key_sha256", "admin", *KeyLimits.__dataclass_fields__}
     unknown = set(entry) - known
     if unknown:
         raise ValueError(f"{where}: unknown fields {sorted(unknown)}")
@@ -114,7 +116,10 @@ def _key_from_entry(entry: dict[str, Any], defaults: KeyLimits, *, where: str) -
             for name in KeyLimits.__dataclass_fields__
         }
     )
-    return ApiKey(str(entry.get("name") or where), digest, limits)
+    admin = entry.get("admin", False)
+    if not isinstance(admin, bool):
+        raise ValueError(f"{where}: admin must be true or false")
+    return ApiKey(str(entry.get("name") or where), digest, limits, admin=admin)
 
 
 @dataclass
@@ -168,6 +173,20 @@ class RateLimiter:
             usage = self._window(key.name, self._clock())
             usage.tokens.append((self._clock(), tokens))
             usage.token_total += tokens
+
+    def consume_tokens(self, key: ApiKey, tokens: int) -> None:
+        """Count ``tokens`` now, as a generation produces them, and raise
+        :class:`RateLimitError` once the key is over its tokens per minute: a long stream is
+        stopped when it crosses the limit, not counted after it ends."""
+        self.record_tokens(key, tokens)
+        tpm = key.limits.tokens_per_minute
+        usage = self._usage.get(key.name)
+        if tpm is not None and usage is not None and usage.token_total > tpm:
+            raise RateLimitError(
+                f"API key '{key.name}' went over its limit of {tpm} tokens per minute; "
+                "the generation was stopped",
+                retry_after=max(1, math.ceil(self._token_wait(usage, tpm, self._clock()))),
+            )
 
     def concurrent(self, key: ApiKey) -> int:
         usage = self._usage.get(key.name)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from server.embedding_worker import EmbeddingWorker
 from server.engine.embedder import LlamaEmbedder
 from server.engine.llama import LlamaBackend
 from server.engine.scheduler import Scheduler
-from server.engine.stream import GenerationStream
+from server.engine.stream import GenerationStream, open_streams
 from server.engine.types import GenerationRequest, Grammar
 from server.errors import InvalidRequestError
 from server.settings import ModelConfig
@@ -38,8 +38,14 @@ class ModelHandle:
     last_used: float = field(default_factory=time.monotonic)
     # Requests holding a lease on the model: it is never unloaded while any do.
     active: int = 0
-    _embedder: LlamaEmbedder | None = field(default=None, repr=False)
-    _embed_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Embedding requests wait at most this many deep (the model's max_queue).
+    max_embedding_waiting: int = 64
+    _embeddings: EmbeddingWorker = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._embeddings = EmbeddingWorker(
+            self.name, self._embedding_context, self.max_embedding_waiting
+        )
 
     @property
     def name(self) -> str:
@@ -60,8 +66,21 @@ class ModelHandle:
     def special_token_text(self, which: str) -> str:
         return self.backend.special_token_text(which)
 
-    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
-        return self.backend.tokenize(text, add_special=add_special, parse_special=True)
+    def tokenize(self, text: str, *, add_special: bool, markup: bool = False) -> list[int]:
+        """Token ids of ``text``: data (no control tokens), or with ``markup`` a rendered
+        template whose own special-token text becomes control tokens (request strings in it
+        were :meth:`escape`d)."""
+        return self.backend.tokenize(text, add_special=add_special, markup=markup)
+
+    def escape(self, text: str) -> str:
+        """A request's string, made unable to become control tokens in a template."""
+        return self.backend.tokenizer.escape(text)
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """Text longer than this cannot fit the context, whatever it is: every token stands
+        for at most ``max_token_bytes`` bytes. Longer prompts are refused before tokenizing."""
+        return self.n_ctx * self.backend.max_token_bytes
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self.backend.detokenize(tokens)
@@ -74,30 +93,36 @@ class ModelHandle:
     def n_embd(self) -> int:
         return self.backend.n_embd
 
-    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
-        """Pooled embeddings of token inputs (blocking: call it from a worker thread). Inputs
-        are embedded one request at a time, beside the decode loop, not in it."""
-        with self._embed_lock:
-            return self._embedding_context().embed(inputs)
-
-    def _embedding_context(self) -> LlamaEmbedder:
+    async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Pooled embeddings of token inputs, from a second context beside the decode loop
+        (not in it), on the model's own embedding thread."""
         if not self.config.embeddings:
             raise InvalidRequestError(
                 f"model '{self.name}' does not serve embeddings (embeddings = false in its config)",
                 param="model",
             )
-        if self._embedder is None:
-            self._embedder = self.backend.embedder(
-                n_ctx=self.n_ctx,
-                n_seqs=EMBEDDING_SEQUENCES,
-                n_threads=self.config.effective_threads(),
-                pooling=self.config.pooling,
-            )
-        return self._embedder
+        return await self._embeddings.embed(inputs)
 
-    def generate(self, request: GenerationRequest) -> GenerationStream:
-        """Queue ``request``; raises QueueFullError or ShuttingDownError if it cannot wait."""
-        return GenerationStream(self.scheduler, request)
+    def _embedding_context(self) -> LlamaEmbedder:
+        return self.backend.embedder(
+            n_ctx=self.n_ctx,
+            n_seqs=EMBEDDING_SEQUENCES,
+            n_threads=self.config.effective_threads(),
+            pooling=self.config.pooling,
+        )
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationStream]:
+        """Queue one request's jobs, all or none; raises QueueFullError or ShuttingDownError
+        if they cannot wait, InvalidRequestError if they never could."""
+        if len(requests) > self.scheduler.max_jobs_per_request:
+            raise InvalidRequestError(
+                f"the request makes {len(requests)} generations (choices times prompts); "
+                f"model '{self.name}' takes at most {self.scheduler.max_jobs_per_request} "
+                "from one client at once",
+                param="n",
+                code="too_many_choices",
+            )
+        return open_streams(self.scheduler, requests)
 
     @property
     def idle(self) -> bool:
@@ -111,9 +136,7 @@ class ModelHandle:
 
     def close(self) -> None:
         if self.scheduler.stop(timeout=30):
-            with self._embed_lock:
-                if self._embedder is not None:
-                    self._embedder.close()
+            self._embeddings.close()
             self.backend.close()
         else:  # freeing the context under a running decode would crash the process
             logger.warning(

@@ -94,6 +94,10 @@ class ModelRegistry:
     def loaded_handles(self) -> list[ModelHandle]:
         return list(self._loaded.values())
 
+    def failed_models(self) -> list[str]:
+        """Loaded models whose engine stopped (each reloads on its next request)."""
+        return [h.name for h in self._loaded.values() if h.scheduler.failed]
+
     def lifecycle_counts(self) -> dict[str, Counter[str]]:
         return {name: Counter(events) for name, events in self._events.items()}
 
@@ -101,9 +105,13 @@ class ModelRegistry:
     def loaded_bytes(self) -> int:
         return sum(h.size_bytes for h in self._loaded.values())
 
-    async def checkout(self, name: str, *, keep_alive: float | None = None) -> Lease:
+    async def checkout(
+        self, name: str, *, keep_alive: float | None = None, may_shorten: bool = True
+    ) -> Lease:
         """A lease on the loaded model for ``name``, loading it first if needed. ``keep_alive``
-        (seconds; negative: forever) replaces the model's idle timeout from now on."""
+        (seconds; negative: forever) replaces the model's idle timeout from now on, if it is
+        longer or the caller ``may_shorten`` it (an admin key, or a server without keys):
+        any client may keep a model longer, only those may unload one others use."""
         config = self.resolve(name)
         if not self._accepting:
             raise ShuttingDownError("the server is shutting down", retry_after=5)
@@ -113,21 +121,30 @@ class ModelRegistry:
                 param="model",
             )
         handle = self._loaded.get(config.name)
-        if handle is None:
+        if handle is None or handle.scheduler.failed:
             async with self._locks[config.name]:
-                if (handle := self._loaded.get(config.name)) is None:
+                handle = self._loaded.get(config.name)
+                if handle is not None and handle.scheduler.failed:
+                    logger.error("model %s: its engine stopped; reloading it", config.name)
+                    await self._unload(handle, "failed")
+                    handle = None
+                if handle is None:
                     handle = await self._load_within_budget(config)
         if keep_alive is not None and not config.pin:
-            handle.keep_alive = None if keep_alive < 0 else keep_alive
+            wanted = None if keep_alive < 0 else keep_alive
+            current = handle.keep_alive
+            longer = current is not None and (wanted is None or wanted > current)
+            if may_shorten or longer:
+                handle.keep_alive = wanted
         # Taken in the same event-loop turn as the lookup: the reaper cannot slip between.
         return handle.lease()
 
     @contextlib.asynccontextmanager
     async def use(
-        self, name: str, *, keep_alive: float | None = None
+        self, name: str, *, keep_alive: float | None = None, may_shorten: bool = True
     ) -> AsyncIterator[ModelHandle]:
         """``async with registry.use(name) as handle``: a lease for one short piece of work."""
-        lease = await self.checkout(name, keep_alive=keep_alive)
+        lease = await self.checkout(name, keep_alive=keep_alive, may_shorten=may_shorten)
         try:
             yield lease.handle
         finally:
@@ -237,6 +254,7 @@ class ModelRegistry:
             state_cache=state_cache,
             name=config.name,
             max_queue=config.max_queue or self._settings.max_queue,
+            max_queue_per_owner=self._settings.max_queue_per_owner,
             prefill_chunk=config.prefill_chunk,
             queue_timeout=self._settings.queue_timeout,
         )
@@ -257,6 +275,7 @@ class ModelRegistry:
             template,
             size_bytes=path.stat().st_size + backend.kv_cache_bytes,
             keep_alive=config.keep_alive,
+            max_embedding_waiting=config.max_queue or self._settings.max_queue,
         )
 
     def stop_accepting(self) -> None:
@@ -264,6 +283,11 @@ class ModelRegistry:
         self._accepting = False
         for handle in self._loaded.values():
             handle.scheduler.stop_accepting()
+
+    def cancel_all(self) -> None:
+        """Stop every queued and running generation of every model."""
+        for handle in self._loaded.values():
+            handle.scheduler.cancel_all()
 
     def stop_reaper(self) -> None:
         if self._reaper is not None:

@@ -1,26 +1,125 @@
-"""Running the app under uvicorn, with a shutdown that drains instead of dropping work."""
+"""Running the app under uvicorn: a bounded, guarded connection layer, and a shutdown that
+drains instead of dropping work."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from types import FrameType
+from typing import Any
 
+import h11
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class GuardedProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with two bounds it lacks.
+
+    - **A header deadline.** uvicorn arms no timer until a first response is sent, and
+      cancels its keep-alive timer on any byte received, so a client that opens a connection
+      and sends its headers a byte at a time (or never) holds it forever; 200 such
+      connections stayed open. Here a request's headers must be complete within
+      ``header_timeout`` seconds of the connection opening, or of the previous response
+      ending on a kept-alive connection; otherwise the connection is closed.
+    - **A connection limit.** Beyond ``max_connections`` open connections, a new one is
+      closed as soon as it is accepted.
+    """
+
+    header_timeout = 10.0
+    max_connections = 512
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if len(self.connections) >= self.max_connections:
+            logger.warning("refusing a connection: %d are open", len(self.connections))
+            transport.abort()
+            return
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the request's headers are complete
+            self._disarm_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm_header_timer()  # the next request on this connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        if self.transport is not None:  # not a connection refused at once
+            super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
+    """The protocol class with this server's bounds."""
+    return type(
+        "GuardedProtocol",
+        (GuardedProtocol,),
+        {"header_timeout": settings.header_timeout, "max_connections": settings.max_connections},
+    )
 
 
 class DrainingServer(uvicorn.Server):
     """On SIGTERM or SIGINT, first turn new requests away with 503 (even those arriving on
     open keep-alive connections), then let uvicorn wait up to ``shutdown_grace`` seconds for
-    the running ones to finish before the app's lifespan closes the models."""
+    the running ones to finish before the app's lifespan closes the models.
+
+    A generation that would outlast the grace period is stopped shortly before it ends, so
+    that its stream closes with an error event and ``[DONE]`` (and a whole answer gets a
+    503) instead of being cut off mid-stream when uvicorn gives up."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         app = self.config.app
         state = getattr(getattr(app, "state", None), "hearth", None)
-        if state is not None:
+        if state is not None and not self._draining:
+            self._draining = True
             state.begin_shutdown()
+            if self._loop is not None:
+                grace = float(self.config.timeout_graceful_shutdown or 0)
+                stop_at = max(0.0, grace - min(_FAREWELL_SECONDS, grace / 2))
+                self._loop.call_soon_threadsafe(
+                    self._loop.call_later, stop_at, state.stop_running_generations
+                )
         super().handle_exit(sig, frame)
+
+
+# Time left, before the grace period ends, for stopped streams to send their last events.
+_FAREWELL_SECONDS = 2.0
 
 
 def build_server(app: FastAPI, settings: Settings, *, port: int | None = None) -> DrainingServer:
@@ -34,5 +133,6 @@ def build_server(app: FastAPI, settings: Settings, *, port: int | None = None) -
         log_config=None,
         access_log=False,  # the gateway logs each request, with its id and tokens
         timeout_graceful_shutdown=int(settings.shutdown_grace),
+        http=guarded_protocol(settings),
     )
     return DrainingServer(config)

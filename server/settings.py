@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG_PATH = Path("config/models.toml")
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
 def _default_models_dir() -> Path:
@@ -165,10 +166,45 @@ class Settings(BaseSettings):
     models_dir: Path = Field(
         default_factory=_default_models_dir, description="Where pulled models are stored."
     )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's headers (from connecting, or "
+        "from the end of the previous response on a kept-alive connection); then it is "
+        "disconnected.",
+    )
+    max_connections: int = Field(
+        512, ge=1, description="Open connections at most; beyond, new ones are closed at once."
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] | None = Field(
+        None,
+        description="Host header values the server answers to (a name, or `*` for any); "
+        "others get 400. Unset: the loopback names (localhost, 127.0.0.1, ::1) when `host` is "
+        "a loopback address, so that a web page cannot reach a local server through DNS "
+        "rebinding; any host otherwise.",
+    )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, ge=1024, description="Largest request body (413 above)."
     )
-    max_queue: int = Field(64, ge=1, description="Requests waiting per model before 429.")
+    max_queue: int = Field(
+        64, ge=1, description="Jobs (choices times prompts) waiting per model before 429."
+    )
+    max_queue_per_owner: int | None = Field(
+        None,
+        ge=1,
+        description="Most jobs one API key (or `user`, or anonymous request) may have waiting "
+        "for a model; unset: half of the model's max_queue.",
+    )
+    max_messages: int = Field(
+        2048, ge=1, description="Most messages (or input items) one request may carry (400 above)."
+    )
+    max_tools: int = Field(128, ge=1, description="Most tools one request may offer (400 above).")
+    prep_threads: int = Field(
+        2,
+        ge=1,
+        description="Threads that render chat templates, tokenize and build grammars, apart from "
+        "the event loop; at most max_queue requests wait for them (429 above).",
+    )
     queue_timeout: float = Field(
         60.0, gt=0, description="Seconds a request may wait in the queue before 503."
     )
@@ -189,6 +225,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Memory budget for loaded models (GGUF plus KV cache, estimated); the "
         "least recently used idle model is unloaded to make room. Unset: no budget.",
+    )
+    share_prefix_cache: bool = Field(
+        False,
+        description="With API keys on, let keys reuse each other's cached prompt prefixes "
+        "(faster for a trusted team sharing long system prompts; cached_tokens then tells a "
+        "key how much of its prompt another key sent before). Off, each key's cache is its own.",
     )
     kv_cache_dir: Path = Field(
         default_factory=_default_kv_dir, description="Where saved KV states are written."
@@ -237,7 +279,7 @@ class Settings(BaseSettings):
     )
     models: list[ModelConfig] = Field(default_factory=list, description="The registered models.")
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "allowed_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -266,6 +308,15 @@ class Settings(BaseSettings):
                     )
                 seen[name] = model.name
         return self
+
+    @property
+    def effective_allowed_hosts(self) -> frozenset[str]:
+        """The Host names answered to (lower case, without port); ``*`` means any."""
+        if self.allowed_hosts is not None:
+            return frozenset(h.lower() for h in self.allowed_hosts)
+        if self.host in LOOPBACK_HOSTS:
+            return LOOPBACK_HOSTS
+        return frozenset({"*"})
 
     def resolve_path(self, path: Path) -> Path:
         path = path.expanduser()

@@ -11,6 +11,7 @@ from server.services.chat import ChatService
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
 from server.services.generation import RunLimits
+from server.services.prep import PrepExecutor
 from server.services.tokens import TokenService
 from server.services.upstream import UpstreamService
 from server.settings import Settings
@@ -31,30 +32,44 @@ class AppState:
     limiter: RateLimiter
     metrics: Metrics
     upstream: UpstreamService
+    prep: PrepExecutor
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
         registry = ModelRegistry(settings)
-        limits = RunLimits(request_timeout=settings.request_timeout)
+        limits = RunLimits(
+            request_timeout=settings.request_timeout,
+            max_messages=settings.max_messages,
+            max_tools=settings.max_tools,
+        )
+        prep = PrepExecutor(settings.prep_threads, max_waiting=settings.max_queue)
+        chat = ChatService(registry, limits, prep)
         return cls(
             settings,
             registry,
-            ChatService(registry, limits),
-            CompletionService(registry, limits),
-            EmbeddingService(registry),
-            TokenService(registry),
+            chat,
+            CompletionService(registry, limits, prep),
+            EmbeddingService(registry, prep),
+            TokenService(registry, prep, chat, limits),
             KeyStore(build_keys(settings)),
             RateLimiter(),
             Metrics(registry),
             UpstreamService(),
+            prep,
         )
 
     def begin_shutdown(self) -> None:
         """SIGTERM: refuse new work with 503 while running requests finish."""
         self.registry.stop_accepting()
 
+    def stop_running_generations(self) -> None:
+        """The grace period is nearly over: end every generation still queued or running
+        (its client gets a 503 or an error event), rather than have uvicorn cut it off."""
+        self.registry.cancel_all()
+
     def close(self) -> None:
         """Unload the models (blocking; the lifespan runs it in a worker thread)."""
+        self.prep.close()
         self.registry.close()
 
 

@@ -49,7 +49,13 @@ def make_settings(**overrides: object) -> Settings:
         },
     ]
     # Saved KV states stay in RAM, so that every test app starts with cold caches.
-    data: dict[str, object] = {"models": models, "max_queue": 8, "kv_cache_disk_bytes": 0}
+    data: dict[str, object] = {
+        "models": models,
+        "max_queue": 8,
+        "kv_cache_disk_bytes": 0,
+        # TestClient's requests name "testserver"; live servers are reached at 127.0.0.1.
+        "allowed_hosts": ["testserver", "127.0.0.1", "localhost"],
+    }
     data.update(overrides)
     return Settings.model_validate(data)
 

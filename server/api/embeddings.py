@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from server.api.cancellation import unless_disconnected
-from server.api.deps import State, api_key_of
+from server.api.deps import State, caller_of
 from server.api.proxy import forward_if_remote
 from server.api.responses import ERROR_RESPONSES
 from server.protocol.embeddings import EmbeddingList, EmbeddingRequest
@@ -19,11 +19,9 @@ async def create_embeddings(
 ) -> EmbeddingList | Response:
     if (remote := await forward_if_remote(body, "/embeddings", request, state)) is not None:
         return remote
-    result = await unless_disconnected(request, state.embeddings.create(body))
+    caller = caller_of(request, body.user)
+    result = await unless_disconnected(request, state.embeddings.create(body, caller))
     if isinstance(result, EmbeddingList):
         request.state.model = result.model
-        tokens = result.usage.prompt_tokens
-        state.metrics.tokens.labels(result.model, "embedding").inc(tokens)
-        if (key := api_key_of(request)) is not None:
-            state.limiter.record_tokens(key, tokens)
+        state.metrics.tokens.labels(result.model, "embedding").inc(result.usage.prompt_tokens)
     return result

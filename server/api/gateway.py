@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.access import ApiKey
 from server.api.errors import error_response
-from server.errors import HearthError
+from server.errors import HearthError, InvalidRequestError
 from server.logs import request_id_var
 from server.state import AppState
 
@@ -90,9 +90,11 @@ class Gateway:
             await send(message)
 
         try:
-            if state is not None and scope["path"] not in OPEN_PATHS:
+            if state is not None:
                 try:
-                    key = self._admit(state, headers)
+                    _check_host(headers, state.settings.effective_allowed_hosts)
+                    if scope["path"] not in OPEN_PATHS:
+                        key = self._admit(state, headers)
                 except HearthError as error:
                     state.metrics.rejections.labels(error.code or "rejected").inc()
                     await error_response(error)(scope, receive, send_with_id)
@@ -117,6 +119,25 @@ class Gateway:
         key = state.keys.authenticate(presented_key(headers))
         state.limiter.admit(key)
         return key
+
+
+def _check_host(headers: Headers, allowed: frozenset[str]) -> None:
+    """Refuse a Host (its name, without the port) the server does not answer to. A web page
+    that rebinds its own domain to 127.0.0.1 still sends its domain as the Host, so checking
+    it keeps such pages away from a server on loopback."""
+    if "*" in allowed:
+        return
+    host = headers.get("host", "").strip().lower()
+    if host.startswith("["):  # [::1]:8000
+        host = host[: host.find("]") + 1]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    if host not in allowed:
+        raise InvalidRequestError(
+            "the Host header names a host this server does not answer to (see the "
+            "allowed_hosts setting)",
+            code="host_not_allowed",
+        )
 
 
 def _log_access(scope: Scope, status: int, model: str, key: ApiKey | None, elapsed: float) -> None:

@@ -32,6 +32,13 @@ async def ready(state: State) -> Readiness:
         raise ServiceUnavailableError(
             f"not ready: still loading {', '.join(waiting)}", code="not_ready", retry_after=5
         )
+    failed = registry.failed_models()
+    if failed:
+        raise ServiceUnavailableError(
+            f"not ready: the engine of {', '.join(failed)} stopped; it reloads on the next request",
+            code="not_ready",
+            retry_after=5,
+        )
     loaded = [h.name for h in registry.loaded_handles()]
     if not loaded and not any(registry.can_load(c) for c in registry.configs):
         raise ServiceUnavailableError(

@@ -1,13 +1,26 @@
-"""Remote models: hand the request to the upstream service and relay its answer."""
+"""Remote models: hand the request to the upstream service and relay its answer.
+
+A remote model answers to the same caps as a local one: the model's and the API key's
+``max_tokens`` (the key's shared by all the request's choices), tokens per minute while a
+stream runs (each relayed chunk counts as a token, corrected by the upstream's own usage at
+the end, which Hearth always asks for), and only the fields Hearth knows are forwarded.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from server.api.deps import api_key_of
+from server.api.deps import api_key_of, caller_of
+from server.services.generation import Caller
+from server.settings import ModelConfig
 from server.state import AppState
+
+# Hearth's own fields that only mean something here: never sent upstream.
+_LOCAL_FIELDS = frozenset({"keep_alive", "priority", "parse_special"})
 
 
 async def forward_if_remote(
@@ -19,25 +32,55 @@ async def forward_if_remote(
     if config.upstream is None:
         return None
     request.state.model = config.name
+    caller = caller_of(request, getattr(body, "user", None))
     stream = bool(getattr(body, "stream", False))
-    payload = body.model_dump(mode="json", exclude_unset=True, by_alias=True)
+    known = set(type(body).model_fields) - _LOCAL_FIELDS
+    payload = body.model_dump(mode="json", exclude_unset=True, by_alias=True, include=known)
+    _cap_tokens(payload, config, caller)
+    client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+    if stream:  # always asked for, so that a stream's tokens are counted
+        payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
+    metered = 0
+
+    def meter_chunk() -> None:
+        nonlocal metered
+        metered += 1
+        if caller.meter is not None:
+            caller.meter(1)
 
     def count(prompt: int, completion: int) -> None:
-        _count_usage(prompt, completion, config.name, request, state)
+        for kind, tokens in (("prompt", prompt), ("completion", completion)):
+            if tokens > 0:
+                state.metrics.tokens.labels(config.name, kind).inc(tokens)
+        if (key := api_key_of(request)) is not None:
+            state.limiter.record_tokens(key, prompt + completion - metered)
 
-    answer = await state.upstream.forward(config, path, payload, stream=stream, on_usage=count)
+    answer = await state.upstream.forward(
+        config,
+        path,
+        payload,
+        stream=stream,
+        on_usage=count,
+        on_chunk=meter_chunk,
+        keep_usage=client_wants_usage,
+    )
     if answer.lines is not None:
         return StreamingResponse(answer.lines, media_type="text/event-stream")
     return Response(answer.body, status_code=answer.status, media_type=answer.content_type)
 
 
-def _count_usage(
-    prompt: int, completion: int, model: str, request: Request, state: AppState
-) -> None:
-    """A remote answer's usage counts in the metrics and against the key's token limit, as a
-    local model's does: a whole answer's always, a stream's when the client asked for it."""
-    for kind, count in (("prompt", prompt), ("completion", completion)):
-        if count > 0:
-            state.metrics.tokens.labels(model, kind).inc(count)
-    if (key := api_key_of(request)) is not None:
-        state.limiter.record_tokens(key, prompt + completion)
+def _cap_tokens(payload: dict[str, Any], config: ModelConfig, caller: Caller) -> None:
+    """Lower (or set) the request's max_tokens to the model's and the key's caps."""
+    if "input" in payload:  # embeddings: nothing is generated
+        return
+    prompt = payload.get("prompt")
+    several = isinstance(prompt, list) and bool(prompt) and not isinstance(prompt[0], int)
+    prompts = len(prompt) if several and isinstance(prompt, list) else 1
+    jobs = int(payload.get("n") or 1) * prompts
+    caps = [c for c in (config.max_tokens_cap, caller.cap_per_job(jobs)) if c is not None]
+    if not caps:
+        return
+    cap = min(caps)
+    fields = [f for f in ("max_tokens", "max_completion_tokens") if payload.get(f) is not None]
+    for field in fields or ["max_tokens"]:
+        payload[field] = min(int(payload.get(field) or cap), cap)

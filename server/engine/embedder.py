@@ -8,11 +8,16 @@ loop's. Like that module, it is driven through llama-cpp-python's low-level ctyp
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import llama_cpp
 
 from server.errors import ModelUnavailableError
+
+
+class EmbeddingCancelled(Exception):
+    """The request was abandoned; the rest of its inputs were not embedded."""
+
 
 # llama_pooling_type: UNSPECIFIED = -1 (the model's own), MEAN = 1, CLS = 2, LAST = 3
 _POOLING = {"auto": -1, "mean": 1, "cls": 2, "last": 3}
@@ -53,14 +58,19 @@ class LlamaEmbedder:
         self.n_embd: int = llama_cpp.llama_model_n_embd(model)
         self._batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
 
-    def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
-        """One pooled vector per input, each at most ``n_ctx`` tokens."""
+    def embed(
+        self, inputs: Sequence[Sequence[int]], cancelled: Callable[[], bool] = lambda: False
+    ) -> list[list[float]]:
+        """One pooled vector per input, each at most ``n_ctx`` tokens. ``cancelled`` is asked
+        between decodes; when it says so, :class:`EmbeddingCancelled` is raised."""
         vectors: list[list[float]] = []
         group: list[Sequence[int]] = []
         for tokens in inputs:
             if group and (
                 len(group) == self.n_seqs or sum(map(len, group)) + len(tokens) > self.n_ctx
             ):
+                if cancelled():
+                    raise EmbeddingCancelled
                 vectors += self._embed_group(group)
                 group = []
             group.append(tokens)

@@ -20,6 +20,7 @@ import llama_cpp
 import numpy as np
 
 from server.engine.embedder import LlamaEmbedder
+from server.engine.tokenizer import SpecialToken, Tokenizer
 from server.engine.types import Grammar, SamplingDeadEnd, SamplingParams, TopLogprob
 from server.errors import ModelUnavailableError
 
@@ -98,6 +99,10 @@ def _init_llama() -> None:
     llama_cpp.llama_log_set(_forward_native_log, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
 
+
+# llama_token_attr bits (llama.h)
+_ATTR_UNKNOWN, _ATTR_CONTROL, _ATTR_USER_DEFINED = 1 << 0, 1 << 3, 1 << 4
+_ATTR_LSTRIP, _ATTR_RSTRIP = 1 << 7, 1 << 8
 
 # llama_flash_attn_type: AUTO = -1, DISABLED = 0, ENABLED = 1
 _FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
@@ -186,24 +191,59 @@ class LlamaBackend:
         self._banned: list[np.ndarray[Any, np.dtype[Any]] | None] = [None] * n_slots
         self._candidates: np.ndarray[Any, np.dtype[Any]] | None = None
         self._piece_cache: dict[int, bytes] = {}
+        self.max_token_bytes = 1
+        self.tokenizer = self._build_tokenizer()
 
     # -- tokenizer (thread-safe: reads the vocabulary only) ---------------------------------
 
-    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    def tokenize(self, text: str, *, add_special: bool, markup: bool = False) -> list[int]:
+        """``text`` as token ids. Only with ``markup`` (a rendered chat template) may its
+        special-token text become control tokens; see :mod:`server.engine.tokenizer`."""
+        return self.tokenizer.tokenize(text, add_special=add_special, markup=markup)
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """One piece of plain text, as llama.cpp tokenizes it with nothing added or parsed."""
         # JSON may carry lone surrogates, which are not valid UTF-8: replace them, don't fail.
         data = text.encode("utf-8", errors="replace")
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
-        n = llama_cpp.llama_tokenize(
-            self._vocab, data, len(data), buf, capacity, add_special, parse_special
-        )
+        n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, False)
         if n < 0:  # the buffer was too small; -n is the size needed
             capacity = -n
             buf = (llama_cpp.llama_token * capacity)()
-            n = llama_cpp.llama_tokenize(
-                self._vocab, data, len(data), buf, capacity, add_special, parse_special
-            )
+            n = llama_cpp.llama_tokenize(self._vocab, data, len(data), buf, capacity, False, False)
         return list(buf[:n])
+
+    def _build_tokenizer(self) -> Tokenizer:
+        """The vocabulary's special tokens (those llama.cpp splits text at: control, unknown
+        and user-defined), and the longest token text, which bounds how much text can fit in
+        a context (:attr:`max_token_bytes`)."""
+        specials: list[SpecialToken] = []
+        longest = 1
+        get_attr, get_text = llama_cpp.llama_vocab_get_attr, llama_cpp.llama_vocab_get_text
+        for token in range(self.n_vocab):
+            attr = get_attr(self._vocab, token)
+            text: bytes = get_text(self._vocab, token) or b""
+            longest = max(longest, len(text))
+            if attr & (_ATTR_CONTROL | _ATTR_USER_DEFINED | _ATTR_UNKNOWN) and text:
+                specials.append(
+                    SpecialToken(
+                        token,
+                        text.decode("utf-8", errors="replace"),
+                        lstrip=bool(attr & _ATTR_LSTRIP),
+                        rstrip=bool(attr & _ATTR_RSTRIP),
+                        control=bool(attr & (_ATTR_CONTROL | _ATTR_UNKNOWN)),
+                    )
+                )
+        self.max_token_bytes = longest
+        bos = llama_cpp.llama_vocab_bos(self._vocab)
+        return Tokenizer(specials, self._encode_plain, self._llama_tokenize_added(), bos)
+
+    def _llama_tokenize_added(self) -> list[int]:
+        """The tokens llama.cpp adds around any text with ``add_special`` (BOS, EOS, SEP)."""
+        buf = (llama_cpp.llama_token * 8)()
+        n = llama_cpp.llama_tokenize(self._vocab, b"", 0, buf, 8, True, False)
+        return list(buf[: max(0, n)])
 
     def token_piece(self, token: int, *, special: bool = False) -> bytes:
         """The bytes one token stands for (control tokens render empty unless ``special``)."""
@@ -509,12 +549,26 @@ def _native_seed(seed: int | None) -> int:
     return native if native != llama_cpp.LLAMA_DEFAULT_SEED else 0
 
 
+# The model identity reads this much from each of several places across the GGUF.
+_IDENTITY_SAMPLES, _IDENTITY_BLOCK = 32, 1 << 16
+
+
 def _model_identity(path: Path, kv_unified: bool) -> str:
-    """What a saved KV state depends on: the weights (size and leading bytes of the GGUF),
-    the llama.cpp build, and the cache layout. States saved under another identity are never
-    loaded."""
+    """What a saved KV state depends on: the weights, the llama.cpp build, and the cache
+    layout. States saved under another identity are never loaded.
+
+    The GGUF's first MiB is mostly metadata (all of it, for SmolLM2), which two fine-tunes of
+    one base model can share to the byte, along with their size. So the identity also hashes
+    its last MiB and 64 KiB at 32 places spread over the tensors: 3 MiB read, whatever the
+    model's size."""
     digest = hashlib.sha256()
-    digest.update(f"{llama_cpp.__version__}|{path.stat().st_size}|{kv_unified}|".encode())
+    size = path.stat().st_size
+    digest.update(f"{llama_cpp.__version__}|{size}|{kv_unified}|".encode())
     with path.open("rb") as fh:
+        digest.update(fh.read(1 << 20))
+        for i in range(_IDENTITY_SAMPLES):
+            fh.seek(size * i // _IDENTITY_SAMPLES)
+            digest.update(fh.read(_IDENTITY_BLOCK))
+        fh.seek(max(0, size - (1 << 20)))
         digest.update(fh.read(1 << 20))
     return digest.hexdigest()

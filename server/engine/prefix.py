@@ -8,6 +8,7 @@ prompt once, comparing runs with C-speed slice equality.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Generic, TypeVar
 
@@ -42,6 +43,21 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
         else:
             high = middle - 1
     return low
+
+
+def scoped(scope: str, tokens: Sequence[int]) -> list[int]:
+    """``tokens`` as a cache key within ``scope``: behind a marker no real token id can be
+    (negative, from the scope's hash), so keys of different scopes share no prefix at all.
+    The empty scope is the shared one, with no marker."""
+    if not scope:
+        return list(tokens)
+    marker = -1 - int.from_bytes(hashlib.sha256(scope.encode()).digest()[:7], "big")
+    return [marker, *tokens]
+
+
+def scope_length(scope: str) -> int:
+    """How many entries :func:`scoped` puts before the tokens."""
+    return 1 if scope else 0
 
 
 class PrefixTree(Generic[V]):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from server.engine.llama import BatchEntry
-from server.engine.prefix import common_prefix_length
+from server.engine.prefix import common_prefix_length, scope_length, scoped
 from server.engine.queue import FairQueue
 from server.engine.slots import MIN_COPY_GAIN, MIN_RECOMPUTED, SlotCache
 from server.engine.state_cache import StateCache
@@ -32,7 +32,7 @@ from server.engine.types import (
     TokenLogprob,
     TopLogprob,
 )
-from server.errors import QueueFullError, ShuttingDownError
+from server.errors import EngineError, QueueFullError, ShuttingDownError
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class Scheduler:
         *,
         name: str,
         max_queue: int = 64,
+        max_queue_per_owner: int | None = None,
         prefill_chunk: int = 512,
         queue_timeout: float = 60.0,
         state_cache: StateCache | None = None,
@@ -108,7 +109,9 @@ class Scheduler:
         self._name = name
         self._prefill_chunk = max(1, min(prefill_chunk, backend.n_batch))
         self._queue_timeout = queue_timeout
-        self._queue: FairQueue[Ticket] = FairQueue(max_queue)
+        self._queue: FairQueue[Ticket] = FairQueue(
+            max_queue, max_queue_per_owner or max(1, max_queue // 2)
+        )
         self._free_slots = list(range(backend.n_slots))
         self._active: list[Ticket] = []
         # Taken from the queue, waiting for a running prompt they share to be computed.
@@ -123,6 +126,7 @@ class Scheduler:
         # Events of the current step, delivered by _flush (engine thread only).
         self._pending: list[tuple[EventSink, TokenEvent]] = []
         self._stop = False
+        self._failed = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
 
     # -- the asyncio side ------------------------------------------------------------------
@@ -130,25 +134,53 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def max_jobs_per_request(self) -> int:
+        """The most jobs one request can ever have queued: every slot, plus its owner's
+        share of the queue."""
+        return self._backend.n_slots + self._queue.max_per_owner
+
     def submit(self, request: GenerationRequest, sink: EventSink) -> Ticket:
         """Queue ``request``; its events go to ``sink`` from the engine thread."""
-        ticket = Ticket(request=request, sink=sink)
+        return self.submit_all([(request, sink)])[0]
+
+    def submit_all(self, jobs: Sequence[tuple[GenerationRequest, EventSink]]) -> list[Ticket]:
+        """Queue one request's jobs (its choices, its prompts), all or none: a full queue, or
+        an owner over its share of it, is a QueueFullError for the whole request."""
+        tickets = [Ticket(request=request, sink=sink) for request, sink in jobs]
+        owner = tickets[0].request.owner
         with self._cond:
+            if self._failed:
+                raise EngineError(f"the engine of model '{self._name}' stopped; retry to reload")
             if not self._accepting:
                 raise ShuttingDownError("the server is shutting down", retry_after=5)
-            if self._queue.full():
+            idle = len(self._free_slots) - len(self._deferred) - len(self._queue)
+            if not self._queue.room_for(owner, len(tickets), max(0, idle)):
                 raise QueueFullError(
-                    f"the queue for model '{self._name}' is full ({self._queue.maxsize} waiting)",
+                    f"the queue for model '{self._name}' is full ({len(self._queue)} of "
+                    f"{self._queue.maxsize} waiting, at most {self._queue.max_per_owner} for "
+                    "one API key or client)",
                     retry_after=1,
                 )
-            self._queue.put(ticket, owner=request.owner, priority=request.priority)
+            for ticket in tickets:
+                self._queue.put(ticket, owner=owner, priority=ticket.request.priority)
             self._cond.notify()
-        return ticket
+        return tickets
 
     def cancel(self, ticket: Ticket) -> None:
         """Stop ``ticket``: dropped from the queue now, or its slot freed at the next step."""
         with self._cond:
             ticket.cancelled = True
+            self._cond.notify()
+
+    def cancel_all(self) -> None:
+        """Stop everything queued or running: each ends with finish reason "cancelled"."""
+        with self._cond:
+            for ticket in [*self._active, *self._deferred]:
+                ticket.cancelled = True
+            for ticket in self._queue.remove_if(lambda _: True):
+                ticket.cancelled = True
+                self._deferred.append(ticket)  # expired (and answered) at the next step
             self._cond.notify()
 
     @property
@@ -177,6 +209,11 @@ class Scheduler:
 
     # -- the engine thread -----------------------------------------------------------------
 
+    @property
+    def failed(self) -> bool:
+        """The engine thread died: nothing will run here again (the registry reloads)."""
+        return self._failed
+
     def _run(self) -> None:
         try:
             while self._step_or_wait():
@@ -184,6 +221,7 @@ class Scheduler:
         except Exception:  # a bug in the loop: fail every request loudly rather than hang them
             logger.exception("engine loop for %s crashed", self._name)
             with self._cond:
+                self._failed = True
                 self._accepting = False
                 stranded = self._active + self._deferred + self._queue.remove_if(lambda _: True)
                 self._active, self._deferred = [], []
@@ -258,7 +296,9 @@ class Scheduler:
                 self._deferred.remove(ticket)
                 self._admit(ticket)
         capacity = len(self._free_slots) - len(self._deferred)
-        while capacity > 0 and (queued := self._queue.pop()) is not None:
+        running = Counter(t.request.owner for t in self._active + self._deferred)
+        while capacity > 0 and (queued := self._queue.pop(running)) is not None:
+            running[queued.request.owner] += 1
             capacity -= 1
             if self._prefilling_prefix_of(queued) is not None:
                 self._deferred.append(queued)
@@ -269,6 +309,8 @@ class Scheduler:
         """A running sequence still computing a prompt prefix worth sharing with ``ticket``."""
         prompt = ticket.request.prompt_tokens
         for other in self._active:
+            if other.request.cache_scope != ticket.request.cache_scope:
+                continue  # a prompt is never shared across cache scopes
             if other.prefilled < len(other.request.prompt_tokens):
                 shared = min(
                     common_prefix_length(prompt, other.request.prompt_tokens),
@@ -295,13 +337,14 @@ class Scheduler:
         def valid_length(slot: int) -> int:
             return busy[slot].prefilled if slot in busy else len(self.slot_cache.holds(slot))
 
-        plan = self.slot_cache.assign(prompt, self._free_slots, valid_length)
+        scope = ticket.request.cache_scope
+        plan = self.slot_cache.assign(prompt, self._free_slots, valid_length, scope=scope)
         ticket.slot = plan.slot
         self._free_slots.remove(plan.slot)
         if len(self.slot_cache.holds(plan.slot)) - plan.reuse >= MIN_SAVED_TOKENS:
             self._save_slot(plan.slot)  # much of what the slot holds is about to be overwritten
         # Looked up after the save: making room for it may have evicted states.
-        saved = self._saved_state_for(prompt, better_than=plan.reuse)
+        saved = self._saved_state_for(prompt, scope, better_than=plan.reuse)
         if saved is not None and self._backend.restore_state(plan.slot, saved[1]):
             self.slot_cache.stats["restores"] += 1
             keep = saved[0]
@@ -312,7 +355,7 @@ class Scheduler:
         else:
             keep = plan.reuse if saved is None else 0  # a refused restore left the slot empty
         reuse = keep if self._backend.truncate(plan.slot, keep) else 0
-        self.slot_cache.record(plan.slot, prompt)
+        self.slot_cache.record(plan.slot, prompt, scope)
         self.slot_cache.count(reuse)
         ticket.prefilled = ticket.position = ticket.cached_tokens = reuse
         ticket.queue_seconds = time.monotonic() - ticket.submitted_at
@@ -326,13 +369,14 @@ class Scheduler:
             self._retire(ticket, "error", error=str(exc))
 
     def _saved_state_for(
-        self, prompt: list[int], *, better_than: int
+        self, prompt: list[int], scope: str, *, better_than: int
     ) -> tuple[int, memoryview] | None:
-        """A saved state sharing a clearly longer prefix than the slots do, and its length."""
+        """A saved state of ``scope`` sharing a clearly longer prefix than the slots do, and
+        its length."""
         if self.state_cache is None:
             return None
-        depth, entry = self.state_cache.longest_match(prompt)
-        usable = min(depth, len(prompt) - MIN_RECOMPUTED)
+        depth, entry = self.state_cache.longest_match(scoped(scope, prompt))
+        usable = min(depth - scope_length(scope), len(prompt) - MIN_RECOMPUTED)
         if entry is None or usable < better_than + MIN_COPY_GAIN:
             return None
         state = self.state_cache.get(entry)
@@ -347,9 +391,9 @@ class Scheduler:
         cache = self.state_cache
         if cache is None or not self._worth_saving(slot):
             return False
-        held = self.slot_cache.holds(slot)
-        state = self._backend.save_state(slot, lambda size: cache.buffer_for(size, held))
-        cache.put(held, state)
+        key = scoped(self.slot_cache.scope_of(slot), self.slot_cache.holds(slot))
+        state = self._backend.save_state(slot, lambda size: cache.buffer_for(size, key))
+        cache.put(key, state)
         self.slot_cache.mark_saved(slot)
         return True
 
@@ -470,7 +514,7 @@ class Scheduler:
         held = ticket.request.prompt_tokens[: ticket.prefilled] + ticket.fed
         if not held:
             self._backend.clear(ticket.slot)
-        self.slot_cache.record(ticket.slot, held)
+        self.slot_cache.record(ticket.slot, held, ticket.request.cache_scope)
         with self._cond:
             self._active.remove(ticket)
             self._free_slots.append(ticket.slot)

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from server.engine.prefix import PrefixTree
+from server.engine.prefix import PrefixTree, scope_length, scoped
 
 # A copy moves a whole KV stream; below this many extra tokens, recomputing is as cheap.
 MIN_COPY_GAIN = 32
@@ -35,10 +35,13 @@ class Assignment:
 
 
 class SlotCache:
-    """What each slot holds, indexed by token prefix. Used by the engine thread only."""
+    """What each slot holds, indexed by token prefix within its cache scope (see
+    :func:`server.engine.prefix.scoped`: a slot is only reused or copied for a prompt of the
+    same scope). Used by the engine thread only."""
 
     def __init__(self, n_slots: int) -> None:
         self._tokens: list[list[int]] = [[] for _ in range(n_slots)]
+        self._scopes = [""] * n_slots
         self._saved = [True] * n_slots  # is what the slot holds already in the state cache?
         self._last_used = [0.0] * n_slots
         self._index: PrefixTree[int] = PrefixTree()
@@ -47,38 +50,45 @@ class SlotCache:
     def holds(self, slot: int) -> list[int]:
         return self._tokens[slot]
 
+    def scope_of(self, slot: int) -> str:
+        return self._scopes[slot]
+
     def assign(
         self,
         prompt: Sequence[int],
         free_slots: Sequence[int],
         valid_length: Callable[[int], int],
         *,
+        scope: str = "",
         can_copy: bool = True,
     ) -> Assignment:
         """Pick a slot for ``prompt``. ``valid_length(slot)`` is how many of a slot's indexed
         tokens have their KV computed now (a busy slot may still be reading its prompt)."""
         limit = len(prompt) - MIN_RECOMPUTED
+        key, offset = scoped(scope, prompt), scope_length(scope)
         free = set(free_slots)
-        depth, slot = self._index.longest_match(prompt, accept=lambda s: s in free)
-        if slot is None or depth == 0:
+        depth, slot = self._index.longest_match(key, accept=lambda s: s in free)
+        depth -= offset
+        if slot is None or depth <= 0:
             slot = min(free_slots, key=lambda s: (self._last_used[s], s))
             depth = 0
         reuse = max(0, min(depth, limit, valid_length(slot)))
         if can_copy:
-            other_depth, other = self._index.longest_match(prompt, accept=lambda s: s != slot)
+            other_depth, other = self._index.longest_match(key, accept=lambda s: s != slot)
             if other is not None:
-                usable = max(0, min(other_depth, limit, valid_length(other)))
+                usable = max(0, min(other_depth - offset, limit, valid_length(other)))
                 if usable >= reuse + MIN_COPY_GAIN:
                     return Assignment(slot, usable, copy_from=other)
         return Assignment(slot, reuse)
 
-    def record(self, slot: int, tokens: Sequence[int]) -> None:
-        """``slot`` now holds (or is about to hold) ``tokens``."""
-        self._index.remove(self._tokens[slot], slot)
+    def record(self, slot: int, tokens: Sequence[int], scope: str = "") -> None:
+        """``slot`` now holds (or is about to hold) ``tokens``, computed within ``scope``."""
+        self._index.remove(scoped(self._scopes[slot], self._tokens[slot]), slot)
         self._tokens[slot] = list(tokens)
+        self._scopes[slot] = scope
         self._saved[slot] = False
         if tokens:
-            self._index.insert(tokens, slot)
+            self._index.insert(scoped(scope, tokens), slot)
         self._last_used[slot] = time.monotonic()
 
     def is_saved(self, slot: int) -> bool:

@@ -7,8 +7,12 @@ the state restored into its slot instead of prefilling those tokens again.
 Every entry is also written to disk by a background thread, so the cache survives a restart.
 A file starts with a one-line JSON header (format version, the model identity, the tokens,
 the state's length and sha256) followed by the raw state. Files for another model or another
-llama.cpp build, truncated files and files whose checksum fails are dropped with a warning
-and never loaded.
+llama.cpp build, truncated files, files whose header is malformed and files whose checksum
+fails are dropped with a warning and never loaded; a write that fails leaves nothing behind.
+
+A state holds a prompt: its tokens (in the header) and the model's keys and values for them.
+So the folders are created readable by the server's user alone (0700), and the files too
+(0600).
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ class StateCache:
         self._written: queue.Queue[tuple[int, Path, int]] = queue.Queue()
         self._writer: threading.Thread | None = None
         if self._dir is not None and disk_bytes > 0:
-            self._dir.mkdir(parents=True, exist_ok=True)
+            _private_directory(self._dir)
             self._load_directory()
             self._writer = threading.Thread(
                 target=self._write_loop, name="kv-state-writer", daemon=True
@@ -266,10 +270,15 @@ class StateCache:
         }
         path = self._dir / f"{hashlib.sha256(repr(tokens).encode()).hexdigest()[:40]}.state"
         tmp = path.with_suffix(".partial")
-        with tmp.open("wb") as fh:
-            fh.write(json.dumps(header).encode() + b"\n")
-            fh.write(blob)
-        os.replace(tmp, path)
+        try:
+            descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "wb") as fh:
+                fh.write(json.dumps(header).encode() + b"\n")
+                fh.write(blob)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+            raise
         return path
 
     def _evict_disk(self) -> None:
@@ -297,9 +306,9 @@ class StateCache:
             header = self._read_header(path)
             if header is None:
                 continue
-            tokens = tuple(int(t) for t in header["tokens"])
+            tokens = tuple(header["tokens"])
             entry_id, self._next_id = self._next_id, self._next_id + 1
-            entry = _Entry(tokens, int(header["size"]), None, path, path.stat().st_mtime)
+            entry = _Entry(tokens, header["size"], None, path, path.stat().st_mtime)
             if tokens in self._by_tokens:  # a duplicate: keep the newer file
                 self._forget(self._by_tokens[tokens])
             self._entries[entry_id] = entry
@@ -317,11 +326,24 @@ class StateCache:
             with path.open("rb") as fh:
                 line = fh.readline()
             header = json.loads(line)
+            if not isinstance(header, dict):
+                raise ValueError("the header is not an object")
             if header.get("format") != FORMAT or header.get("model") != self.model_key:
                 raise ValueError("written by another model or llama.cpp build")
-            if path.stat().st_size - len(line) != int(header["size"]):
+            tokens, size, digest = header.get("tokens"), header.get("size"), header.get("sha256")
+            well_formed = (
+                isinstance(tokens, list)
+                and bool(tokens)
+                and all(type(t) is int for t in tokens)
+                and type(size) is int
+                and size >= 0
+                and isinstance(digest, str)
+            )
+            if not well_formed:
+                raise ValueError("the header's fields are malformed")
+            if path.stat().st_size - len(line) != size:
                 raise ValueError("truncated")
-            return dict(header)
+            return header
         except (OSError, ValueError, KeyError, TypeError) as exc:
             _drop_file(path, exc)
             return None
@@ -362,3 +384,13 @@ def _drop_file(path: Path, reason: Exception) -> None:
     """An unusable state file: say why, and delete it so it is never tried again."""
     logger.warning("dropping KV state file %s: %s", path.name, reason)
     path.unlink(missing_ok=True)
+
+
+def _private_directory(path: Path) -> None:
+    """Create ``path`` (and missing parents) readable by this user alone, and make it so
+    if it exists: saved states hold prompts."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    for folder in [path, *missing]:
+        with contextlib.suppress(OSError):
+            folder.chmod(0o700)

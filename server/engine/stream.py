@@ -6,27 +6,28 @@ import asyncio
 import contextlib
 from types import TracebackType
 
-from server.engine.scheduler import Scheduler
+from server.engine.scheduler import Scheduler, Ticket
 from server.engine.types import GenerationRequest, TokenEvent
 
 
 class GenerationStream:
     """The events of one submitted request. Use as an async context manager: leaving it early
     (a client disconnect, an exception) cancels the request, and its slot frees at the next
-    engine step."""
+    engine step. Made by :func:`open_streams`, which queues a request's jobs together."""
 
-    def __init__(self, scheduler: Scheduler, request: GenerationRequest) -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self._scheduler = scheduler
         self._finished = False
+        self._ticket: Ticket | None = None
 
         def sink(event: TokenEvent) -> None:
             # Runs on the engine thread; a closed loop means nobody is listening any more.
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._events.put_nowait, event)
 
-        self._ticket = scheduler.submit(request, sink)
+        self.sink = sink
 
     def __aiter__(self) -> GenerationStream:
         return self
@@ -40,7 +41,7 @@ class GenerationStream:
         return event
 
     def cancel(self) -> None:
-        if not self._finished:
+        if not self._finished and self._ticket is not None:
             self._scheduler.cancel(self._ticket)
 
     async def __aenter__(self) -> GenerationStream:
@@ -53,3 +54,13 @@ class GenerationStream:
         tb: TracebackType | None,
     ) -> None:
         self.cancel()
+
+
+def open_streams(scheduler: Scheduler, requests: list[GenerationRequest]) -> list[GenerationStream]:
+    """Queue one request's jobs, all or none (raises QueueFullError or ShuttingDownError),
+    and return their event streams."""
+    streams = [GenerationStream(scheduler) for _ in requests]
+    tickets = scheduler.submit_all([(r, s.sink) for r, s in zip(requests, streams, strict=True)])
+    for stream, ticket in zip(streams, tickets, strict=True):
+        stream._ticket = ticket
+    return streams

@@ -70,6 +70,9 @@ class GenerationRequest:
     priority: int = 0
     # time.monotonic() after which the request is abandoned (queued or running); None: never.
     deadline: float | None = None
+    # Whose cached prompts it may reuse: "" shares with every request of this scope; an API
+    # key's scope keeps its prompts (and what cached_tokens reveals) from other keys.
+    cache_scope: str = ""
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ class CompletionRequest(SamplingFields, OpenAIRequest):
     logprobs: int | None = Field(None, ge=0, le=5)
     logit_bias: LogitBias = None
     best_of: int | None = Field(None, ge=1)
+    parse_special: bool = Field(
+        False,
+        description="Not OpenAI's: read special-token text in the prompt (`<|im_start|>`) as "
+        "the model's control tokens, for prompts written in its chat format. Off, all of the "
+        "prompt is plain text.",
+    )
 
     @field_validator("prompt")
     @classmethod

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import replace
@@ -33,6 +32,7 @@ from server.services.generation import (
     PreparedRun,
     RunLimits,
     check_finish,
+    check_prompt_length,
     choice_jobs,
     collect,
     merged,
@@ -41,8 +41,9 @@ from server.services.generation import (
     usage_of,
 )
 from server.services.logprobs import chat_logprobs
+from server.services.prep import PrepExecutor
 from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
-from server.services.templates import ChatTemplate, message_to_template_dict
+from server.services.templates import ChatTemplate, escaped, message_to_template_dict
 from server.services.tools import (
     ToolCallParser,
     ToolPlan,
@@ -56,13 +57,27 @@ from server.services.tools import (
 class ChatService:
     """Builds, runs and shapes chat completions."""
 
-    def __init__(self, registry: ModelRegistry, limits: RunLimits) -> None:
+    def __init__(self, registry: ModelRegistry, limits: RunLimits, prep: PrepExecutor) -> None:
         self._registry = registry
         self._limits = limits
+        self._prep = prep
         self._templates: dict[str, ChatTemplate] = {}
 
     async def prepare(self, request: ChatCompletionRequest, caller: Caller) -> PreparedRun:
         """Validate, render and tokenize; every error here is raised before any byte is sent."""
+        self._limits.check_counts(len(request.messages), len(request.tools or ()))
+        lease = await self._registry.checkout(
+            request.model,
+            keep_alive=request.keep_alive_seconds,
+            may_shorten=caller.may_shorten_keep_alive,
+        )
+        with released_on_error(lease) as handle:
+            return await self._prep.run(self._prepare, request, caller, lease, handle)
+
+    def _prepare(
+        self, request: ChatCompletionRequest, caller: Caller, lease: Lease, handle: ModelHandle
+    ) -> PreparedRun:
+        """The work of :meth:`prepare`, on a preparation thread."""
         tools = plan_tools(request)
         grammar = _response_format_grammar(request.response_format)
         if tools is not None:
@@ -73,25 +88,7 @@ class ChatService:
                     param="response_format",
                 )
             grammar = tools.grammar
-        lease = await self._registry.checkout(request.model, keep_alive=request.keep_alive_seconds)
-        with released_on_error(lease) as handle:
-            return await self._prepare(request, caller, lease, handle, tools, grammar)
-
-    async def _prepare(
-        self,
-        request: ChatCompletionRequest,
-        caller: Caller,
-        lease: Lease,
-        handle: ModelHandle,
-        tools: ToolPlan | None,
-        grammar: Grammar | None,
-    ) -> PreparedRun:
-        template = self._template_for(handle)
-        messages, template_tools = _template_messages(request.messages, template, tools)
-        prompt = template.render(messages, add_generation_prompt=True, tools=template_tools)
-        bos = template.bos_token
-        add_bos = handle.adds_bos and not (bos and prompt.startswith(bos))
-        tokens = await asyncio.to_thread(handle.tokenize, prompt, add_special=add_bos)
+        tokens = self.prompt_tokens(handle, request.messages, tools)
         requested = request.max_completion_tokens or request.max_tokens
         budget = completion_budget(
             requested,
@@ -99,7 +96,7 @@ class ChatService:
             len(tokens),
             handle.n_ctx,
             param="messages",
-            caps=(handle.config.max_tokens_cap, caller.max_tokens_cap),
+            caps=(handle.config.max_tokens_cap, caller.cap_per_job(request.n)),
         )
         if grammar is not None and (problem := handle.check_grammar(grammar)) is not None:
             raise InvalidRequestError(
@@ -121,8 +118,38 @@ class ChatService:
             request,
             owner=caller.owner,
             deadline=self._limits.deadline(),
+            cache_scope=caller.cache_scope,
         )
-        return PreparedRun(request_id, lease, jobs, prompt_token_count=len(tokens), tools=tools)
+        return PreparedRun(
+            request_id,
+            lease,
+            jobs,
+            prompt_token_count=len(tokens),
+            tools=tools,
+            meter=caller.meter,
+        )
+
+    def prompt_tokens(
+        self,
+        handle: ModelHandle,
+        messages: list[ChatMessage],
+        tools: ToolPlan | None,
+        *,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """The conversation through the model's chat template, as tokens (blocking)."""
+        template = self._template_for(handle)
+        rendered, template_tools = _template_messages(messages, template, tools)
+        # Everything the request put in is data: none of it may become a control token.
+        prompt = template.render(
+            escaped(rendered, handle.escape),
+            add_generation_prompt=add_generation_prompt,
+            tools=escaped(template_tools, handle.escape),
+        )
+        check_prompt_length(prompt, handle, param="messages")
+        bos = template.bos_token
+        add_bos = handle.adds_bos and not (bos and prompt.startswith(bos))
+        return handle.tokenize(prompt, add_special=add_bos, markup=True)
 
     async def complete(self, run: PreparedRun) -> ChatCompletion:
         results = await collect(run)

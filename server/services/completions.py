@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
@@ -17,6 +16,7 @@ from server.services.generation import (
     PreparedRun,
     RunLimits,
     check_finish,
+    check_prompt_length,
     choice_jobs,
     collect,
     merged,
@@ -25,6 +25,7 @@ from server.services.generation import (
     usage_of,
 )
 from server.services.logprobs import completion_logprobs
+from server.services.prep import PrepExecutor
 from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
 
 # OpenAI's default length for /v1/completions when max_tokens is left out.
@@ -40,23 +41,30 @@ class _Prompt:
 class CompletionService:
     """Builds, runs and shapes text completions."""
 
-    def __init__(self, registry: ModelRegistry, limits: RunLimits) -> None:
+    def __init__(self, registry: ModelRegistry, limits: RunLimits, prep: PrepExecutor) -> None:
         self._registry = registry
         self._limits = limits
+        self._prep = prep
 
     async def prepare(
         self, request: CompletionRequest, caller: Caller
     ) -> tuple[PreparedRun, list[str]]:
         """Validate and tokenize. Returns the run and, per choice, the echo prefix."""
         _reject_unsupported(request)
-        lease = await self._registry.checkout(request.model, keep_alive=request.keep_alive_seconds)
+        lease = await self._registry.checkout(
+            request.model,
+            keep_alive=request.keep_alive_seconds,
+            may_shorten=caller.may_shorten_keep_alive,
+        )
         with released_on_error(lease) as handle:
             return await self._prepare(request, caller, lease, handle)
 
     async def _prepare(
         self, request: CompletionRequest, caller: Caller, lease: Lease, handle: ModelHandle
     ) -> tuple[PreparedRun, list[str]]:
-        prompts = await asyncio.to_thread(_tokenize_prompts, handle, request.prompt)
+        prompts = await self._prep.run(
+            _tokenize_prompts, handle, request.prompt, markup=request.parse_special
+        )
         default = handle.config.defaults.max_tokens or OPENAI_DEFAULT_MAX_TOKENS
         sampling = replace(
             sampling_params(request, handle.config.defaults),
@@ -67,6 +75,7 @@ class CompletionService:
         jobs: list[GenerationRequest] = []
         echoes: list[str] = []
         deadline = self._limits.deadline()
+        key_cap = caller.cap_per_job(request.n * len(prompts))
         for prompt in prompts:
             budget = completion_budget(
                 request.max_tokens,
@@ -74,7 +83,7 @@ class CompletionService:
                 len(prompt.tokens),
                 handle.n_ctx,
                 param="prompt",
-                caps=(handle.config.max_tokens_cap, caller.max_tokens_cap),
+                caps=(handle.config.max_tokens_cap, key_cap),
             )
             jobs += choice_jobs(
                 request_id,
@@ -85,10 +94,14 @@ class CompletionService:
                 request,
                 owner=caller.owner,
                 deadline=deadline,
+                cache_scope=caller.cache_scope,
             )
             echoes += [prompt.text if request.echo else ""] * request.n
         prompt_tokens = sum(len(p.tokens) for p in prompts)
-        return PreparedRun(request_id, lease, jobs, prompt_token_count=prompt_tokens), echoes
+        run = PreparedRun(
+            request_id, lease, jobs, prompt_token_count=prompt_tokens, meter=caller.meter
+        )
+        return run, echoes
 
     async def complete(self, run: PreparedRun, echoes: list[str]) -> Completion:
         results = await collect(run)
@@ -147,8 +160,11 @@ class CompletionService:
 
 
 def _tokenize_prompts(
-    handle: ModelHandle, prompt: str | list[str] | list[int] | list[list[int]]
+    handle: ModelHandle, prompt: str | list[str] | list[int] | list[list[int]], *, markup: bool
 ) -> list[_Prompt]:
+    """Each prompt's tokens. Text is data unless the request opted in to ``parse_special``:
+    then its special-token text (``<|im_start|>``) becomes control tokens, as for a prompt
+    written in the model's own chat format."""
     if isinstance(prompt, str):
         items: list[str | list[int]] = [prompt]
     elif all(isinstance(p, int) for p in prompt):
@@ -158,7 +174,8 @@ def _tokenize_prompts(
     prompts: list[_Prompt] = []
     for item in items:
         if isinstance(item, str):
-            tokens = handle.tokenize(item, add_special=handle.adds_bos)
+            check_prompt_length(item, handle, param="prompt")
+            tokens = handle.tokenize(item, add_special=handle.adds_bos, markup=markup)
             text = item
         else:
             bad = [t for t in item if not 0 <= t < handle.n_vocab]

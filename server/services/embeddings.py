@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import struct
@@ -19,26 +18,41 @@ from server.protocol.embeddings import (
     EmbeddingUsage,
 )
 from server.registry import ModelRegistry
+from server.services.generation import Caller, check_prompt_length
+from server.services.prep import PrepExecutor
 
 
 class EmbeddingService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, prep: PrepExecutor) -> None:
         self._registry = registry
+        self._prep = prep
 
-    async def create(self, request: EmbeddingRequest) -> EmbeddingList:
+    async def create(self, request: EmbeddingRequest, caller: Caller) -> EmbeddingList:
         async with self._registry.use(
-            request.model, keep_alive=request.keep_alive_seconds
+            request.model,
+            keep_alive=request.keep_alive_seconds,
+            may_shorten=caller.may_shorten_keep_alive,
         ) as handle:
-            return await self._create(request, handle)
+            return await self._create(request, handle, caller)
 
-    async def _create(self, request: EmbeddingRequest, handle: ModelHandle) -> EmbeddingList:
+    async def _create(
+        self, request: EmbeddingRequest, handle: ModelHandle, caller: Caller
+    ) -> EmbeddingList:
         if request.dimensions is not None and request.dimensions > handle.n_embd:
             raise InvalidRequestError(
                 f"dimensions must be at most {handle.n_embd} for model '{handle.name}'",
                 param="dimensions",
             )
-        inputs = await asyncio.to_thread(_tokenized_inputs, handle, request.input)
-        vectors = await asyncio.to_thread(handle.embed, inputs)
+        if not handle.config.embeddings:
+            raise InvalidRequestError(
+                f"model '{handle.name}' does not serve embeddings (embeddings = false in its "
+                "config)",
+                param="model",
+            )
+        inputs = await self._prep.run(_tokenized_inputs, handle, request.input)
+        if caller.meter is not None:  # counted before the work: over the limit is a 429
+            caller.meter(sum(len(i) for i in inputs))
+        vectors = await handle.embed(inputs)
         data = []
         for index, vector in enumerate(vectors):
             values = _unit(vector[: request.dimensions] if request.dimensions else vector)
@@ -60,6 +74,7 @@ def _tokenized_inputs(handle: ModelHandle, value: EmbeddingInput) -> list[list[i
     inputs: list[list[int]] = []
     for i, item in enumerate(items):
         if isinstance(item, str):
+            check_prompt_length(item, handle, param="input")
             tokens = handle.tokenize(item, add_special=handle.adds_bos)
         else:
             tokens = list(item)

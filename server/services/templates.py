@@ -8,8 +8,8 @@ text but cannot reach Python internals or mutate the data it is given.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -88,3 +88,19 @@ def message_to_template_dict(role: str, content: Any, extra: dict[str, Any]) -> 
     message: dict[str, Any] = {"role": role, "content": content if content is not None else ""}
     message.update({k: v for k, v in extra.items() if v is not None})
     return message
+
+
+T = TypeVar("T")
+
+
+def escaped(value: T, escape: Callable[[str], str]) -> T:
+    """``value`` (messages or tools, as a template receives them) with every string in it,
+    keys included, passed through ``escape``: the request's text can then never become one
+    of the model's control tokens, whatever the template does with it."""
+    if isinstance(value, str):
+        return escape(value)  # type: ignore[return-value]
+    if isinstance(value, list):
+        return [escaped(item, escape) for item in value]  # type: ignore[return-value]
+    if isinstance(value, dict):
+        return {escaped(k, escape): escaped(v, escape) for k, v in value.items()}  # type: ignore[return-value]
+    return value

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from server.errors import InvalidRequestError
+from server.handle import ModelHandle
+from server.protocol.chat import ChatCompletionRequest
 from server.protocol.tokens import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -12,19 +12,44 @@ from server.protocol.tokens import (
     TokenizeResponse,
 )
 from server.registry import ModelRegistry
+from server.services.chat import ChatService
+from server.services.generation import RunLimits
+from server.services.prep import PrepExecutor
+from server.services.tools import plan_tools
 
 
 class TokenService:
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(
+        self, registry: ModelRegistry, prep: PrepExecutor, chat: ChatService, limits: RunLimits
+    ) -> None:
         self._registry = registry
+        self._prep = prep
+        self._chat = chat
+        self._limits = limits
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        if request.messages is not None:
+            self._limits.check_counts(len(request.messages), len(request.tools or ()))
         async with self._registry.use(request.model) as handle:
-            add = request.add_special and handle.adds_bos
-            tokens = await asyncio.to_thread(handle.tokenize, request.text, add_special=add)
+            tokens = await self._prep.run(self._tokenize, request, handle)
         return TokenizeResponse(
             model=handle.name, tokens=tokens, count=len(tokens), max_model_len=handle.n_ctx
         )
+
+    def _tokenize(self, request: TokenizeRequest, handle: ModelHandle) -> list[int]:
+        if request.messages is not None:
+            chat = ChatCompletionRequest(
+                model=request.model, messages=request.messages, tools=request.tools
+            )
+            return self._chat.prompt_tokens(
+                handle,
+                request.messages,
+                plan_tools(chat),
+                add_generation_prompt=request.add_generation_prompt,
+            )
+        assert request.text is not None
+        add = request.add_special and handle.adds_bos
+        return handle.tokenize(request.text, add_special=add, markup=request.parse_special)
 
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         async with self._registry.use(request.model) as handle:
@@ -33,5 +58,5 @@ class TokenService:
                 raise InvalidRequestError(
                     f"token ids must be in [0, {handle.n_vocab}); got {bad[:5]}", param="tokens"
                 )
-            text = await asyncio.to_thread(handle.detokenize, request.tokens)
+            text = await self._prep.run(handle.detokenize, request.tokens)
         return DetokenizeResponse(model=handle.name, text=text)

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from server.errors import UpstreamError
+from server.errors import HearthError, UpstreamError
 from server.settings import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -48,10 +48,14 @@ class UpstreamService:
         *,
         stream: bool,
         on_usage: UsageSink | None = None,
+        on_chunk: Callable[[], None] | None = None,
+        keep_usage: bool = True,
     ) -> UpstreamAnswer:
         """POST ``body`` to the upstream's ``path`` (``/chat/completions``, ...). ``on_usage``
-        gets the prompt and completion tokens the answer reports: a whole answer's always, a
-        stream's when the client asked for stream usage."""
+        gets the prompt and completion tokens the answer reports. In a stream, ``on_chunk``
+        is called for each chunk that carries output (it may raise a HearthError, which ends
+        the stream with an error event), and ``keep_usage`` false leaves the usage out of what
+        is relayed (the client did not ask for it)."""
         assert config.upstream is not None
         url = config.upstream.rstrip("/") + path
         payload = {**body, "model": config.upstream_model or config.name}
@@ -74,9 +78,10 @@ class UpstreamService:
             finally:
                 await response.aclose()
             if on_usage is not None and response.status_code == 200:
-                _report_usage(raw, on_usage)
+                _report_usage(_json(raw), on_usage)
             return UpstreamAnswer(response.status_code, content_type, _renamed(raw, config.name))
-        return UpstreamAnswer(200, content_type, lines=_sse_lines(response, config, on_usage))
+        relay = _Relay(config, on_usage, on_chunk, keep_usage)
+        return UpstreamAnswer(200, content_type, lines=relay.lines(response))
 
 
 def _unreachable(config: ModelConfig, exc: Exception) -> UpstreamError:
@@ -92,49 +97,91 @@ def _unreachable(config: ModelConfig, exc: Exception) -> UpstreamError:
 UsageSink = Callable[[int, int], None]
 
 
-def _report_usage(chunk: bytes, on_usage: UsageSink) -> None:
+def _json(raw: bytes) -> Any:
     try:
-        usage = json.loads(chunk).get("usage") or {}
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _report_usage(data: Any, on_usage: UsageSink) -> None:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return
+    try:
         on_usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)))
-    except (ValueError, AttributeError, TypeError):
+    except (ValueError, TypeError):
         return
 
 
 def _renamed(raw: bytes, name: str) -> bytes:
     """The JSON answer with its ``model`` set to this server's name (others unchanged)."""
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        return raw
+    data = _json(raw)
     if isinstance(data, dict) and "model" in data:
         data["model"] = name
         return json.dumps(data, ensure_ascii=False).encode()
     return raw
 
 
-async def _sse_lines(
-    response: httpx.Response, config: ModelConfig, on_usage: UsageSink | None
-) -> AsyncIterator[str]:
-    """The upstream's SSE lines, each ``data:`` chunk renamed; a break-off ends the stream with
-    an error event and ``[DONE]``, as Hearth's own streams end."""
-    try:
-        async for line in response.aiter_lines():
-            if line.startswith("data:") and line[5:].strip() != "[DONE]":
-                chunk = line[5:].strip().encode()
-                if on_usage is not None and b'"usage"' in chunk:
-                    _report_usage(chunk, on_usage)
-                line = "data: " + _renamed(chunk, config.name).decode()
-            yield line + "\n"
-    except httpx.HTTPError as exc:
-        error = _unreachable(config, exc)
-        payload = {
-            "error": {
-                "message": error.message,
-                "type": error.error_type,
-                "param": None,
-                "code": error.code,
-            }
+def _has_output(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        text = choice.get("text") if isinstance(choice, dict) else None
+        if text or (isinstance(delta, dict) and (delta.get("content") or delta.get("tool_calls"))):
+            return True
+    return False
+
+
+@dataclass
+class _Relay:
+    """An upstream stream, relayed line by line: each ``data:`` chunk renamed, its output
+    metered, its usage reported (and left out unless the client asked for it); a break-off or
+    a limit ends the stream with an error event and ``[DONE]``, as Hearth's own streams end."""
+
+    config: ModelConfig
+    on_usage: UsageSink | None
+    on_chunk: Callable[[], None] | None
+    keep_usage: bool
+
+    async def lines(self, response: httpx.Response) -> AsyncIterator[str]:
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                    yield line + "\n"
+                    continue
+                chunk = _json(line[5:].strip().encode())
+                if not isinstance(chunk, dict):
+                    yield line + "\n"
+                    continue
+                if chunk.get("usage"):
+                    if self.on_usage is not None:
+                        _report_usage(chunk, self.on_usage)
+                    if not self.keep_usage:
+                        if not chunk.get("choices"):
+                            continue  # the usage-only chunk the client did not ask for
+                        del chunk["usage"]
+                elif not self.keep_usage:
+                    chunk.pop("usage", None)
+                if self.on_chunk is not None and _has_output(chunk):
+                    self.on_chunk()
+                if "model" in chunk:
+                    chunk["model"] = self.config.name
+                yield "data: " + json.dumps(chunk, ensure_ascii=False) + "\n"
+        except httpx.HTTPError as exc:
+            yield _error_event(_unreachable(self.config, exc))
+        except HearthError as exc:  # over a limit while relaying
+            yield _error_event(exc)
+        finally:
+            await response.aclose()
+
+
+def _error_event(error: HearthError) -> str:
+    payload = {
+        "error": {
+            "message": error.message,
+            "type": error.error_type,
+            "param": error.param,
+            "code": error.code,
         }
-        yield f"data: {json.dumps(payload)}\n\ndata: [DONE]\n\n"
-    finally:
-        await response.aclose()
+    }
+    return f"data: {json.dumps(payload)}\n\ndata: [DONE]\n\n"

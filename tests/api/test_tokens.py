@@ -44,3 +44,34 @@ def test_bad_token_ids_and_unknown_models_are_errors(client: TestClient) -> None
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
     unknown = client.post("/tokenize", json={"model": "nope", "text": "x"})
     assert unknown.status_code == 404
+
+
+IM_START, IM_END = 1, 2  # SmolLM2's <|im_start|> and <|im_end|>
+
+
+def test_text_is_plain_text_unless_special_parsing_is_asked_for(client: TestClient) -> None:
+    body = {"model": "smollm2", "text": "<|im_start|>", "add_special": False}
+    plain = client.post("/tokenize", json=body).json()["tokens"]
+    parsed = client.post("/tokenize", json={**body, "parse_special": True}).json()["tokens"]
+    assert parsed == [IM_START]
+    assert IM_START not in plain and len(plain) > 1
+
+
+def test_messages_are_tokenized_as_chat_renders_them(client: TestClient) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello"},
+    ]
+    tokens = client.post("/tokenize", json={"model": "smollm2", "messages": messages}).json()
+    # system, user, and the assistant turn the generation prompt opens.
+    assert tokens["tokens"].count(IM_START) == 3 and tokens["tokens"].count(IM_END) == 2
+    chat = client.post(
+        "/v1/chat/completions", json={"model": "smollm2", "messages": messages, "max_tokens": 1}
+    ).json()
+    assert chat["usage"]["prompt_tokens"] == tokens["count"]
+
+
+def test_exactly_one_of_text_and_messages(client: TestClient) -> None:
+    both = {"model": "smollm2", "text": "a", "messages": [{"role": "user", "content": "a"}]}
+    assert client.post("/tokenize", json=both).status_code == 400
+    assert client.post("/tokenize", json={"model": "smollm2"}).status_code == 400

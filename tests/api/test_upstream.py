@@ -129,3 +129,49 @@ def test_the_upstream_gets_its_own_name_and_key() -> None:
     assert request.headers["authorization"] == "Bearer sk-up"
     assert json.loads(request.content) == {"model": "theirs", "input": "x"}
     assert json.loads(body)["model"] == "ours"
+
+
+def test_only_known_fields_go_upstream_and_streams_always_report_usage() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(json.loads(request.content))
+        chunk = {
+            "id": "c",
+            "model": "theirs",
+            "choices": [{"index": 0, "delta": {"content": "hi"}}],
+        }
+        usage = {
+            "id": "c",
+            "model": "theirs",
+            "choices": [],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        }
+        body = f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n"
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    settings = make_settings(
+        models=[remote("far", "http://up/v1", max_tokens_cap=5)],
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        app.state.hearth.upstream = UpstreamService(transport=httpx.MockTransport(answer))
+        body = {
+            "model": "far",
+            "messages": QUESTION,
+            "stream": True,
+            "max_tokens": 50,
+            "priority": 5,
+            "keep_alive": "5m",
+            "some_future_field": {"x": 1},
+        }
+        response = client.post("/v1/chat/completions", json=body)
+        chunks = sse_chunks(response)
+        metrics = client.get("/metrics").text
+    (sent,) = seen
+    assert "some_future_field" not in sent and "priority" not in sent and "keep_alive" not in sent
+    assert sent["max_tokens"] == 5  # the model's cap
+    assert sent["stream_options"] == {"include_usage": True}
+    # The client did not ask for usage: none is relayed, but it was counted.
+    assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["hi"]
+    assert 'hearth_tokens_total{kind="prompt",model="far"} 3.0' in metrics

@@ -90,9 +90,7 @@ def test_tool_call_grammar_forced_lazy_and_parallel() -> None:
         ({"type": "object", "properties": {'a"b': {"type": "string"}}}, "grammar"),
     ],
 )
-def test_schemas_beyond_the_bounds_are_refused_by_name(
-    schema: dict[str, Any], named: str
-) -> None:
+def test_schemas_beyond_the_bounds_are_refused_by_name(schema: dict[str, Any], named: str) -> None:
     with pytest.raises(SchemaNotSupported, match=named):
         json_schema_grammar(schema)
 
@@ -128,6 +126,8 @@ def test_each_functions_references_resolve_within_its_own_parameters() -> None:
         "properties": {"item": {"$ref": "#/$defs/Item"}},
         "$defs": {"Item": {"type": "boolean"}},
     }
-    grammar = tool_call_grammar([FunctionSpec("a", first), FunctionSpec("b", second)], parallel=False)
+    grammar = tool_call_grammar(
+        [FunctionSpec("a", first), FunctionSpec("b", second)], parallel=False
+    )
     # Two different "Item" definitions, each reached from its own function.
     assert "integer" in grammar.gbnf and "boolean" in grammar.gbnf

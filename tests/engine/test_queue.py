@@ -32,11 +32,28 @@ def test_fifo_within_one_owner() -> None:
     assert drain(queue) == ["a", "b", "c"]
 
 
-def test_higher_priority_goes_first() -> None:
+def test_priority_orders_an_owners_line_but_never_jumps_another_owner() -> None:
     queue: FairQueue[str] = FairQueue(10)
-    queue.put("low", owner="a")
-    queue.put("high", owner="b", priority=5)
-    assert drain(queue) == ["high", "low"]
+    queue.put("a-low", owner="a")
+    queue.put("b-high", owner="b", priority=1000)
+    queue.put("a-high", owner="a", priority=5)
+    assert drain(queue) == ["a-high", "b-high", "a-low"]
+
+
+def test_the_owner_running_fewest_jobs_goes_first() -> None:
+    queue: FairQueue[str] = FairQueue(10)
+    queue.put("greedy-5", owner="greedy")
+    queue.put("small", owner="small")
+    assert queue.pop({"greedy": 4}) == "small"
+    assert queue.pop({"greedy": 4, "small": 1}) == "greedy-5"
+
+
+def test_an_owner_holds_at_most_its_share() -> None:
+    queue: FairQueue[str] = FairQueue(10, max_per_owner=3)
+    assert queue.room_for("a", 3) and not queue.room_for("a", 4)
+    for i in range(3):
+        queue.put(f"a{i}", owner="a")
+    assert not queue.room_for("a", 1) and queue.room_for("b", 3)
 
 
 def test_full_and_len() -> None:

@@ -323,18 +323,72 @@ def test_waiting_owners_take_turns_for_a_free_slot(backend: FakeBackend) -> None
     scheduler.stop(timeout=10)
 
 
-def test_priority_jumps_the_queue(backend: FakeBackend) -> None:
+def test_priority_orders_one_owners_jobs_and_never_jumps_another_owner(
+    backend: FakeBackend,
+) -> None:
     backend.gate = threading.Semaphore(0)
     scheduler = run(backend)
-    running, low, high = Collector(), Collector(), Collector()
-    scheduler.submit(request([1], max_tokens=2), running)
+    order: list[str] = []
+    running = Collector("running", order)
+    scheduler.submit(request([1], max_tokens=2, owner="x"), running)
     wait_until(lambda: scheduler.busy_slots == 1)
-    scheduler.submit(GenerationRequest("low", [5], 1, SamplingParams(), [], "a", priority=0), low)
-    scheduler.submit(GenerationRequest("high", [7], 1, SamplingParams(), [], "b", priority=9), high)
+
+    def job(name: str, owner: str, priority: int) -> Collector:
+        sink = Collector(name, order)
+        scheduler.submit(
+            GenerationRequest(name, [5], 1, SamplingParams(), [], owner, priority=priority), sink
+        )
+        return sink
+
+    sinks = [
+        job("a-low", "a", 0),
+        job("b-urgent", "b", 1000),
+        job("a-high", "a", 9),
+        job("b-low", "b", 0),
+    ]
     backend.gate.release(1000)
-    low.wait()
-    high.wait()
-    assert high.events[-1].queue_seconds <= low.events[-1].queue_seconds
+    for sink in sinks:
+        sink.wait()
+    # a and b take turns (a queued first); within each, the higher priority goes first.
+    assert order == ["running", "a-high", "b-urgent", "a-low", "b-low"]
+    scheduler.stop(timeout=10)
+
+
+def test_the_owner_holding_fewest_slots_goes_next() -> None:
+    backend = FakeBackend(n_slots=4)
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    order: list[str] = []
+    # One request with n = 6 takes all four slots; two of its choices wait.
+    greedy = [Collector(f"greedy-{i}", order) for i in range(6)]
+    scheduler.submit_all([(request([1], max_tokens=3, owner="g"), sink) for sink in greedy])
+    wait_until(lambda: scheduler.busy_slots == 4)
+    small = Collector("small", order)
+    scheduler.submit(request([2], max_tokens=1, owner="s"), small)
+    backend.gate.release(1000)
+    for sink in [*greedy, small]:
+        sink.wait()
+    # The first free slot goes to the owner with none, ahead of the greedy request's rest.
+    assert order.index("small") < order.index("greedy-4")
+    scheduler.stop(timeout=10)
+
+
+def test_a_request_is_queued_whole_or_not_at_all(backend: FakeBackend) -> None:
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend, max_queue=8)
+    scheduler.submit(request([1], max_tokens=2, owner="x"), Collector())
+    wait_until(lambda: scheduler.busy_slots == 1)
+    # An owner may hold half the queue: five jobs do not fit, and none of them is queued.
+    with pytest.raises(QueueFullError):
+        scheduler.submit_all([(request([1], owner="a"), Collector()) for _ in range(5)])
+    assert scheduler.queued == 0
+    scheduler.submit_all([(request([1], owner="a"), Collector()) for _ in range(4)])
+    with pytest.raises(QueueFullError):
+        scheduler.submit(request([1], owner="a"), Collector())
+    scheduler.submit_all([(request([1], owner="b"), Collector()) for _ in range(4)])
+    with pytest.raises(QueueFullError):  # the queue itself is full
+        scheduler.submit(request([1], owner="c"), Collector())
+    backend.gate.release(1000)
     scheduler.stop(timeout=10)
 
 
@@ -575,4 +629,33 @@ def test_logprobs_cover_exactly_the_emitted_text() -> None:
     assert "".join(lp.text for lp in entries) == sink.text
     assert [lp.token for lp in entries] == [11, 12, 13]
     assert all(lp.logprob <= 0 and len(lp.top) == 2 for lp in entries)
+    scheduler.stop(timeout=10)
+
+
+def scoped_request(prompt: list[int], scope: str, max_tokens: int = 1) -> GenerationRequest:
+    return GenerationRequest(
+        "r", prompt, max_tokens, SamplingParams(), [], scope, cache_scope=scope
+    )
+
+
+def test_cached_prefixes_are_never_shared_across_cache_scopes() -> None:
+    backend = FakeBackend(n_slots=2)
+    backend.gate = threading.Semaphore(0)
+    scheduler = run(backend)
+    secret = list(range(3000, 3100))
+    alice = Collector()
+    scheduler.submit(scoped_request(secret, "alice", max_tokens=40), alice)
+    backend.gate.release(2)
+    wait_until(lambda: len(alice.events) >= 1)
+    # bob's same prompt neither waits to copy alice's running prefill nor copies her slot.
+    bob = Collector()
+    scheduler.submit(scoped_request([*secret, 1], "bob"), bob)
+    backend.gate.release(1000)
+    assert bob.wait().cached_tokens == 0
+    assert not [op for op in backend.kv_ops if op[0] == "copy"]
+    alice.wait()
+    # alice's own next request reuses her prefix.
+    again = Collector()
+    scheduler.submit(scoped_request([*secret, 2, 3], "alice"), again)
+    assert again.wait().cached_tokens == 100
     scheduler.stop(timeout=10)

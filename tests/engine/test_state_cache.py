@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,73 @@ def test_a_longer_state_of_the_same_conversation_supersedes_the_older_one() -> N
     assert depth == 3 and entry is not None
     assert bytes(cache.get(entry) or b"") == b"b" * 300
     assert cache.ram_bytes <= 700  # the older state's memory was reused, not added
+
+
+def test_folders_and_files_are_private_to_the_servers_user(tmp_path: Path) -> None:
+    root = tmp_path / "kv"
+    cache = on_disk(root)
+    put(cache, [1, 2, 3], b"a prompt's state")
+    cache.close()
+    folders = [root, *root.iterdir()]
+    assert all(f.stat().st_mode & 0o777 == 0o700 for f in folders)
+    files = list(root.glob("*/*.state"))
+    assert files and all(f.stat().st_mode & 0o777 == 0o600 for f in files)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"tokens": ["a"], "size": 4, "sha256": "x"},
+        {"tokens": [], "size": 4, "sha256": "x"},
+        {"tokens": [1], "size": "4", "sha256": "x"},
+        {"tokens": [1], "size": -4, "sha256": "x"},
+        {"tokens": 7, "size": 4, "sha256": "x"},
+        {"tokens": [1.5], "size": 4, "sha256": None},
+        [],
+    ],
+)
+def test_a_file_with_malformed_header_fields_is_dropped_not_fatal(
+    tmp_path: Path, header: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = on_disk(tmp_path)
+    folder = cache._dir
+    cache.close()
+    assert folder is not None
+    if isinstance(header, dict):
+        header = {"format": "hearth-kv-state-1", "model": "m" * 64, **header}
+    bad = folder / "bad.state"
+    bad.write_bytes(json.dumps(header).encode() + b"\nabcd")
+    with caplog.at_level(logging.WARNING):
+        again = on_disk(tmp_path)  # starts
+    assert not bad.exists()
+    assert any("dropping KV state file" in r.message for r in caplog.records)
+    again.close()
+
+
+def test_a_failed_write_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = on_disk(tmp_path)
+    folder = cache._dir
+    assert folder is not None
+    real_fdopen = os.fdopen
+
+    class DiskFull:
+        def __init__(self, descriptor: int, mode: str) -> None:
+            self.file = real_fdopen(descriptor, mode)
+
+        def __enter__(self) -> DiskFull:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.file.close()
+
+        def write(self, data: bytes) -> int:
+            self.file.write(bytes(data)[:3])  # part of it made it to disk
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", DiskFull)
+    put(cache, [1, 2, 3], b"state")
+    cache.close()
+    monkeypatch.undo()
+    assert list(folder.iterdir()) == []

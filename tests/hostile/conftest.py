@@ -40,11 +40,19 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
-def write_config(path: Path, settings: dict[str, Any], models: list[dict[str, Any]]) -> Path:
-    lines = [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
+def write_config(
+    path: Path, settings: dict[str, Any], models: list[dict[str, Any]], port: int = 0
+) -> Path:
+    """A config file; ``{port}`` in a model's string values becomes the server's own port
+    (for a remote model served by the same server)."""
+
+    def value(v: Any) -> str:
+        return _toml_value(v.replace("{port}", str(port)) if isinstance(v, str) else v)
+
+    lines = [f"{key} = {value(v)}" for key, v in settings.items()]
     for model in models:
         lines.append("\n[[models]]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in model.items()]
+        lines += [f"{key} = {value(v)}" for key, v in model.items()]
     path.write_text("\n".join(lines) + "\n")
     tomllib.loads(path.read_text())  # written as meant
     return path
@@ -69,7 +77,7 @@ class ServerProcess:
     def __init__(self, tmp: Path, settings: dict[str, Any], models: list[dict[str, Any]]) -> None:
         self.port = free_port()
         base = {"kv_cache_disk_bytes": 0, "log_level": "info", "kv_cache_dir": tmp / "kv"}
-        self.config = write_config(tmp / "hearth.toml", {**base, **settings}, models)
+        self.config = write_config(tmp / "hearth.toml", {**base, **settings}, models, self.port)
         self.log_path = tmp / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.headers: dict[str, str] = {}
@@ -80,9 +88,9 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         with self.log_path.open("wb") as log:
+            command = [sys.executable, "-m", "server", "serve", "--config", str(self.config)]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "server", "serve", "--config", str(self.config)]
-                + ["--port", str(self.port)],
+                [*command, "--port", str(self.port)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -112,7 +120,8 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, timeout=120, headers=self.headers, **kwargs)
+        options: dict[str, Any] = {"timeout": 120, "headers": self.headers, **kwargs}
+        return httpx.Client(base_url=self.base_url, **options)
 
     def gauges(self) -> dict[str, float]:
         """Engine gauges summed over models: busy slots, queued requests, model leases."""

@@ -121,7 +121,10 @@ def test_schemas_beyond_the_bounds_are_400s_naming_the_keyword(
         as_tool = http.post(CHAT, json={**body, "tools": [{**tool}], "tool_choice": "required"})
         as_tool_property = http.post(
             CHAT,
-            json={**body, "tools": [{"type": "function", "function": {"name": "f", "parameters": wrapped}}]},
+            json={
+                **body,
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": wrapped}}],
+            },
         )
     assert as_format.status_code == 400, as_format.text
     assert named in as_format.json()["error"]["message"]
@@ -163,7 +166,11 @@ def test_a_grammar_llama_cpp_would_refuse_is_a_400_logged_in_one_line(
     with server.client() as http:
         response = http.post(
             CHAT,
-            json={"model": "smollm2", "messages": QUESTION, "response_format": schema_format(schema)},
+            json={
+                "model": "smollm2",
+                "messages": QUESTION,
+                "response_format": schema_format(schema),
+            },
         )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "response_format.json_schema"
