@@ -9,6 +9,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -38,14 +40,45 @@ class ContentPart(BaseModel):
     text: str | None = None
 
 
+class FunctionCallIn(BaseModel):
+    """A call an earlier assistant turn made: its function's name and JSON arguments."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    arguments: str | dict[str, Any] | None = None
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
+# Roles whose messages must carry content (an assistant's may be tool calls alone).
+_NEEDS_CONTENT = frozenset({"system", "developer", "user", "tool"})
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Role
-    content: str | list[ContentPart] | None = None
+    content: str | list[ContentPart] | None = Field(None, validate_default=True)
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
     tool_call_id: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_where_required(
+        cls, content: str | list[ContentPart] | None, info: ValidationInfo
+    ) -> str | list[ContentPart] | None:
+        role = info.data.get("role")
+        if content is None and role in _NEEDS_CONTENT:
+            raise ValueError(f"a {role} message needs content")
+        return content
 
 
 class JSONSchemaFormat(BaseModel):
@@ -146,6 +179,8 @@ class ChoiceLogprobs(OpenAIResponse):
 class AssistantMessage(OpenAIResponse):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    # OpenAI's schema has it on every message; Hearth's models never refuse by policy.
+    refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
 
     @model_serializer(mode="wrap")

@@ -161,7 +161,8 @@ class ChatService:
             if run.tools is not None:
                 parser = ToolCallParser(run.tools.functions)
                 head, _ = parser.feed(r.text)
-                content = head + parser.finish()
+                # A call cut off by max_tokens is not returned, as markup or as a call.
+                content = head + parser.finish(partial_as_content=finish != "length")
                 calls = parser.calls or None
                 if calls:
                     content = content if content.strip() else None
@@ -281,23 +282,18 @@ def _template_messages(
             [p.model_dump() for p in m.content] if isinstance(m.content, list) else m.content
         )
         role = m.role
-        calls = [c.get("function", {}) for c in m.tool_calls or []]
+        calls = [c.model_dump(exclude_none=True) for c in m.tool_calls or []]
         extra: dict[str, Any] = {"name": m.name, "tool_call_id": m.tool_call_id}
         if native:
             extra["tool_calls"] = [
-                {
-                    **c,
-                    "function": {
-                        **c.get("function", {}),
-                        "arguments": parse_arguments(f.get("arguments")),
-                    },
-                }
-                for c, f in zip(m.tool_calls or [], calls, strict=True)
+                {**c, "function": {**c["function"], "arguments": parse_arguments(f.arguments)}}
+                for c, f in zip(calls, [c.function for c in m.tool_calls or []], strict=True)
             ] or None
         elif calls:
             text = message_to_template_dict(role, content, {})["content"]
             written = "\n".join(
-                render_call(f.get("name"), parse_arguments(f.get("arguments"))) for f in calls
+                render_call(c.function.name, parse_arguments(c.function.arguments))
+                for c in m.tool_calls or []
             )
             content = f"{text}\n{written}" if text else written
         elif role == "tool":

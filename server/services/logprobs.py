@@ -44,6 +44,14 @@ def completion_logprobs(entries: Sequence[TokenLogprob], text_offset: int) -> Co
     return CompletionLogprobs(
         tokens=[e.text for e in entries],
         token_logprobs=[e.logprob for e in entries],
-        top_logprobs=[{_piece_text(t.piece): t.logprob for t in e.top} for e in entries],
+        top_logprobs=[_with_sampled(e) for e in entries],
         text_offset=offsets,
     )
+
+
+def _with_sampled(entry: TokenLogprob) -> dict[str, float]:
+    """The top alternatives and, as OpenAI always includes it, the sampled token (so
+    ``logprobs: 0`` gives the sampled token alone, and ``logprobs: k`` up to k + 1)."""
+    top = {_piece_text(t.piece): t.logprob for t in entry.top}
+    top.setdefault(_piece_text(entry.piece), entry.logprob)
+    return top

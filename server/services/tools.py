@@ -186,12 +186,13 @@ class ToolCallParser:
         return self._visible("".join(content)), deltas
 
     def finish(self, *, partial_as_content: bool = True) -> str:
-        """The end of the output: what is held back is content after all. A call cut short
-        whose head was already streamed is dropped unless ``partial_as_content``."""
-        streamed = self._open is not None
-        rest = (TOOL_CALL_OPEN if self._in_call else "") + self._buffer
+        """The end of the output: what is held back is content after all, except a call cut
+        short (by max_tokens), which is dropped unless ``partial_as_content``: its markup is
+        not an answer, and its arguments are not whole."""
+        in_call = self._in_call
+        rest = (TOOL_CALL_OPEN if in_call else "") + self._buffer
         self._buffer, self._in_call, self._open, self._sent = "", False, None, ""
-        if streamed and not partial_as_content:
+        if in_call and not partial_as_content:
             return ""
         return self._visible(rest)
 

@@ -51,6 +51,8 @@ def test_response_has_the_openai_shape(client: TestClient) -> None:
     assert choice["logprobs"] is None
     assert choice["message"]["role"] == "assistant"
     assert choice["message"]["content"]
+    # OpenAI's schema puts refusal on every message.
+    assert "refusal" in choice["message"] and choice["message"]["refusal"] is None
     assert choice["finish_reason"] in ("stop", "length")
     usage = data["usage"]
     assert usage["prompt_tokens"] > 0

@@ -128,3 +128,21 @@ def test_token_ids_outside_the_vocabulary_are_refused(client: TestClient, prompt
     response = client.post(URL, json={"model": "smollm2", "prompt": prompt})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "prompt"
+
+
+def test_logprobs_zero_gives_the_sampled_token_alone(client: TestClient) -> None:
+    body = {"model": "smollm2", "prompt": "The sky is", "max_tokens": 4, "logprobs": 0}
+    logprobs = client.post("/v1/completions", json={**body, "temperature": 0}).json()["choices"][0][
+        "logprobs"
+    ]
+    for top, logprob in zip(logprobs["top_logprobs"], logprobs["token_logprobs"], strict=True):
+        assert list(top.values()) == [logprob]  # the sampled token, which OpenAI always includes
+    two = client.post(
+        "/v1/completions", json={**body, "logprobs": 2, "temperature": 1, "seed": 3}
+    ).json()
+    for top, logprob in zip(
+        two["choices"][0]["logprobs"]["top_logprobs"],
+        two["choices"][0]["logprobs"]["token_logprobs"],
+        strict=True,
+    ):
+        assert 2 <= len(top) <= 3 and logprob in top.values()

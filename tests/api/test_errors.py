@@ -237,3 +237,50 @@ def test_default_body_limit_is_8_mib(client: TestClient) -> None:
 def test_server_still_serves_after_all_of_that(client: TestClient) -> None:
     response = client.post(CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 3})
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "user"}], "messages.0.content"),
+        ([{"role": "user", "content": None}], "messages.0.content"),
+        (
+            [{"role": "system", "content": None}, {"role": "user", "content": "hi"}],
+            "messages.0.content",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "1", "type": "function", "function": "get_weather"}],
+                },
+            ],
+            "messages.1.tool_calls.0.function",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "1", "type": "function", "function": None}],
+                },
+            ],
+            "messages.1.tool_calls.0.function",
+        ),
+        (
+            [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "tool_calls": [{"id": "1", "function": {"arguments": "{}"}}]},
+            ],
+            "messages.1.tool_calls.0.function.name",
+        ),
+    ],
+)
+def test_malformed_messages_are_400s_naming_the_field(
+    client: TestClient, messages: list[Any], param: str
+) -> None:
+    response = client.post(CHAT, json={"model": "smollm2", "messages": messages})
+    assert_error(response, 400, param=param)

@@ -317,3 +317,23 @@ def test_n_choices_read_the_prompt_once(client: TestClient, app: Any) -> None:
         data["usage"]["prompt_tokens_details"]["cached_tokens"]
         < data["usage"]["prompt_tokens"] - 60
     )
+
+
+def test_a_forced_call_cut_off_by_max_tokens_is_length_with_no_call_and_no_markup(
+    client: TestClient,
+) -> None:
+    body: dict[str, Any] = {
+        "messages": WEATHER_QUESTION,
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "required",
+        "temperature": 0,
+        "max_tokens": 6,
+    }
+    whole = chat(client, **body)["choices"][0]
+    assert whole["finish_reason"] == "length"
+    assert "tool_calls" not in whole["message"]
+    assert whole["message"]["content"] == ""
+    chunks = chat_stream(client, **body)
+    finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finals[-1] == "length"
+    assert "<tool_call>" not in stream_text(chunks)
