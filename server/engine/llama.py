@@ -14,14 +14,15 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import llama_cpp
 import numpy as np
 
 from server.engine.embedder import LlamaEmbedder
+from server.engine.sampler import Samplers
 from server.engine.tokenizer import SpecialToken, Tokenizer
-from server.engine.types import Grammar, SamplingDeadEnd, SamplingParams, TopLogprob
+from server.engine.types import Grammar, SamplingParams, TopLogprob
 from server.errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -184,12 +185,7 @@ class LlamaBackend:
         n_layer = llama_cpp.llama_model_n_layer(self._model)
         self.kv_cache_bytes = n_layer * n_ctx * n_slots * kv_width * 2 * 2
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_slots)
-        self._samplers: list[ctypes.c_void_p | None] = [None] * n_slots
-        # Each slot's grammar sampler, outside its chain (see sample()), and the tokens its
-        # logit_bias bans (to tell when a grammar leaves nothing to choose).
-        self._grammars: list[ctypes.c_void_p | None] = [None] * n_slots
-        self._banned: list[np.ndarray[Any, np.dtype[Any]] | None] = [None] * n_slots
-        self._candidates: np.ndarray[Any, np.dtype[Any]] | None = None
+        self.samplers = Samplers(self._vocab, self.n_vocab, n_slots)
         self._piece_cache: dict[int, bytes] = {}
         self.max_token_bytes = 1
         self.tokenizer = self._build_tokenizer()
@@ -290,28 +286,19 @@ class LlamaBackend:
     def check_grammar(self, grammar: Grammar) -> str | None:
         """Why llama.cpp refuses ``grammar``, or None if it accepts it. Safe from any thread:
         parsing reads the vocabulary only."""
-        sampler = self._grammar_sampler(grammar)
+        sampler = self.samplers.grammar_sampler(grammar)
         if not sampler:
             return "llama.cpp could not parse the grammar"
         llama_cpp.llama_sampler_free(sampler)
         return None
 
     def begin(self, slot: int, sampling: SamplingParams) -> None:
-        """Give ``slot`` a fresh sampler chain; its KV cells are left as they are."""
-        self._free_sampler(slot)
-        grammar = None
-        if sampling.grammar is not None:
-            grammar = self._grammar_sampler(sampling.grammar)
-            if grammar is None:
-                raise RuntimeError("llama.cpp could not parse the grammar")
-        self._samplers[slot] = self._build_sampler(sampling)
-        self._grammars[slot] = grammar
-        banned = [token for token, bias in sampling.logit_bias if bias == float("-inf")]
-        self._banned[slot] = np.array(banned, dtype=np.int64) if grammar and banned else None
+        """Give ``slot`` fresh samplers; its KV cells are left as they are."""
+        self.samplers.begin(slot, sampling)
 
     def end(self, slot: int) -> None:
         """The sequence is done; its KV cells stay, for a later request to reuse."""
-        self._free_sampler(slot)
+        self.samplers.end(slot)
 
     def clear(self, slot: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
@@ -371,80 +358,9 @@ class LlamaBackend:
             raise RuntimeError(f"llama_decode failed with status {status}")
 
     def sample(self, slot: int, batch_index: int) -> int:
-        sampler = self._samplers[slot]
-        assert sampler is not None, f"slot {slot} has no sampler"
-        grammar = self._grammars[slot]
-        if grammar is None:
-            # llama_sampler_sample also accepts the token into the chain (penalty history).
-            return int(llama_cpp.llama_sampler_sample(sampler, self._ctx, batch_index))
-        return self._sample_with_grammar(sampler, grammar, slot, batch_index)
-
-    def _sample_with_grammar(
-        self, chain: ctypes.c_void_p, grammar: ctypes.c_void_p, slot: int, batch_index: int
-    ) -> int:
-        """Sample without the grammar, and check only the chosen token against it; apply the
-        grammar to every candidate only when that token is refused.
-
-        A grammar checks a candidate by matching its text against the parse stacks: over a
-        49,152-token vocabulary that cost 6 ms a token, most of a decode step, while the
-        unconstrained choice is usually allowed anyway. (llama.cpp's own server does the same.)
-
-        A token reaches ``llama_sampler_accept`` only once the grammar has allowed it: accepting
-        a refused token throws inside llama.cpp, which aborts the process. When the grammar
-        leaves nothing that ``logit_bias`` has not banned, :class:`SamplingDeadEnd` ends the
-        sequence instead.
-        """
-        token = self._apply_and_select(chain, batch_index, grammar=None)
-        if not self._grammar_allows(grammar, token):
-            token = self._apply_and_select(chain, batch_index, grammar=grammar, slot=slot)
-            if not self._grammar_allows(grammar, token):
-                raise SamplingDeadEnd("the grammar refused every token the samplers chose")
-        llama_cpp.llama_sampler_accept(grammar, token)
-        llama_cpp.llama_sampler_accept(chain, token)
-        return token
-
-    @staticmethod
-    def _grammar_allows(grammar: ctypes.c_void_p, token: int) -> bool:
-        single = llama_cpp.llama_token_data(token, 1.0, 0.0)
-        one = llama_cpp.llama_token_data_array(ctypes.pointer(single), 1, -1, False)
-        llama_cpp.llama_sampler_apply(grammar, ctypes.byref(one))
-        return bool(single.logit != float("-inf"))
-
-    def _apply_and_select(
-        self,
-        chain: ctypes.c_void_p,
-        batch_index: int,
-        grammar: ctypes.c_void_p | None,
-        slot: int = -1,
-    ) -> int:
-        """Run the samplers over every token's logit at ``batch_index`` and return the choice
-        (without accepting it). With a grammar, raise :class:`SamplingDeadEnd` when it leaves
-        no token that the slot's ``logit_bias`` has not banned."""
-        if self._candidates is None:
-            dtype = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
-            assert dtype.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
-            self._candidates = np.zeros(self.n_vocab, dtype=dtype)
-        candidates = self._candidates
-        pointer = llama_cpp.llama_get_logits_ith(self._ctx, batch_index)
-        candidates["id"] = np.arange(self.n_vocab, dtype=np.int32)
-        candidates["logit"] = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
-        candidates["p"] = 0.0
-        data = candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data))
-        array = llama_cpp.llama_token_data_array(data, self.n_vocab, -1, False)
-        if grammar is not None:
-            llama_cpp.llama_sampler_apply(grammar, ctypes.byref(array))
-            allowed = np.isfinite(candidates["logit"])
-            banned = self._banned[slot]
-            if banned is not None:
-                allowed[banned] = False
-            if not allowed.any():
-                raise SamplingDeadEnd(
-                    "no token can follow: logit_bias bans every token the grammar allows here"
-                )
-        llama_cpp.llama_sampler_apply(chain, ctypes.byref(array))
-        if not 0 <= array.selected < array.size:
-            raise RuntimeError("the sampler chain selected no token")
-        return int(data[array.selected].id)
+        """``slot``'s next token from the logits at ``batch_index`` (see
+        :mod:`server.engine.sampler`); raises SamplingDeadEnd when its grammar allows none."""
+        return self.samplers.sample(slot, self._ctx, batch_index)
 
     def logprobs(
         self, batch_index: int, token: int, top: int
@@ -476,8 +392,7 @@ class LlamaBackend:
         )
 
     def close(self) -> None:
-        for slot in range(self.n_slots):
-            self._free_sampler(slot)
+        self.samplers.close()
         if self._ctx:
             self._threadpool.close()
             llama_cpp.llama_batch_free(self._batch)
@@ -486,67 +401,6 @@ class LlamaBackend:
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
-
-    def _free_sampler(self, slot: int) -> None:
-        for samplers in (self._samplers, self._grammars):
-            sampler = samplers[slot]
-            if sampler is not None:
-                llama_cpp.llama_sampler_free(sampler)
-                samplers[slot] = None
-
-    def _grammar_sampler(self, grammar: Grammar) -> ctypes.c_void_p | None:
-        gbnf, root = grammar.gbnf.encode(), grammar.root.encode()
-        if not grammar.triggers:
-            sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, gbnf, root)
-        else:
-            patterns = (ctypes.c_char_p * len(grammar.triggers))(
-                *(t.encode() for t in grammar.triggers)
-            )
-            sampler = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
-                self._vocab, gbnf, root, patterns, len(grammar.triggers), None, 0
-            )
-        return cast(ctypes.c_void_p | None, sampler or None)
-
-    def _build_sampler(self, p: SamplingParams) -> ctypes.c_void_p:
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        add = llama_cpp.llama_sampler_chain_add
-        if p.logit_bias:
-            biases = (llama_cpp.llama_logit_bias * len(p.logit_bias))()
-            for entry, (token, bias) in zip(biases, p.logit_bias, strict=True):
-                entry.token, entry.bias = token, bias
-            add(chain, llama_cpp.llama_sampler_init_logit_bias(self.n_vocab, len(biases), biases))
-        if p.repeat_penalty != 1.0 or p.frequency_penalty != 0.0 or p.presence_penalty != 0.0:
-            add(
-                chain,
-                llama_cpp.llama_sampler_init_penalties(
-                    self.n_vocab,
-                    p.penalty_last_n,
-                    p.repeat_penalty,
-                    p.frequency_penalty,
-                    p.presence_penalty,
-                ),
-            )
-        if p.temperature <= 0.0:
-            add(chain, llama_cpp.llama_sampler_init_greedy())
-            return cast(ctypes.c_void_p, chain)
-        if 0 < p.top_k < self.n_vocab:
-            add(chain, llama_cpp.llama_sampler_init_top_k(p.top_k))
-        if p.top_p < 1.0:
-            add(chain, llama_cpp.llama_sampler_init_top_p(p.top_p, 1))
-        if p.min_p > 0.0:
-            add(chain, llama_cpp.llama_sampler_init_min_p(p.min_p, 1))
-        add(chain, llama_cpp.llama_sampler_init_temp(p.temperature))
-        add(chain, llama_cpp.llama_sampler_init_dist(_native_seed(p.seed)))
-        return cast(ctypes.c_void_p, chain)
-
-
-def _native_seed(seed: int | None) -> int:
-    """Map an OpenAI int64 seed to llama.cpp's uint32; None means a random seed."""
-    if seed is None:
-        return int(llama_cpp.LLAMA_DEFAULT_SEED)
-    native = seed & 0xFFFFFFFF
-    # 0xFFFFFFFF is llama.cpp's "pick a random seed": keep explicit seeds deterministic.
-    return native if native != llama_cpp.LLAMA_DEFAULT_SEED else 0
 
 
 # The model identity reads this much from each of several places across the GGUF.
