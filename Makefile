@@ -58,6 +58,10 @@ bench: models
 	$(BIN)/python bench/cache_bench.py --model-path $(SMOLLM2) \
 	  --llama-server $$(bench/build_llama_server.sh $(BIN)/python) \
 	  --threads $$(nproc) --write bench/RESULTS.md
+	$(BIN)/python bench/grammar_cost.py --model-path $(SMOLLM2) --threads $$(nproc) \
+	  --write bench/RESULTS.md
+	$(BIN)/python bench/flash_attn.py --model-path $(SMOLLM2) --threads $$(nproc) \
+	  --write bench/RESULTS.md
 
 # A bounded soak and fault run on loopback (SOAK_MINUTES, default 10); see bench/soak.py.
 SOAK_MINUTES ?= 10

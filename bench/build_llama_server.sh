@@ -6,7 +6,12 @@ set -euo pipefail
 PYTHON=${1:-python3}
 VERSION=$("$PYTHON" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))')
 CACHE=${HEARTH_BENCH_CACHE:-$HOME/.cache/hearth/bench}
-DEST=$CACHE/llama-server-$VERSION
+# The same CPU flags as Hearth's own build (scripts/llama_wheel.sh): native, without AMX.
+FLAGS=""
+if [ "$(uname -m)" = "x86_64" ]; then
+  FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
+DEST=$CACHE/llama-server-$VERSION-noamx
 BIN=$DEST/build/bin/llama-server
 if [ -x "$BIN" ]; then echo "$BIN"; exit 0; fi
 mkdir -p "$CACHE/sdist" "$DEST"
@@ -22,6 +27,6 @@ fi
 cmake -S "$DEST/src" -B "$DEST/build" -DCMAKE_BUILD_TYPE=Release \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DBUILD_SHARED_LIBS=OFF >&2
+  -DBUILD_SHARED_LIBS=OFF -DCMAKE_C_FLAGS="$FLAGS" -DCMAKE_CXX_FLAGS="$FLAGS" >&2
 cmake --build "$DEST/build" --target llama-server -j "$(nproc)" >&2
 echo "$BIN"

@@ -1,11 +1,12 @@
 """Decode speed with llama.cpp's flash attention `auto`, `on` and `off`, by context length and
 streams, on a quiet machine and beside a competing busy process.
 
-For each mode it loads the model with four slots, fills each slot with ``ctx`` prompt tokens,
-then times ``--tokens`` greedy decode steps of one stream and of four streams, first alone,
-then with ``--competitors`` busy-looping processes running. It prints tokens per second (all
-streams together) and, with ``--write``, appends the table to bench/RESULTS.md. A benchmark,
-not a test.
+For each mode it loads the model with four slots, fills each slot with ``ctx`` prompt tokens
+(timing the first slot's prefill, in 512-token chunks as the engine reads prompts), then times
+``--tokens`` greedy decode steps of one stream and of four streams, first alone, then with
+``--competitors`` busy-looping processes running. It prints tokens per second (all streams
+together) and, with ``--write``, appends the table to bench/RESULTS.md. A benchmark, not a
+test.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def competing(processes: int) -> Iterator[None]:
             process.wait()
 
 
-def fill(backend: LlamaBackend, prompt: list[int], slots: int) -> None:
-    """Each slot holds ``prompt`` (one slot's prompt per decode, in prefill_chunk pieces)."""
+def fill(backend: LlamaBackend, prompt: list[int], slots: int) -> float:
+    """Each slot holds ``prompt`` (one slot's prompt per decode, in prefill_chunk pieces);
+    returns the first slot's prefill speed in tokens per second."""
+    rate = 0.0
     for slot in range(slots):
+        started = time.perf_counter()
         backend.clear(slot)
         for start in range(0, len(prompt), backend.n_batch):
             piece = prompt[start : start + backend.n_batch]
@@ -57,6 +61,9 @@ def fill(backend: LlamaBackend, prompt: list[int], slots: int) -> None:
                     for i, token in enumerate(piece)
                 ]
             )
+        if slot == 0:
+            rate = len(prompt) / (time.perf_counter() - started)
+    return rate
 
 
 def decode_rate(backend: LlamaBackend, ctx: int, streams: int, tokens: int) -> float:
@@ -89,7 +96,7 @@ def measure(args: argparse.Namespace) -> dict[tuple[str, int, int, str], float]:
         )
         text_tokens = backend.tokenize(TEXT * (longest // 20 + 1), add_special=False)
         for ctx in args.contexts:
-            fill(backend, text_tokens[:ctx], 4)
+            results[(mode, ctx, 0, "prefill")] = fill(backend, text_tokens[:ctx], 4)
             for streams in (1, 4):
                 results[(mode, ctx, streams, "quiet")] = decode_rate(
                     backend, ctx, streams, args.tokens
@@ -114,6 +121,8 @@ def format_table(results: dict[tuple[str, int, int, str], float], contexts: list
         "|---|---|---|" + "---|" * len(MODES),
     ]
     for ctx in contexts:
+        rates = " | ".join(f"{results[(m, ctx, 0, 'prefill')]:.0f}" for m in MODES)
+        lines.append(f"| {ctx} | prefill | quiet | {rates} |")
         for streams in (1, 4):
             for condition in ("quiet", "busy"):
                 rates = " | ".join(f"{results[(m, ctx, streams, condition)]:.1f}" for m in MODES)

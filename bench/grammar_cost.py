@@ -23,7 +23,9 @@ from typing import Any
 import llama_cpp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench import append_results
 from server.engine.grammar import json_schema_grammar
 from server.engine.llama import BatchEntry, LlamaBackend
 from server.engine.types import SamplingParams
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-path", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=60)
+    parser.add_argument("--write", type=Path, help="append the table to this RESULTS.md")
     args = parser.parse_args(argv)
     backend = LlamaBackend(args.model_path, n_ctx=1024, n_slots=1, n_threads=args.threads)
     greedy = SamplingParams(temperature=0)
@@ -125,11 +128,20 @@ def main(argv: list[str] | None = None) -> int:
             per_token_ms(backend, with_grammar(sampled, ANY_OF_256), args.tokens),
         ),
     ]
-    print("| grammar and sampling | mean ms per token | worst ms |\n|---|---|---|")
-    for name, (mean, worst) in rows:
-        print(f"| {name} | {mean:.2f} | {worst:.1f} |")
-    print(f"\nGrammar choices: {backend.samplers.passes}")
+    table = "| grammar and sampling | mean ms per token | worst ms |\n|---|---|---|\n"
+    table += "\n".join(f"| {name} | {mean:.2f} | {worst:.1f} |" for name, (mean, worst) in rows)
+    table += f"\n\nHow grammar choices were made: {backend.samplers.passes}"
+    print(table)
     backend.close()
+    if args.write is not None:
+        append_results(
+            args.write,
+            "grammar cost per token, up to the largest grammars the bounds admit (engine only)",
+            args.threads,
+            "bench/grammar_cost.py",
+            argv,
+            table,
+        )
     return 0
 
 

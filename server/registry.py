@@ -226,7 +226,7 @@ class ModelRegistry:
             # Room for every slot's next token beside one prefill chunk.
             n_batch=config.prefill_chunk + config.slots,
             kv_unified=config.kv_unified,
-            flash_attn=config.flash_attn,
+            flash_attn=config.effective_flash_attn,
             n_gpu_layers=config.n_gpu_layers,
         )
         template = config.chat_template

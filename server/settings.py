@@ -91,10 +91,11 @@ class ModelConfig(BaseModel):
         ge=16,
         description="Most prompt tokens read in one decode step, beside the decoding ones.",
     )
-    flash_attn: Literal["auto", "on", "off"] = Field(
-        "auto",
-        description="llama.cpp flash attention. `off` is slower, but a reused prefix then gives "
-        "bit-identical results to recomputing it.",
+    flash_attn: Literal["auto", "on", "off"] | None = Field(
+        None,
+        description="llama.cpp flash attention. Unset: `off` on the CPU (faster there from 1,000 "
+        "tokens of context, by 1.7-2.7x, and a reused prefix then gives bit-identical results "
+        "to recomputing it), `auto` with GPU layers.",
     )
     kv_unified: bool = Field(
         False,
@@ -151,6 +152,15 @@ class ModelConfig(BaseModel):
     @property
     def names(self) -> list[str]:
         return [self.name, *self.aliases]
+
+    @property
+    def effective_flash_attn(self) -> Literal["auto", "on", "off"]:
+        """Flash attention as configured, else per backend: measured on the CPU (SmolLM2, two
+        threads; bench/RESULTS.md), its kernel was slower at every context from 1,000 tokens
+        and under contention, and only faster on tiny contexts."""
+        if self.flash_attn is not None:
+            return self.flash_attn
+        return "auto" if self.n_gpu_layers != 0 else "off"
 
     def effective_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
