@@ -99,7 +99,7 @@ def test_priority_orders_a_keys_own_requests_never_ahead_of_another_key(
 
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         # carol holds all four slots for a while.
-        holder = pool.submit(run, "carol", *completion("sk-carol", n=4, max_tokens=60))
+        holder = pool.submit(run, "carol", *completion("sk-carol", n=4, max_tokens=150))
         deadline = time.monotonic() + 30
         while server.gauges()["hearth_slots_busy"] < 4:
             assert time.monotonic() < deadline
