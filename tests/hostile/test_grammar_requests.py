@@ -27,6 +27,17 @@ def refused_dead_end(response: Any) -> None:
     assert error["code"] == "no_allowed_token" and error["param"] == "logit_bias"
 
 
+def dead_end_both_ways(server: ServerProcess, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A 400 for the whole answer; for the stream, an error event last. Its chunks."""
+    with server.client() as http:
+        refused_dead_end(http.post(CHAT, json=body))
+        streamed = http.post(CHAT, json={**body, "stream": True})
+    assert streamed.status_code == 200
+    chunks = sse_chunks(streamed)
+    assert chunks[-1]["error"]["code"] == "no_allowed_token"
+    return chunks
+
+
 def test_a_bias_that_bans_every_token_a_const_allows_is_a_400(
     server: ServerProcess, smollm2_pieces: list[bytes]
 ) -> None:
@@ -52,12 +63,7 @@ def test_json_object_with_every_opening_brace_banned_is_a_400_or_an_error_event(
         "response_format": {"type": "json_object"},
         "logit_bias": banning(smollm2_pieces, b"{"),
     }
-    with server.client() as http:
-        refused_dead_end(http.post(CHAT, json=body))
-        streamed = http.post(CHAT, json={**body, "stream": True})
-    assert streamed.status_code == 200
-    chunks = sse_chunks(streamed)
-    assert chunks[-1]["error"]["code"] == "no_allowed_token"
+    dead_end_both_ways(server, body)
     server.assert_recovered()
 
 
@@ -85,13 +91,7 @@ def test_a_forced_tool_call_that_runs_into_a_ban_mid_way_ends_with_an_error_even
         "tool_choice": "required",
         "logit_bias": banning(smollm2_pieces, b"Z"),
     }
-    with server.client() as http:
-        refused_dead_end(http.post(CHAT, json=body))
-        streamed = http.post(CHAT, json={**body, "stream": True})
-    assert streamed.status_code == 200
-    chunks = sse_chunks(streamed)
-    assert len(chunks) > 2  # the call had begun
-    assert chunks[-1]["error"]["code"] == "no_allowed_token"
+    assert len(dead_end_both_ways(server, body)) > 2  # the call had begun
     server.assert_recovered()
 
 
