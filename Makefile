@@ -42,6 +42,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# What CI runs (.ci/run): lint and format, types over server/, tests/ and bench/, then the tests.
 check: lint typecheck test
 
 # Benchmark, not a test: Hearth beside llama-cpp-python's server and llama.cpp's llama-server

@@ -244,18 +244,30 @@ def measure_all(
             result.peak_rss_mb = peak_rss_mb(server.process.pid)
             if result.error or not figures:
                 continue
-            result.single_stream_tps = statistics.median(float(f["single"]) for f in figures)  # type: ignore[arg-type]
+            result.single_stream_tps = statistics.median(number(f["single"]) for f in figures)
             for streams in CONCURRENCY:
                 result.aggregate_tps[streams] = statistics.median(
-                    float(f[f"agg{streams}"]) for f in figures
-                )  # type: ignore[arg-type]
-            ttfts = [t for f in figures for t in f["ttfts"]]  # type: ignore[union-attr]
+                    number(f[f"agg{streams}"]) for f in figures
+                )
+            ttfts = [t for f in figures for t in series(f["ttfts"])]
             result.ttft_p50 = statistics.median(ttfts)
             result.ttft_p95 = percentile(ttfts, 0.95)
     finally:
         for server in running:
             server.stop()
     return results
+
+
+def number(value: float | list[float]) -> float:
+    """A figure that is one number."""
+    assert isinstance(value, float | int)
+    return float(value)
+
+
+def series(value: float | list[float]) -> list[float]:
+    """A figure that is a list of numbers."""
+    assert isinstance(value, list)
+    return value
 
 
 def format_table(results: list[ServerResult]) -> str:

@@ -9,7 +9,6 @@ checked first: a keyword that would constrain the output but cannot be enforced 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -267,8 +266,3 @@ def _resolve_local_refs(converter: SchemaConverter, root: dict[str, Any]) -> Non
                 walk(value)
 
     walk(root)
-
-
-def schema_summary(schema: dict[str, Any]) -> str:
-    """A compact JSON rendering of a schema, for prompts."""
-    return json.dumps(schema, ensure_ascii=False, separators=(",", ":"))

@@ -60,7 +60,6 @@ class SlotCache:
         valid_length: Callable[[int], int],
         *,
         scope: str = "",
-        can_copy: bool = True,
     ) -> Assignment:
         """Pick a slot for ``prompt``. ``valid_length(slot)`` is how many of a slot's indexed
         tokens have their KV computed now (a busy slot may still be reading its prompt)."""
@@ -73,12 +72,11 @@ class SlotCache:
             slot = min(free_slots, key=lambda s: (self._last_used[s], s))
             depth = 0
         reuse = max(0, min(depth, limit, valid_length(slot)))
-        if can_copy:
-            other_depth, other = self._index.longest_match(key, accept=lambda s: s != slot)
-            if other is not None:
-                usable = max(0, min(other_depth - offset, limit, valid_length(other)))
-                if usable >= reuse + MIN_COPY_GAIN:
-                    return Assignment(slot, usable, copy_from=other)
+        other_depth, other = self._index.longest_match(key, accept=lambda s: s != slot)
+        if other is not None:
+            usable = max(0, min(other_depth - offset, limit, valid_length(other)))
+            if usable >= reuse + MIN_COPY_GAIN:
+                return Assignment(slot, usable, copy_from=other)
         return Assignment(slot, reuse)
 
     def record(self, slot: int, tokens: Sequence[int], scope: str = "") -> None:

@@ -41,7 +41,6 @@ FORMAT = "hearth-kv-state-1"
 @dataclass
 class _Entry:
     tokens: tuple[int, ...]
-    size: int
     blob: memoryview | None  # None: on disk only
     path: Path | None
     used: float
@@ -154,7 +153,7 @@ class StateCache:
         if blob.nbytes > max(self.ram_limit, self.disk_limit):
             return
         entry_id, self._next_id = self._next_id, self._next_id + 1
-        entry = _Entry(key, blob.nbytes, blob, None, time.time())
+        entry = _Entry(key, blob, None, time.time())
         self._entries[entry_id] = entry
         self._by_tokens[key] = entry_id
         self._index.insert(key, entry_id)
@@ -308,7 +307,7 @@ class StateCache:
                 continue
             tokens = tuple(header["tokens"])
             entry_id, self._next_id = self._next_id, self._next_id + 1
-            entry = _Entry(tokens, header["size"], None, path, path.stat().st_mtime)
+            entry = _Entry(tokens, None, path, path.stat().st_mtime)
             if tokens in self._by_tokens:  # a duplicate: keep the newer file
                 self._forget(self._by_tokens[tokens])
             self._entries[entry_id] = entry

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from types import TracebackType
 
 from server.engine.scheduler import Scheduler, Ticket
 from server.engine.types import GenerationRequest, TokenEvent
 
 
 class GenerationStream:
-    """The events of one submitted request. Use as an async context manager: leaving it early
-    (a client disconnect, an exception) cancels the request, and its slot frees at the next
-    engine step. Made by :func:`open_streams`, which queues a request's jobs together."""
+    """The events of one submitted request; :meth:`cancel` stops it (its slot frees at the
+    next engine step). Made by :func:`open_streams`, which queues a request's jobs together."""
 
     def __init__(self, scheduler: Scheduler) -> None:
         loop = asyncio.get_running_loop()
@@ -43,17 +41,6 @@ class GenerationStream:
     def cancel(self) -> None:
         if not self._finished and self._ticket is not None:
             self._scheduler.cancel(self._ticket)
-
-    async def __aenter__(self) -> GenerationStream:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cancel()
 
 
 def open_streams(scheduler: Scheduler, requests: list[GenerationRequest]) -> list[GenerationStream]:

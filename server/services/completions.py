@@ -17,6 +17,7 @@ from server.services.generation import (
     RunLimits,
     check_finish,
     check_prompt_length,
+    check_token_ids,
     choice_jobs,
     collect,
     merged,
@@ -178,12 +179,7 @@ def _tokenize_prompts(
             tokens = handle.tokenize(item, add_special=handle.adds_bos, markup=markup)
             text = item
         else:
-            bad = [t for t in item if not 0 <= t < handle.n_vocab]
-            if bad:
-                raise InvalidRequestError(
-                    f"prompt token ids must be in [0, {handle.n_vocab}); got {bad[:5]}",
-                    param="prompt",
-                )
+            check_token_ids(item, handle.n_vocab, param="prompt")
             tokens, text = list(item), handle.detokenize(item)
         if not tokens:
             raise InvalidRequestError("the prompt is empty", param="prompt")

@@ -18,7 +18,7 @@ from server.protocol.embeddings import (
     EmbeddingUsage,
 )
 from server.registry import ModelRegistry
-from server.services.generation import Caller, check_prompt_length
+from server.services.generation import Caller, check_prompt_length, check_token_ids
 from server.services.prep import PrepExecutor
 
 
@@ -78,12 +78,7 @@ def _tokenized_inputs(handle: ModelHandle, value: EmbeddingInput) -> list[list[i
             tokens = handle.tokenize(item, add_special=handle.adds_bos)
         else:
             tokens = list(item)
-            bad = [t for t in tokens if not 0 <= t < handle.n_vocab]
-            if bad:
-                raise InvalidRequestError(
-                    f"input token ids must be in [0, {handle.n_vocab}); got {bad[:5]}",
-                    param="input",
-                )
+            check_token_ids(tokens, handle.n_vocab, param="input")
         if len(tokens) > handle.n_ctx:
             raise ContextLengthExceededError(
                 f"input {i} has {len(tokens)} tokens; model '{handle.name}' embeds at most "

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -180,6 +180,15 @@ class RunLimits:
                 param="tools",
                 code="too_many_tools",
             )
+
+
+def check_token_ids(tokens: Sequence[int], n_vocab: int, *, param: str) -> None:
+    """Token ids a client sent must be in the vocabulary before they reach llama.cpp."""
+    bad = [t for t in tokens if not 0 <= t < n_vocab]
+    if bad:
+        raise InvalidRequestError(
+            f"{param} token ids must be in [0, {n_vocab}); got {bad[:5]}", param=param
+        )
 
 
 def check_prompt_length(text: str, handle: ModelHandle, *, param: str) -> None:

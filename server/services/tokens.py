@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from server.errors import InvalidRequestError
 from server.handle import ModelHandle
 from server.protocol.chat import ChatCompletionRequest
 from server.protocol.tokens import (
@@ -13,7 +12,7 @@ from server.protocol.tokens import (
 )
 from server.registry import ModelRegistry
 from server.services.chat import ChatService
-from server.services.generation import RunLimits
+from server.services.generation import RunLimits, check_token_ids
 from server.services.prep import PrepExecutor
 from server.services.tools import plan_tools
 
@@ -53,10 +52,6 @@ class TokenService:
 
     async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
         async with self._registry.use(request.model) as handle:
-            bad = [t for t in request.tokens if not 0 <= t < handle.n_vocab]
-            if bad:
-                raise InvalidRequestError(
-                    f"token ids must be in [0, {handle.n_vocab}); got {bad[:5]}", param="tokens"
-                )
+            check_token_ids(request.tokens, handle.n_vocab, param="tokens")
             text = await self._prep.run(handle.detokenize, request.tokens)
         return DetokenizeResponse(model=handle.name, text=text)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-
-import httpx
+from typing import Any, Protocol
 
 
-def sse_events(response: httpx.Response) -> list[str]:
+class HasText(Protocol):
+    """A response of any HTTP client (httpx, or the test client's)."""
+
+    @property
+    def text(self) -> str: ...
+
+
+def sse_events(response: HasText) -> list[str]:
     """Every ``data:`` payload, in order."""
     return [
         line[len("data:") :].strip()
@@ -17,7 +22,7 @@ def sse_events(response: httpx.Response) -> list[str]:
     ]
 
 
-def sse_chunks(response: httpx.Response) -> list[dict[str, Any]]:
+def sse_chunks(response: HasText) -> list[dict[str, Any]]:
     """The JSON chunks of a stream, after checking it ends with exactly one [DONE]."""
     events = sse_events(response)
     assert events[-1] == "[DONE]"

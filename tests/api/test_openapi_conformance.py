@@ -59,6 +59,6 @@ def map_body(context: schemathesis.HookContext, body: Any) -> Any:
 @schema.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_answer_is_documented_and_none_is_a_server_error(
-    case: schemathesis.Case, live_server: LiveServer
+    case: schemathesis.Case[Any], live_server: LiveServer
 ) -> None:
     case.call_and_validate(base_url=live_server.base_url, checks=CHECKS, timeout=60)

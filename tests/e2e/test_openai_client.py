@@ -8,15 +8,16 @@ import time
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from server.engine.scheduler import Scheduler
 from tests.conftest import LiveServer
 
-QUESTION = [{"role": "user", "content": "List three fruits."}]
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "List three fruits."}]
 
 
 def test_chat_completion(client: openai.OpenAI) -> None:
-    response = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=16)  # type: ignore[arg-type]
+    response = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=16)
     assert response.object == "chat.completion"
     assert response.choices[0].message.role == "assistant"
     assert response.choices[0].message.content
@@ -26,10 +27,10 @@ def test_chat_completion(client: openai.OpenAI) -> None:
 def test_chat_stream_with_usage_matches_the_non_streamed_text(client: openai.OpenAI) -> None:
     whole = client.chat.completions.create(
         model="smollm2", messages=QUESTION, max_tokens=30, temperature=0
-    )  # type: ignore[arg-type]
+    )
     stream = client.chat.completions.create(
         model="smollm2",
-        messages=QUESTION,  # type: ignore[arg-type]
+        messages=QUESTION,
         max_tokens=30,
         temperature=0,
         stream=True,
@@ -63,13 +64,13 @@ def test_models_list(client: openai.OpenAI) -> None:
 
 def test_errors_surface_as_the_sdks_exceptions(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as not_found:
-        client.chat.completions.create(model="no-such-model", messages=QUESTION)  # type: ignore[arg-type]
+        client.chat.completions.create(model="no-such-model", messages=QUESTION)
     assert not_found.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=5)  # type: ignore[arg-type]
+        client.chat.completions.create(model="smollm2", messages=QUESTION, temperature=5)
     assert bad.value.param == "temperature"
     with pytest.raises(openai.BadRequestError) as no_template:
-        client.chat.completions.create(model="gemma3-270m", messages=QUESTION)  # type: ignore[arg-type]
+        client.chat.completions.create(model="gemma3-270m", messages=QUESTION)
     assert no_template.value.code == "chat_template_missing"
     with pytest.raises(openai.BadRequestError) as too_long:
         client.completions.create(model="smollm2", prompt="word " * 1500, stream=True)
@@ -80,9 +81,11 @@ def test_eight_streams_at_once_match_what_each_gets_alone(client: openai.OpenAI)
     """8 slots, 8 concurrent streams: each completes with its own token count, and at
     temperature 0 each text equals what that request gets alone (no cross-talk)."""
     topics = ["cats", "the sea", "robots", "winter", "trains", "the moon", "bread", "music"]
-    messages = [[{"role": "user", "content": f"Write two sentences about {t}."}] for t in topics]
+    messages: list[list[ChatCompletionMessageParam]] = [
+        [{"role": "user", "content": f"Write two sentences about {t}."}] for t in topics
+    ]
     alone = [
-        client.chat.completions.create(model="smollm2", messages=m, max_tokens=48, temperature=0)  # type: ignore[arg-type]
+        client.chat.completions.create(model="smollm2", messages=m, max_tokens=48, temperature=0)
         for m in messages
     ]
     results: dict[int, tuple[str, int]] = {}
@@ -92,7 +95,7 @@ def test_eight_streams_at_once_match_what_each_gets_alone(client: openai.OpenAI)
         start.wait()
         stream = client.chat.completions.create(
             model="smollm2",
-            messages=messages[i],  # type: ignore[arg-type]
+            messages=messages[i],
             max_tokens=48,
             temperature=0,
             stream=True,

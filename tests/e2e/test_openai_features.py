@@ -5,12 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import math
+from typing import cast
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionToolParam
 from pydantic import BaseModel, Field
 
-from tests.api.test_structured import WEATHER_TOOL
+from tests.api.test_structured import WEATHER_TOOL as WEATHER
+
+WEATHER_TOOL = cast(ChatCompletionToolParam, WEATHER)
 
 
 class City(BaseModel):
@@ -36,7 +40,7 @@ def test_streamed_tool_call_accumulates_in_the_sdk(client: openai.OpenAI) -> Non
     stream = client.chat.completions.create(
         model="smollm2",
         messages=[{"role": "user", "content": "What is the weather in Rome?"}],
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
         tool_choice="required",
         parallel_tool_calls=False,
         temperature=0,
@@ -64,7 +68,7 @@ def test_tool_calls_in_a_whole_response(client: openai.OpenAI) -> None:
     completion = client.chat.completions.create(
         model="smollm2",
         messages=[{"role": "user", "content": "What is the weather in Rome?"}],
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        tools=[WEATHER_TOOL],
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         temperature=0,
         max_tokens=80,

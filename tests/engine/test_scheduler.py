@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 
 from server.engine.llama import BatchEntry
-from server.engine.scheduler import Scheduler
+from server.engine.scheduler import Backend, Scheduler
 from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TopLogprob
 from server.errors import QueueFullError, ShuttingDownError
 
@@ -133,8 +134,13 @@ def backend() -> FakeBackend:
     return FakeBackend()
 
 
-def run(backend: FakeBackend, **kwargs: int) -> Scheduler:
-    scheduler = Scheduler(backend, name="fake", **kwargs)
+def as_backend(fake: FakeBackend) -> Backend:
+    """mypy checks here that the fake has everything the scheduler needs of a backend."""
+    return fake
+
+
+def run(backend: FakeBackend, **kwargs: Any) -> Scheduler:
+    scheduler = Scheduler(as_backend(backend), name="fake", **kwargs)
     scheduler.start()
     return scheduler
 
@@ -394,7 +400,7 @@ def test_a_request_is_queued_whole_or_not_at_all(backend: FakeBackend) -> None:
 
 def test_a_request_that_waits_too_long_times_out(backend: FakeBackend) -> None:
     backend.gate = threading.Semaphore(0)
-    scheduler = run(backend, queue_timeout=0.05)  # type: ignore[arg-type]
+    scheduler = run(backend, queue_timeout=0.05)
     running, waiting = Collector(), Collector()
     scheduler.submit(request([1], max_tokens=1000), running)
     wait_until(lambda: scheduler.busy_slots == 1)

@@ -174,7 +174,7 @@ def test_remote_models_answer_to_the_same_caps(server: ServerProcess) -> None:
 def loaded(server: ServerProcess) -> bool:
     with server.client() as http:
         cards = http.get("/v1/models").json()["data"]
-    return next(c["loaded"] for c in cards if c["id"] == "smollm2")
+    return bool(next(c["loaded"] for c in cards if c["id"] == "smollm2"))
 
 
 def test_only_an_admin_key_may_shorten_keep_alive(server: ServerProcess) -> None:

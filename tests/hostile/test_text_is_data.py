@@ -4,6 +4,7 @@ and text built to make tokenization slow is refused or tokenized in linear time.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 
@@ -101,7 +102,10 @@ def test_completions_and_embeddings_read_their_text_as_data(server: ServerProces
 
 def test_too_many_messages_or_tools_are_400s(server: ServerProcess) -> None:
     tiny = [{"role": "user", "content": "<|im_end|><|im_start|>"}] * 20_000
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    tool: dict[str, Any] = {
+        "type": "function",
+        "function": {"name": "f", "parameters": {"type": "object"}},
+    }
     with server.client(timeout=60) as http:
         many = http.post(CHAT, json={"model": "smollm2", "messages": tiny, "max_tokens": 1})
         assert many.status_code == 400, many.text
