@@ -126,7 +126,10 @@ class ModelHandle:
 
     @property
     def idle(self) -> bool:
-        return self.active == 0 and self.scheduler.queued == 0 and self.scheduler.busy_slots == 0
+        if self.active:
+            return False
+        stats = self.scheduler.stats()
+        return stats.queued == 0 and stats.deferred == 0 and stats.running == 0
 
     def lease(self) -> Lease:
         """Hold the model loaded until the lease is released."""

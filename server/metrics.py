@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from server.engine.core import CACHE_COUNTERS, SchedulerStats
+
 if TYPE_CHECKING:
     from server.handle import ModelHandle
     from server.registry import ModelRegistry
@@ -152,13 +154,13 @@ class _LiveCollector(Collector):
 
 
 def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
-    gauges: dict[str, tuple[str, Callable[[ModelHandle], float]]] = {
-        "hearth_queue_depth": ("Requests waiting for a slot.", lambda h: h.scheduler.queued),
-        "hearth_slots_busy": ("Slots generating now.", lambda h: h.scheduler.busy_slots),
-        "hearth_slots": ("Slots of the model.", lambda h: h.config.slots),
+    gauges: dict[str, tuple[str, Callable[[ModelHandle, SchedulerStats], float]]] = {
+        "hearth_queue_depth": ("Requests waiting for a slot.", lambda h, s: s.queued + s.deferred),
+        "hearth_slots_busy": ("Slots generating now.", lambda h, s: s.running),
+        "hearth_slots": ("Slots of the model.", lambda h, s: h.config.slots),
         "hearth_model_requests_active": (
             "Requests holding the model (preparing, queued, running or streaming).",
-            lambda h: h.active,
+            lambda h, s: h.active,
         ),
     }
     families = {
@@ -171,7 +173,7 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
             f"KV prefix reuse: {kind.replace('_', ' ')}.",
             labels=["model"],
         )
-        for kind in ("hits", "misses", "tokens_saved", "copies", "restores")
+        for kind in CACHE_COUNTERS
     }
     state_bytes = GaugeMetricFamily(
         "hearth_kv_state_bytes", "Saved KV states, by where they are.", labels=["model", "store"]
@@ -181,17 +183,15 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
     )
     for handle in handles:
         name = handle.name
+        stats = handle.scheduler.stats()
         for metric, (_, read) in gauges.items():
-            families[metric].add_metric([name], float(read(handle)))
-        scheduler = handle.scheduler
+            families[metric].add_metric([name], float(read(handle, stats)))
         for kind, family in cache.items():
-            family.add_metric([name], scheduler.slot_cache.stats.get(kind, 0))
-        states = scheduler.state_cache
-        if states is not None:
-            state_bytes.add_metric([name, "ram"], states.ram_bytes)
-            state_bytes.add_metric([name, "disk"], states.disk_bytes)
-            state_evictions.add_metric([name, "ram"], states.stats.get("ram_evictions", 0))
-            state_evictions.add_metric([name, "disk"], states.stats.get("disk_evictions", 0))
+            family.add_metric([name], stats.cache.get(kind, 0))
+        if stats.states is not None:
+            for store in ("ram", "disk"):
+                state_bytes.add_metric([name, store], stats.states.get(f"{store}_bytes", 0))
+                state_evictions.add_metric([name, store], stats.states.get(f"{store}_evictions", 0))
     yield from families.values()
     yield from cache.values()
     yield from (state_bytes, state_evictions)

@@ -12,7 +12,6 @@ another question about the same document, finds its prefix already computed. The
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -45,7 +44,6 @@ class SlotCache:
         self._saved = [True] * n_slots  # is what the slot holds already in the state cache?
         self._last_used = [0.0] * n_slots
         self._index: PrefixTree[int] = PrefixTree()
-        self.stats: Counter[str] = Counter()
 
     def holds(self, slot: int) -> list[int]:
         return self._tokens[slot]
@@ -94,7 +92,3 @@ class SlotCache:
 
     def mark_saved(self, slot: int) -> None:
         self._saved[slot] = True
-
-    def count(self, reused: int) -> None:
-        self.stats["hits" if reused else "misses"] += 1
-        self.stats["tokens_saved"] += reused

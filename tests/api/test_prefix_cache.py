@@ -139,8 +139,8 @@ def test_an_overwritten_slot_is_restored_from_the_ram_state_cache() -> None:
         post(client, "/v1/completions", other)  # takes the only slot: "rivers" is saved first
         again = post(client, "/v1/completions", first)
         scheduler = client.app.state.hearth.registry.loaded_handle("smollm2").scheduler  # type: ignore[attr-defined]
-        assert scheduler.slot_cache.stats["restores"] == 1
-        assert scheduler.state_cache.counters()["ram_bytes"] > 0
+        assert scheduler.stats().cache["restores"] == 1
+        assert (scheduler.stats().states or {})["ram_bytes"] > 0
     assert (
         again["usage"]["prompt_tokens_details"]["cached_tokens"]
         == again["usage"]["prompt_tokens"] - 2

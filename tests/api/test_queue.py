@@ -45,7 +45,7 @@ def test_full_queue_is_429_with_retry_after_and_timeout_is_503(one_slot_server: 
         # Keep the line iterator alive: discarding it mid-stream closes the connection.
         lines = running.iter_lines()
         next(lines)  # the long request holds the only slot
-        wait_for(lambda: scheduler.busy_slots == 1)
+        wait_for(lambda: scheduler.stats().running == 1)
 
         waiting: dict[str, httpx.Response] = {}
         waiter = threading.Thread(
@@ -58,7 +58,7 @@ def test_full_queue_is_429_with_retry_after_and_timeout_is_503(one_slot_server: 
             )
         )
         waiter.start()
-        wait_for(lambda: scheduler.queued == 1)
+        wait_for(lambda: scheduler.stats().queued == 1)
 
         full = http.post("/v1/completions", json={**LONG, "max_tokens": 2})
         assert full.status_code == 429
@@ -75,9 +75,9 @@ def test_full_queue_is_429_with_retry_after_and_timeout_is_503(one_slot_server: 
         assert timed_out.status_code == 503
         assert timed_out.json()["error"]["code"] == "queue_timeout"
         assert int(timed_out.headers["Retry-After"]) >= 1
-        assert scheduler.busy_slots == 1  # the running stream was never interrupted
+        assert scheduler.stats().running == 1  # the running stream was never interrupted
         assert next(lines) is not None
-    wait_for(lambda: scheduler.busy_slots == 0)
+    wait_for(lambda: scheduler.stats().running == 0)
     after = httpx.post(
         one_slot_server.base_url + "/v1/completions", json={**LONG, "max_tokens": 2}, timeout=60
     )

@@ -307,11 +307,11 @@ def test_logit_bias_bans_and_forces_tokens(client: TestClient) -> None:
 
 def test_n_choices_read_the_prompt_once(client: TestClient, app: Any) -> None:
     scheduler = app.state.hearth.registry.loaded_handle("smollm2").scheduler
-    copies = scheduler.slot_cache.stats["copies"]
+    copies = scheduler.stats().cache["copies"]
     long_question = [{"role": "user", "content": "Tell me about the sea. " * 12}]
     data = chat(client, messages=long_question, n=3, max_tokens=8, temperature=0.9, seed=1)
     assert [c["index"] for c in data["choices"]] == [0, 1, 2]
-    assert scheduler.slot_cache.stats["copies"] - copies == 2
+    assert scheduler.stats().cache["copies"] - copies == 2
     # What was cached before the request, not what the choices copied from each other.
     assert (
         data["usage"]["prompt_tokens_details"]["cached_tokens"]

@@ -123,16 +123,16 @@ def _scheduler(live_server: LiveServer) -> Scheduler:
 def wait_until_idle(scheduler: Scheduler) -> None:
     """Poll (bounded) until no slot is busy; a slot still busy after 10 s fails the test."""
     deadline = time.monotonic() + 10
-    while scheduler.busy_slots and time.monotonic() < deadline:
+    while scheduler.stats().running and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert scheduler.busy_slots == 0
+    assert scheduler.stats().running == 0
 
 
 def test_disconnecting_a_stream_frees_the_slot_at_once(
     live_server: LiveServer, client: openai.OpenAI
 ) -> None:
     scheduler = _scheduler(live_server)
-    cancelled_before = scheduler.finished["cancelled"]
+    cancelled_before = scheduler.stats().finished.get("cancelled", 0)
     body = {
         "model": "smollm2",
         "prompt": "1, 2, 3, 4, 5, 6,",
@@ -151,18 +151,20 @@ def test_disconnecting_a_stream_frees_the_slot_at_once(
                 received += 1
             if received >= 3:
                 break
-        assert scheduler.busy_slots == 1
+        assert scheduler.stats().running == 1
     # The connection is closed: the engine must drop the sequence at its next step.
     wait_until_idle(scheduler)
-    assert scheduler.finished["cancelled"] == cancelled_before + 1  # cancelled, not run to its end
-    assert scheduler.queued == 0
+    assert (
+        scheduler.stats().finished.get("cancelled", 0) == cancelled_before + 1
+    )  # cancelled, not run to its end
+    assert scheduler.stats().queued == 0
     quick = client.completions.create(model="smollm2", prompt="Hi", max_tokens=2)
     assert quick.choices[0].text is not None
 
 
 def test_disconnecting_a_non_streamed_request_cancels_it(live_server: LiveServer) -> None:
     scheduler = _scheduler(live_server)
-    cancelled_before = scheduler.finished["cancelled"]
+    cancelled_before = scheduler.stats().finished.get("cancelled", 0)
     body = {"model": "smollm2", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 900, "temperature": 0}
     with (
         httpx.Client(base_url=live_server.base_url, timeout=0.5) as http,
@@ -170,4 +172,4 @@ def test_disconnecting_a_non_streamed_request_cancels_it(live_server: LiveServer
     ):
         http.post("/v1/completions", json=body)
     wait_until_idle(scheduler)
-    assert scheduler.finished["cancelled"] == cancelled_before + 1
+    assert scheduler.stats().finished.get("cancelled", 0) == cancelled_before + 1

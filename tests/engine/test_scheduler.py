@@ -1,19 +1,27 @@
-"""The engine loop with a deterministic fake backend (no model): queueing, batching, limits,
-cancellation. Real-model behaviour is covered by the API and end-to-end tests."""
+"""The scheduler core stepped by hand with a deterministic fake backend (no model, no thread,
+no clock): queueing, batching, limits, cancellation, KV placement. A few tests at the end run
+the threaded driver. Real-model behaviour is covered by the API and end-to-end tests."""
 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
 
+from server.engine.core import (
+    Backend,
+    SchedulerCore,
+    SchedulerStats,
+    Ticket,
+    TicketState,
+)
 from server.engine.llama import BatchEntry
-from server.engine.scheduler import Backend, Scheduler
+from server.engine.scheduler import Scheduler
+from server.engine.state_cache import StateCache
 from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TopLogprob
-from server.errors import QueueFullError, ShuttingDownError
+from server.errors import EngineError, QueueFullError, ShuttingDownError
 
 EOG = 999
 
@@ -29,10 +37,9 @@ class FakeBackend:
         self.n_batch = n_batch
         self.eog_after = eog_after
         self.batches: list[list[BatchEntry]] = []
-        self.last: dict[int, int] = {}
         self.generated: dict[int, int] = {}
-        self.gate = threading.Semaphore(1_000_000)
         self.fail = False
+        self.crash = False
         self.kv_ops: list[tuple[str, int, int]] = []
         self.can_truncate = True
 
@@ -40,7 +47,7 @@ class FakeBackend:
         self.generated[slot] = 0
 
     def end(self, slot: int) -> None:
-        self.last.pop(slot, None)
+        self.generated.pop(slot, None)
 
     def clear(self, slot: int) -> None:
         self.kv_ops.append(("clear", slot, -1))
@@ -64,12 +71,11 @@ class FakeBackend:
         return True
 
     def decode(self, entries: Sequence[BatchEntry]) -> None:
-        self.gate.acquire()
+        if self.crash:
+            raise ValueError("a bug")  # not the RuntimeError a failed decode raises
         if self.fail:
             raise RuntimeError("boom")
         self.batches.append(list(entries))
-        for entry in entries:
-            self.last[entry.slot] = entry.token
 
     def sample(self, slot: int, batch_index: int) -> int:
         self.generated[slot] += 1
@@ -92,6 +98,11 @@ class FakeBackend:
         return token == EOG
 
 
+def as_backend(fake: FakeBackend) -> Backend:
+    """mypy checks here that the fake has everything the core needs of a backend."""
+    return fake
+
+
 class Collector:
     def __init__(self, tag: str = "", finish_order: list[str] | None = None) -> None:
         self.events: list[TokenEvent] = []
@@ -106,8 +117,9 @@ class Collector:
                 self.finish_order.append(self.tag)
             self.done.set()
 
-    def wait(self) -> TokenEvent:
-        assert self.done.wait(10), "request did not finish"
+    @property
+    def final(self) -> TokenEvent:
+        assert self.done.is_set(), "the request has not finished"
         return self.events[-1]
 
     @property
@@ -115,12 +127,37 @@ class Collector:
         return "".join(e.text for e in self.events)
 
 
-def wait_until(condition: Callable[[], bool]) -> None:
-    for _ in range(5000):
-        if condition():
-            return
-        time.sleep(0.001)
-    raise AssertionError("condition never became true")
+class Steps:
+    """A core and a hand-moved clock; :meth:`step` runs one engine step and delivers its
+    events, as the driver would."""
+
+    def __init__(self, backend: FakeBackend, **kwargs: Any) -> None:
+        self.backend = backend
+        self.core = SchedulerCore(as_backend(backend), name="fake", **kwargs)
+        self.now = 100.0
+
+    def submit(self, *requests: GenerationRequest, tags: Sequence[Collector] = ()) -> list[Ticket]:
+        sinks = list(tags) or [Collector() for _ in requests]
+        tickets = [Ticket(r, s) for r, s in zip(requests, sinks, strict=True)]
+        self.core.add(tickets, self.now)
+        return tickets
+
+    def step(self, times: int = 1) -> None:
+        for _ in range(times):
+            for sink, event in self.core.step(self.now):
+                sink(event)
+
+    def run(self, *sinks: Collector, limit: int = 1000) -> None:
+        """Step until every sink has its last event (or the core is idle)."""
+        for _ in range(limit):
+            if all(s.done.is_set() for s in sinks) and (sinks or not self.core.has_work):
+                return
+            self.step()
+        raise AssertionError("the requests did not finish")
+
+    @property
+    def stats(self) -> SchedulerStats:
+        return self.core.stats()
 
 
 def request(
@@ -129,513 +166,465 @@ def request(
     return GenerationRequest("r", prompt, max_tokens, SamplingParams(), stop or [], owner)
 
 
+def sink_of(ticket: Ticket) -> Collector:
+    assert isinstance(ticket.sink, Collector)
+    return ticket.sink
+
+
 @pytest.fixture
 def backend() -> FakeBackend:
     return FakeBackend()
 
 
-def as_backend(fake: FakeBackend) -> Backend:
-    """mypy checks here that the fake has everything the scheduler needs of a backend."""
-    return fake
+@pytest.fixture
+def steps(backend: FakeBackend) -> Steps:
+    return Steps(backend)
 
 
-def run(backend: FakeBackend, **kwargs: Any) -> Scheduler:
-    scheduler = Scheduler(as_backend(backend), name="fake", **kwargs)
-    scheduler.start()
-    return scheduler
-
-
-def test_generates_up_to_max_tokens(backend: FakeBackend) -> None:
-    scheduler = run(backend)
-    sink = Collector()
-    scheduler.submit(request([10, 11], max_tokens=3), sink)
-    final = sink.wait()
+def test_generates_up_to_max_tokens(steps: Steps) -> None:
+    (ticket,) = steps.submit(request([10, 11], max_tokens=3))
+    sink = sink_of(ticket)
+    steps.run(sink)
     assert sink.text == "<12><13><14>"
-    assert final.finish_reason == "length"
-    assert final.completion_tokens == 3
-    assert final.prompt_tokens == 2
-    scheduler.stop(timeout=10)
+    assert sink.final.finish_reason == "length"
+    assert sink.final.completion_tokens == 3
+    assert sink.final.prompt_tokens == 2
+    assert ticket.state is TicketState.FINISHED
+
+
+def test_a_ticket_moves_through_its_states(backend: FakeBackend) -> None:
+    steps = Steps(backend, prefill_chunk=2)
+    (ticket,) = steps.submit(request([1, 2, 3], max_tokens=2))
+    seen = [(ticket.state, ticket.slot)]
+    steps.step()  # admitted: two of the three prompt tokens
+    seen.append((ticket.state, ticket.slot))
+    steps.step()  # the prompt's last token, and the first sample
+    seen.append((ticket.state, ticket.slot))
+    steps.step()
+    seen.append((ticket.state, ticket.slot))
+    assert seen == [
+        (TicketState.QUEUED, None),
+        (TicketState.PREFILLING, 0),
+        (TicketState.DECODING, 0),
+        (TicketState.FINISHED, 0),
+    ]
 
 
 def test_end_of_generation_token_stops_with_stop() -> None:
-    backend = FakeBackend(eog_after=2)
-    scheduler = run(backend)
-    sink = Collector()
-    scheduler.submit(request([1], max_tokens=50), sink)
-    final = sink.wait()
-    assert final.finish_reason == "stop"
-    assert sink.text == "<2><3>"
-    scheduler.stop(timeout=10)
+    steps = Steps(FakeBackend(eog_after=2))
+    (ticket,) = steps.submit(request([1], max_tokens=50))
+    steps.run(sink_of(ticket))
+    assert sink_of(ticket).final.finish_reason == "stop"
+    assert sink_of(ticket).text == "<2><3>"
 
 
-def test_stop_string_ends_the_sequence_and_is_not_emitted(backend: FakeBackend) -> None:
-    scheduler = run(backend)
-    sink = Collector()
-    scheduler.submit(request([1], max_tokens=50, stop=["<4>"]), sink)
-    final = sink.wait()
-    assert final.finish_reason == "stop"
-    assert sink.text == "<2><3>"
-    scheduler.stop(timeout=10)
+def test_stop_string_ends_the_sequence_and_is_not_emitted(steps: Steps) -> None:
+    (ticket,) = steps.submit(request([1], max_tokens=50, stop=["<4>"]))
+    steps.run(sink_of(ticket))
+    assert sink_of(ticket).final.finish_reason == "stop"
+    assert sink_of(ticket).text == "<2><3>"
 
 
-def test_prompt_is_prefilled_in_chunks() -> None:
-    backend = FakeBackend(n_batch=64)
-    scheduler = run(backend, prefill_chunk=4)
-    sink = Collector()
-    scheduler.submit(request(list(range(10)), max_tokens=1), sink)
-    sink.wait()
-    sizes = [len(b) for b in backend.batches]
-    assert sizes == [4, 4, 2]
+def test_prompt_is_prefilled_in_chunks(backend: FakeBackend) -> None:
+    steps = Steps(backend, prefill_chunk=4)
+    (ticket,) = steps.submit(request(list(range(10)), max_tokens=1))
+    steps.run(sink_of(ticket))
+    assert [len(b) for b in backend.batches] == [4, 4, 2]
     # Only the last prompt token asks for logits.
     assert [e.want_logits for e in backend.batches[-1]] == [False, True]
     assert [e.position for b in backend.batches for e in b] == list(range(10))
-    scheduler.stop(timeout=10)
 
 
 def test_sequences_share_decode_steps_when_there_are_several_slots() -> None:
     backend = FakeBackend(n_slots=2)
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
-    a, b = Collector(), Collector()
-    scheduler.submit(request([100], max_tokens=3), a)
-    scheduler.submit(request([200], max_tokens=3), b)
-    backend.gate.release(100)
-    assert a.wait().finish_reason == "length"
-    assert b.wait().finish_reason == "length"
-    assert a.text == "<101><102><103>"
-    assert b.text == "<201><202><203>"
-    assert any({e.slot for e in batch} == {0, 1} for batch in backend.batches)
-    scheduler.stop(timeout=10)
+    steps = Steps(backend)
+    a, b = steps.submit(request([100], max_tokens=3), request([200], max_tokens=3))
+    steps.step()
+    assert {e.slot for e in backend.batches[0]} == {0, 1}  # both prompts in one decode
+    steps.run(sink_of(a), sink_of(b))
+    assert sink_of(a).text == "<101><102><103>"
+    assert sink_of(b).text == "<201><202><203>"
 
 
 def test_with_one_slot_a_later_request_waits_and_never_interrupts_the_running_one(
-    backend: FakeBackend,
+    steps: Steps,
 ) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
-    first, second = Collector(), Collector()
-    scheduler.submit(request([1], max_tokens=5), first)
-    scheduler.submit(request([50], max_tokens=2), second)
-    backend.gate.release(100)
-    assert first.wait().finish_reason == "length"
-    assert second.wait().finish_reason == "length"
-    assert first.text == "<2><3><4><5><6>"
-    assert second.text == "<51><52>"
-    assert second.events[-1].queue_seconds >= 0
-    scheduler.stop(timeout=10)
+    (first,) = steps.submit(request([1], max_tokens=5))
+    steps.step()
+    steps.now += 2.0
+    (second,) = steps.submit(request([50], max_tokens=2))
+    steps.step(3)
+    assert second.state is TicketState.QUEUED
+    steps.run(sink_of(first), sink_of(second))
+    assert sink_of(first).text == "<2><3><4><5><6>"
+    assert sink_of(second).text == "<51><52>"
+    assert sink_of(first).final.queue_seconds == 0
+    assert sink_of(second).final.queue_seconds == 0  # the clock did not move while it waited
 
 
 def test_queue_full_raises_with_retry_after(backend: FakeBackend) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend, max_queue=1)
-    running, queued = Collector(), Collector()
-    scheduler.submit(request([1], max_tokens=100), running)
-    wait_until(lambda: scheduler.busy_slots == 1)  # the slot is taken, the queue empty again
-    scheduler.submit(request([1]), queued)
+    steps = Steps(backend, max_queue=1)
+    steps.submit(request([1], max_tokens=100))
+    steps.step()  # the slot is taken, the queue empty again
+    steps.submit(request([1]))
     with pytest.raises(QueueFullError) as info:
-        scheduler.submit(request([1]), Collector())
+        steps.submit(request([1]))
     assert info.value.status_code == 429
     assert info.value.retry_after is not None
-    backend.gate.release(1000)
-    scheduler.stop(timeout=10)
 
 
-def test_cancelling_a_queued_request_ends_it_without_decoding(backend: FakeBackend) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
-    running, queued = Collector(), Collector()
-    scheduler.submit(request([1], max_tokens=3), running)
-    ticket = scheduler.submit(request([77], max_tokens=3), queued)
-    scheduler.cancel(ticket)
-    backend.gate.release(100)
-    assert queued.wait().finish_reason == "cancelled"
-    assert running.wait().finish_reason == "length"
+def test_cancelling_a_queued_request_ends_it_without_decoding(
+    steps: Steps, backend: FakeBackend
+) -> None:
+    running, queued = steps.submit(request([1], max_tokens=3), request([77], max_tokens=3))
+    steps.core.cancel(queued)
+    steps.run(sink_of(running), sink_of(queued))
+    assert sink_of(queued).final.finish_reason == "cancelled"
+    assert sink_of(running).final.finish_reason == "length"
     assert all(e.token != 77 for b in backend.batches for e in b)
-    scheduler.stop(timeout=10)
 
 
-def test_cancelling_a_running_request_frees_its_slot_within_one_step(backend: FakeBackend) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
-    sink = Collector()
-    ticket = scheduler.submit(request([1], max_tokens=1000), sink)
-    backend.gate.release(3)
-    wait_until(lambda: len(sink.events) >= 2)
-    scheduler.cancel(ticket)
-    generated_at_cancel = len(sink.events)
-    backend.gate.release(10)
-    final = sink.wait()
-    assert final.finish_reason == "cancelled"
-    assert final.completion_tokens <= generated_at_cancel + 1
-    assert scheduler.busy_slots == 0
-    scheduler.stop(timeout=10)
+def test_cancelling_a_running_request_frees_its_slot_at_the_next_step(steps: Steps) -> None:
+    (ticket,) = steps.submit(request([1], max_tokens=1000))
+    steps.step(3)
+    steps.core.cancel(ticket)
+    generated = len(sink_of(ticket).events)
+    steps.step()
+    assert sink_of(ticket).final.finish_reason == "cancelled"
+    assert sink_of(ticket).final.completion_tokens == generated
+    assert steps.stats.running == 0
 
 
 def test_context_end_finishes_with_length() -> None:
-    backend = FakeBackend(n_ctx=8)
-    scheduler = run(backend)
-    sink = Collector()
-    scheduler.submit(request([1, 2, 3], max_tokens=100), sink)
-    final = sink.wait()
+    steps = Steps(FakeBackend(n_ctx=8))
+    (ticket,) = steps.submit(request([1, 2, 3], max_tokens=100))
+    steps.run(sink_of(ticket))
+    final = sink_of(ticket).final
     assert final.finish_reason == "length"
     assert final.prompt_tokens + final.completion_tokens <= 8
-    scheduler.stop(timeout=10)
 
 
-def test_decode_failure_ends_the_request_with_an_error(backend: FakeBackend) -> None:
+def test_decode_failure_ends_the_request_with_an_error(steps: Steps, backend: FakeBackend) -> None:
     backend.fail = True
-    scheduler = run(backend)
-    sink = Collector()
-    scheduler.submit(request([1]), sink)
-    final = sink.wait()
-    assert final.finish_reason == "error"
-    assert final.error == "boom"
-    assert scheduler.busy_slots == 0
-    scheduler.stop(timeout=10)
+    (ticket,) = steps.submit(request([1]))
+    steps.step()
+    assert sink_of(ticket).final.finish_reason == "error"
+    assert sink_of(ticket).final.error == "boom"
+    assert steps.stats.running == 0
+    assert ("clear", 0, -1) in backend.kv_ops  # nothing of its cells is trusted again
 
 
-def test_stop_rejects_new_work_and_cancels_the_queue(backend: FakeBackend) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
-    running, queued = Collector(), Collector()
-    scheduler.submit(request([1], max_tokens=3), running)
-    wait_until(lambda: scheduler.busy_slots == 1)
-    scheduler.submit(request([9], max_tokens=3), queued)
-    stopper = threading.Thread(target=scheduler.stop, kwargs={"timeout": 10})
-    stopper.start()
-    backend.gate.release(100)
-    stopper.join(10)
-    assert running.wait().finish_reason == "length"  # what runs is allowed to finish
-    assert queued.wait().finish_reason == "cancelled"
-    with pytest.raises(ShuttingDownError):
-        scheduler.submit(request([1]), Collector())
-
-
-def test_waiting_owners_take_turns_for_a_free_slot(backend: FakeBackend) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
+def test_waiting_owners_take_turns_for_a_free_slot(steps: Steps) -> None:
     order: list[str] = []
-    scheduler.submit(request([1], max_tokens=2, owner="flood"), Collector("running", order))
-    wait_until(lambda: scheduler.busy_slots == 1)
-    sinks = [Collector(f"flood-{i}", order) for i in range(3)]
-    for sink in sinks:
-        scheduler.submit(request([1], max_tokens=1, owner="flood"), sink)
+    steps.submit(request([1], max_tokens=2, owner="flood"), tags=[Collector("running", order)])
+    steps.step()
+    flood = [Collector(f"flood-{i}", order) for i in range(3)]
+    steps.submit(*[request([1], max_tokens=1, owner="flood") for _ in flood], tags=flood)
     polite = Collector("polite", order)
-    scheduler.submit(request([1], max_tokens=1, owner="polite"), polite)
-    backend.gate.release(1000)
-    for sink in [*sinks, polite]:
-        sink.wait()
+    steps.submit(request([1], max_tokens=1, owner="polite"), tags=[polite])
+    steps.run(*flood, polite)
     assert order[:3] == ["running", "flood-0", "polite"]
-    scheduler.stop(timeout=10)
 
 
-def test_priority_orders_one_owners_jobs_and_never_jumps_another_owner(
-    backend: FakeBackend,
-) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
+def test_priority_orders_one_owners_jobs_and_never_jumps_another_owner(steps: Steps) -> None:
     order: list[str] = []
-    running = Collector("running", order)
-    scheduler.submit(request([1], max_tokens=2, owner="x"), running)
-    wait_until(lambda: scheduler.busy_slots == 1)
-
-    def job(name: str, owner: str, priority: int) -> Collector:
-        sink = Collector(name, order)
-        scheduler.submit(
-            GenerationRequest(name, [5], 1, SamplingParams(), [], owner, priority=priority), sink
-        )
-        return sink
-
-    sinks = [
-        job("a-low", "a", 0),
-        job("b-urgent", "b", 1000),
-        job("a-high", "a", 9),
-        job("b-low", "b", 0),
-    ]
-    backend.gate.release(1000)
-    for sink in sinks:
-        sink.wait()
+    steps.submit(request([1], max_tokens=2, owner="x"), tags=[Collector("running", order)])
+    steps.step()
+    sinks = []
+    for name, owner, priority in [
+        ("a-low", "a", 0),
+        ("b-urgent", "b", 1000),
+        ("a-high", "a", 9),
+        ("b-low", "b", 0),
+    ]:
+        sinks.append(Collector(name, order))
+        job = GenerationRequest(name, [5], 1, SamplingParams(), [], owner, priority=priority)
+        steps.submit(job, tags=[sinks[-1]])
+    steps.run(*sinks)
     # a and b take turns (a queued first); within each, the higher priority goes first.
     assert order == ["running", "a-high", "b-urgent", "a-low", "b-low"]
-    scheduler.stop(timeout=10)
 
 
 def test_the_owner_holding_fewest_slots_goes_next() -> None:
-    backend = FakeBackend(n_slots=4)
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
+    steps = Steps(FakeBackend(n_slots=4))
     order: list[str] = []
     # One request with n = 6 takes all four slots; two of its choices wait.
     greedy = [Collector(f"greedy-{i}", order) for i in range(6)]
-    scheduler.submit_all([(request([1], max_tokens=3, owner="g"), sink) for sink in greedy])
-    wait_until(lambda: scheduler.busy_slots == 4)
+    steps.submit(*[request([1], max_tokens=3, owner="g") for _ in greedy], tags=greedy)
+    steps.step()
+    assert steps.stats.running == 4
     small = Collector("small", order)
-    scheduler.submit(request([2], max_tokens=1, owner="s"), small)
-    backend.gate.release(1000)
-    for sink in [*greedy, small]:
-        sink.wait()
+    steps.submit(request([2], max_tokens=1, owner="s"), tags=[small])
+    steps.run(*greedy, small)
     # The first free slot goes to the owner with none, ahead of the greedy request's rest.
     assert order.index("small") < order.index("greedy-4")
-    scheduler.stop(timeout=10)
 
 
 def test_a_request_is_queued_whole_or_not_at_all(backend: FakeBackend) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend, max_queue=8)
-    scheduler.submit(request([1], max_tokens=2, owner="x"), Collector())
-    wait_until(lambda: scheduler.busy_slots == 1)
+    steps = Steps(backend, max_queue=8)
+    steps.submit(request([1], max_tokens=2, owner="x"))
+    steps.step()
     # An owner may hold half the queue: five jobs do not fit, and none of them is queued.
     with pytest.raises(QueueFullError):
-        scheduler.submit_all([(request([1], owner="a"), Collector()) for _ in range(5)])
-    assert scheduler.queued == 0
-    scheduler.submit_all([(request([1], owner="a"), Collector()) for _ in range(4)])
+        steps.submit(*[request([1], owner="a") for _ in range(5)])
+    assert steps.stats.queued == 0
+    steps.submit(*[request([1], owner="a") for _ in range(4)])
     with pytest.raises(QueueFullError):
-        scheduler.submit(request([1], owner="a"), Collector())
-    scheduler.submit_all([(request([1], owner="b"), Collector()) for _ in range(4)])
+        steps.submit(request([1], owner="a"))
+    steps.submit(*[request([1], owner="b") for _ in range(4)])
     with pytest.raises(QueueFullError):  # the queue itself is full
-        scheduler.submit(request([1], owner="c"), Collector())
-    backend.gate.release(1000)
-    scheduler.stop(timeout=10)
+        steps.submit(request([1], owner="c"))
 
 
 def test_a_request_that_waits_too_long_times_out(backend: FakeBackend) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend, queue_timeout=0.05)
-    running, waiting = Collector(), Collector()
-    scheduler.submit(request([1], max_tokens=1000), running)
-    wait_until(lambda: scheduler.busy_slots == 1)
-    scheduler.submit(request([2]), waiting)
-    time.sleep(0.1)
-    backend.gate.release(5)  # let the loop take a step and look at the queue
-    final = waiting.wait()
-    assert final.finish_reason == "queue_timeout"
-    assert final.queue_seconds >= 0.05
-    assert running.events[-1].finish_reason is None  # the running one is untouched
-    backend.gate.release(2000)
-    scheduler.stop(timeout=10)
+    steps = Steps(backend, queue_timeout=0.05)
+    running, waiting = steps.submit(request([1], max_tokens=1000), request([2]))
+    steps.step()
+    steps.now += 0.04
+    steps.step()
+    assert not sink_of(waiting).done.is_set()
+    steps.now += 0.02
+    steps.step()
+    assert sink_of(waiting).final.finish_reason == "queue_timeout"
+    assert sink_of(waiting).final.queue_seconds == pytest.approx(0.06)
+    assert sink_of(running).events[-1].finish_reason is None  # the running one is untouched
 
 
-def test_a_passed_deadline_frees_the_slot_at_the_next_step(backend: FakeBackend) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
-    sink = Collector()
+def test_a_passed_deadline_frees_the_slot_at_the_next_step(steps: Steps) -> None:
     req = request([1], max_tokens=1000)
-    req.deadline = time.monotonic() + 0.05
-    scheduler.submit(req, sink)
-    backend.gate.release(2)
-    wait_until(lambda: len(sink.events) >= 1)
-    time.sleep(0.06)
-    backend.gate.release(2)
-    final = sink.wait()
-    assert final.finish_reason == "deadline"
-    assert final.completion_tokens < 10
-    wait_until(lambda: scheduler.busy_slots == 0)
-    scheduler.stop(timeout=10)
+    req.deadline = steps.now + 0.05
+    (ticket,) = steps.submit(req)
+    steps.step(3)
+    assert not sink_of(ticket).done.is_set()
+    steps.now += 0.06
+    steps.step()
+    assert sink_of(ticket).final.finish_reason == "deadline"
+    assert sink_of(ticket).final.completion_tokens == 3
+    assert steps.stats.running == 0
 
 
-def test_stop_accepting_refuses_new_work_but_keeps_the_queue(backend: FakeBackend) -> None:
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
-    running, queued = Collector(), Collector()
-    scheduler.submit(request([1], max_tokens=2), running)
-    scheduler.submit(request([2], max_tokens=2), queued)
-    scheduler.stop_accepting()
-    with pytest.raises(ShuttingDownError) as info:
-        scheduler.submit(request([3]), Collector())
-    assert info.value.status_code == 503
-    backend.gate.release(100)
-    assert running.wait().finish_reason == "length"
-    assert queued.wait().finish_reason == "length"
-    scheduler.stop(timeout=10)
+def test_a_deadline_passed_in_the_queue_ends_the_request_there(steps: Steps) -> None:
+    running = request([1], max_tokens=1000)
+    late = request([2])
+    late.deadline = steps.now + 1
+    _, queued = steps.submit(running, late)
+    steps.step()
+    steps.now += 2
+    steps.step()
+    assert sink_of(queued).final.finish_reason == "deadline"
+    assert sink_of(queued).final.completion_tokens == 0
 
 
-def test_batches_list_sequences_in_slot_order() -> None:
+def test_drain_cancels_the_queue_and_lets_the_running_finish(steps: Steps) -> None:
+    running, queued = steps.submit(request([1], max_tokens=3), request([9], max_tokens=3))
+    steps.step()
+    steps.core.drain()
+    steps.run(sink_of(running), sink_of(queued))
+    assert sink_of(running).final.finish_reason == "length"  # what runs is allowed to finish
+    assert sink_of(queued).final.finish_reason == "cancelled"
+
+
+def test_cancel_all_ends_the_running_and_the_queued(steps: Steps) -> None:
+    running, queued = steps.submit(request([1], max_tokens=50), request([9], max_tokens=3))
+    steps.step()
+    steps.core.cancel_all()
+    steps.step()
+    assert sink_of(running).final.finish_reason == "cancelled"
+    assert sink_of(queued).final.finish_reason == "cancelled"
+    assert not steps.core.has_work
+    assert steps.stats.finished["cancelled"] == 2
+
+
+def test_batches_list_generating_sequences_in_slot_order_then_prompts() -> None:
     backend = FakeBackend(n_slots=3)
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
-    sinks = [Collector() for _ in range(3)]
-    for i, sink in enumerate(sinks):
-        scheduler.submit(request([10 * (i + 1)], max_tokens=4), sink)
-    backend.gate.release(100)
-    for sink in sinks:
-        sink.wait()
+    steps = Steps(backend)
+    tickets = steps.submit(*[request([10 * (i + 1)], max_tokens=4) for i in range(3)])
+    steps.step()
+    steps.core.cancel(tickets[0])  # slot 0 frees; a later request takes it
+    (late,) = steps.submit(request([70, 71], max_tokens=4))
+    steps.step()  # the cancelled sequence leaves its slot
+    steps.step()
+    assert late.slot == 0
+    # The next tokens of slots 1 and 2, then the new prompt in slot 0.
+    assert [(e.slot, e.token) for e in backend.batches[-1]] == [(1, 22), (2, 32), (0, 70), (0, 71)]
+    steps.run(*[sink_of(t) for t in [*tickets, late]])
     for batch in backend.batches:
-        slots = [e.slot for e in batch]
-        assert slots == sorted(slots)
-    scheduler.stop(timeout=10)
+        generating = [e.slot for e in batch if e.token not in (70, 71)]
+        assert generating == sorted(generating)
 
 
 def test_a_shared_prefix_is_reused_and_only_the_rest_is_prefilled() -> None:
     backend = FakeBackend(n_slots=2)
-    scheduler = run(backend)
-    first = Collector()
-    scheduler.submit(request(list(range(100, 120)), max_tokens=2), first)
-    assert first.wait().cached_tokens == 0
+    steps = Steps(backend)
+    (first,) = steps.submit(request(list(range(100, 120)), max_tokens=2))
+    steps.run(sink_of(first))
+    assert sink_of(first).final.cached_tokens == 0
     backend.batches.clear()
-    second = Collector()
     # The same 20 prompt tokens and 2 more: 20 are in the slot already.
-    scheduler.submit(request([*range(100, 120), 7, 8], max_tokens=1), second)
-    final = second.wait()
-    assert final.cached_tokens == 20
+    (second,) = steps.submit(request([*range(100, 120), 7, 8], max_tokens=1))
+    steps.run(sink_of(second))
+    assert sink_of(second).final.cached_tokens == 20
     prompt_positions = sorted(e.position for b in backend.batches for e in b)
     assert prompt_positions == [20, 21]  # only the new tokens were decoded
-    assert scheduler.slot_cache.stats["hits"] == 1
-    assert scheduler.slot_cache.stats["tokens_saved"] == 20
-    scheduler.stop(timeout=10)
+    assert steps.stats.cache["hits"] == 1
+    assert steps.stats.cache["tokens_saved"] == 20
 
 
-def test_the_last_two_prompt_tokens_are_always_decoded() -> None:
+def test_the_last_two_prompt_tokens_are_always_decoded(steps: Steps, backend: FakeBackend) -> None:
     """For the last one's logits, and with a second so that attention takes the same kernel
     as it does for a whole prompt."""
-    backend = FakeBackend(n_slots=1)
-    scheduler = run(backend)
-    prompt = [5, 6, 7, 8]
     for _ in range(2):
-        sink = Collector()
-        scheduler.submit(request(prompt, max_tokens=1), sink)
-        sink.wait()
-    assert sink.events[-1].cached_tokens == 2
+        (ticket,) = steps.submit(request([5, 6, 7, 8], max_tokens=1))
+        steps.run(sink_of(ticket))
+    assert sink_of(ticket).final.cached_tokens == 2
     assert [e.position for e in backend.batches[-1]] == [2, 3]
-    scheduler.stop(timeout=10)
 
 
 def test_a_longer_prefix_in_a_busy_slot_is_copied_not_recomputed() -> None:
-    backend = FakeBackend(n_slots=2)
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
+    backend = FakeBackend(n_slots=2, n_batch=512)
+    steps = Steps(backend)
     long_prompt = list(range(1000, 1100))
-    busy = Collector()
-    scheduler.submit(request(long_prompt, max_tokens=50), busy)
-    backend.gate.release(3)  # prefill (one chunk) and a couple of tokens
-    wait_until(lambda: len(busy.events) >= 1)
-    follower = Collector()
-    scheduler.submit(request([*long_prompt, 1, 2, 3], max_tokens=1), follower)
-    backend.gate.release(1000)
-    assert follower.wait().cached_tokens == 100
+    (busy,) = steps.submit(request(long_prompt, max_tokens=50))
+    steps.step(2)  # the prompt, and a token
+    (follower,) = steps.submit(request([*long_prompt, 1, 2, 3], max_tokens=1))
+    steps.run(sink_of(follower))
+    assert sink_of(follower).final.cached_tokens == 100
     assert ("copy", 0, 1) in backend.kv_ops
-    assert busy.wait().finish_reason == "length"
-    scheduler.stop(timeout=10)
+    assert steps.stats.cache["copies"] == 1
+    steps.run(sink_of(busy))
+    assert sink_of(busy).final.finish_reason == "length"
 
 
-def test_when_truncation_is_impossible_the_prompt_is_computed_in_full() -> None:
-    backend = FakeBackend(n_slots=1)
+def test_when_truncation_is_impossible_the_prompt_is_computed_in_full(
+    steps: Steps, backend: FakeBackend
+) -> None:
     backend.can_truncate = False  # e.g. a recurrent model, or a pruned sliding window
-    scheduler = run(backend)
     for _ in range(2):
-        sink = Collector()
-        scheduler.submit(request([1, 2, 3, 4], max_tokens=1), sink)
-        sink.wait()
-    assert sink.events[-1].cached_tokens == 0
+        (ticket,) = steps.submit(request([1, 2, 3, 4], max_tokens=1))
+        steps.run(sink_of(ticket))
+    assert sink_of(ticket).final.cached_tokens == 0
     assert sorted(e.position for e in backend.batches[-1]) == [0, 1, 2, 3]
-    scheduler.stop(timeout=10)
 
 
 def test_unrelated_requests_take_the_least_recently_used_slot() -> None:
     backend = FakeBackend(n_slots=2)
-    scheduler = run(backend)
+    steps = Steps(backend)
     for prompt in ([1, 1, 1], [2, 2, 2]):
-        sink = Collector()
-        scheduler.submit(request(prompt, max_tokens=1), sink)
-        sink.wait()
+        (ticket,) = steps.submit(request(prompt, max_tokens=1))
+        steps.run(sink_of(ticket))
     slots_used = {e.slot for b in backend.batches for e in b}
     assert slots_used == {0, 1}  # the second did not evict the first conversation's cache
-    sink = Collector()
-    scheduler.submit(request([1, 1, 1, 9, 9], max_tokens=1), sink)
-    assert sink.wait().cached_tokens == 3
-    scheduler.stop(timeout=10)
+    (ticket,) = steps.submit(request([1, 1, 1, 9, 9], max_tokens=1))
+    steps.run(sink_of(ticket))
+    assert sink_of(ticket).final.cached_tokens == 3
 
 
-def test_an_overwritten_slot_is_saved_and_restored_later() -> None:
-    from server.engine.state_cache import StateCache
-
-    backend = FakeBackend(n_slots=1, n_ctx=1024)
+@pytest.fixture
+def state_cache() -> Iterator[StateCache]:
     cache = StateCache(model_key="fake" * 16, ram_bytes=1 << 20, disk_dir=None, disk_bytes=0)
-    scheduler = Scheduler(backend, name="fake", state_cache=cache)
-    scheduler.start()
+    yield cache
+    cache.close()
+
+
+def test_an_overwritten_slot_is_saved_and_restored_later(state_cache: StateCache) -> None:
+    backend = FakeBackend(n_slots=1, n_ctx=1024, n_batch=512)
+    steps = Steps(backend, state_cache=state_cache)
     conversation = list(range(1000, 1300))  # long enough to be worth saving
-    other = list(range(2000, 2300))
-    for prompt in (conversation, other):
-        sink = Collector()
-        scheduler.submit(request(prompt, max_tokens=2), sink)
-        sink.wait()
+    for prompt in (conversation, list(range(2000, 2300))):
+        (ticket,) = steps.submit(request(prompt, max_tokens=2))
+        steps.run(sink_of(ticket))
     assert ("save", 0, -1) in backend.kv_ops  # the conversation was saved before being overwritten
     backend.batches.clear()
-    sink = Collector()
-    scheduler.submit(request([*conversation, 1], max_tokens=1), sink)
-    assert sink.wait().cached_tokens == 299
+    (ticket,) = steps.submit(request([*conversation, 1], max_tokens=1))
+    steps.run(sink_of(ticket))
+    assert sink_of(ticket).final.cached_tokens == 299
     assert any(op[0] == "restore" for op in backend.kv_ops)
     assert sorted(e.position for b in backend.batches for e in b) == [299, 300]
-    assert scheduler.slot_cache.stats["restores"] == 1
-    scheduler.stop(timeout=10)
+    assert steps.stats.cache["restores"] == 1
+    assert steps.stats.states is not None and steps.stats.states["stored"] >= 1
+
+
+def test_an_idle_engine_saves_a_slot_after_a_pause(state_cache: StateCache) -> None:
+    backend = FakeBackend(n_slots=2, n_ctx=1024, n_batch=512)
+    steps = Steps(backend, state_cache=state_cache)
+    (ticket,) = steps.submit(request(list(range(1000, 1300)), max_tokens=2))
+    steps.run(sink_of(ticket))
+    assert steps.core.idle(steps.now) > 0  # not at once: the next turn may follow
+    assert ("save", 0, -1) not in backend.kv_ops
+    assert steps.core.idle(steps.now + 0.3) == 0
+    assert ("save", 0, -1) in backend.kv_ops
+    assert steps.core.idle(steps.now + 0.4) == 1.0  # nothing left to save: sleep long
+
+
+def test_a_short_conversation_is_never_saved(state_cache: StateCache) -> None:
+    backend = FakeBackend(n_slots=1, n_ctx=1024, n_batch=512)
+    steps = Steps(backend, state_cache=state_cache)
+    for prompt in (list(range(1000, 1100)), list(range(2000, 2100))):
+        (ticket,) = steps.submit(request(prompt, max_tokens=2))
+        steps.run(sink_of(ticket))
+    steps.core.idle(steps.now)
+    steps.core.idle(steps.now + 1)
+    assert not [op for op in backend.kv_ops if op[0] == "save"]
 
 
 def test_a_tiny_state_cache_never_hands_out_an_evicted_state() -> None:
-    from server.engine.state_cache import StateCache
-
-    backend = FakeBackend(n_slots=1, n_ctx=1024)
+    backend = FakeBackend(n_slots=1, n_ctx=1024, n_batch=512)
     # Room for one saved state only: saving the slot evicts whatever else was kept.
     cache = StateCache(model_key="tiny" * 16, ram_bytes=12, disk_dir=None, disk_bytes=0)
-    scheduler = Scheduler(backend, name="fake", state_cache=cache)
-    scheduler.start()
+    steps = Steps(backend, state_cache=cache)
     a, b = list(range(1000, 1300)), list(range(2000, 2300))
     for prompt in (a, b, a, b):
-        sink = Collector()
-        scheduler.submit(request(prompt, max_tokens=1), sink)
-        assert sink.wait().finish_reason == "length"
+        (ticket,) = steps.submit(request(prompt, max_tokens=1))
+        steps.run(sink_of(ticket))
+        assert sink_of(ticket).final.finish_reason == "length"
     assert cache.ram_bytes <= 12
     assert cache.stats["stored"] >= 2  # states were saved, and evicted to make room
-    scheduler.stop(timeout=10)
 
 
 def test_choices_submitted_together_read_their_shared_prompt_once() -> None:
     backend = FakeBackend(n_slots=3, n_batch=512)
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
+    steps = Steps(backend)
     prompt = list(range(2000, 2100))
-    sinks = [Collector() for _ in range(3)]
-    for sink in sinks:
-        scheduler.submit(request(prompt, max_tokens=2), sink)
-    backend.gate.release(1000)
-    finals = [sink.wait() for sink in sinks]
+    tickets = steps.submit(*[request(prompt, max_tokens=2) for _ in range(3)])
+    steps.step()
+    assert [t.state for t in tickets] == [
+        TicketState.DECODING,
+        TicketState.DEFERRED,
+        TicketState.DEFERRED,
+    ]
+    steps.run(*[sink_of(t) for t in tickets])
     # The 100 prompt tokens are decoded by one sequence; the others copy its cells and
     # decode only the last two prompt tokens.
     prompt_tokens_decoded = [e for b in backend.batches for e in b if e.token in prompt]
     assert len(prompt_tokens_decoded) == 100 + 2 * 2
-    assert sorted(f.cached_tokens for f in finals) == [0, 98, 98]
+    assert sorted(sink_of(t).final.cached_tokens for t in tickets) == [0, 98, 98]
     assert [op for op in backend.kv_ops if op[0] == "copy"] == [("copy", 0, 1), ("copy", 0, 2)]
-    scheduler.stop(timeout=10)
 
 
 def test_requests_waiting_on_a_shared_prompt_never_take_more_than_the_free_slots() -> None:
-    backend = FakeBackend(n_slots=2, n_batch=512)
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
+    backend = FakeBackend(n_slots=2, n_batch=64)
+    steps = Steps(backend)
     prompt = list(range(3000, 3100))
-    sinks = [Collector() for _ in range(4)]
-    for sink in sinks:
-        scheduler.submit(request(prompt, max_tokens=2), sink)
-    wait_until(lambda: scheduler.busy_slots == 1)
-    assert scheduler.queued == 2  # one runs, one waits for its prompt, two stay queued
-    backend.gate.release(1000)
-    assert all(sink.wait().finish_reason == "length" for sink in sinks)
-    scheduler.stop(timeout=10)
+    tickets = steps.submit(*[request(prompt, max_tokens=2) for _ in range(4)])
+    steps.step()  # the first reads part of its prompt; the second waits to copy it
+    stats = steps.stats
+    assert (stats.running, stats.deferred, stats.queued) == (1, 1, 2)
+    steps.run(*[sink_of(t) for t in tickets])
+    assert all(sink_of(t).final.finish_reason == "length" for t in tickets)
 
 
-def test_logprobs_cover_exactly_the_emitted_text() -> None:
-    backend = FakeBackend(n_slots=1)
-    scheduler = run(backend)
+def test_logprobs_cover_exactly_the_emitted_text(steps: Steps) -> None:
     sampling = SamplingParams(logprobs=2)
-    sink = Collector()
     # Tokens read "<11>", "<12>", ...; the stop string cuts inside the third token.
-    scheduler.submit(GenerationRequest("r", [10], 5, sampling, ["3>"]), sink)
-    final = sink.wait()
+    (ticket,) = steps.submit(GenerationRequest("r", [10], 5, sampling, ["3>"]))
+    sink = sink_of(ticket)
+    steps.run(sink)
     entries = [lp for e in sink.events for lp in e.logprobs]
-    assert final.finish_reason == "stop"
+    assert sink.final.finish_reason == "stop"
     assert sink.text == "<11><12><1"
     assert "".join(lp.text for lp in entries) == sink.text
     assert [lp.token for lp in entries] == [11, 12, 13]
     assert all(lp.logprob <= 0 and len(lp.top) == 2 for lp in entries)
-    scheduler.stop(timeout=10)
 
 
 def scoped_request(prompt: list[int], scope: str, max_tokens: int = 1) -> GenerationRequest:
@@ -645,23 +634,73 @@ def scoped_request(prompt: list[int], scope: str, max_tokens: int = 1) -> Genera
 
 
 def test_cached_prefixes_are_never_shared_across_cache_scopes() -> None:
-    backend = FakeBackend(n_slots=2)
-    backend.gate = threading.Semaphore(0)
-    scheduler = run(backend)
+    backend = FakeBackend(n_slots=2, n_batch=512)
+    steps = Steps(backend)
     secret = list(range(3000, 3100))
-    alice = Collector()
-    scheduler.submit(scoped_request(secret, "alice", max_tokens=40), alice)
-    backend.gate.release(2)
-    wait_until(lambda: len(alice.events) >= 1)
+    (alice,) = steps.submit(scoped_request(secret, "alice", max_tokens=40))
+    steps.step(2)
     # bob's same prompt neither waits to copy alice's running prefill nor copies her slot.
-    bob = Collector()
-    scheduler.submit(scoped_request([*secret, 1], "bob"), bob)
-    backend.gate.release(1000)
-    assert bob.wait().cached_tokens == 0
+    (bob,) = steps.submit(scoped_request([*secret, 1], "bob"))
+    steps.run(sink_of(bob))
+    assert sink_of(bob).final.cached_tokens == 0
     assert not [op for op in backend.kv_ops if op[0] == "copy"]
-    alice.wait()
+    steps.run(sink_of(alice))
     # alice's own next request reuses her prefix.
-    again = Collector()
-    scheduler.submit(scoped_request([*secret, 2, 3], "alice"), again)
-    assert again.wait().cached_tokens == 100
-    scheduler.stop(timeout=10)
+    (again,) = steps.submit(scoped_request([*secret, 2, 3], "alice"))
+    steps.run(sink_of(again))
+    assert sink_of(again).final.cached_tokens == 100
+
+
+# -- the threaded driver --------------------------------------------------------------------
+
+
+@pytest.fixture
+def driver(backend: FakeBackend) -> Iterator[Scheduler]:
+    scheduler = Scheduler(as_backend(backend), name="fake")
+    scheduler.start()
+    yield scheduler
+    assert scheduler.stop(timeout=10)
+
+
+def finished(sink: Collector) -> TokenEvent:
+    assert sink.done.wait(10), "request did not finish"
+    return sink.events[-1]
+
+
+def test_the_driver_runs_requests_to_their_end(driver: Scheduler) -> None:
+    sinks = [Collector() for _ in range(3)]
+    for i, sink in enumerate(sinks):
+        driver.submit(request([10 * (i + 1)], max_tokens=2), sink)
+    assert [finished(s).finish_reason for s in sinks] == ["length"] * 3
+    assert sinks[2].text == "<31><32>"
+    assert driver.stats().finished["length"] == 3
+
+
+def test_stop_rejects_new_work_and_ends_what_is_queued(backend: FakeBackend) -> None:
+    scheduler = Scheduler(as_backend(backend), name="fake")  # not started: all stays queued
+    queued = Collector()
+    scheduler.submit(request([9], max_tokens=3), queued)
+    scheduler.start()
+    scheduler.stop_accepting()
+    with pytest.raises(ShuttingDownError) as info:
+        scheduler.submit(request([1]), Collector())
+    assert info.value.status_code == 503
+    assert scheduler.stop(timeout=10)
+    assert finished(queued).finish_reason in ("length", "cancelled")
+
+
+def test_a_crashed_loop_ends_every_request_and_refuses_new_ones(
+    backend: FakeBackend,
+) -> None:
+    backend.crash = True
+    scheduler = Scheduler(as_backend(backend), name="fake")
+    sink = Collector()
+    scheduler.submit(request([1]), sink)
+    scheduler.start()
+    final = finished(sink)
+    assert final.finish_reason == "error"
+    assert final.error == "the engine stopped unexpectedly"
+    assert scheduler.stop(timeout=10)
+    assert scheduler.failed
+    with pytest.raises(EngineError):
+        scheduler.submit(request([1]), Collector())

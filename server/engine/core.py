@@ -1,0 +1,640 @@
+"""The scheduler core: one model's queue, slots and sequences, as plain synchronous code.
+
+The core plans each engine step and applies its results. It owns no thread, no lock and no
+clock: every call that needs the time is given ``now``. :class:`server.engine.scheduler.Scheduler`
+drives it from the engine thread: :meth:`SchedulerCore.schedule` plans a batch,
+:meth:`SchedulerCore.execute` runs it on the backend (decode, then sample), and
+:meth:`SchedulerCore.update` advances the sequences with the sampled tokens; the events they
+produce are collected by :meth:`SchedulerCore.take_events` for the driver to deliver. The
+scheduler tests call the same methods one step at a time, with no thread at all.
+
+A step: drop what waited too long, admit queued requests into free slots (deciding where each
+slot's KV comes from: a :class:`Placement`), retire what was cancelled or passed its deadline,
+then plan one batch: the next token of every decoding sequence first, so running streams keep
+their pace, then as much prompt as the prefill chunk allows.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from server.engine.llama import BatchEntry
+from server.engine.prefix import common_prefix_length, scope_length, scoped
+from server.engine.queue import FairQueue
+from server.engine.slots import MIN_COPY_GAIN, MIN_RECOMPUTED, SlotCache
+from server.engine.state_cache import StateCache
+from server.engine.text import TextStream, TokenTexts
+from server.engine.types import (
+    FinishReason,
+    GenerationRequest,
+    SamplingDeadEnd,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+    TopLogprob,
+)
+from server.errors import QueueFullError
+
+logger = logging.getLogger(__name__)
+
+EventSink = Callable[[TokenEvent], None]
+
+# Shorter sequences are cheap to recompute and not worth a saved state. (Saving every short
+# chat cost a throughput benchmark of unique prompts 10%: copies and disk writes for nothing.)
+MIN_SAVED_TOKENS = 256
+# Idle this long before saving slot states in the background.
+IDLE_SAVE_DELAY = 0.25
+# How long an idle engine sleeps at most, so that queue deadlines are noticed.
+IDLE_WAKE = 1.0
+
+
+class Backend(Protocol):
+    """What the core needs from a model; :class:`server.engine.llama.LlamaBackend` is the real
+    one, and the scheduler tests use a deterministic fake."""
+
+    n_ctx: int
+    n_slots: int
+    n_batch: int
+
+    def begin(self, slot: int, sampling: SamplingParams) -> None: ...
+    def end(self, slot: int) -> None: ...
+    def clear(self, slot: int) -> None: ...
+    def truncate(self, slot: int, keep: int) -> bool: ...
+    def copy_sequence(self, source: int, target: int) -> None: ...
+    def save_state(self, slot: int, allocate: Callable[[int], memoryview]) -> memoryview: ...
+    def restore_state(self, slot: int, state: memoryview) -> bool: ...
+    def decode(self, entries: Sequence[BatchEntry]) -> None: ...
+    def sample(self, slot: int, batch_index: int) -> int: ...
+    def logprobs(
+        self, batch_index: int, token: int, top: int
+    ) -> tuple[float, tuple[TopLogprob, ...]]: ...
+    def token_piece(self, token: int, *, special: bool = False) -> bytes: ...
+    def is_end_of_generation(self, token: int) -> bool: ...
+
+
+class TicketState(enum.Enum):
+    QUEUED = "queued"  # in the fair queue
+    DEFERRED = "deferred"  # out of the queue, waiting for a running prompt it shares
+    PREFILLING = "prefilling"  # in a slot, its prompt being read
+    DECODING = "decoding"  # in a slot, generating
+    FINISHED = "finished"  # its last event is out
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A submitted request as the core tracks it."""
+
+    request: GenerationRequest
+    sink: EventSink
+    state: TicketState = TicketState.QUEUED
+    submitted_at: float = 0.0
+    cancelled: bool = False
+    # Set once admitted into a slot:
+    slot: int | None = None
+    queue_seconds: float = 0.0
+    prefilled: int = 0
+    position: int = 0
+    last_token: int = -1
+    generated: int = 0
+    # Generated tokens already fed to decode (their KV is in the slot).
+    fed: list[int] = field(default_factory=list)
+    cached_tokens: int = 0
+    text: TextStream | None = None
+    token_texts: TokenTexts | None = None  # only when logprobs are asked for
+
+    @property
+    def in_slot(self) -> int:
+        assert self.slot is not None, "the ticket holds no slot"
+        return self.slot
+
+
+KvSource = Literal["reuse", "copy", "restore", "none"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a new sequence's slot gets the KV of its prompt's first ``keep`` tokens: what the
+    slot holds already (``reuse``), another slot's cells (``copy``), a saved state
+    (``restore``), or nowhere (``none``: the whole prompt is computed)."""
+
+    slot: int
+    source: KvSource
+    keep: int
+    copy_from: int | None = None
+    state: memoryview | None = None
+
+
+class SavePolicy:
+    """Which slots' KV states go to the state cache, and when:
+
+    - before a slot is overwritten, when at least :data:`MIN_SAVED_TOKENS` of what it holds
+      would be lost;
+    - once the engine has been idle :data:`IDLE_SAVE_DELAY`, one slot at a time (not at once:
+      the next turn of a conversation often follows immediately and reuses the slot as it is;
+      one at a time: a new request waits for one save at most);
+    - every idle slot at shutdown, so that a restart finds them.
+    """
+
+    def __init__(self, cache: StateCache | None, slots: SlotCache, backend: Backend) -> None:
+        self.cache = cache
+        self._slots = slots
+        self._backend = backend
+
+    def worth_saving(self, slot: int) -> bool:
+        held = self._slots.holds(slot)
+        return (
+            self.cache is not None
+            and not self._slots.is_saved(slot)
+            and len(held) >= MIN_SAVED_TOKENS
+        )
+
+    def save(self, slot: int) -> bool:
+        """Put what ``slot`` holds into the state cache, unless it is there or too short."""
+        cache = self.cache
+        if cache is None or not self.worth_saving(slot):
+            return False
+        key = scoped(self._slots.scope_of(slot), self._slots.holds(slot))
+        state = self._backend.save_state(slot, lambda size: cache.buffer_for(size, key))
+        cache.put(key, state)
+        self._slots.mark_saved(slot)
+        return True
+
+    def before_overwrite(self, slot: int, keep: int) -> None:
+        """``slot`` is about to keep only its first ``keep`` tokens."""
+        if len(self._slots.holds(slot)) - keep >= MIN_SAVED_TOKENS:
+            self.save(slot)
+
+    def saved_state_for(
+        self, prompt: Sequence[int], scope: str, *, better_than: int
+    ) -> tuple[int, memoryview] | None:
+        """A saved state of ``scope`` sharing a clearly longer prefix than the slots do, and
+        how many of its tokens the prompt can use."""
+        if self.cache is None:
+            return None
+        depth, entry = self.cache.longest_match(scoped(scope, prompt))
+        usable = min(depth - scope_length(scope), len(prompt) - MIN_RECOMPUTED)
+        if entry is None or usable < better_than + MIN_COPY_GAIN:
+            return None
+        state = self.cache.get(entry)
+        return None if state is None else (usable, state)
+
+    def when_idle(self, free_slots: Sequence[int], idle_for: float) -> float:
+        """Save one idle slot if the engine has been idle long enough. Returns how long the
+        engine may sleep before the next call: 0 after a save (there may be more)."""
+        unsaved = [slot for slot in free_slots if self.worth_saving(slot)]
+        if not unsaved:
+            return IDLE_WAKE
+        if idle_for < IDLE_SAVE_DELAY:
+            return IDLE_SAVE_DELAY - idle_for
+        self.save(unsaved[0])
+        return 0.0
+
+    def close(self, free_slots: Sequence[int]) -> None:
+        """Save every idle slot and finish the cache's disk writes."""
+        if self.cache is not None:
+            for slot in free_slots:
+                self.save(slot)
+            self.cache.close()
+
+
+@dataclass
+class StepPlan:
+    """One batch: its entries, and which tickets sample at which entry."""
+
+    entries: list[BatchEntry] = field(default_factory=list)
+    sampled: list[tuple[Ticket, int]] = field(default_factory=list)
+    # No sequence was in a slot when the step was planned: the engine may rest.
+    idle: bool = True
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What the backend gave for a plan: a token (or the dead end that left none) for each
+    sampled ticket, or the decode's error."""
+
+    tokens: tuple[int | SamplingDeadEnd, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    queued: int  # in the queue
+    deferred: int  # out of the queue, waiting for a shared prompt
+    running: int  # holding a slot
+    finished: Mapping[str, int]  # sequences ended, by finish reason
+    # KV reuse at admission: hits, misses, tokens_saved, copies, restores.
+    cache: Mapping[str, int]
+    # The state cache's counters (bytes, evictions), if the model has one.
+    states: Mapping[str, int] | None
+
+
+CACHE_COUNTERS = ("hits", "misses", "tokens_saved", "copies", "restores")
+
+
+class SchedulerCore:
+    """Admission, KV placement, batching and sequence advance for one model."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_queue: int = 64,
+        max_queue_per_owner: int | None = None,
+        prefill_chunk: int = 512,
+        queue_timeout: float = 60.0,
+        state_cache: StateCache | None = None,
+        name: str = "model",
+    ) -> None:
+        self._backend = backend
+        self._name = name
+        self._prefill_chunk = max(1, min(prefill_chunk, backend.n_batch))
+        self._queue_timeout = queue_timeout
+        self._queue: FairQueue[Ticket] = FairQueue(
+            max_queue, max_queue_per_owner or max(1, max_queue // 2)
+        )
+        self._free_slots = list(range(backend.n_slots))
+        self._active: list[Ticket] = []
+        self._deferred: list[Ticket] = []
+        self._slots = SlotCache(backend.n_slots)
+        self._saver = SavePolicy(state_cache, self._slots, backend)
+        self._finished: Counter[str] = Counter()
+        self._cache: Counter[str] = Counter(dict.fromkeys(CACHE_COUNTERS, 0))
+        self._events: list[tuple[EventSink, TokenEvent]] = []
+        self._idle_since: float | None = None
+        # Set by drain(): everything queued ends "cancelled" at the next step.
+        self._draining = False
+
+    # -- admission ---------------------------------------------------------------------------
+
+    @property
+    def max_jobs_per_request(self) -> int:
+        """The most jobs one request can ever have queued: every slot, plus its owner's
+        share of the queue."""
+        return self._backend.n_slots + self._queue.max_per_owner
+
+    def add(self, tickets: Sequence[Ticket], now: float) -> None:
+        """Queue one request's tickets, all or none: a full queue, or an owner over its share
+        of it, is a QueueFullError for the whole request."""
+        owner = tickets[0].request.owner
+        idle = len(self._free_slots) - len(self._deferred) - len(self._queue)
+        if not self._queue.room_for(owner, len(tickets), max(0, idle)):
+            raise QueueFullError(
+                f"the queue for model '{self._name}' is full ({len(self._queue)} of "
+                f"{self._queue.maxsize} waiting, at most {self._queue.max_per_owner} for "
+                "one API key or client)",
+                retry_after=1,
+            )
+        for ticket in tickets:
+            ticket.submitted_at = now
+            self._queue.put(ticket, owner=owner, priority=ticket.request.priority)
+
+    def cancel(self, ticket: Ticket) -> None:
+        """Stop ``ticket``: dropped from the queue, or its slot freed, at the next step."""
+        ticket.cancelled = True
+
+    def cancel_all(self) -> None:
+        """Stop everything queued or running: each ends with finish reason "cancelled"."""
+        for ticket in [*self._active, *self._deferred]:
+            ticket.cancelled = True
+        for ticket in self._queue.remove_if(lambda _: True):
+            ticket.cancelled = True
+            ticket.state = TicketState.DEFERRED
+            self._deferred.append(ticket)  # expired (and answered) at the next step
+
+    def drain(self) -> None:
+        """Cancel what is queued at the next step and take nothing new from the queue."""
+        self._draining = True
+
+    @property
+    def has_work(self) -> bool:
+        """Anything in a slot or waiting for one."""
+        return bool(self._active or self._deferred or len(self._queue))
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> StepPlan:
+        """Expire and admit queued tickets, retire the cancelled and late, and plan a batch."""
+        self._expire_queued(now)
+        self._admit_queued(now)
+        if not self._active:
+            return StepPlan()
+        self._idle_since = None
+        plan = StepPlan(idle=False)
+        prefilling: list[Ticket] = []
+        # In slot order: llama.cpp splits a batch whose sequences are out of order into
+        # several micro-batches, which costs as much as decoding them one by one.
+        for ticket in sorted(self._active, key=lambda t: t.in_slot):
+            deadline = ticket.request.deadline
+            if ticket.cancelled:
+                self._retire(ticket, "cancelled")
+            elif deadline is not None and now > deadline:
+                self._retire(ticket, "deadline")
+            elif ticket.state is TicketState.PREFILLING:
+                prefilling.append(ticket)
+            else:
+                entry = BatchEntry(ticket.in_slot, ticket.last_token, ticket.position, True)
+                plan.entries.append(entry)
+                ticket.fed.append(ticket.last_token)
+                ticket.position += 1
+                plan.sampled.append((ticket, len(plan.entries) - 1))
+        budget = min(self._prefill_chunk, self._backend.n_batch - len(plan.entries))
+        for ticket in prefilling:
+            prompt = ticket.request.prompt_tokens
+            take = min(len(prompt) - ticket.prefilled, budget)
+            if take <= 0:
+                break  # the rest of the prompts continue next step
+            budget -= take
+            end = ticket.prefilled + take
+            for i in range(ticket.prefilled, end):
+                plan.entries.append(BatchEntry(ticket.in_slot, prompt[i], i, i == len(prompt) - 1))
+            ticket.prefilled = ticket.position = end
+            if end == len(prompt):
+                ticket.state = TicketState.DECODING
+                plan.sampled.append((ticket, len(plan.entries) - 1))
+        return plan
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Decode the plan's batch and sample each ticket that asked for logits. Touches only
+        the backend: the driver runs it without its lock."""
+        if not plan.entries:
+            return StepResult()
+        try:
+            self._backend.decode(plan.entries)
+        except RuntimeError as exc:
+            return StepResult(error=str(exc))
+        tokens: list[int | SamplingDeadEnd] = []
+        for ticket, index in plan.sampled:
+            try:
+                tokens.append(self._backend.sample(ticket.in_slot, index))
+            except SamplingDeadEnd as exc:
+                tokens.append(exc)
+        return StepResult(tuple(tokens))
+
+    def update(self, plan: StepPlan, result: StepResult) -> None:
+        """Advance every sampled ticket by its token (text, stop strings, logprobs, limits)."""
+        if result.error is not None:
+            logger.error("decode failed for model %s: %s", self._name, result.error)
+            in_batch = {entry.slot for entry in plan.entries}
+            for ticket in [t for t in self._active if t.slot in in_batch]:
+                ticket.prefilled, ticket.fed = 0, []  # its cells are in an unknown state
+                self._retire(ticket, "error", error=result.error)
+            return
+        for (ticket, index), token in zip(plan.sampled, result.tokens, strict=True):
+            if isinstance(token, SamplingDeadEnd):
+                self._retire(ticket, "invalid", error=str(token))
+            else:
+                self._advance(ticket, token, index)
+
+    def step(self, now: float) -> list[tuple[EventSink, TokenEvent]]:
+        """One whole step (what the driver does in three calls); returns its events."""
+        plan = self.schedule(now)
+        self.update(plan, self.execute(plan))
+        return self.take_events()
+
+    def take_events(self) -> list[tuple[EventSink, TokenEvent]]:
+        """The events produced since the last call, in order, for delivery."""
+        events, self._events = self._events, []
+        return events
+
+    def idle(self, now: float) -> float:
+        """Work for an engine with nothing in a slot (saving slot states). Returns how long
+        the driver may sleep before the next step: 0 to go on at once."""
+        self._idle_since = self._idle_since if self._idle_since is not None else now
+        return self._saver.when_idle(self._free_slots, now - self._idle_since)
+
+    def close(self) -> None:
+        """At shutdown, once nothing runs: keep the idle slots' states."""
+        self._saver.close(self._free_slots)
+
+    def abort(self, error: str) -> None:
+        """End every ticket with ``error`` (the loop crashed; the slots are not reused)."""
+        stranded = self._active + self._deferred + self._queue.remove_if(lambda _: True)
+        self._active, self._deferred = [], []
+        for ticket in stranded:
+            self._emit_end(ticket, "error", error=error)
+
+    def stats(self) -> SchedulerStats:
+        cache = self._saver.cache
+        # Not cache.counters(): that books the disk writer's results, which is the engine
+        # thread's work; these plain reads are safe from any thread.
+        states = (
+            None
+            if cache is None
+            else {**cache.stats, "ram_bytes": cache.ram_bytes, "disk_bytes": cache.disk_bytes}
+        )
+        return SchedulerStats(
+            queued=len(self._queue),
+            deferred=len(self._deferred),
+            running=len(self._active),
+            finished=dict(self._finished),
+            cache=dict(self._cache),
+            states=states,
+        )
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _expire_queued(self, now: float) -> None:
+        """Drop queued tickets that were cancelled, waited too long, or passed their deadline."""
+
+        def reason(ticket: Ticket) -> FinishReason | None:
+            if ticket.cancelled or self._draining:
+                return "cancelled"
+            if now - ticket.submitted_at > self._queue_timeout:
+                return "queue_timeout"
+            if ticket.request.deadline is not None and now > ticket.request.deadline:
+                return "deadline"
+            return None
+
+        expired = self._queue.remove_if(lambda t: reason(t) is not None)
+        expired += [t for t in self._deferred if reason(t) is not None]
+        for ticket in expired:
+            if ticket.state is TicketState.DEFERRED:
+                self._deferred.remove(ticket)
+            ticket.queue_seconds = now - ticket.submitted_at
+            self._emit_end(ticket, reason(ticket) or "cancelled")
+
+    def _admit_queued(self, now: float) -> None:
+        """Fill free slots from the queue. A request whose prompt shares a prefix with one a
+        running sequence is still reading waits for it, then copies its KV instead of
+        computing the same tokens side by side: so the ``n`` choices of one request, or many
+        requests with one system prompt, read their prompt once. At most as many wait as
+        there are free slots, which stay theirs."""
+        for ticket in list(self._deferred):
+            if self._prefilling_prefix_of(ticket) is None:
+                self._deferred.remove(ticket)
+                self._admit(ticket, now)
+        capacity = len(self._free_slots) - len(self._deferred)
+        running = Counter(t.request.owner for t in self._active + self._deferred)
+        while capacity > 0 and (queued := self._queue.pop(running)) is not None:
+            running[queued.request.owner] += 1
+            capacity -= 1
+            if self._prefilling_prefix_of(queued) is not None:
+                queued.state = TicketState.DEFERRED
+                self._deferred.append(queued)
+            else:
+                self._admit(queued, now)
+
+    def _prefilling_prefix_of(self, ticket: Ticket) -> Ticket | None:
+        """A running sequence still computing a prompt prefix worth sharing with ``ticket``."""
+        prompt = ticket.request.prompt_tokens
+        for other in self._active:
+            if other.request.cache_scope != ticket.request.cache_scope:
+                continue  # a prompt is never shared across cache scopes
+            if other.state is TicketState.PREFILLING:
+                shared = min(
+                    common_prefix_length(prompt, other.request.prompt_tokens),
+                    len(prompt) - MIN_RECOMPUTED,
+                )
+                if shared >= MIN_COPY_GAIN and shared > other.prefilled:
+                    return other
+        return None
+
+    def _place(self, ticket: Ticket) -> Placement:
+        """Choose the slot for ``ticket`` and where its prompt prefix's KV comes from."""
+        prompt, scope = ticket.request.prompt_tokens, ticket.request.cache_scope
+        busy = {t.slot: t for t in self._active}
+
+        def valid_length(slot: int) -> int:
+            return busy[slot].prefilled if slot in busy else len(self._slots.holds(slot))
+
+        assigned = self._slots.assign(prompt, self._free_slots, valid_length, scope=scope)
+        slot, reuse, copy_from = assigned.slot, assigned.reuse, assigned.copy_from
+        self._saver.before_overwrite(slot, reuse)
+        # Looked up after the save: making room for it may have evicted states.
+        saved = self._saver.saved_state_for(prompt, scope, better_than=reuse)
+        if saved is not None:
+            return Placement(slot, "restore", saved[0], state=saved[1])
+        if copy_from is not None:
+            return Placement(slot, "copy", reuse, copy_from=copy_from)
+        return Placement(slot, "reuse" if reuse else "none", reuse)
+
+    def _apply(self, placement: Placement) -> int:
+        """Carry out ``placement``; returns how many prompt tokens the slot now holds."""
+        slot, keep = placement.slot, placement.keep
+        if placement.source == "restore":
+            assert placement.state is not None
+            if self._backend.restore_state(slot, placement.state):
+                self._cache["restores"] += 1
+            else:
+                keep = 0  # a refused restore leaves the slot empty
+        elif placement.source == "copy":
+            assert placement.copy_from is not None
+            self._backend.copy_sequence(placement.copy_from, slot)
+            self._cache["copies"] += 1
+        reused = keep if self._backend.truncate(slot, keep) else 0
+        self._cache["hits" if reused else "misses"] += 1
+        self._cache["tokens_saved"] += reused
+        return reused
+
+    def _admit(self, ticket: Ticket, now: float) -> None:
+        placement = self._place(ticket)
+        self._free_slots.remove(placement.slot)
+        reused = self._apply(placement)
+        prompt = ticket.request.prompt_tokens
+        self._slots.record(placement.slot, prompt, ticket.request.cache_scope)
+        ticket.slot = placement.slot
+        ticket.prefilled = ticket.position = ticket.cached_tokens = reused
+        ticket.state = TicketState.PREFILLING if reused < len(prompt) else TicketState.DECODING
+        ticket.queue_seconds = now - ticket.submitted_at
+        ticket.text = TextStream(ticket.request.stop)
+        if ticket.request.sampling.logprobs is not None:
+            ticket.token_texts = TokenTexts()
+        self._active.append(ticket)
+        try:
+            self._backend.begin(placement.slot, ticket.request.sampling)
+        except RuntimeError as exc:  # e.g. a grammar llama.cpp refuses
+            self._retire(ticket, "error", error=str(exc))
+
+    def _advance(self, ticket: Ticket, token: int, batch_index: int) -> None:
+        assert ticket.text is not None
+        if ticket.cancelled:
+            self._retire(ticket, "cancelled")
+            return
+        if self._backend.is_end_of_generation(token):
+            self._retire(ticket, "stop")
+            return
+        ticket.generated += 1
+        ticket.last_token = token
+        piece = self._backend.token_piece(token)
+        if ticket.token_texts is not None:
+            top = ticket.request.sampling.logprobs or 0
+            logprob, alternatives = self._backend.logprobs(batch_index, token, top)
+            ticket.token_texts.add(token, piece, logprob, alternatives)
+        text = ticket.text.push(piece)
+        if ticket.text.stopped:
+            self._retire(ticket, "stop", text=text, token=token)
+            return
+        if (
+            ticket.generated >= ticket.request.max_tokens
+            or ticket.position + 1 >= self._backend.n_ctx
+        ):
+            self._retire(ticket, "length", text=text, token=token)
+            return
+        logprobs = _released_logprobs(ticket, final=False)
+        event = TokenEvent(
+            text=text, token_ids=(token,), completion_tokens=ticket.generated, logprobs=logprobs
+        )
+        self._events.append((ticket.sink, event))
+
+    def _retire(
+        self,
+        ticket: Ticket,
+        reason: FinishReason,
+        *,
+        text: str = "",
+        token: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        slot = ticket.in_slot
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if ticket.text is not None and reason in ("stop", "length"):
+            if not ticket.text.stopped:
+                text += ticket.text.finish()
+            logprobs = _released_logprobs(ticket, final=True)
+        self._backend.end(slot)
+        # The slot keeps what was computed, for the next request that shares its prefix.
+        held = ticket.request.prompt_tokens[: ticket.prefilled] + ticket.fed
+        if not held:
+            self._backend.clear(slot)
+        self._slots.record(slot, held, ticket.request.cache_scope)
+        self._active.remove(ticket)
+        self._free_slots.append(slot)
+        self._emit_end(ticket, reason, text=text, token=token, error=error, logprobs=logprobs)
+
+    def _emit_end(
+        self,
+        ticket: Ticket,
+        reason: FinishReason,
+        *,
+        text: str = "",
+        token: int | None = None,
+        error: str | None = None,
+        logprobs: tuple[TokenLogprob, ...] = (),
+    ) -> None:
+        ticket.state = TicketState.FINISHED
+        self._finished[reason] += 1
+        event = TokenEvent(
+            text=text,
+            token_ids=(token,) if token is not None else (),
+            finish_reason=reason,
+            prompt_tokens=len(ticket.request.prompt_tokens),
+            completion_tokens=ticket.generated,
+            queue_seconds=ticket.queue_seconds,
+            cached_tokens=ticket.cached_tokens,
+            error=error,
+            logprobs=logprobs,
+        )
+        self._events.append((ticket.sink, event))
+
+
+def _released_logprobs(ticket: Ticket, *, final: bool) -> tuple[TokenLogprob, ...]:
+    if ticket.token_texts is None or ticket.text is None:
+        return ()
+    if final:
+        return ticket.token_texts.finish(ticket.text.emitted)
+    return ticket.token_texts.release(ticket.text.emitted)
