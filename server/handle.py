@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -148,18 +147,16 @@ class ModelHandle:
 
 
 class Lease:
-    """A request's hold on a loaded model. ``release`` is idempotent, and a lease that is
-    dropped without being released (a request abandoned between preparing and running) is
-    released when it is garbage-collected, so a model can never be pinned by a lost request."""
+    """A request's hold on a loaded model; ``release`` is idempotent. Whoever checks a model
+    out releases it on every path: :class:`server.services.generation.Run` when it closes,
+    :meth:`server.registry.ModelRegistry.use` when its block ends."""
 
     def __init__(self, handle: ModelHandle) -> None:
         self.handle = handle
-        self._release = weakref.finalize(self, _release, handle)
+        self._released = False
 
     def release(self) -> None:
-        self._release()
-
-
-def _release(handle: ModelHandle) -> None:
-    handle.active -= 1
-    handle.last_used = time.monotonic()
+        if not self._released:
+            self._released = True
+            self.handle.active -= 1
+            self.handle.last_used = time.monotonic()

@@ -34,14 +34,22 @@ class RunRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    embedded_tokens: int = 0
     queue_seconds: list[float] = field(default_factory=list)
     time_to_first_token: float | None = None
     completion_id: str = ""
     choices: int = 1
     finish: str = ""
 
+    @property
+    def total_tokens(self) -> int:
+        """What counts against an API key's tokens per minute."""
+        return self.prompt_tokens + self.completion_tokens + self.embedded_tokens
+
     def log_fields(self) -> dict[str, object]:
         """The record as the request's log line shows it."""
+        if self.embedded_tokens:
+            return {"embedded_tokens": self.embedded_tokens}
         return {
             "completion_id": self.completion_id,
             "choices": self.choices,
@@ -109,6 +117,7 @@ class Metrics:
             ("prompt", record.prompt_tokens),
             ("completion", record.completion_tokens),
             ("cached", record.cached_tokens),
+            ("embedding", record.embedded_tokens),
         ):
             if count:
                 self.tokens.labels(model, kind).inc(count)

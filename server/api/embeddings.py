@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from server.api.cancellation import unless_disconnected
-from server.api.deps import State, caller_of
+from server.api.deps import Context, State, caller_of
 from server.api.proxy import forward_if_remote
 from server.api.responses import ERROR_RESPONSES
 from server.protocol.embeddings import EmbeddingList, EmbeddingRequest
@@ -15,13 +15,9 @@ router = APIRouter(tags=["embeddings"])
 
 @router.post("/v1/embeddings", response_model=EmbeddingList, responses=ERROR_RESPONSES)
 async def create_embeddings(
-    body: EmbeddingRequest, request: Request, state: State
+    body: EmbeddingRequest, request: Request, state: State, context: Context
 ) -> EmbeddingList | Response:
     if (remote := await forward_if_remote(body, "/embeddings", request, state)) is not None:
         return remote
-    caller = caller_of(request, body.user)
-    result = await unless_disconnected(request, state.embeddings.create(body, caller))
-    if isinstance(result, EmbeddingList):
-        request.state.model = result.model
-        state.metrics.tokens.labels(result.model, "embedding").inc(result.usage.prompt_tokens)
-    return result
+    caller = caller_of(context, state, body.user)
+    return await unless_disconnected(request, state.embeddings.create(body, caller))

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.access import ApiKey
 from server.api.errors import error_response
+from server.context import RequestContext
 from server.errors import HearthError, InvalidRequestError
 from server.logs import request_id_var
 from server.state import AppState
@@ -66,7 +67,8 @@ class Gateway:
         client_id = headers.get(REQUEST_ID_HEADER, "")
         request_id = client_id if _CLIENT_ID.match(client_id) else f"req_{uuid.uuid4().hex}"
         token = request_id_var.set(request_id)
-        scope.setdefault("state", {})["request_id"] = request_id
+        context = RequestContext(request_id)
+        scope.setdefault("state", {})["context"] = context
         started = time.monotonic()
         status = 500
         key: ApiKey | None = None
@@ -99,17 +101,17 @@ class Gateway:
                     state.metrics.rejections.labels(error.code or "rejected").inc()
                     await error_response(error)(scope, receive, send_with_id)
                     return
-                scope["state"]["api_key"] = key
+                context.api_key = key
             await self.app(scope, receive, send_with_id)
         finally:
             elapsed = time.monotonic() - started
-            model = scope["state"].get("model", "")
+            model = context.model
             release_key()
             if state is not None:
                 path = scope["path"]
                 route = path if path in KNOWN_ROUTES else "other"
                 state.metrics.record_request(route, model, status, elapsed)
-            _log_access(scope, status, model, key, elapsed)
+            _log_access(scope, status, context, elapsed)
             request_id_var.reset(token)
 
     @staticmethod
@@ -140,17 +142,17 @@ def _check_host(headers: Headers, allowed: frozenset[str]) -> None:
         )
 
 
-def _log_access(scope: Scope, status: int, model: str, key: ApiKey | None, elapsed: float) -> None:
+def _log_access(scope: Scope, status: int, context: RequestContext, elapsed: float) -> None:
+    key = context.api_key
     fields: dict[str, object] = {
         "method": scope["method"],
         "path": scope["path"],
         "status": status,
-        "model": model or None,
+        "model": context.model or None,
         "key": key.name if key is not None else None,
         "time": round(elapsed, 3),
     }
-    record = scope["state"].get("run_record")
-    if record is not None:
-        fields.update(record.log_fields())
+    if context.record is not None:
+        fields.update(context.record.log_fields())
     text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and v != "")
     access_logger.info("%s", text, extra={"fields": fields})

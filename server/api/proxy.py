@@ -14,7 +14,8 @@ from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from server.api.deps import api_key_of, caller_of
+from server.api.deps import caller_of, context_of
+from server.metrics import RunRecord
 from server.services.generation import Caller
 from server.settings import ModelConfig
 from server.state import AppState
@@ -31,8 +32,11 @@ async def forward_if_remote(
     config = state.registry.resolve(str(getattr(body, "model", "")))
     if config.upstream is None:
         return None
-    request.state.model = config.name
-    caller = caller_of(request, getattr(body, "user", None))
+    context = context_of(request)
+    context.model = config.name
+    caller = caller_of(context, state, getattr(body, "user", None))
+    ledger = caller.ledger
+    assert ledger is not None
     stream = bool(getattr(body, "stream", False))
     known = set(type(body).model_fields) - _LOCAL_FIELDS
     payload = body.model_dump(mode="json", exclude_unset=True, by_alias=True, include=known)
@@ -40,20 +44,12 @@ async def forward_if_remote(
     client_wants_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
     if stream:  # always asked for, so that a stream's tokens are counted
         payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
-    metered = 0
 
     def meter_chunk() -> None:
-        nonlocal metered
-        metered += 1
-        if caller.meter is not None:
-            caller.meter(1)
+        ledger.meter(1)
 
     def count(prompt: int, completion: int) -> None:
-        for kind, tokens in (("prompt", prompt), ("completion", completion)):
-            if tokens > 0:
-                state.metrics.tokens.labels(config.name, kind).inc(tokens)
-        if (key := api_key_of(request)) is not None:
-            state.limiter.record_tokens(key, prompt + completion - metered)
+        ledger.record(RunRecord(config.name, prompt_tokens=prompt, completion_tokens=completion))
 
     answer = await state.upstream.forward(
         config,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
 
 from server.api.errors import error_payload
 from server.errors import HearthError
@@ -15,12 +17,31 @@ from server.errors import HearthError
 logger = logging.getLogger(__name__)
 
 
+class ClosingEventStream(EventSourceResponse):
+    """An event stream that calls ``on_close`` once it is over: sent, failed, or cut off by
+    the client, even before its first event (when its generator never starts)."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
 def sse_response(
-    chunks: AsyncGenerator[BaseModel, None], *, shutdown_grace: float
+    chunks: AsyncGenerator[BaseModel, None],
+    *,
+    shutdown_grace: float,
+    on_close: Callable[[], None],
 ) -> EventSourceResponse:
     """Stream ``chunks`` as SSE. An error after the first byte cannot change the HTTP status, so
     it is sent as a ``data: {"error": ...}`` event, followed by ``[DONE]`` like any stream.
-    A client disconnect cancels the generator; closing ``chunks`` then cancels the generation."""
+    A client disconnect cancels the generator; closing ``chunks`` then cancels the generation,
+    and ``on_close`` runs once the response is over."""
 
     async def events() -> AsyncGenerator[dict[str, str], None]:
         try:
@@ -38,4 +59,6 @@ def sse_response(
 
     # On shutdown, let a running stream finish (within the server's grace period) rather
     # than cutting it off mid-answer.
-    return EventSourceResponse(events(), ping=15, shutdown_grace_period=shutdown_grace)
+    return ClosingEventStream(
+        events(), ping=15, shutdown_grace_period=shutdown_grace, on_close=on_close
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from server.api.deps import State
+from server.api.openai.chat import tools_of, turns_of
 from server.api.responses import ERROR_RESPONSES
 from server.protocol.tokens import (
     DetokenizeRequest,
@@ -18,7 +19,8 @@ router = APIRouter(tags=["tokens"])
 
 @router.post("/tokenize", response_model=TokenizeResponse, responses=ERROR_RESPONSES)
 async def tokenize(body: TokenizeRequest, state: State) -> TokenizeResponse:
-    return await state.tokens.tokenize(body)
+    turns = turns_of(body.messages) if body.messages is not None else None
+    return await state.tokens.tokenize(body, turns, tools_of(body.tools))
 
 
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=ERROR_RESPONSES)

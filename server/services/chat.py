@@ -1,50 +1,35 @@
-"""OpenAI chat completions: messages through the chat template to the engine and back."""
+"""Chat: a conversation through the model's chat template to the engine, and the model's
+output back as content and tool calls (family-neutral; the adapters shape it)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
-from dataclasses import replace
-from typing import Any
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from server.engine.grammar import SchemaNotSupported, json_object_grammar, json_schema_grammar
-from server.engine.types import Grammar
+from server.engine.types import Grammar, TokenLogprob
 from server.errors import ChatTemplateMissingError, InvalidRequestError
 from server.handle import Lease, ModelHandle
-from server.protocol.chat import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatCompletionRequest,
-    ChatDelta,
-    ChatMessage,
-    FinishReason,
-    FunctionCallDelta,
-    ResponseFormat,
-    ToolCallDelta,
-)
-from server.protocol.common import Usage
 from server.registry import ModelRegistry
 from server.services.generation import (
     Caller,
-    PreparedRun,
+    Run,
     RunLimits,
     check_finish,
     check_prompt_length,
     choice_jobs,
-    collect,
-    merged,
-    openai_finish_reason,
+    normal_finish,
     released_on_error,
-    usage_of,
 )
-from server.services.logprobs import chat_logprobs
 from server.services.prep import PrepExecutor
 from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
+from server.services.spec import GenerationSpec, OutputFormat, Turn
 from server.services.templates import ChatTemplate, escaped, message_to_template_dict
 from server.services.tools import (
+    CallDelta,
+    ParsedCall,
     ToolCallParser,
     ToolPlan,
     fallback_tools_prompt,
@@ -53,9 +38,34 @@ from server.services.tools import (
     render_call,
 )
 
+ChatFinish = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    """One choice, whole: ``content`` is None when the choice is only tool calls."""
+
+    index: int
+    content: str | None
+    calls: list[ParsedCall]
+    finish_reason: ChatFinish
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatEvent:
+    """A piece of one choice as it streams: content, pieces of tool calls, the logprobs of
+    tokens now complete, and at the end its finish reason."""
+
+    index: int
+    content: str = ""
+    calls: tuple[CallDelta, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: ChatFinish | None = None
+
 
 class ChatService:
-    """Builds, runs and shapes chat completions."""
+    """Prepares and runs chat generations."""
 
     def __init__(self, registry: ModelRegistry, limits: RunLimits, prep: PrepExecutor) -> None:
         self._registry = registry
@@ -63,23 +73,23 @@ class ChatService:
         self._prep = prep
         self._templates: dict[str, ChatTemplate] = {}
 
-    async def prepare(self, request: ChatCompletionRequest, caller: Caller) -> PreparedRun:
+    async def prepare(self, spec: GenerationSpec, caller: Caller) -> Run:
         """Validate, render and tokenize; every error here is raised before any byte is sent."""
-        self._limits.check_counts(len(request.messages), len(request.tools or ()))
+        assert spec.messages is not None
+        self._limits.check_counts(len(spec.messages), len(spec.tools))
         lease = await self._registry.checkout(
-            request.model,
-            keep_alive=request.keep_alive_seconds,
-            may_shorten=caller.may_shorten_keep_alive,
+            spec.model, keep_alive=spec.keep_alive, may_shorten=caller.may_shorten_keep_alive
         )
         with released_on_error(lease) as handle:
-            return await self._prep.run(self._prepare, request, caller, lease, handle)
+            return await self._prep.run(self._prepare, spec, caller, lease, handle)
 
     def _prepare(
-        self, request: ChatCompletionRequest, caller: Caller, lease: Lease, handle: ModelHandle
-    ) -> PreparedRun:
+        self, spec: GenerationSpec, caller: Caller, lease: Lease, handle: ModelHandle
+    ) -> Run:
         """The work of :meth:`prepare`, on a preparation thread."""
-        tools = plan_tools(request)
-        grammar = _response_format_grammar(request.response_format)
+        assert spec.messages is not None
+        tools = plan_tools(spec.tools, spec.tool_choice, parallel=spec.parallel_tool_calls)
+        grammar = _output_grammar(spec.output)
         if tools is not None:
             if grammar is not None:
                 raise InvalidRequestError(
@@ -88,25 +98,24 @@ class ChatService:
                     param="response_format",
                 )
             grammar = tools.grammar
-        tokens = self.prompt_tokens(handle, request.messages, tools)
-        requested = request.max_completion_tokens or request.max_tokens
+        tokens = self.prompt_tokens(handle, spec.messages, tools)
         budget = completion_budget(
-            requested,
+            spec.max_tokens,
             handle.config.defaults.max_tokens,
             len(tokens),
             handle.n_ctx,
             param="messages",
-            caps=(handle.config.max_tokens_cap, caller.cap_per_job(request.n)),
+            caps=(handle.config.max_tokens_cap, caller.cap_per_job(spec.n)),
         )
         if grammar is not None and (problem := handle.check_grammar(grammar)) is not None:
             raise InvalidRequestError(
                 problem, param="response_format" if tools is None else "tools"
             )
         sampling = replace(
-            sampling_params(request, handle.config.defaults),
-            logit_bias=logit_bias_pairs(request.logit_bias, handle.n_vocab),
+            sampling_params(spec.sampling, handle.config.defaults),
+            logit_bias=logit_bias_pairs(spec.sampling.logit_bias, handle.n_vocab),
             grammar=grammar,
-            logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+            logprobs=spec.sampling.logprobs,
         )
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         jobs = choice_jobs(
@@ -115,24 +124,24 @@ class ChatService:
             tokens,
             budget,
             sampling,
-            request,
+            spec,
             owner=caller.owner,
             deadline=self._limits.deadline(),
             cache_scope=caller.cache_scope,
         )
-        return PreparedRun(
+        return Run(
             request_id,
             lease,
             jobs,
             prompt_token_count=len(tokens),
+            ledger=caller.ledger,
             tools=tools,
-            meter=caller.meter,
         )
 
     def prompt_tokens(
         self,
         handle: ModelHandle,
-        messages: list[ChatMessage],
+        messages: Sequence[Turn],
         tools: ToolPlan | None,
         *,
         add_generation_prompt: bool = True,
@@ -151,83 +160,44 @@ class ChatService:
         add_bos = handle.adds_bos and not (bos and prompt.startswith(bos))
         return handle.tokenize(prompt, add_special=add_bos, markup=True)
 
-    async def complete(self, run: PreparedRun) -> ChatCompletion:
-        results = await collect(run)
-        choices = []
-        for r in results:
+    @staticmethod
+    async def answers(run: Run) -> list[ChatAnswer]:
+        """Every choice run to its end, split into content and tool calls."""
+        answers = []
+        for r in await run.results():
             content: str | None = r.text
-            calls = None
-            finish: FinishReason = openai_finish_reason(r.finish_reason)
+            calls: list[ParsedCall] = []
+            finish: ChatFinish = normal_finish(r.finish_reason)
             if run.tools is not None:
                 parser = ToolCallParser(run.tools.functions)
                 head, _ = parser.feed(r.text)
                 # A call cut off by max_tokens is not returned, as markup or as a call.
                 content = head + parser.finish(partial_as_content=finish != "length")
-                calls = parser.calls or None
+                calls = parser.calls
                 if calls:
                     content = content if content.strip() else None
                     finish = "tool_calls" if finish == "stop" else finish
-            choices.append(
-                ChatChoice(
-                    index=r.index,
-                    message=AssistantMessage(content=content, tool_calls=calls),
-                    logprobs=chat_logprobs(r.logprobs) if run.wants_logprobs else None,
-                    finish_reason=finish,
-                )
-            )
-        return ChatCompletion(
-            id=run.request_id,
-            created=run.created,
-            model=run.model,
-            choices=choices,
-            usage=usage_of(run),
-        )
+            answers.append(ChatAnswer(r.index, content, calls, finish, r.logprobs))
+        return answers
 
-    async def stream(
-        self, run: PreparedRun, *, include_usage: bool
-    ) -> AsyncGenerator[ChatCompletionChunk, None]:
-        def chunk(
-            choices: list[ChatChunkChoice], usage: Usage | None = None
-        ) -> ChatCompletionChunk:
-            return ChatCompletionChunk(
-                id=run.request_id,
-                created=run.created,
-                model=run.model,
-                choices=choices,
-                usage=usage,
-            )
-
+    @staticmethod
+    async def events(run: Run) -> AsyncGenerator[ChatEvent, None]:
+        """Every choice's pieces as they come; an abnormal end raises (check_finish)."""
         tools = run.tools
         parsers = [ToolCallParser(tools.functions) if tools else None for _ in run.jobs]
-        for i in range(len(run.jobs)):
-            yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
-        async for index, event in merged(run):
+        async for index, event in run.events():
             parser = parsers[index]
             content, calls = parser.feed(event.text) if parser else (event.text, [])
             if event.finish_reason is not None and parser is not None:
                 content += parser.finish(partial_as_content=False)
-            logprobs = (
-                chat_logprobs(event.logprobs) if run.wants_logprobs and event.logprobs else None
-            )
-            if content or logprobs:
-                delta = ChatDelta(content=content)
-                yield chunk([ChatChunkChoice(index=index, delta=delta, logprobs=logprobs)])
-            for call in calls:
-                part = ToolCallDelta(
-                    index=call.index,
-                    id=call.id,
-                    type="function" if call.id else None,
-                    function=FunctionCallDelta(name=call.name, arguments=call.arguments),
-                )
-                yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(tool_calls=[part]))])
+            if content or event.logprobs or calls:
+                yield ChatEvent(index, content, tuple(calls), event.logprobs)
             if event.finish_reason is not None:
                 check_finish(event)
-                reason: FinishReason = openai_finish_reason(event.finish_reason)
+                reason: ChatFinish = normal_finish(event.finish_reason)
                 if parser is not None and parser.calls and reason == "stop":
                     reason = "tool_calls"
-                yield chunk([ChatChunkChoice(index=index, delta=ChatDelta(), finish_reason=reason)])
-        if include_usage:
-            yield chunk([], usage_of(run))
+                yield ChatEvent(index, finish_reason=reason)
 
     def _template_for(self, handle: ModelHandle) -> ChatTemplate:
         template = self._templates.get(handle.name)
@@ -247,19 +217,13 @@ class ChatService:
         return template
 
 
-def _response_format_grammar(response_format: ResponseFormat | None) -> Grammar | None:
-    if response_format is None or response_format.type == "text":
+def _output_grammar(output: OutputFormat | None) -> Grammar | None:
+    if output is None or output.kind == "text":
         return None
-    if response_format.type == "json_object":
+    if output.kind == "json_object":
         return json_object_grammar()
-    spec = response_format.json_schema
-    if spec is None:
-        raise InvalidRequestError(
-            "response_format of type json_schema needs a json_schema object",
-            param="response_format.json_schema",
-        )
     try:
-        return json_schema_grammar(spec.json_schema or {})
+        return json_schema_grammar(dict(output.schema or {}))
     except SchemaNotSupported as exc:
         raise InvalidRequestError(
             f"the JSON schema cannot be enforced: {exc}", param="response_format.json_schema"
@@ -267,33 +231,33 @@ def _response_format_grammar(response_format: ResponseFormat | None) -> Grammar 
 
 
 def _template_messages(
-    messages: list[ChatMessage], template: ChatTemplate, tools: ToolPlan | None
+    messages: Sequence[Turn], template: ChatTemplate, tools: ToolPlan | None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages as the template receives them, and its ``tools`` variable.
 
-    A template that knows tools gets OpenAI's tool messages as they are (with arguments as
-    values, as Hugging Face templates expect). For one that does not, calls in the history are
-    written in Hearth's call format, tool results become user turns in ``<tool_response>``
-    tags, and the tools are described in the system prompt."""
+    A template that knows tools gets the tool calls and results as they are (with arguments
+    as values, as Hugging Face templates expect). For one that does not, calls in the history
+    are written in Hearth's call format, tool results become user turns in
+    ``<tool_response>`` tags, and the tools are described in the system prompt."""
     native = template.knows_tools
     rendered: list[dict[str, Any]] = []
     for m in messages:
-        content: Any = (
-            [p.model_dump() for p in m.content] if isinstance(m.content, list) else m.content
-        )
+        content: Any = m.content
         role = m.role
-        calls = [c.model_dump(exclude_none=True) for c in m.tool_calls or []]
         extra: dict[str, Any] = {"name": m.name, "tool_call_id": m.tool_call_id}
         if native:
             extra["tool_calls"] = [
-                {**c, "function": {**c["function"], "arguments": parse_arguments(f.arguments)}}
-                for c, f in zip(calls, [c.function for c in m.tool_calls or []], strict=True)
+                {
+                    **({"id": c.id} if c.id is not None else {}),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": parse_arguments(c.arguments)},
+                }
+                for c in m.tool_calls
             ] or None
-        elif calls:
+        elif m.tool_calls:
             text = message_to_template_dict(role, content, {})["content"]
             written = "\n".join(
-                render_call(c.function.name, parse_arguments(c.function.arguments))
-                for c in m.tool_calls or []
+                render_call(c.name, parse_arguments(c.arguments)) for c in m.tool_calls
             )
             content = f"{text}\n{written}" if text else written
         elif role == "tool":

@@ -1,36 +1,27 @@
-"""OpenAI text completions: raw prompts (text or token ids) to the engine and back."""
+"""Text completions: raw prompts (text or token ids) to the engine; the adapter shapes the
+output."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 
 from server.engine.types import GenerationRequest
-from server.errors import InvalidRequestError, UnsupportedFeatureError
+from server.errors import InvalidRequestError
 from server.handle import Lease, ModelHandle
-from server.protocol.completions import Completion, CompletionChoice, CompletionRequest
 from server.registry import ModelRegistry
 from server.services.generation import (
     Caller,
-    PreparedRun,
+    Run,
     RunLimits,
-    check_finish,
     check_prompt_length,
     check_token_ids,
     choice_jobs,
-    collect,
-    merged,
-    openai_finish_reason,
     released_on_error,
-    usage_of,
 )
-from server.services.logprobs import completion_logprobs
 from server.services.prep import PrepExecutor
 from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
-
-# OpenAI's default length for /v1/completions when max_tokens is left out.
-OPENAI_DEFAULT_MAX_TOKENS = 16
+from server.services.spec import GenerationSpec, Prompt
 
 
 @dataclass
@@ -40,46 +31,42 @@ class _Prompt:
 
 
 class CompletionService:
-    """Builds, runs and shapes text completions."""
+    """Prepares text completions."""
 
     def __init__(self, registry: ModelRegistry, limits: RunLimits, prep: PrepExecutor) -> None:
         self._registry = registry
         self._limits = limits
         self._prep = prep
 
-    async def prepare(
-        self, request: CompletionRequest, caller: Caller
-    ) -> tuple[PreparedRun, list[str]]:
-        """Validate and tokenize. Returns the run and, per choice, the echo prefix."""
-        _reject_unsupported(request)
+    async def prepare(self, spec: GenerationSpec, caller: Caller) -> Run:
+        """Validate and tokenize; the run's ``echoes`` hold, per choice, the echoed prompt."""
         lease = await self._registry.checkout(
-            request.model,
-            keep_alive=request.keep_alive_seconds,
-            may_shorten=caller.may_shorten_keep_alive,
+            spec.model, keep_alive=spec.keep_alive, may_shorten=caller.may_shorten_keep_alive
         )
         with released_on_error(lease) as handle:
-            return await self._prepare(request, caller, lease, handle)
+            return await self._prepare(spec, caller, lease, handle)
 
     async def _prepare(
-        self, request: CompletionRequest, caller: Caller, lease: Lease, handle: ModelHandle
-    ) -> tuple[PreparedRun, list[str]]:
+        self, spec: GenerationSpec, caller: Caller, lease: Lease, handle: ModelHandle
+    ) -> Run:
+        assert spec.prompt is not None
         prompts = await self._prep.run(
-            _tokenize_prompts, handle, request.prompt, markup=request.parse_special
+            _tokenize_prompts, handle, spec.prompt, markup=spec.parse_special
         )
-        default = handle.config.defaults.max_tokens or OPENAI_DEFAULT_MAX_TOKENS
+        default = handle.config.defaults.max_tokens or spec.fallback_max_tokens
         sampling = replace(
-            sampling_params(request, handle.config.defaults),
-            logit_bias=logit_bias_pairs(request.logit_bias, handle.n_vocab),
-            logprobs=request.logprobs,
+            sampling_params(spec.sampling, handle.config.defaults),
+            logit_bias=logit_bias_pairs(spec.sampling.logit_bias, handle.n_vocab),
+            logprobs=spec.sampling.logprobs,
         )
         request_id = f"cmpl-{uuid.uuid4().hex}"
         jobs: list[GenerationRequest] = []
         echoes: list[str] = []
         deadline = self._limits.deadline()
-        key_cap = caller.cap_per_job(request.n * len(prompts))
+        key_cap = caller.cap_per_job(spec.n * len(prompts))
         for prompt in prompts:
             budget = completion_budget(
-                request.max_tokens,
+                spec.max_tokens,
                 default,
                 len(prompt.tokens),
                 handle.n_ctx,
@@ -92,77 +79,23 @@ class CompletionService:
                 prompt.tokens,
                 budget,
                 sampling,
-                request,
+                spec,
                 owner=caller.owner,
                 deadline=deadline,
                 cache_scope=caller.cache_scope,
             )
-            echoes += [prompt.text if request.echo else ""] * request.n
-        prompt_tokens = sum(len(p.tokens) for p in prompts)
-        run = PreparedRun(
-            request_id, lease, jobs, prompt_token_count=prompt_tokens, meter=caller.meter
-        )
-        return run, echoes
-
-    async def complete(self, run: PreparedRun, echoes: list[str]) -> Completion:
-        results = await collect(run)
-        return Completion(
-            id=run.request_id,
-            created=run.created,
-            model=run.model,
-            choices=[
-                CompletionChoice(
-                    index=r.index,
-                    text=echoes[r.index] + r.text,
-                    logprobs=(
-                        completion_logprobs(r.logprobs, len(echoes[r.index]))
-                        if run.wants_logprobs
-                        else None
-                    ),
-                    finish_reason=openai_finish_reason(r.finish_reason),
-                )
-                for r in results
-            ],
-            usage=usage_of(run),
+            echoes += [prompt.text if spec.echo else ""] * spec.n
+        return Run(
+            request_id,
+            lease,
+            jobs,
+            prompt_token_count=sum(len(p.tokens) for p in prompts),
+            ledger=caller.ledger,
+            echoes=echoes,
         )
 
-    async def stream(
-        self, run: PreparedRun, echoes: list[str], *, include_usage: bool
-    ) -> AsyncGenerator[Completion, None]:
-        def chunk(choices: list[CompletionChoice], usage: bool = False) -> Completion:
-            return Completion(
-                id=run.request_id,
-                created=run.created,
-                model=run.model,
-                choices=choices,
-                usage=usage_of(run) if usage else None,
-            )
 
-        pending_echo = list(echoes)
-        offsets = [len(echo) for echo in echoes]  # where each choice's next token starts
-        async for index, event in merged(run):
-            text = pending_echo[index] + event.text
-            pending_echo[index] = ""
-            logprobs = None
-            if run.wants_logprobs and event.logprobs:
-                logprobs = completion_logprobs(event.logprobs, offsets[index])
-                offsets[index] += sum(len(e.text) for e in event.logprobs)
-            reason = None
-            if event.finish_reason is not None:
-                check_finish(event)
-                reason = openai_finish_reason(event.finish_reason)
-            if text or logprobs or reason:
-                choice = CompletionChoice(
-                    index=index, text=text, logprobs=logprobs, finish_reason=reason
-                )
-                yield chunk([choice])
-        if include_usage:
-            yield chunk([], usage=True)
-
-
-def _tokenize_prompts(
-    handle: ModelHandle, prompt: str | list[str] | list[int] | list[list[int]], *, markup: bool
-) -> list[_Prompt]:
+def _tokenize_prompts(handle: ModelHandle, prompt: Prompt, *, markup: bool) -> list[_Prompt]:
     """Each prompt's tokens. Text is data unless the request opted in to ``parse_special``:
     then its special-token text (``<|im_start|>``) becomes control tokens, as for a prompt
     written in the model's own chat format."""
@@ -185,14 +118,3 @@ def _tokenize_prompts(
             raise InvalidRequestError("the prompt is empty", param="prompt")
         prompts.append(_Prompt(text, tokens))
     return prompts
-
-
-def _reject_unsupported(request: CompletionRequest) -> None:
-    if request.logprobs is not None and request.echo:
-        raise UnsupportedFeatureError(
-            "logprobs of the prompt (echo with logprobs) are not supported", param="logprobs"
-        )
-    if request.suffix:
-        raise UnsupportedFeatureError("suffix (insertion) is not supported", param="suffix")
-    if request.best_of is not None and request.best_of != request.n:
-        raise UnsupportedFeatureError("best_of other than n is not supported", param="best_of")

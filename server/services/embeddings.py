@@ -10,6 +10,7 @@ from typing import Any
 
 from server.errors import ContextLengthExceededError, InvalidRequestError
 from server.handle import ModelHandle
+from server.metrics import RunRecord
 from server.protocol.embeddings import (
     Embedding,
     EmbeddingInput,
@@ -50,8 +51,9 @@ class EmbeddingService:
                 param="model",
             )
         inputs = await self._prep.run(_tokenized_inputs, handle, request.input)
-        if caller.meter is not None:  # counted before the work: over the limit is a 429
-            caller.meter(sum(len(i) for i in inputs))
+        tokens = sum(len(i) for i in inputs)
+        if caller.ledger is not None:  # counted before the work: over the limit is a 429
+            caller.ledger.meter(tokens)
         vectors = await handle.embed(inputs)
         data = []
         for index, vector in enumerate(vectors):
@@ -61,7 +63,8 @@ class EmbeddingService:
                 packed = struct.pack(f"<{len(values)}f", *values)
                 encoded = base64.b64encode(packed).decode("ascii")
             data.append(Embedding(index=index, embedding=encoded))
-        tokens = sum(len(i) for i in inputs)
+        if caller.ledger is not None:
+            caller.ledger.record(RunRecord(model=handle.name, embedded_tokens=tokens))
         return EmbeddingList(
             data=data,
             model=handle.name,

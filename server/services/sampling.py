@@ -1,16 +1,17 @@
-"""From an OpenAI request's fields and the model's defaults to engine parameters."""
+"""From a request's sampling fields and the model's defaults to engine parameters."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from server.engine.types import SamplingParams
 from server.errors import ContextLengthExceededError, InvalidRequestError
-from server.protocol.common import SamplingFields
+from server.services.spec import Sampling
 from server.settings import SamplingDefaults
 
 
-def sampling_params(request: SamplingFields, defaults: SamplingDefaults) -> SamplingParams:
+def sampling_params(request: Sampling, defaults: SamplingDefaults) -> SamplingParams:
     """Each field the request sets wins; the rest come from the model's defaults."""
 
     def pick(value: float | None, default: float) -> float:
@@ -59,8 +60,10 @@ def completion_budget(
     return min([budget, *(cap for cap in caps if cap is not None)])
 
 
-def logit_bias_pairs(bias: dict[str, float] | None, n_vocab: int) -> tuple[tuple[int, float], ...]:
-    """OpenAI's ``{"token id": bias}`` as engine pairs; -100 bans a token outright."""
+def logit_bias_pairs(
+    bias: Mapping[str, float] | None, n_vocab: int
+) -> tuple[tuple[int, float], ...]:
+    """``{"token id": bias}`` as engine pairs; -100 bans a token outright."""
     if not bias:
         return ()
     pairs: list[tuple[int, float]] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from server.handle import ModelHandle
-from server.protocol.chat import ChatCompletionRequest
 from server.protocol.tokens import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -14,6 +13,7 @@ from server.registry import ModelRegistry
 from server.services.chat import ChatService
 from server.services.generation import RunLimits, check_token_ids
 from server.services.prep import PrepExecutor
+from server.services.spec import FunctionTool, Turn
 from server.services.tools import plan_tools
 
 
@@ -26,24 +26,34 @@ class TokenService:
         self._chat = chat
         self._limits = limits
 
-    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
-        if request.messages is not None:
-            self._limits.check_counts(len(request.messages), len(request.tools or ()))
+    async def tokenize(
+        self,
+        request: TokenizeRequest,
+        turns: tuple[Turn, ...] | None = None,
+        tools: tuple[FunctionTool, ...] = (),
+    ) -> TokenizeResponse:
+        """``request.text``, or the conversation ``turns`` (``request.messages`` in the
+        pipeline's form) with ``tools`` as a chat would render them."""
+        if turns is not None:
+            self._limits.check_counts(len(turns), len(tools))
         async with self._registry.use(request.model) as handle:
-            tokens = await self._prep.run(self._tokenize, request, handle)
+            tokens = await self._prep.run(self._tokenize, request, turns, tools, handle)
         return TokenizeResponse(
             model=handle.name, tokens=tokens, count=len(tokens), max_model_len=handle.n_ctx
         )
 
-    def _tokenize(self, request: TokenizeRequest, handle: ModelHandle) -> list[int]:
-        if request.messages is not None:
-            chat = ChatCompletionRequest(
-                model=request.model, messages=request.messages, tools=request.tools
-            )
+    def _tokenize(
+        self,
+        request: TokenizeRequest,
+        turns: tuple[Turn, ...] | None,
+        tools: tuple[FunctionTool, ...],
+        handle: ModelHandle,
+    ) -> list[int]:
+        if turns is not None:
             return self._chat.prompt_tokens(
                 handle,
-                request.messages,
-                plan_tools(chat),
+                turns,
+                plan_tools(tools, None),
                 add_generation_prompt=request.add_generation_prompt,
             )
         assert request.text is not None

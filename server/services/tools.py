@@ -9,7 +9,7 @@ Hearth's models call a tool by writing::
 (the form Hermes-style chat templates teach). Forced calls (``required`` or a named function)
 are constrained by a grammar from the first token, so the arguments are valid JSON matching
 the function's parameters. With ``auto`` the text is free until ``<tool_call>`` appears, and
-constrained from there on. The parser below turns the calls back into OpenAI ``tool_calls``,
+constrained from there on. The parser below turns the calls back into :class:`ParsedCall`s,
 for whole responses and, incrementally, for streams.
 """
 
@@ -31,7 +31,7 @@ from server.engine.grammar import (
 )
 from server.engine.types import Grammar
 from server.errors import InvalidRequestError
-from server.protocol.chat import ChatCompletionRequest, FunctionCall, NamedToolChoice, ToolCall
+from server.services.spec import FunctionTool, ToolChoice
 
 # For chat templates that know nothing of tools: how the model learns what it may call.
 FALLBACK_TOOLS_PROMPT = """You can call functions. To call one, answer with exactly
@@ -48,39 +48,35 @@ EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 class ToolPlan:
     """The tools a request offers the model, and how its output is constrained."""
 
-    tools: list[dict[str, Any]]  # as OpenAI sent them, for templates that take ``tools=``
+    tools: list[dict[str, Any]]  # as chat templates take them (their ``tools`` variable)
     functions: list[FunctionSpec]
     grammar: Grammar
 
 
-def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
-    """None when the model is not to call tools (no tools, or ``tool_choice: "none"``)."""
-    choice = request.tool_choice
-    if not request.tools:
-        if choice is not None and choice != "none":
+def plan_tools(
+    tools: Sequence[FunctionTool], choice: ToolChoice | None, *, parallel: bool = True
+) -> ToolPlan | None:
+    """None when the model is not to call tools (no tools, or the choice is ``none``)."""
+    if not tools:
+        if choice is not None and choice.mode != "none":
             raise InvalidRequestError("tool_choice needs tools", param="tool_choice")
         return None
-    if choice == "none":
+    if choice is not None and choice.mode == "none":
         return None
-    functions = [
-        FunctionSpec(t.function.name, t.function.parameters or EMPTY_PARAMETERS)
-        for t in request.tools
-    ]
+    functions = [FunctionSpec(t.name, dict(t.parameters or EMPTY_PARAMETERS)) for t in tools]
     names = [f.name for f in functions]
     if len(set(names)) != len(names):
         raise InvalidRequestError("tool function names must be unique", param="tools")
-    parallel = request.parallel_tool_calls is not False
     try:
-        if isinstance(choice, NamedToolChoice):
-            chosen = [f for f in functions if f.name == choice.function.name]
+        if choice is not None and choice.mode == "function":
+            chosen = [f for f in functions if f.name == choice.name]
             if not chosen:
                 raise InvalidRequestError(
-                    f"tool_choice names function '{choice.function.name}', which is not "
-                    "among the tools",
+                    f"tool_choice names function '{choice.name}', which is not among the tools",
                     param="tool_choice",
                 )
             grammar = tool_call_grammar(chosen, parallel=False)
-        elif choice == "required":
+        elif choice is not None and choice.mode == "required":
             grammar = tool_call_grammar(functions, parallel=parallel)
         else:  # "auto", the default
             grammar = tool_call_grammar(functions, parallel=parallel, lazy=True)
@@ -88,8 +84,7 @@ def plan_tools(request: ChatCompletionRequest) -> ToolPlan | None:
         raise InvalidRequestError(
             f"a tool's parameters cannot be enforced: {exc}", param="tools"
         ) from exc
-    tools = [t.model_dump(exclude_none=True) for t in request.tools]
-    return ToolPlan(tools, functions, grammar)
+    return ToolPlan([t.template_form() for t in tools], functions, grammar)
 
 
 def fallback_tools_prompt(functions: Sequence[FunctionSpec], descriptions: dict[str, str]) -> str:
@@ -126,6 +121,15 @@ def parse_arguments(arguments: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class ParsedCall:
+    """A whole tool call the model made: ``arguments`` is its JSON text as written."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class CallDelta:
     """A piece of a tool call as it streams: the first carries its id and name, later ones
     more of its arguments (JSON text, which joins to the call's ``arguments``)."""
@@ -158,7 +162,7 @@ class ToolCallParser:
         self._open: CallDelta | None = None  # the call whose head has been released
         self._args_start = 0  # where its arguments begin in the buffer
         self._sent = ""  # the part of its arguments released so far
-        self.calls: list[ToolCall] = []
+        self.calls: list[ParsedCall] = []
 
     def feed(self, text: str) -> tuple[str, list[CallDelta]]:
         """Add output text; returns the content now safe to show and the call pieces."""
@@ -223,12 +227,7 @@ class ToolCallParser:
         if opened is not None:
             body = raw[self._args_start :].rstrip()
             arguments = body[:-1].rstrip() if body.endswith("}") else body
-            self.calls.append(
-                ToolCall(
-                    id=opened.id or "",
-                    function=FunctionCall(name=opened.name or "", arguments=arguments),
-                )
-            )
+            self.calls.append(ParsedCall(opened.id or "", opened.name or "", arguments))
             rest = arguments[len(self._sent) :] if arguments.startswith(self._sent) else ""
             return [CallDelta(opened.index, arguments=rest)] if rest else []
         call = self._parse(raw)
@@ -238,15 +237,15 @@ class ToolCallParser:
         self.calls.append(call)
         index = len(self.calls) - 1
         return [
-            CallDelta(index, call.id, call.function.name),
-            CallDelta(index, arguments=call.function.arguments),
+            CallDelta(index, call.id, call.name),
+            CallDelta(index, arguments=call.arguments),
         ]
 
     def _visible(self, content: str) -> str:
         # Once the model has called a tool, the newlines between calls are not content.
         return "" if (self.calls or self._open) and not content.strip() else content
 
-    def _parse(self, raw: str) -> ToolCall | None:
+    def _parse(self, raw: str) -> ParsedCall | None:
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
@@ -259,10 +258,7 @@ class ToolCallParser:
             arguments = body[:-1].rstrip() if body.endswith("}") else body
         else:
             arguments = json.dumps(value.get("arguments", {}), ensure_ascii=False)
-        return ToolCall(
-            id=f"call_{uuid.uuid4().hex[:24]}",
-            function=FunctionCall(name=value["name"], arguments=arguments),
-        )
+        return ParsedCall(f"call_{uuid.uuid4().hex[:24]}", value["name"], arguments)
 
 
 def _partial_suffix(text: str, marker: str) -> int:

@@ -1,16 +1,15 @@
 import pytest
 
 from server.errors import ContextLengthExceededError
-from server.protocol.chat import ChatCompletionRequest
 from server.services.sampling import completion_budget, sampling_params
+from server.services.spec import Sampling
 from server.settings import SamplingDefaults
 
 
 def test_request_fields_override_model_defaults() -> None:
-    request = ChatCompletionRequest(
-        model="m", messages=[{"role": "user", "content": "x"}], temperature=0, seed=7
+    params = sampling_params(
+        Sampling(temperature=0, seed=7), SamplingDefaults(temperature=0.5, top_k=12)
     )
-    params = sampling_params(request, SamplingDefaults(temperature=0.5, top_k=12))
     assert params.temperature == 0
     assert params.top_k == 12
     assert params.seed == 7

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from server.api.openai.chat import chat_spec
 from server.engine.grammar import FunctionSpec
 from server.errors import InvalidRequestError
 from server.protocol.chat import ChatCompletionRequest
 from server.services.chat import _template_messages
 from server.services.templates import ChatTemplate
-from server.services.tools import ToolCallParser, plan_tools
+from server.services.tools import ToolCallParser, ToolPlan, plan_tools
 
 FUNCTIONS = [FunctionSpec("get_weather", {"type": "object"}), FunctionSpec("add", {})]
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
@@ -22,10 +24,10 @@ def test_text_then_a_call() -> None:
     content, deltas = parser.feed("Let me check. " + CALL)
     assert content == "Let me check. "
     (call,) = parser.calls
-    assert call.function.name == "get_weather" and call.id.startswith("call_")
-    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert call.name == "get_weather" and call.id.startswith("call_")
+    assert json.loads(call.arguments) == {"city": "Paris"}
     assert deltas[0].id == call.id and deltas[0].name == "get_weather"
-    assert "".join(d.arguments for d in deltas) == call.function.arguments
+    assert "".join(d.arguments for d in deltas) == call.arguments
     assert parser.finish() == ""
 
 
@@ -39,18 +41,16 @@ def test_streamed_in_small_pieces_gives_the_same_calls_and_arguments_as_they_com
         deltas += new
     content += parser.finish(partial_as_content=False)
     assert content == "Hi "
-    assert [c.function.name for c in parser.calls] == ["get_weather", "add"]
+    assert [c.name for c in parser.calls] == ["get_weather", "add"]
     for index, call in enumerate(parser.calls):
         mine = [d for d in deltas if d.index == index]
-        assert mine[0].id == call.id and mine[0].name == call.function.name
-        assert "".join(d.arguments for d in mine) == call.function.arguments
+        assert mine[0].id == call.id and mine[0].name == call.name
+        assert "".join(d.arguments for d in mine) == call.arguments
         assert len([d for d in mine if d.arguments]) > 1  # the arguments came in pieces
     whole = ToolCallParser(FUNCTIONS)
     whole.feed(text)
     whole.finish()
-    assert [c.function.arguments for c in whole.calls] == [
-        c.function.arguments for c in parser.calls
-    ]
+    assert [c.arguments for c in whole.calls] == [c.arguments for c in parser.calls]
 
 
 def test_a_call_cut_short_after_its_head_was_streamed() -> None:
@@ -86,19 +86,24 @@ def _request(**fields: object) -> ChatCompletionRequest:
     )
 
 
+def _plan(**fields: Any) -> ToolPlan | None:
+    spec = chat_spec(_request(**fields))
+    return plan_tools(spec.tools, spec.tool_choice, parallel=spec.parallel_tool_calls)
+
+
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
 ]
 
 
 def test_plans_follow_tool_choice() -> None:
-    assert plan_tools(_request()) is None
-    assert plan_tools(_request(tools=TOOLS, tool_choice="none")) is None
-    auto = plan_tools(_request(tools=TOOLS))
+    assert _plan() is None
+    assert _plan(tools=TOOLS, tool_choice="none") is None
+    auto = _plan(tools=TOOLS)
     assert auto is not None and auto.grammar.triggers == ("<tool_call>",)
-    required = plan_tools(_request(tools=TOOLS, tool_choice="required"))
+    required = _plan(tools=TOOLS, tool_choice="required")
     assert required is not None and required.grammar.triggers == ()
-    single = plan_tools(_request(tools=TOOLS, tool_choice="required", parallel_tool_calls=False))
+    single = _plan(tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
     assert single is not None and "tool-call)*" not in single.grammar.gbnf
 
 
@@ -110,7 +115,7 @@ def test_unenforceable_parameters_are_refused_naming_the_keyword() -> None:
         }
     ]
     with pytest.raises(InvalidRequestError, match="maximum"):
-        plan_tools(_request(tools=tools))
+        _plan(tools=tools)
 
 
 TOOL_TEMPLATE = (
@@ -139,7 +144,10 @@ HISTORY = [
 def _render(template_source: str) -> str:
     request = _request(messages=HISTORY, tools=TOOLS)
     template = ChatTemplate(template_source)
-    messages, tools = _template_messages(request.messages, template, plan_tools(request))
+    spec = chat_spec(request)
+    assert spec.messages is not None
+    plan = plan_tools(spec.tools, spec.tool_choice)
+    messages, tools = _template_messages(spec.messages, template, plan)
     return template.render(messages, tools=tools)
 
 
