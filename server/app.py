@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server.api import embeddings, health, models, tokens
+from server.api import health, models, tokens
 from server.api.errors import install_error_handlers
 from server.api.gateway import REQUEST_ID_HEADER, Gateway
 from server.api.limits import BodySizeLimit
-from server.api.openai import chat, completions
+from server.api.openai import chat, completions, embeddings
 from server.errors import HearthError
 from server.settings import Settings
 from server.state import AppState

@@ -1,26 +1,37 @@
-"""OpenAI embeddings: inputs to token lists, pooled vectors, unit length, float or base64."""
+"""Embeddings: inputs to token lists, pooled vectors of unit length (the adapter encodes
+them)."""
 
 from __future__ import annotations
 
-import base64
 import math
-import struct
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
 from server.errors import ContextLengthExceededError, InvalidRequestError
 from server.handle import ModelHandle
 from server.metrics import RunRecord
-from server.protocol.embeddings import (
-    Embedding,
-    EmbeddingInput,
-    EmbeddingList,
-    EmbeddingRequest,
-    EmbeddingUsage,
-)
 from server.registry import ModelRegistry
 from server.services.generation import Caller, check_prompt_length, check_token_ids
 from server.services.prep import PrepExecutor
+
+# Text, texts, token ids, or lists of token ids.
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    model: str
+    input: EmbeddingInput
+    # Keep the first N dimensions (renormalized); None: all.
+    dimensions: int | None = None
+    keep_alive: float | None = None
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    model: str
+    vectors: list[list[float]]  # unit length, one per input, in input order
+    tokens: int  # input tokens, all inputs together
 
 
 class EmbeddingService:
@@ -28,18 +39,14 @@ class EmbeddingService:
         self._registry = registry
         self._prep = prep
 
-    async def create(self, request: EmbeddingRequest, caller: Caller) -> EmbeddingList:
+    async def create(self, spec: EmbeddingSpec, caller: Caller) -> Embeddings:
         async with self._registry.use(
-            request.model,
-            keep_alive=request.keep_alive_seconds,
-            may_shorten=caller.may_shorten_keep_alive,
+            spec.model, keep_alive=spec.keep_alive, may_shorten=caller.may_shorten_keep_alive
         ) as handle:
-            return await self._create(request, handle, caller)
+            return await self._create(spec, handle, caller)
 
-    async def _create(
-        self, request: EmbeddingRequest, handle: ModelHandle, caller: Caller
-    ) -> EmbeddingList:
-        if request.dimensions is not None and request.dimensions > handle.n_embd:
+    async def _create(self, spec: EmbeddingSpec, handle: ModelHandle, caller: Caller) -> Embeddings:
+        if spec.dimensions is not None and spec.dimensions > handle.n_embd:
             raise InvalidRequestError(
                 f"dimensions must be at most {handle.n_embd} for model '{handle.name}'",
                 param="dimensions",
@@ -50,30 +57,20 @@ class EmbeddingService:
                 "config)",
                 param="model",
             )
-        inputs = await self._prep.run(_tokenized_inputs, handle, request.input)
+        inputs = await self._prep.run(_tokenized_inputs, handle, spec.input)
         tokens = sum(len(i) for i in inputs)
         if caller.ledger is not None:  # counted before the work: over the limit is a 429
             caller.ledger.meter(tokens)
         vectors = await handle.embed(inputs)
-        data = []
-        for index, vector in enumerate(vectors):
-            values = _unit(vector[: request.dimensions] if request.dimensions else vector)
-            encoded: list[float] | str = values
-            if request.encoding_format == "base64":
-                packed = struct.pack(f"<{len(values)}f", *values)
-                encoded = base64.b64encode(packed).decode("ascii")
-            data.append(Embedding(index=index, embedding=encoded))
         if caller.ledger is not None:
             caller.ledger.record(RunRecord(model=handle.name, embedded_tokens=tokens))
-        return EmbeddingList(
-            data=data,
-            model=handle.name,
-            usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens),
-        )
+        keep = spec.dimensions
+        return Embeddings(handle.name, [_unit(v[:keep] if keep else v) for v in vectors], tokens)
 
 
 def _tokenized_inputs(handle: ModelHandle, value: EmbeddingInput) -> list[list[int]]:
-    items: list[Any] = [value] if isinstance(value, str) or isinstance(value[0], int) else value
+    single = isinstance(value, str) or isinstance(value[0], int)
+    items: list[str | list[int]] = [value] if single else list(value)  # type: ignore[list-item,arg-type]
     inputs: list[list[int]] = []
     for i, item in enumerate(items):
         if isinstance(item, str):

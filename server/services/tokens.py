@@ -1,20 +1,23 @@
-"""The token utilities: text to a model's token ids and back."""
+"""The token utilities: text, or a conversation through the chat template, to a model's
+token ids, and token ids back to text."""
 
 from __future__ import annotations
 
-from server.handle import ModelHandle
-from server.protocol.tokens import (
-    DetokenizeRequest,
-    DetokenizeResponse,
-    TokenizeRequest,
-    TokenizeResponse,
-)
+from dataclasses import dataclass
+
 from server.registry import ModelRegistry
 from server.services.chat import ChatService
 from server.services.generation import RunLimits, check_token_ids
 from server.services.prep import PrepExecutor
 from server.services.spec import FunctionTool, Turn
 from server.services.tools import plan_tools
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    model: str
+    tokens: list[int]
+    n_ctx: int
 
 
 class TokenService:
@@ -26,42 +29,44 @@ class TokenService:
         self._chat = chat
         self._limits = limits
 
-    async def tokenize(
+    async def tokenize_text(
+        self, model: str, text: str, *, add_special: bool, parse_special: bool
+    ) -> Tokenized:
+        """``text`` as the model's tokens; special-token text is markup only with
+        ``parse_special``."""
+        async with self._registry.use(model) as handle:
+
+            def tokenize() -> list[int]:
+                add = add_special and handle.adds_bos
+                return handle.tokenize(text, add_special=add, markup=parse_special)
+
+            tokens = await self._prep.run(tokenize)
+        return Tokenized(handle.name, tokens, handle.n_ctx)
+
+    async def tokenize_chat(
         self,
-        request: TokenizeRequest,
-        turns: tuple[Turn, ...] | None = None,
+        model: str,
+        turns: tuple[Turn, ...],
         tools: tuple[FunctionTool, ...] = (),
-    ) -> TokenizeResponse:
-        """``request.text``, or the conversation ``turns`` (``request.messages`` in the
-        pipeline's form) with ``tools`` as a chat would render them."""
-        if turns is not None:
-            self._limits.check_counts(len(turns), len(tools))
-        async with self._registry.use(request.model) as handle:
-            tokens = await self._prep.run(self._tokenize, request, turns, tools, handle)
-        return TokenizeResponse(
-            model=handle.name, tokens=tokens, count=len(tokens), max_model_len=handle.n_ctx
-        )
+        *,
+        add_generation_prompt: bool = True,
+    ) -> Tokenized:
+        """The conversation with ``tools`` exactly as a chat renders it."""
+        self._limits.check_counts(len(turns), len(tools))
+        async with self._registry.use(model) as handle:
 
-    def _tokenize(
-        self,
-        request: TokenizeRequest,
-        turns: tuple[Turn, ...] | None,
-        tools: tuple[FunctionTool, ...],
-        handle: ModelHandle,
-    ) -> list[int]:
-        if turns is not None:
-            return self._chat.prompt_tokens(
-                handle,
-                turns,
-                plan_tools(tools, None),
-                add_generation_prompt=request.add_generation_prompt,
-            )
-        assert request.text is not None
-        add = request.add_special and handle.adds_bos
-        return handle.tokenize(request.text, add_special=add, markup=request.parse_special)
+            def tokenize() -> list[int]:
+                plan = plan_tools(tools, None)
+                return self._chat.prompt_tokens(
+                    handle, turns, plan, add_generation_prompt=add_generation_prompt
+                )
 
-    async def detokenize(self, request: DetokenizeRequest) -> DetokenizeResponse:
-        async with self._registry.use(request.model) as handle:
-            check_token_ids(request.tokens, handle.n_vocab, param="tokens")
-            text = await self._prep.run(handle.detokenize, request.tokens)
-        return DetokenizeResponse(model=handle.name, text=text)
+            tokens = await self._prep.run(tokenize)
+        return Tokenized(handle.name, tokens, handle.n_ctx)
+
+    async def detokenize(self, model: str, tokens: list[int]) -> tuple[str, str]:
+        """The model's name, and the text of ``tokens``."""
+        async with self._registry.use(model) as handle:
+            check_token_ids(tokens, handle.n_vocab, param="tokens")
+            text = await self._prep.run(handle.detokenize, tokens)
+        return handle.name, text

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from fastapi import Request, Response
 from pydantic import BaseModel
 
-from server.api.proxy import forward_if_remote
+from server.api.openai.proxy import forward_if_remote
 from server.api.runner import serve
 from server.api.sse import sse_response
 from server.protocol.common import SamplingFields
