@@ -125,7 +125,10 @@ class Placement:
     slot: int
     source: KvSource
     keep: int
+    # The slot to copy from: for ``copy``, and for a ``restore`` that llama.cpp refuses (a
+    # refused restore leaves the slot empty), with ``copy_keep`` tokens of it kept.
     copy_from: int | None = None
+    copy_keep: int = 0
     state: memoryview | None = None
 
 
@@ -508,24 +511,28 @@ class SchedulerCore:
         # Looked up after the save: making room for it may have evicted states.
         saved = self._saver.saved_state_for(prompt, scope, better_than=reuse)
         if saved is not None:
-            return Placement(slot, "restore", saved[0], state=saved[1])
+            return Placement(
+                slot, "restore", saved[0], copy_from=copy_from, copy_keep=reuse, state=saved[1]
+            )
         if copy_from is not None:
-            return Placement(slot, "copy", reuse, copy_from=copy_from)
+            return Placement(slot, "copy", reuse, copy_from=copy_from, copy_keep=reuse)
         return Placement(slot, "reuse" if reuse else "none", reuse)
 
     def _apply(self, placement: Placement) -> int:
         """Carry out ``placement``; returns how many prompt tokens the slot now holds."""
-        slot, keep = placement.slot, placement.keep
-        if placement.source == "restore":
+        slot, keep, source = placement.slot, placement.keep, placement.source
+        if source == "restore":
             assert placement.state is not None
             if self._backend.restore_state(slot, placement.state):
                 self._cache["restores"] += 1
-            else:
-                keep = 0  # a refused restore leaves the slot empty
-        elif placement.source == "copy":
+            else:  # the slot is empty now: copy instead if another slot can give the prefix
+                source = "copy" if placement.copy_from is not None else "none"
+                keep = 0
+        if source == "copy":
             assert placement.copy_from is not None
             self._backend.copy_sequence(placement.copy_from, slot)
             self._cache["copies"] += 1
+            keep = placement.copy_keep
         reused = keep if self._backend.truncate(slot, keep) else 0
         self._cache["hits" if reused else "misses"] += 1
         self._cache["tokens_saved"] += reused

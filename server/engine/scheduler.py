@@ -103,9 +103,10 @@ class Scheduler:
             self._cond.notify()
 
     def stats(self) -> SchedulerStats:
-        """Every counter of this model's engine, read at once."""
-        with self._cond:
-            return self._core.stats()
+        """Every counter of this model's engine, read at once. Without the lock, which the
+        engine thread holds while it admits (a state restore may take a while): the core's
+        counts are lengths and dict copies, each read whole under the GIL."""
+        return self._core.stats()
 
     def stop_accepting(self) -> None:
         """New requests get 503 from now on; queued and running ones carry on."""

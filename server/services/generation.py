@@ -311,7 +311,7 @@ def check_token_ids(tokens: Sequence[int], n_vocab: int, *, param: str) -> None:
     bad = [t for t in tokens if not 0 <= t < n_vocab]
     if bad:
         raise InvalidRequestError(
-            f"{param} token ids must be in [0, {n_vocab}); got {bad[:5]}", param=param
+            f"token ids in {param} must be in [0, {n_vocab}); got {bad[:5]}", param=param
         )
 
 

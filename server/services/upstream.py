@@ -142,6 +142,7 @@ class _Relay:
     on_usage: UsageSink | None
     on_chunk: Callable[[], None] | None
     keep_usage: bool
+    _usage: dict[str, Any] | None = None
 
     async def lines(self, response: httpx.Response) -> AsyncIterator[str]:
         try:
@@ -154,8 +155,8 @@ class _Relay:
                     yield line + "\n"
                     continue
                 if chunk.get("usage"):
-                    if self.on_usage is not None:
-                        _report_usage(chunk, self.on_usage)
+                    # Reported cumulatively (some servers on every chunk): the last counts.
+                    self._usage = chunk
                     if not self.keep_usage:
                         if not chunk.get("choices"):
                             continue  # the usage-only chunk the client did not ask for
@@ -173,6 +174,8 @@ class _Relay:
             yield _error_event(exc)
         finally:
             await response.aclose()
+            if self._usage is not None and self.on_usage is not None:
+                _report_usage(self._usage, self.on_usage)
 
 
 def _error_event(error: HearthError) -> str:

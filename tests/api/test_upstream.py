@@ -141,13 +141,15 @@ def test_only_known_fields_go_upstream_and_streams_always_report_usage() -> None
             "model": "theirs",
             "choices": [{"index": 0, "delta": {"content": "hi"}}],
         }
+        # Usage on every chunk, cumulative (vLLM's continuous usage stats): the last counts.
+        early = {**chunk, "usage": {"prompt_tokens": 3, "completion_tokens": 0}}
         usage = {
             "id": "c",
             "model": "theirs",
             "choices": [],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1},
         }
-        body = f"data: {json.dumps(chunk)}\n\ndata: {json.dumps(usage)}\n\ndata: [DONE]\n\n"
+        body = "".join(f"data: {json.dumps(c)}\n\n" for c in (early, usage)) + "data: [DONE]\n\n"
         return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
 
     settings = make_settings(
@@ -174,4 +176,6 @@ def test_only_known_fields_go_upstream_and_streams_always_report_usage() -> None
     assert sent["stream_options"] == {"include_usage": True}
     # The client did not ask for usage: none is relayed, but it was counted.
     assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["hi"]
+    assert all("usage" not in c for c in chunks)
     assert 'hearth_tokens_total{kind="prompt",model="far"} 3.0' in metrics
+    assert 'hearth_tokens_total{kind="completion",model="far"} 1.0' in metrics

@@ -42,6 +42,7 @@ class FakeBackend:
         self.crash = False
         self.kv_ops: list[tuple[str, int, int]] = []
         self.can_truncate = True
+        self.can_restore = True
 
     def begin(self, slot: int, sampling: SamplingParams) -> None:
         self.generated[slot] = 0
@@ -68,7 +69,7 @@ class FakeBackend:
 
     def restore_state(self, slot: int, state: memoryview) -> bool:
         self.kv_ops.append(("restore", slot, state.nbytes))
-        return True
+        return self.can_restore
 
     def decode(self, entries: Sequence[BatchEntry]) -> None:
         if self.crash:
@@ -542,6 +543,28 @@ def test_an_overwritten_slot_is_saved_and_restored_later(state_cache: StateCache
     assert sorted(e.position for b in backend.batches for e in b) == [299, 300]
     assert steps.stats.cache["restores"] == 1
     assert steps.stats.states is not None and steps.stats.states["stored"] >= 1
+
+
+def test_a_refused_restore_falls_back_to_copying_a_slot(state_cache: StateCache) -> None:
+    backend = FakeBackend(n_slots=2, n_ctx=1024, n_batch=512)
+    steps = Steps(backend, state_cache=state_cache)
+    conversation = list(range(1000, 1500))
+    (first,) = steps.submit(request(conversation, max_tokens=1))
+    steps.run(sink_of(first))
+    steps.core.idle(steps.now)
+    steps.core.idle(steps.now + 1)  # its state is saved while idle
+    # A running request in slot 0 now holds the conversation's first 100 tokens.
+    (busy,) = steps.submit(request([*conversation[:100], 8], max_tokens=50))
+    steps.step(2)
+    backend.can_restore = False
+    (again,) = steps.submit(request([*conversation, 1], max_tokens=1))
+    steps.run(sink_of(again))
+    assert ("restore", 1, len(b"state-of-0")) in backend.kv_ops
+    # The saved state was refused: slot 0's 100 tokens are copied instead.
+    assert ("copy", 0, 1) in backend.kv_ops
+    assert steps.stats.cache["copies"] == 1 and steps.stats.cache["restores"] == 0
+    assert sink_of(again).final.cached_tokens == 100
+    steps.run(sink_of(busy))
 
 
 def test_an_idle_engine_saves_a_slot_after_a_pause(state_cache: StateCache) -> None:
