@@ -14,7 +14,7 @@ from server.api import health, models, tokens
 from server.api.errors import install_error_handlers
 from server.api.gateway import REQUEST_ID_HEADER, Gateway
 from server.api.limits import BodySizeLimit
-from server.api.openai import chat, completions, embeddings
+from server.api.openai import chat, completions, embeddings, responses
 from server.errors import HearthError
 from server.settings import Settings
 from server.state import AppState
@@ -64,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
     app.include_router(chat.router)
     app.include_router(completions.router)
+    app.include_router(responses.router)
     app.include_router(embeddings.router)
     app.include_router(tokens.router)
     app.include_router(models.router)

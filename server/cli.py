@@ -107,10 +107,15 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def serve(settings: Settings) -> None:
     from server.app import create_app
     from server.logs import configure_logging
+    from server.services.response_store import StoreError
     from server.serving import build_server
-    from server.state import build_keys
+    from server.state import build_keys, open_response_store
 
     build_keys(settings)  # a bad keys file stops here, before the server starts
+    try:  # and so does a response store that cannot be used
+        open_response_store(settings).close()
+    except StoreError as exc:
+        raise SystemExit(f"hearth: {exc}") from exc
     configure_logging(settings.log_level, settings.log_format)
     build_server(create_app(settings), settings).run()
 

@@ -108,6 +108,14 @@ class ModelNotFoundError(HearthError):
         super().__init__(f"The model '{name}' does not exist", param="model")
 
 
+class NotFoundError(HearthError):
+    """A stored object (a response) that does not exist, has expired, or is another key's."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
 class RequestTimeoutError(HearthError):
     """The request ran past the server's request_timeout and was stopped."""
 

@@ -32,6 +32,10 @@ def _default_kv_dir() -> Path:
     return Path.home() / ".cache" / "hearth" / "kv"
 
 
+def _default_responses_db() -> Path:
+    return Path.home() / ".cache" / "hearth" / "responses.sqlite3"
+
+
 class SamplingDefaults(BaseModel):
     """A model's sampling defaults, used for every field a request leaves out."""
 
@@ -244,6 +248,16 @@ class Settings(BaseSettings):
     )
     kv_cache_dir: Path = Field(
         default_factory=_default_kv_dir, description="Where saved KV states are written."
+    )
+    responses_db: Path = Field(
+        default_factory=_default_responses_db,
+        description="The SQLite database of stored responses (the Responses API's `store`).",
+    )
+    responses_max_count: int = Field(
+        10_000, ge=1, description="Stored responses kept at most; the oldest go first."
+    )
+    responses_max_age: float = Field(
+        30 * 86_400, gt=0, description="Seconds a stored response is kept."
     )
     slots: int | None = Field(
         None, ge=1, le=64, description="Override every model's `slots` (sequences per batch)."

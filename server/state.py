@@ -12,6 +12,7 @@ from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
 from server.services.generation import RunLimits
 from server.services.prep import PrepExecutor
+from server.services.response_store import ResponseStore
 from server.services.tokens import TokenService
 from server.services.upstream import UpstreamService
 from server.settings import Settings
@@ -33,6 +34,7 @@ class AppState:
     metrics: Metrics
     upstream: UpstreamService
     prep: PrepExecutor
+    responses: ResponseStore
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -56,6 +58,7 @@ class AppState:
             Metrics(registry),
             UpstreamService(),
             prep,
+            open_response_store(settings),
         )
 
     def begin_shutdown(self) -> None:
@@ -71,6 +74,7 @@ class AppState:
         """Unload the models (blocking; the lifespan runs it in a worker thread)."""
         self.prep.close()
         self.registry.close()
+        self.responses.close()
 
 
 def build_keys(settings: Settings) -> list[ApiKey]:
@@ -85,3 +89,11 @@ def build_keys(settings: Settings) -> list[ApiKey]:
     if settings.api_keys_file is not None:
         keys_file = settings.resolve_path(settings.api_keys_file)
     return load_keys(settings.api_keys, keys_file, defaults)
+
+
+def open_response_store(settings: Settings) -> ResponseStore:
+    return ResponseStore(
+        settings.resolve_path(settings.responses_db),
+        max_count=settings.responses_max_count,
+        max_age=settings.responses_max_age,
+    )

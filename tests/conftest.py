@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -53,6 +54,8 @@ def make_settings(**overrides: object) -> Settings:
         "models": models,
         "max_queue": 8,
         "kv_cache_disk_bytes": 0,
+        # Every test app its own response store.
+        "responses_db": Path(tempfile.mkdtemp(prefix="hearth-responses-")) / "responses.sqlite3",
         # TestClient's requests name "testserver"; live servers are reached at 127.0.0.1.
         "allowed_hosts": ["testserver", "127.0.0.1", "localhost"],
     }

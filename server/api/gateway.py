@@ -36,6 +36,7 @@ KNOWN_ROUTES = frozenset(
     {
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/responses",
         "/v1/embeddings",
         "/v1/models",
         "/tokenize",

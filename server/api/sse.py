@@ -62,3 +62,27 @@ def sse_response(
     return ClosingEventStream(
         events(), ping=15, shutdown_grace_period=shutdown_grace, on_close=on_close
     )
+
+
+def named_event_stream(
+    events: AsyncGenerator[tuple[str, dict[str, Any]], None],
+    *,
+    shutdown_grace: float,
+    on_close: Callable[[], None],
+) -> EventSourceResponse:
+    """Stream ``(name, payload)`` pairs as ``event: name`` / ``data: payload`` SSE, with no
+    ``[DONE]`` (the Responses API's form). The generator reports its own errors as events; an
+    unexpected one is logged and ends the stream."""
+
+    async def encoded() -> AsyncGenerator[dict[str, str], None]:
+        try:
+            async for name, payload in events:
+                yield {"event": name, "data": json.dumps(payload, ensure_ascii=False)}
+        except Exception:
+            logger.exception("stream failed")
+        finally:
+            await events.aclose()
+
+    return ClosingEventStream(
+        encoded(), ping=15, shutdown_grace_period=shutdown_grace, on_close=on_close
+    )

@@ -76,7 +76,12 @@ class ServerProcess:
 
     def __init__(self, tmp: Path, settings: dict[str, Any], models: list[dict[str, Any]]) -> None:
         self.port = free_port()
-        base = {"kv_cache_disk_bytes": 0, "log_level": "info", "kv_cache_dir": tmp / "kv"}
+        base = {
+            "kv_cache_disk_bytes": 0,
+            "log_level": "info",
+            "kv_cache_dir": tmp / "kv",
+            "responses_db": tmp / "responses.sqlite3",
+        }
         self.config = write_config(tmp / "hearth.toml", {**base, **settings}, models, self.port)
         self.log_path = tmp / "server.log"
         self.process: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,82 @@
+"""The stored-response database: kept across a restart, bounded by count and age, private to
+its owner, and a file that is not a usable database is a clear error, never silent loss."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from server.services.response_store import ResponseStore, StoredResponse, StoreError
+
+
+def stored(response_id: str, owner: str = "") -> StoredResponse:
+    item = {"id": f"msg_{response_id}", "type": "message", "role": "user", "content": "hi"}
+    return StoredResponse(response_id, owner, {"id": response_id}, [item], [item])
+
+
+def test_a_stored_response_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "responses.sqlite3"
+    store = ResponseStore(path, max_count=10, max_age=3600)
+    asyncio.run(store.put(stored("resp_1", owner="team")))
+    store.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = ResponseStore(path, max_count=10, max_age=3600)
+    found = asyncio.run(again.get("resp_1", "team"))
+    assert found is not None and found.response == {"id": "resp_1"}
+    assert found.input_items[0]["content"] == "hi"
+    assert asyncio.run(again.get("resp_1", "someone-else")) is None  # another key's
+    assert asyncio.run(again.delete("resp_1", "someone-else")) is False
+    assert asyncio.run(again.delete("resp_1", "team")) is True
+    assert asyncio.run(again.get("resp_1", "team")) is None
+    again.close()
+
+
+def test_the_oldest_go_first_beyond_the_count_and_expired_ones_are_gone(tmp_path: Path) -> None:
+    store = ResponseStore(tmp_path / "r.sqlite3", max_count=2, max_age=3600)
+    for i in range(3):
+        asyncio.run(store.put(stored(f"resp_{i}")))
+    assert asyncio.run(store.get("resp_0", "")) is None
+    assert asyncio.run(store.get("resp_2", "")) is not None
+    store.max_age = 0.0  # everything is past its age now
+    assert asyncio.run(store.get("resp_2", "")) is None
+    store.close()
+
+
+def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "responses.sqlite3"
+    path.write_bytes(b"this is not a database, it is a shopping list\n" * 100)
+    with pytest.raises(StoreError, match="response store"):
+        ResponseStore(path, max_count=10, max_age=3600)
+    assert path.read_bytes().startswith(b"this is not a database")  # nothing overwritten
+
+
+def test_the_server_refuses_to_start_on_a_broken_store(tmp_path: Path) -> None:
+    path = tmp_path / "responses.sqlite3"
+    path.write_bytes(b"garbage" * 1000)
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--responses-db", str(path), "--port", "9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "response store" in result.stderr and str(path) in result.stderr
+
+
+def test_a_locked_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "responses.sqlite3"
+    ResponseStore(path, max_count=10, max_age=3600).close()
+    holder = sqlite3.connect(path)
+    holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError):
+            ResponseStore(path, max_count=10, max_age=3600)
+    finally:
+        holder.close()
