@@ -75,6 +75,7 @@ def test_the_entrypoint_serves_the_real_model_and_stops_cleanly(tmp_path: Path) 
         "HEARTH_MODELS_DIR": str(MODELS_DIR),
         "HEARTH_PORT": str(port),
         "HEARTH_KV_CACHE_DISK_BYTES": "0",
+        "HEARTH_RESPONSES_DB": str(tmp_path / "responses.sqlite3"),
         "HEARTH_LOG_FORMAT": "json",
     }
     server = subprocess.Popen(
