@@ -259,6 +259,9 @@ class Settings(BaseSettings):
     responses_max_age: float = Field(
         30 * 86_400, gt=0, description="Seconds a stored response is kept."
     )
+    responses_max_bytes: int = Field(
+        1 << 30, ge=1, description="Bytes of stored responses kept at most; the oldest go first."
+    )
     slots: int | None = Field(
         None, ge=1, le=64, description="Override every model's `slots` (sequences per batch)."
     )

@@ -96,4 +96,5 @@ def open_response_store(settings: Settings) -> ResponseStore:
         settings.resolve_path(settings.responses_db),
         max_count=settings.responses_max_count,
         max_age=settings.responses_max_age,
+        max_bytes=settings.responses_max_bytes,
     )

@@ -2,7 +2,8 @@
 
 One row per response: who made it (the API key's name, "" without keys), when, the response
 as returned, the request's input items, and the whole conversation up to and including its
-output (what ``previous_response_id`` replays). Bounded by count and age, oldest out first.
+output (what ``previous_response_id`` replays). Bounded by count, age and bytes, oldest out
+first.
 WAL mode, one connection used under a lock from worker threads, so the event loop never
 waits on the disk.
 """
@@ -45,10 +46,13 @@ class StoredResponse:
 
 
 class ResponseStore:
-    def __init__(self, path: Path, *, max_count: int, max_age: float) -> None:
+    def __init__(
+        self, path: Path, *, max_count: int, max_age: float, max_bytes: int = 1 << 30
+    ) -> None:
         self.path = path
         self.max_count = max_count
         self.max_age = max_age
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -95,6 +99,14 @@ class ResponseStore:
                 "DELETE FROM responses WHERE id IN (SELECT id FROM responses "
                 "ORDER BY created_at DESC LIMIT -1 OFFSET ?)",
                 (self.max_count,),
+            )
+            # Within max_bytes of stored text, the newest kept (a conversation's history is
+            # stored with each of its responses, so long chains add up).
+            self._db.execute(
+                "DELETE FROM responses WHERE id IN (SELECT id FROM (SELECT id, SUM("
+                "length(response) + length(input_items) + length(history)) OVER ("
+                "ORDER BY created_at DESC, rowid DESC) AS kept FROM responses) WHERE kept > ?)",
+                (self.max_bytes,),
             )
 
     def _get(self, response_id: str, owner: str) -> StoredResponse | None:

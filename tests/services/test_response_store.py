@@ -48,6 +48,17 @@ def test_the_oldest_go_first_beyond_the_count_and_expired_ones_are_gone(tmp_path
     store.close()
 
 
+def test_stored_text_is_bounded_in_bytes_newest_kept(tmp_path: Path) -> None:
+    store = ResponseStore(tmp_path / "r.sqlite3", max_count=100, max_age=3600, max_bytes=1000)
+    big = StoredResponse("resp_big", "", {"text": "x" * 900}, [], [])
+    asyncio.run(store.put(big))
+    assert asyncio.run(store.get("resp_big", "")) is not None
+    asyncio.run(store.put(StoredResponse("resp_new", "", {"text": "y" * 300}, [], [])))
+    assert asyncio.run(store.get("resp_big", "")) is None  # out, to keep the newest in bounds
+    assert asyncio.run(store.get("resp_new", "")) is not None
+    store.close()
+
+
 def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "responses.sqlite3"
     path.write_bytes(b"this is not a database, it is a shopping list\n" * 100)
