@@ -109,6 +109,11 @@ class ModelConfig(BaseModel):
     chat_template: str | None = Field(
         None, description="A Jinja chat template overriding the one in the GGUF."
     )
+    reasoning: Literal["auto", "think_tags", "none"] = Field(
+        "auto",
+        description="Split the model's thinking in <think>...</think> from its answer "
+        "(reasoning_content, reasoning items): auto when its chat template knows the tags.",
+    )
     chat_template_file: Path | None = Field(
         None, description="A file holding the chat template (relative to the config file)."
     )

@@ -142,6 +142,12 @@ class ChatCompletionRequest(SamplingFields, OpenAIRequest):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = Field(None, max_length=64)
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="Not OpenAI's (vLLM's): extra variables for the chat template, such as "
+        "`enable_thinking`.",
+    )
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
@@ -182,12 +188,17 @@ class AssistantMessage(OpenAIResponse):
     # OpenAI's schema has it on every message; Hearth's models never refuse by policy.
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
+    # The model's thinking, split from its answer (models that think in tags): the field
+    # DeepSeek and vLLM send, and the one newer clients read.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     @model_serializer(mode="wrap")
     def _tool_calls_only_when_made(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if data.get("tool_calls") is None:
-            data.pop("tool_calls", None)
+        for optional in ("tool_calls", "reasoning_content", "reasoning"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
         return data
 
 
@@ -232,6 +243,8 @@ class ChatDelta(OpenAIResponse):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
 
     @model_serializer(mode="wrap")

@@ -56,11 +56,24 @@ class PromptTokensDetails(OpenAIResponse):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(OpenAIResponse):
+    reasoning_tokens: int = 0
+
+
 class Usage(OpenAIResponse):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails = PromptTokensDetails()
+    # Only for models whose thinking is split from their answer.
+    completion_tokens_details: CompletionTokensDetails | None = None
+
+    @model_serializer(mode="wrap")
+    def _details_when_known(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("completion_tokens_details") is None:
+            data.pop("completion_tokens_details", None)
+        return data
 
 
 class WithOptionalUsage(OpenAIResponse):

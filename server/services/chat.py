@@ -4,12 +4,12 @@ output back as content and tool calls (family-neutral; the adapters shape it).""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from server.engine.grammar import SchemaNotSupported, json_object_grammar, json_schema_grammar
-from server.engine.types import Grammar, TokenLogprob
+from server.engine.types import Grammar, TokenEvent, TokenLogprob
 from server.errors import ChatTemplateMissingError, InvalidRequestError
 from server.handle import Lease, ModelHandle
 from server.registry import ModelRegistry
@@ -24,6 +24,7 @@ from server.services.generation import (
     released_on_error,
 )
 from server.services.prep import PrepExecutor
+from server.services.reasoning import ThinkSplitter, opens_thinking, uses_think_tags
 from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
 from server.services.spec import GenerationSpec, OutputFormat, Turn
 from server.services.templates import ChatTemplate, escaped, message_to_template_dict
@@ -50,6 +51,8 @@ class ChatAnswer:
     calls: list[ParsedCall]
     finish_reason: ChatFinish
     logprobs: tuple[TokenLogprob, ...] = ()
+    # The thinking split from the answer; None when the model's output is not split.
+    reasoning: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class ChatEvent:
     calls: tuple[CallDelta, ...] = ()
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: ChatFinish | None = None
+    reasoning: str = ""
 
 
 class ChatService:
@@ -98,7 +102,8 @@ class ChatService:
                     param="response_format",
                 )
             grammar = tools.grammar
-        tokens = self.prompt_tokens(handle, spec.messages, tools)
+        prompt = self.render(handle, spec.messages, tools, extra=spec.template_kwargs)
+        tokens = self._tokenize(handle, prompt)
         budget = completion_budget(
             spec.max_tokens,
             handle.config.defaults.max_tokens,
@@ -129,7 +134,7 @@ class ChatService:
             deadline=self._limits.deadline(),
             cache_scope=caller.cache_scope,
         )
-        return Run(
+        run = Run(
             request_id,
             lease,
             jobs,
@@ -137,6 +142,12 @@ class ChatService:
             ledger=caller.ledger,
             tools=tools,
         )
+        # A grammar that holds the output to its form from the first token leaves nothing
+        # to split; a lazy one (tools with "auto") lets the model think first.
+        free = grammar is None or bool(grammar.triggers)
+        if free and uses_think_tags(handle.config.reasoning, handle.chat_template_source):
+            run.think_start = opens_thinking(prompt)
+        return run
 
     def prompt_tokens(
         self,
@@ -147,6 +158,19 @@ class ChatService:
         add_generation_prompt: bool = True,
     ) -> list[int]:
         """The conversation through the model's chat template, as tokens (blocking)."""
+        prompt = self.render(handle, messages, tools, add_generation_prompt=add_generation_prompt)
+        return self._tokenize(handle, prompt)
+
+    def render(
+        self,
+        handle: ModelHandle,
+        messages: Sequence[Turn],
+        tools: ToolPlan | None,
+        *,
+        add_generation_prompt: bool = True,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The conversation through the model's chat template, as text (blocking)."""
         template = self._template_for(handle)
         rendered, template_tools = _template_messages(messages, template, tools)
         # Everything the request put in is data: none of it may become a control token.
@@ -154,30 +178,51 @@ class ChatService:
             escaped(rendered, handle.escape),
             add_generation_prompt=add_generation_prompt,
             tools=escaped(template_tools, handle.escape),
+            extra=escaped(dict(extra or {}), handle.escape),
         )
         check_prompt_length(prompt, handle, param="messages")
-        bos = template.bos_token
+        return prompt
+
+    def _tokenize(self, handle: ModelHandle, prompt: str) -> list[int]:
+        bos = self._template_for(handle).bos_token
         add_bos = handle.adds_bos and not (bos and prompt.startswith(bos))
         return handle.tokenize(prompt, add_special=add_bos, markup=True)
 
     @staticmethod
     async def answers(run: Run) -> list[ChatAnswer]:
-        """Every choice run to its end, split into content and tool calls."""
+        """Every choice run to its end, split into reasoning, content and tool calls."""
+        splits = _Splits(run)
+        texts: list[list[str]] = [[] for _ in run.jobs]
+        thoughts: list[list[str]] = [[] for _ in run.jobs]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in run.jobs]
+        reasons: dict[int, str] = {}
+        async for index, event in run.events():
+            thought, piece = splits.feed(index, event)
+            thoughts[index].append(thought)
+            texts[index].append(piece)
+            logprobs[index] += event.logprobs
+            if event.finish_reason is not None:
+                check_finish(event)
+                reasons[index] = event.finish_reason
         answers = []
-        for r in await run.results():
-            content: str | None = r.text
+        for index in range(len(run.jobs)):
+            text = "".join(texts[index])
+            finish: ChatFinish = normal_finish(reasons.get(index, "stop"))
+            content: str | None = text
             calls: list[ParsedCall] = []
-            finish: ChatFinish = normal_finish(r.finish_reason)
             if run.tools is not None:
                 parser = ToolCallParser(run.tools.functions)
-                head, _ = parser.feed(r.text)
+                head, _ = parser.feed(text)
                 # A call cut off by max_tokens is not returned, as markup or as a call.
                 content = head + parser.finish(partial_as_content=finish != "length")
                 calls = parser.calls
                 if calls:
                     content = content if content.strip() else None
                     finish = "tool_calls" if finish == "stop" else finish
-            answers.append(ChatAnswer(r.index, content, calls, finish, r.logprobs))
+            reasoning = "".join(thoughts[index]) if run.think_start is not None else None
+            answers.append(
+                ChatAnswer(index, content, calls, finish, tuple(logprobs[index]), reasoning)
+            )
         return answers
 
     @staticmethod
@@ -185,13 +230,15 @@ class ChatService:
         """Every choice's pieces as they come; an abnormal end raises (check_finish)."""
         tools = run.tools
         parsers = [ToolCallParser(tools.functions) if tools else None for _ in run.jobs]
+        splits = _Splits(run)
         async for index, event in run.events():
+            reasoning, text = splits.feed(index, event)
             parser = parsers[index]
-            content, calls = parser.feed(event.text) if parser else (event.text, [])
+            content, calls = parser.feed(text) if parser else (text, [])
             if event.finish_reason is not None and parser is not None:
                 content += parser.finish(partial_as_content=False)
-            if content or event.logprobs or calls:
-                yield ChatEvent(index, content, tuple(calls), event.logprobs)
+            if content or reasoning or event.logprobs or calls:
+                yield ChatEvent(index, content, tuple(calls), event.logprobs, reasoning=reasoning)
             if event.finish_reason is not None:
                 check_finish(event)
                 reason: ChatFinish = normal_finish(event.finish_reason)
@@ -215,6 +262,32 @@ class ChatService:
             )
             self._templates[handle.name] = template
         return template
+
+
+class _Splits:
+    """Each choice's thinking split from its answer (when the run's model thinks in tags),
+    counting the tokens spent thinking into the run."""
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        thinking = run.think_start
+        self._splitters = (
+            [] if thinking is None else [ThinkSplitter(thinking=thinking) for _ in run.jobs]
+        )
+
+    def feed(self, index: int, event: TokenEvent) -> tuple[str, str]:
+        """The reasoning and the content of ``event``'s text."""
+        if not self._splitters:
+            return "", event.text
+        splitter = self._splitters[index]
+        was_thinking = splitter.thinking
+        reasoning, content = splitter.feed(event.text)
+        if event.finish_reason is not None:
+            more_reasoning, more_content = splitter.finish()
+            reasoning, content = reasoning + more_reasoning, content + more_content
+        if event.token_ids and (was_thinking or reasoning):
+            self._run.reasoning_tokens += len(event.token_ids)
+        return reasoning, content
 
 
 def _output_grammar(output: OutputFormat | None) -> Grammar | None:

@@ -81,6 +81,8 @@ class RunUsage:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    # Completion tokens spent thinking (models whose thinking is split); None: not split.
+    reasoning_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -120,6 +122,10 @@ class Run:
         self.created = int(time.time())
         self.started = time.monotonic()
         self.first_token_at: float | None = None
+        # Thinking split from the answer: None, not split; else whether the output starts
+        # inside a think block (set by the chat service, counted there).
+        self.think_start: bool | None = None
+        self.reasoning_tokens = 0
         self._streams: list[GenerationStream] | None = None
         self._metered: dict[int, int] = {}  # completion tokens of each choice metered so far
         self._closed = False
@@ -198,6 +204,7 @@ class Run:
             prompt_tokens=self.prompt_token_count,
             completion_tokens=sum(r.completion_tokens for r in self.finals),
             cached_tokens=sum(cached_by_prompt.values()),
+            reasoning_tokens=None if self.think_start is None else self.reasoning_tokens,
         )
 
     def close(self) -> None:

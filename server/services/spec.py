@@ -112,6 +112,8 @@ class GenerationSpec:
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True
     output: OutputFormat | None = None
+    # Extra variables for the chat template (``enable_thinking``, ``reasoning_effort``, ...).
+    template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     # Admission order among one owner's waiting requests.
     priority: int = 0
     keep_alive: float | None = None

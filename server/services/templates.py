@@ -8,7 +8,7 @@ text but cannot reach Python internals or mutate the data it is given.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jinja2
@@ -54,15 +54,20 @@ class ChatTemplate:
         *,
         add_generation_prompt: bool = True,
         tools: list[dict[str, Any]] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> str:
+        """``extra`` adds variables (a request's ``chat_template_kwargs``); it never replaces
+        the ones above."""
+        variables = {
+            **{k: v for k, v in (extra or {}).items() if k not in _RESERVED},
+            "messages": list(messages),
+            "add_generation_prompt": add_generation_prompt,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "tools": tools,
+        }
         try:
-            return self._template.render(
-                messages=list(messages),
-                add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token,
-                eos_token=self.eos_token,
-                tools=tools,
-            )
+            return self._template.render(**variables)
         except ChatTemplateError:
             raise
         except jinja2.TemplateError as exc:
@@ -70,6 +75,12 @@ class ChatTemplate:
                 f"the model's chat template could not render these messages: {exc}",
                 param="messages",
             ) from exc
+
+
+# Variables a request may not set through chat_template_kwargs.
+_RESERVED = frozenset(
+    {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "raise_exception"}
+)
 
 
 def message_to_template_dict(role: str, content: Any, extra: dict[str, Any]) -> dict[str, Any]:

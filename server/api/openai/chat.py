@@ -29,7 +29,7 @@ from server.protocol.chat import (
     ToolCall,
     ToolCallDelta,
 )
-from server.protocol.common import PromptTokensDetails, Usage
+from server.protocol.common import CompletionTokensDetails, PromptTokensDetails, Usage
 from server.services.generation import Caller, Run, RunUsage
 from server.services.spec import (
     FunctionTool,
@@ -67,6 +67,8 @@ class ChatAdapter(OpenAIAdapter[ChatCompletionRequest]):
                         for c in a.calls
                     ]
                     or None,
+                    reasoning_content=a.reasoning or None,
+                    reasoning=a.reasoning or None,
                 ),
                 logprobs=chat_logprobs(a.logprobs) if run.wants_logprobs else None,
                 finish_reason=a.finish_reason,
@@ -100,6 +102,9 @@ class ChatAdapter(OpenAIAdapter[ChatCompletionRequest]):
             logprobs = (
                 chat_logprobs(event.logprobs) if run.wants_logprobs and event.logprobs else None
             )
+            if event.reasoning:
+                delta = ChatDelta(reasoning_content=event.reasoning, reasoning=event.reasoning)
+                yield chunk([ChatChunkChoice(index=index, delta=delta)])
             if event.content or logprobs:
                 delta = ChatDelta(content=event.content)
                 yield chunk([ChatChunkChoice(index=index, delta=delta, logprobs=logprobs)])
@@ -126,6 +131,11 @@ def openai_usage(usage: RunUsage) -> Usage:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
+        completion_tokens_details=(
+            None
+            if usage.reasoning_tokens is None
+            else CompletionTokensDetails(reasoning_tokens=usage.reasoning_tokens)
+        ),
     )
 
 
@@ -143,6 +153,7 @@ def chat_spec(body: ChatCompletionRequest) -> GenerationSpec:
         tool_choice=tool_choice_of(body),
         parallel_tool_calls=body.parallel_tool_calls is not False,
         output=output_of(body.response_format),
+        template_kwargs=template_kwargs(body.chat_template_kwargs, body.reasoning_effort),
         priority=body.priority,
         keep_alive=body.keep_alive_seconds,
         user=body.user,
@@ -195,3 +206,11 @@ def output_of(response_format: ResponseFormat | None) -> OutputFormat | None:
             param="response_format.json_schema",
         )
     return OutputFormat("json_schema", response_format.json_schema.json_schema or {})
+
+
+def template_kwargs(kwargs: dict[str, Any] | None, reasoning_effort: str | None) -> dict[str, Any]:
+    """Variables for the chat template: the request's own, and its reasoning effort."""
+    extra = dict(kwargs or {})
+    if reasoning_effort is not None:
+        extra.setdefault("reasoning_effort", reasoning_effort)
+    return extra

@@ -197,6 +197,7 @@ class ResponsesAdapter:
             tool_choice=_tool_choice(body.tool_choice) if self.tools else None,
             parallel_tool_calls=body.parallel_tool_calls is not False,
             output=_output_format(body),
+            template_kwargs=_template_kwargs(body),
             priority=body.priority,
             keep_alive=body.keep_alive_seconds,
             user=body.user,
@@ -208,6 +209,8 @@ class ResponsesAdapter:
         (answer,) = await self.state.chat.answers(run)
         status = "incomplete" if answer.finish_reason == "length" else "completed"
         output: list[dict[str, Any]] = []
+        if answer.reasoning:
+            output.append(_reasoning(_new_id("rs"), answer.reasoning, "completed"))
         if answer.content or not answer.calls:
             output.append(_message(_new_id("msg"), answer.content or "", status))
         for call in answer.calls:
@@ -252,6 +255,12 @@ class ResponsesAdapter:
                 closing.append(event("response.output_text.done", **where, text=text, logprobs=[]))
                 part = {"type": "output_text", "text": text, "annotations": []}
                 closing.append(event("response.content_part.done", **where, part=part))
+            elif item["type"] == "reasoning":
+                text = item["content"][0]["text"]
+                where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+                closing.append(event("response.reasoning_text.done", **where, text=text))
+                part = {"type": "reasoning_text", "text": text}
+                closing.append(event("response.content_part.done", **where, part=part))
             else:
                 where = {"item_id": item["id"], "output_index": index}
                 arguments = item["arguments"]
@@ -261,13 +270,18 @@ class ResponsesAdapter:
             closing.append(event("response.output_item.done", output_index=index, item=item))
             return closing
 
-        def open_message() -> list[tuple[str, dict[str, Any]]]:
+        def open_message(reasoning: bool = False) -> list[tuple[str, dict[str, Any]]]:
             nonlocal open_item
-            open_item = _message(_new_id("msg"), "", "in_progress")
+            part: dict[str, Any]
+            if reasoning:
+                open_item = _reasoning(_new_id("rs"), "", "in_progress")
+                part = {"type": "reasoning_text", "text": ""}
+            else:
+                open_item = _message(_new_id("msg"), "", "in_progress")
+                part = {"type": "output_text", "text": "", "annotations": []}
             output.append(open_item)
             index = len(output) - 1
             added = {**open_item, "content": []}
-            part = {"type": "output_text", "text": "", "annotations": []}
             return [
                 event("response.output_item.added", output_index=index, item=added),
                 event(
@@ -281,6 +295,19 @@ class ResponsesAdapter:
 
         try:
             async for piece in self.state.chat.events(run):
+                if piece.reasoning:
+                    if open_item is None or open_item["type"] != "reasoning":
+                        for e in [*close("completed"), *open_message(reasoning=True)]:
+                            yield e
+                    assert open_item is not None
+                    open_item["content"][0]["text"] += piece.reasoning
+                    yield event(
+                        "response.reasoning_text.delta",
+                        item_id=open_item["id"],
+                        output_index=output.index(open_item),
+                        content_index=0,
+                        delta=piece.reasoning,
+                    )
                 if piece.content:
                     if open_item is None or open_item["type"] != "message":
                         for e in [*close("completed"), *open_message()]:
@@ -358,7 +385,9 @@ class ResponsesAdapter:
                 input_tokens=usage.prompt_tokens,
                 input_tokens_details=InputTokensDetails(cached_tokens=usage.cached_tokens),
                 output_tokens=usage.completion_tokens,
-                output_tokens_details=OutputTokensDetails(),
+                output_tokens_details=OutputTokensDetails(
+                    reasoning_tokens=usage.reasoning_tokens or 0
+                ),
                 total_tokens=usage.total_tokens,
             ),
             instructions=body.instructions,
@@ -544,6 +573,11 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> ToolChoice | None:
     return ToolChoice("auto")  # a hosted tool: left out, so the model chooses
 
 
+def _template_kwargs(body: ResponseRequest) -> dict[str, Any]:
+    effort = (body.reasoning or {}).get("effort")
+    return {"reasoning_effort": effort} if isinstance(effort, str) else {}
+
+
 def _output_format(body: ResponseRequest) -> OutputFormat | None:
     text_format = body.text.format if body.text is not None else None
     if text_format is None or text_format.type == "text":
@@ -567,6 +601,16 @@ def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
         "status": status,
         "role": "assistant",
         "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+
+
+def _reasoning(item_id: str, text: str, status: str) -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "status": status,
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
     }
 
 

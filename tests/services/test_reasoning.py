@@ -1,0 +1,49 @@
+"""The think-tag split, exact however the output is cut into pieces."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.services.reasoning import ThinkSplitter, opens_thinking, uses_think_tags
+
+
+def split(text: str, *, thinking: bool, step: int) -> tuple[str, str]:
+    splitter = ThinkSplitter(thinking=thinking)
+    reasoning, content = "", ""
+    for i in range(0, len(text), step):
+        r, c = splitter.feed(text[i : i + step])
+        reasoning, content = reasoning + r, content + c
+    r, c = splitter.finish()
+    return reasoning + r, content + c
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 5, 100])
+@pytest.mark.parametrize(
+    ("text", "thinking", "expected"),
+    [
+        ("<think>Let me see.</think>\n\nIt is 4.", False, ("Let me see.", "It is 4.")),
+        ("  <think>a < b</think>yes", False, ("a < b", "yes")),
+        (
+            "Plain answer, no <think> at the start.",
+            False,
+            ("", "Plain answer, no <think> at the start."),
+        ),
+        ("<thin", False, ("", "<thin")),  # never became a tag
+        ("I think 2+2 is 4.</think>\nFour.", True, ("I think 2+2 is 4.", "Four.")),
+        ("Still thinking </thi", True, ("Still thinking </thi", "")),  # cut off by the limit
+        ("x</think>", True, ("x", "")),
+    ],
+)
+def test_the_split_is_exact_whatever_the_pieces(
+    text: str, thinking: bool, expected: tuple[str, str], step: int
+) -> None:
+    assert split(text, thinking=thinking, step=step) == expected
+
+
+def test_which_models_and_prompts_think() -> None:
+    template = "{{ '<|im_start|>assistant\\n<think>\\n' }} ... </think>"
+    assert uses_think_tags("auto", template)
+    assert not uses_think_tags("auto", "{{ messages }}")
+    assert uses_think_tags("think_tags", None) and not uses_think_tags("none", template)
+    assert opens_thinking("<|im_start|>assistant\n<think>\n")
+    assert not opens_thinking("<|im_start|>assistant\n")
