@@ -24,6 +24,7 @@ from server.protocol.common import (
     SamplingFields,
     Usage,
     WithOptionalUsage,
+    check_depth,
 )
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -148,6 +149,12 @@ class ChatCompletionRequest(SamplingFields, OpenAIRequest):
         description="Not OpenAI's (vLLM's): extra variables for the chat template, such as "
         "`enable_thinking`.",
     )
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _kwargs_not_too_deep(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        check_depth(value, 16)
+        return value
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:

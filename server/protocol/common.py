@@ -17,7 +17,17 @@ from pydantic import (
     model_validator,
 )
 
+from server.nesting import MAX_JSON_DEPTH, nesting_depth
+
 logger = logging.getLogger("hearth.protocol")
+
+
+def check_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> Any:
+    """A field validator's check: ``value`` nests at most ``limit`` deep."""
+    if nesting_depth(value) > limit:
+        raise ValueError(f"nested more than {limit} deep")
+    return value
+
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1

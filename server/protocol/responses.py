@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from server.protocol.common import (
     KeepAlive,
@@ -18,6 +18,7 @@ from server.protocol.common import (
     Temperature,
     TopP,
     WithKeepAlive,
+    check_depth,
 )
 
 
@@ -63,6 +64,11 @@ class ResponseRequest(WithKeepAlive):
     # Not OpenAI's: a higher priority is admitted first among one client's waiting requests.
     priority: int = Field(0, ge=-1000, le=1000)
     keep_alive: KeepAlive = None
+
+    @field_validator("input", "tools", "tool_choice", "reasoning", "include")
+    @classmethod
+    def _not_too_deep(cls, value: Any) -> Any:
+        return check_depth(value)
 
 
 class InputTokensDetails(OpenAIResponse):

@@ -42,7 +42,8 @@ class StoredResponse:
     owner: str
     response: dict[str, Any]
     input_items: list[dict[str, Any]]
-    history: list[dict[str, Any]]
+    # None: the conversation grew past what may be kept, and cannot be continued.
+    history: list[dict[str, Any]] | None
 
 
 class ResponseStore:

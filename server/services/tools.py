@@ -31,6 +31,7 @@ from server.engine.grammar import (
 )
 from server.engine.types import Grammar
 from server.errors import InvalidRequestError
+from server.nesting import MAX_JSON_DEPTH, nesting_depth
 from server.services.spec import FunctionTool, ToolChoice
 
 # For chat templates that know nothing of tools: how the model learns what it may call.
@@ -114,9 +115,11 @@ def parse_arguments(arguments: Any) -> Any:
     """OpenAI sends arguments as JSON text; templates and prompts want the value."""
     if isinstance(arguments, str):
         try:
-            return json.loads(arguments)
-        except json.JSONDecodeError:
+            value = json.loads(arguments)
+        except (json.JSONDecodeError, RecursionError):
             return arguments
+        # Rendering recurses once per level: arguments nested deeper stay text.
+        return value if nesting_depth(value) <= MAX_JSON_DEPTH else arguments
     return arguments
 
 

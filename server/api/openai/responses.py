@@ -11,6 +11,7 @@ code interpreter, ...) are left out of the prompt, so that clients which always 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import re
 import secrets
@@ -60,6 +61,8 @@ from server.state import AppState
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["responses"])
 
+# The most conversation a stored response keeps for previous_response_id to replay.
+HISTORY_LIMIT = 32 << 20
 _FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 
@@ -163,6 +166,13 @@ class ResponsesAdapter:
                 f"Previous response with id '{previous}' not found.",
                 param="previous_response_id",
                 code="previous_response_not_found",
+            )
+        if stored.history is None:
+            raise InvalidRequestError(
+                f"the conversation of response '{previous}' is too long to continue "
+                f"(over {HISTORY_LIMIT >> 20} MiB); start a new one",
+                param="previous_response_id",
+                code="context_length_exceeded",
             )
         self.history = stored.history
 
@@ -416,7 +426,13 @@ class ResponsesAdapter:
         if not self.body.store:
             return
         dumped = response.model_dump(mode="json")
-        history = [*self.history, *self.input_items, *dumped["output"]]
+        history: list[dict[str, Any]] | None = [
+            *self.history,
+            *self.input_items,
+            *dumped["output"],
+        ]
+        if len(json.dumps(history)) > HISTORY_LIMIT:  # no model's context holds it anyway
+            history = None
         await self.state.responses.put(
             StoredResponse(self.id, _owner(self.context), dumped, self.input_items, history)
         )
@@ -430,7 +446,11 @@ def _input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     if isinstance(value, str):
         value = [{"type": "message", "role": "user", "content": value}]
     items = []
-    for item in value:
+    for i, item in enumerate(value):
+        if not isinstance(item.get("id", ""), str) or not isinstance(item.get("type", ""), str):
+            raise InvalidRequestError(
+                f"input[{i}].id and input[{i}].type must be strings", param=f"input[{i}]"
+            )
         kind = item.get("type") or ("message" if "role" in item else "")
         items.append(
             {
@@ -520,7 +540,12 @@ def _function_tools(tools: list[dict[str, Any]]) -> tuple[FunctionTool, ...]:
         if kind == "function":
             functions.append(_function(tool, f"tools[{i}]"))
         elif kind == "namespace":
-            for j, inner in enumerate(tool.get("tools") or []):
+            inner_tools = tool.get("tools") or []
+            if not isinstance(inner_tools, list):
+                raise InvalidRequestError(
+                    f"tools[{i}].tools must be a list of tools", param=f"tools[{i}].tools"
+                )
+            for j, inner in enumerate(inner_tools):
                 if isinstance(inner, dict) and inner.get("type", "function") == "function":
                     functions.append(_function(inner, f"tools[{i}].tools[{j}]"))
                 else:
@@ -538,12 +563,19 @@ def _function(tool: dict[str, Any], where: str) -> FunctionTool:
         raise InvalidRequestError(
             f"{where}.name must be 1 to 64 letters, digits, '_' or '-'", param=f"{where}.name"
         )
+    description, strict = tool.get("description"), tool.get("strict")
+    if description is not None and not isinstance(description, str):
+        raise InvalidRequestError(
+            f"{where}.description must be a string", param=f"{where}.description"
+        )
+    if strict is not None and not isinstance(strict, bool):
+        raise InvalidRequestError(f"{where}.strict must be true or false", param=f"{where}.strict")
     parameters = tool.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
         raise InvalidRequestError(
             f"{where}.parameters must be an object", param=f"{where}.parameters"
         )
-    return FunctionTool(name, tool.get("description"), parameters, tool.get("strict"))
+    return FunctionTool(name, description, parameters, strict)
 
 
 def _tool_echo(tool: FunctionTool) -> dict[str, Any]:

@@ -1,0 +1,113 @@
+"""Hostile JSON in the places chat and the Responses API take free-form values: each is a 400
+naming the field, never a 500 (these were RecursionError and TypeError tracebacks), and a
+stored conversation too long to replay is refused, not loaded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.api.openai import responses
+from server.app import create_app
+from tests.conftest import make_settings
+
+DEEP_ARGUMENTS = "[" * 50_000 + "]" * 50_000
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    settings = make_settings(models=[m for m in make_settings().models if m.name == "smollm2"])
+    with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+CHAT_HISTORY = [
+    {"role": "user", "content": "hi"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": DEEP_ARGUMENTS}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "c1", "content": "x"},
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"messages": CHAT_HISTORY}, "messages"),
+        (
+            "/v1/chat/completions",
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "chat_template_kwargs": {"x": nested(900)},
+            },
+            "chat_template_kwargs",
+        ),
+        (
+            "/v1/responses",
+            {
+                "input": [
+                    {
+                        "type": "function_call",
+                        "name": "f",
+                        "call_id": "c",
+                        "arguments": DEEP_ARGUMENTS,
+                    },
+                    {"type": "function_call_output", "call_id": "c", "output": "x"},
+                ]
+            },
+            "messages",
+        ),
+        (
+            "/v1/responses",
+            {"input": "hi", "tools": [{"type": "namespace", "tools": 5}]},
+            "tools[0].tools",
+        ),
+        ("/v1/responses", {"input": [{"role": "user", "content": nested(100)}]}, "input"),
+        ("/v1/responses", {"input": "hi", "reasoning": {"effort": nested(200)}}, "reasoning"),
+        (
+            "/v1/responses",
+            {"input": "hi", "tools": [{"type": "function", "name": "f", "description": {"a": 1}}]},
+            "tools[0].description",
+        ),
+        (
+            "/v1/responses",
+            {"input": [{"role": "user", "content": "hi", "id": {"x": 1}}]},
+            "input[0]",
+        ),
+    ],
+)
+def test_hostile_values_are_400s_naming_the_field(
+    client: TestClient, path: str, body: dict[str, Any], param: str
+) -> None:
+    answer = client.post(path, json={"model": "smollm2", "max_tokens": 2, **body})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == param
+    assert client.get("/health").status_code == 200
+
+
+def test_a_conversation_too_long_to_replay_is_refused(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(responses, "HISTORY_LIMIT", 200)  # a few items are over it
+    body = {"model": "smollm2", "input": "A long question " * 20, "max_output_tokens": 2}
+    first = client.post("/v1/responses", json=body)
+    assert first.status_code == 200, first.text
+    follow = {**body, "input": "And?", "previous_response_id": first.json()["id"]}
+    refused = client.post("/v1/responses", json=follow)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "previous_response_id"
+    assert client.get(f"/v1/responses/{first.json()['id']}").status_code == 200  # still kept
