@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from server.services.tools import partial_suffix
+
 OPEN = "<think>"
 CLOSE = "</think>"
 
@@ -63,7 +65,7 @@ class ThinkSplitter:
             elif self._state == "think":
                 end = self._buffer.find(CLOSE)
                 if end < 0:
-                    keep = _partial_suffix(self._buffer, CLOSE)
+                    keep = partial_suffix(self._buffer, CLOSE)
                     reasoning.append(self._buffer[: len(self._buffer) - keep])
                     self._buffer = self._buffer[len(self._buffer) - keep :]
                     break
@@ -87,11 +89,3 @@ class ThinkSplitter:
         if self._state == "after":
             return "", rest.lstrip()
         return "", rest
-
-
-def _partial_suffix(text: str, marker: str) -> int:
-    """Length of the longest tail of ``text`` that is a proper prefix of ``marker``."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if text.endswith(marker[:n]):
-            return n
-    return 0

@@ -176,7 +176,7 @@ class ToolCallParser:
             if not self._in_call:
                 start = self._buffer.find(TOOL_CALL_OPEN)
                 if start < 0:
-                    keep = _partial_suffix(self._buffer, TOOL_CALL_OPEN)
+                    keep = partial_suffix(self._buffer, TOOL_CALL_OPEN)
                     content.append(self._buffer[: len(self._buffer) - keep])
                     self._buffer = self._buffer[len(self._buffer) - keep :]
                     break
@@ -264,7 +264,7 @@ class ToolCallParser:
         return ParsedCall(f"call_{uuid.uuid4().hex[:24]}", value["name"], arguments)
 
 
-def _partial_suffix(text: str, marker: str) -> int:
+def partial_suffix(text: str, marker: str) -> int:
     """Length of the longest tail of ``text`` that is a proper prefix of ``marker``."""
     for n in range(min(len(marker) - 1, len(text)), 0, -1):
         if text.endswith(marker[:n]):

@@ -303,35 +303,28 @@ class ResponsesAdapter:
                 ),
             ]
 
+        def write(kind: str, text: str) -> list[tuple[str, dict[str, Any]]]:
+            """``text`` added to the open reasoning or message item (opened if need be)."""
+            written = []
+            if open_item is None or open_item["type"] != kind:
+                written += [*close("completed"), *open_message(reasoning=kind == "reasoning")]
+            assert open_item is not None
+            open_item["content"][0]["text"] += text
+            index = output.index(open_item)
+            where = {"item_id": open_item["id"], "output_index": index, "content_index": 0}
+            if kind == "reasoning":
+                written.append(event("response.reasoning_text.delta", **where, delta=text))
+            else:
+                written.append(
+                    event("response.output_text.delta", **where, delta=text, logprobs=[])
+                )
+            return written
+
         try:
             async for piece in self.state.chat.events(run):
-                if piece.reasoning:
-                    if open_item is None or open_item["type"] != "reasoning":
-                        for e in [*close("completed"), *open_message(reasoning=True)]:
-                            yield e
-                    assert open_item is not None
-                    open_item["content"][0]["text"] += piece.reasoning
-                    yield event(
-                        "response.reasoning_text.delta",
-                        item_id=open_item["id"],
-                        output_index=output.index(open_item),
-                        content_index=0,
-                        delta=piece.reasoning,
-                    )
-                if piece.content:
-                    if open_item is None or open_item["type"] != "message":
-                        for e in [*close("completed"), *open_message()]:
-                            yield e
-                    assert open_item is not None
-                    open_item["content"][0]["text"] += piece.content
-                    yield event(
-                        "response.output_text.delta",
-                        item_id=open_item["id"],
-                        output_index=output.index(open_item),
-                        content_index=0,
-                        delta=piece.content,
-                        logprobs=[],
-                    )
+                for kind, text in (("reasoning", piece.reasoning), ("message", piece.content)):
+                    for e in write(kind, text) if text else ():
+                        yield e
                 for delta in piece.calls:
                     if delta.id is not None:  # a new call
                         for e in close("completed"):
