@@ -82,6 +82,12 @@ class ResponseStore:
         return await asyncio.to_thread(self._delete, response_id, owner)
 
     def _put(self, stored: StoredResponse) -> None:
+        try:
+            self._insert(stored)
+        except sqlite3.Error as exc:  # a full disk, a file removed under the server, ...
+            raise StoreError(f"cannot store response {stored.id} in {self.path}: {exc}") from exc
+
+    def _insert(self, stored: StoredResponse) -> None:
         now = time.time()
         with self._lock, self._db:
             self._db.execute(

@@ -111,3 +111,16 @@ def test_a_conversation_too_long_to_replay_is_refused(
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "previous_response_id"
     assert client.get(f"/v1/responses/{first.json()['id']}").status_code == 200  # still kept
+
+
+def test_a_store_that_fails_under_the_server_still_answers() -> None:
+    settings = make_settings(models=[m for m in make_settings().models if m.name == "smollm2"])
+    with TestClient(create_app(settings), raise_server_exceptions=False) as fresh:
+        store = fresh.app.state.hearth.responses  # type: ignore[attr-defined]
+        store._db.execute("DROP TABLE responses")  # the file changed under the server
+        body = {"model": "smollm2", "input": "Hi", "max_output_tokens": 2}
+        answer = fresh.post("/v1/responses", json=body)
+        assert answer.status_code == 200, answer.text
+        with fresh.stream("POST", "/v1/responses", json={**body, "stream": True}) as streamed:
+            kinds = [line for line in streamed.iter_lines() if line.startswith("event:")]
+        assert kinds[-1] in ("event: response.completed", "event: response.incomplete")

@@ -91,3 +91,11 @@ def test_a_locked_database_is_a_clear_error(tmp_path: Path) -> None:
             ResponseStore(path, max_count=10, max_age=3600)
     finally:
         holder.close()
+
+
+def test_a_failed_write_is_a_store_error_not_a_database_error(tmp_path: Path) -> None:
+    store = ResponseStore(tmp_path / "r.sqlite3", max_count=10, max_age=3600)
+    store._db.execute("DROP TABLE responses")  # the file changed under the server
+    with pytest.raises(StoreError, match="cannot store response resp_1"):
+        asyncio.run(store.put(stored("resp_1")))
+    store.close()

@@ -46,7 +46,7 @@ from server.protocol.responses import (
     ResponseUsage,
 )
 from server.services.generation import Caller, Run
-from server.services.response_store import StoredResponse
+from server.services.response_store import StoredResponse, StoreError
 from server.services.spec import (
     FunctionTool,
     GenerationSpec,
@@ -426,9 +426,12 @@ class ResponsesAdapter:
         ]
         if len(json.dumps(history)) > HISTORY_LIMIT:  # no model's context holds it anyway
             history = None
-        await self.state.responses.put(
-            StoredResponse(self.id, _owner(self.context), dumped, self.input_items, history)
-        )
+        try:
+            await self.state.responses.put(
+                StoredResponse(self.id, _owner(self.context), dumped, self.input_items, history)
+            )
+        except StoreError as exc:  # the answer still goes out; the failure is loud
+            logger.error("%s", exc)
 
 
 # -- request items -------------------------------------------------------------------------
