@@ -65,9 +65,12 @@ class ResponseRequest(WithKeepAlive):
     priority: int = Field(0, ge=-1000, le=1000)
     keep_alive: KeepAlive = None
 
-    @field_validator("input", "tools", "tool_choice", "reasoning", "include")
+    @field_validator("input", "tools", "tool_choice", "reasoning", "include", "text")
     @classmethod
     def _not_too_deep(cls, value: Any) -> Any:
+        if isinstance(value, BaseModel):
+            check_depth(value.model_dump())
+            return value
         return check_depth(value)
 
 

@@ -59,7 +59,11 @@ class ChatTemplate:
         """``extra`` adds variables (a request's ``chat_template_kwargs``); it never replaces
         the ones above."""
         variables = {
-            **{k: v for k, v in (extra or {}).items() if k not in _RESERVED},
+            **{
+                k: v
+                for k, v in (extra or {}).items()
+                if k.isidentifier() and k not in _RESERVED and k not in self._template.globals
+            },
             "messages": list(messages),
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
@@ -79,7 +83,7 @@ class ChatTemplate:
 
 # Variables a request may not set through chat_template_kwargs.
 _RESERVED = frozenset(
-    {"messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "raise_exception"}
+    {"self", "messages", "add_generation_prompt", "bos_token", "eos_token", "tools"}
 )
 
 

@@ -126,7 +126,9 @@ async def _stored(response_id: str, request: Request, state: AppState) -> Stored
 
 def _owner(context: RequestContext) -> str:
     """Whose stored responses a request may see: its API key's (everyone's without keys)."""
-    return context.api_key.name if context.api_key is not None else ""
+    # The key's digest, not its name: names of unnamed keys follow their order in the
+    # settings, so a key could inherit another's name when keys change.
+    return context.api_key.digest.hex() if context.api_key is not None else ""
 
 
 def _not_found(response_id: str) -> NotFoundError:
@@ -515,7 +517,7 @@ def _text(content: Any, where: str) -> str:
     texts = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind in _TEXT_PARTS and isinstance(part.get("text"), str):
+        if isinstance(kind, str) and kind in _TEXT_PARTS and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind == "refusal" and isinstance(part.get("refusal"), str):
             texts.append(part["refusal"])
