@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server.api import health, models, tokens
+from server.api.anthropic import messages
 from server.api.errors import install_error_handlers
 from server.api.gateway import REQUEST_ID_HEADER, Gateway
 from server.api.limits import BodySizeLimit
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(responses.router)
     app.include_router(embeddings.router)
+    app.include_router(messages.router)
     app.include_router(tokens.router)
     app.include_router(models.router)
     app.include_router(health.router)

@@ -182,6 +182,19 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=1, le=65535, description="Port to listen on.")
+    ollama_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also serve on this port (Ollama's is 11434), for clients that assume "
+        "Ollama's address; the same app, on the same host. Unset: only `port`.",
+    )
+    keep_billing_header: bool = Field(
+        False,
+        description="Keep the `x-anthropic-billing-header:` line Claude Code puts at the start "
+        "of its system prompt. It changes with every prompt, so it is stripped by default: "
+        "kept, no conversation's prefix is ever reused from the KV cache.",
+    )
     models_dir: Path = Field(
         default_factory=_default_models_dir, description="Where pulled models are stored."
     )

@@ -100,7 +100,7 @@ class Gateway:
                         key = self._admit(state, headers)
                 except HearthError as error:
                     state.metrics.rejections.labels(error.code or "rejected").inc()
-                    await error_response(error)(scope, receive, send_with_id)
+                    await error_response(error, scope["path"])(scope, receive, send_with_id)
                     return
                 context.api_key = key
             await self.app(scope, receive, send_with_id)

@@ -6,13 +6,13 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.protocol.common import ErrorResponse
+from server.api.errors import error_body, family_of
 
 
 class BodySizeLimit:
     """Answer 413 when a body is larger than ``max_bytes``: at once when Content-Length says so,
     otherwise as soon as the streamed body passes the limit (FastAPI re-raises an HTTPException
-    from body reading, and the error handlers turn it into an OpenAI error)."""
+    from body reading, and the error handlers turn it into the API family's error)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -27,10 +27,14 @@ class BodySizeLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
-            body = ErrorResponse.of(
-                self._message(), "invalid_request_error", None, "payload_too_large"
+            body = error_body(
+                family_of(scope["path"]),
+                self._message(),
+                status=413,
+                error_type="invalid_request_error",
+                code="payload_too_large",
             )
-            await JSONResponse(body.dump(), status_code=413)(scope, receive, send)
+            await JSONResponse(body, status_code=413)(scope, receive, send)
             return
         received = 0
 

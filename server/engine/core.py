@@ -635,6 +635,7 @@ class SchedulerCore:
             cached_tokens=ticket.cached_tokens,
             error=error,
             logprobs=logprobs,
+            stop_sequence=ticket.text.matched_stop if ticket.text is not None else None,
         )
         self._events.append((ticket.sink, event))
 

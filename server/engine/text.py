@@ -31,6 +31,9 @@ class TextStream:
         self._stops = [s for s in stop if s]
         self._held = ""
         self.stopped = False
+        # The stop string that ended the text (the first in the text; the earliest listed
+        # of those found at one place), once stopped.
+        self.matched_stop: str | None = None
         # Characters released so far: the length of the text the client has been sent.
         self.emitted = 0
 
@@ -57,8 +60,9 @@ class TextStream:
         if not self._stops:
             self._held = ""
             return text
-        cut = self._first_stop(text)
-        if cut is not None:
+        found = self._first_stop(text)
+        if found is not None:
+            cut, self.matched_stop = found
             self.stopped = True
             self._held = ""
             return text[:cut]
@@ -66,9 +70,10 @@ class TextStream:
         self._held = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]
 
-    def _first_stop(self, text: str) -> int | None:
-        positions = [i for i in (text.find(s) for s in self._stops) if i >= 0]
-        return min(positions) if positions else None
+    def _first_stop(self, text: str) -> tuple[int, str] | None:
+        """Where the first stop string in ``text`` starts, and which it is."""
+        found = [(i, stop) for stop in self._stops if (i := text.find(stop)) >= 0]
+        return min(found, key=lambda pair: pair[0]) if found else None
 
     def _partial_stop_suffix(self, text: str) -> int:
         """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""

@@ -115,5 +115,7 @@ class TokenEvent:
     # Prompt tokens whose KV was reused instead of computed (OpenAI's cached_tokens).
     cached_tokens: int = 0
     error: str | None = None
+    # The stop string that ended the sequence (finish_reason "stop"; None: end of generation).
+    stop_sequence: str | None = None
     # The tokens whose text is complete as of this event (only when logprobs were asked).
     logprobs: tuple[TokenLogprob, ...] = ()

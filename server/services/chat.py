@@ -53,6 +53,8 @@ class ChatAnswer:
     logprobs: tuple[TokenLogprob, ...] = ()
     # The thinking split from the answer; None when the model's output is not split.
     reasoning: str | None = None
+    # The stop string that ended the answer, if one did.
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class ChatEvent:
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: ChatFinish | None = None
     reasoning: str = ""
+    stop_sequence: str | None = None
 
 
 class ChatService:
@@ -108,9 +111,10 @@ class ChatService:
             spec.max_tokens,
             handle.config.defaults.max_tokens,
             len(tokens),
-            handle.n_ctx,
+            min(handle.n_ctx, spec.context_limit or handle.n_ctx),
             param="messages",
             caps=(handle.config.max_tokens_cap, caller.cap_per_job(spec.n)),
+            clamp=spec.clamp_max_tokens,
         )
         if grammar is not None and (problem := handle.check_grammar(grammar)) is not None:
             raise InvalidRequestError(
@@ -196,6 +200,7 @@ class ChatService:
         thoughts: list[list[str]] = [[] for _ in run.jobs]
         logprobs: list[list[TokenLogprob]] = [[] for _ in run.jobs]
         reasons: dict[int, str] = {}
+        stops: dict[int, str | None] = {}
         async for index, event in run.events():
             thought, piece = splits.feed(index, event)
             thoughts[index].append(thought)
@@ -204,6 +209,7 @@ class ChatService:
             if event.finish_reason is not None:
                 check_finish(event)
                 reasons[index] = event.finish_reason
+                stops[index] = event.stop_sequence
         answers = []
         for index in range(len(run.jobs)):
             text = "".join(texts[index])
@@ -221,7 +227,15 @@ class ChatService:
                     finish = "tool_calls" if finish == "stop" else finish
             reasoning = "".join(thoughts[index]) if run.think_start is not None else None
             answers.append(
-                ChatAnswer(index, content, calls, finish, tuple(logprobs[index]), reasoning)
+                ChatAnswer(
+                    index,
+                    content,
+                    calls,
+                    finish,
+                    tuple(logprobs[index]),
+                    reasoning,
+                    stops.get(index),
+                )
             )
         return answers
 
@@ -244,7 +258,7 @@ class ChatService:
                 reason: ChatFinish = normal_finish(event.finish_reason)
                 if parser is not None and parser.calls and reason == "stop":
                     reason = "tool_calls"
-                yield ChatEvent(index, finish_reason=reason)
+                yield ChatEvent(index, finish_reason=reason, stop_sequence=event.stop_sequence)
 
     def _template_for(self, handle: ModelHandle) -> ChatTemplate:
         template = self._templates.get(handle.name)

@@ -69,9 +69,10 @@ class CompletionService:
                 spec.max_tokens,
                 default,
                 len(prompt.tokens),
-                handle.n_ctx,
+                min(handle.n_ctx, spec.context_limit or handle.n_ctx),
                 param="prompt",
                 caps=(handle.config.max_tokens_cap, key_cap),
+                clamp=spec.clamp_max_tokens,
             )
             jobs += choice_jobs(
                 request_id,

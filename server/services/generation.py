@@ -266,6 +266,7 @@ class ChoiceResult:
     queue_seconds: float
     cached_tokens: int
     logprobs: tuple[TokenLogprob, ...] = ()
+    stop_sequence: str | None = None
 
     @classmethod
     def of(
@@ -281,6 +282,7 @@ class ChoiceResult:
             final.queue_seconds,
             final.cached_tokens,
             logprobs,
+            final.stop_sequence,
         )
 
 

@@ -37,10 +37,12 @@ def completion_budget(
     *,
     param: str,
     caps: tuple[int | None, ...] = (),
+    clamp: bool = False,
 ) -> int:
     """How many tokens may be generated. The prompt must leave room for at least one token,
-    and an explicit max_tokens must fit beside the prompt (as OpenAI answers). ``caps`` (the
-    model's and the API key's max_tokens_cap) lower the result, whatever was asked."""
+    and an explicit max_tokens must fit beside the prompt (as OpenAI answers), unless
+    ``clamp``: then it is a ceiling, lowered to the room left. ``caps`` (the model's and the
+    API key's max_tokens_cap) lower the result, whatever was asked."""
     room = n_ctx - prompt_tokens
     if room < 1:
         raise ContextLengthExceededError(
@@ -48,7 +50,7 @@ def completion_budget(
             f"{prompt_tokens} tokens. Shorten the prompt.",
             param=param,
         )
-    if requested is not None and requested > room:
+    if requested is not None and requested > room and not clamp:
         raise ContextLengthExceededError(
             f"This model's maximum context length is {n_ctx} tokens. However, you requested "
             f"{prompt_tokens + requested} tokens ({prompt_tokens} in the prompt, {requested} "

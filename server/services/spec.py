@@ -106,6 +106,11 @@ class GenerationSpec:
     # The length when neither the request nor the model's defaults set one (None: all the
     # context leaves room for).
     fallback_max_tokens: int | None = None
+    # max_tokens as a ceiling: more than the context leaves is cut to what it leaves, not a
+    # 400 (Anthropic's and Ollama's clients send large fixed values, such as 32000).
+    clamp_max_tokens: bool = False
+    # The context the request may use, if less than the model's (Ollama's num_ctx).
+    context_limit: int | None = None
     sampling: Sampling = field(default_factory=Sampling)
     n: int = 1
     tools: tuple[FunctionTool, ...] = ()

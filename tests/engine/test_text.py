@@ -64,6 +64,15 @@ def test_partial_stop_prefix_is_flushed_at_the_end() -> None:
 def test_earliest_of_several_stop_strings_wins() -> None:
     stream = TextStream(stop=["cat", "bird"])
     assert stream.push(b"a bird and a cat") == "a "
+    assert stream.matched_stop == "bird"
+
+
+def test_the_stop_string_that_matched_is_known_only_once_stopped() -> None:
+    stream = TextStream(stop=["###", "END"])
+    stream.push(b"one #")
+    assert stream.matched_stop is None
+    stream.push(b"##")
+    assert stream.matched_stop == "###"
 
 
 def test_stop_string_made_of_multibyte_characters() -> None:

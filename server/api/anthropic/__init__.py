@@ -1,0 +1,1 @@
+"""Anthropic's Messages API, as an adapter over the one generation pipeline."""
