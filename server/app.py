@@ -15,6 +15,8 @@ from server.api.anthropic import messages
 from server.api.errors import install_error_handlers
 from server.api.gateway import REQUEST_ID_HEADER, Gateway
 from server.api.limits import BodySizeLimit
+from server.api.ollama import generation as ollama_generation
+from server.api.ollama import models as ollama_models
 from server.api.openai import chat, completions, embeddings, responses
 from server.errors import HearthError
 from server.settings import Settings
@@ -68,6 +70,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(responses.router)
     app.include_router(embeddings.router)
     app.include_router(messages.router)
+    app.include_router(ollama_generation.router)
+    app.include_router(ollama_models.router)
     app.include_router(tokens.router)
     app.include_router(models.router)
     app.include_router(health.router)

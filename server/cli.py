@@ -108,7 +108,7 @@ def serve(settings: Settings) -> None:
     from server.app import create_app
     from server.logs import configure_logging
     from server.services.response_store import StoreError
-    from server.serving import build_server
+    from server.serving import build_server, listening_sockets
     from server.state import build_keys, open_response_store
 
     build_keys(settings)  # a bad keys file stops here, before the server starts
@@ -117,7 +117,8 @@ def serve(settings: Settings) -> None:
     except StoreError as exc:
         raise SystemExit(f"hearth: {exc}") from exc
     configure_logging(settings.log_level, settings.log_format)
-    build_server(create_app(settings), settings).run()
+    server = build_server(create_app(settings), settings)
+    server.run(sockets=listening_sockets(server, settings))
 
 
 def _loaded_on(server_url: str, key: str | None) -> dict[str, bool]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from types import FrameType
 from typing import Any
 
@@ -120,6 +121,16 @@ class DrainingServer(uvicorn.Server):
 
 # Time left, before the grace period ends, for stopped streams to send their last events.
 _FAREWELL_SECONDS = 2.0
+
+
+def listening_sockets(server: uvicorn.Server, settings: Settings) -> list[socket.socket] | None:
+    """The sockets to serve on when ``ollama_port`` is set (the same app on both ports);
+    None lets uvicorn bind ``port`` alone."""
+    if settings.ollama_port is None:
+        return None
+    config = server.config
+    second = uvicorn.Config(config.app, host=config.host, port=settings.ollama_port)
+    return [config.bind_socket(), second.bind_socket()]
 
 
 def build_server(app: FastAPI, settings: Settings, *, port: int | None = None) -> DrainingServer:

@@ -11,6 +11,7 @@ from server.services.chat import ChatService
 from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
 from server.services.generation import RunLimits
+from server.services.model_info import ModelInfo
 from server.services.prep import PrepExecutor
 from server.services.response_store import ResponseStore
 from server.services.tokens import TokenService
@@ -35,6 +36,7 @@ class AppState:
     upstream: UpstreamService
     prep: PrepExecutor
     responses: ResponseStore
+    model_info: ModelInfo
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -59,6 +61,7 @@ class AppState:
             UpstreamService(),
             prep,
             open_response_store(settings),
+            ModelInfo(registry, settings),
         )
 
     def begin_shutdown(self) -> None:

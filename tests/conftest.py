@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.models.sources import CATALOG
-from server.serving import build_server
+from server.serving import build_server, listening_sockets
 from server.settings import Settings, load_settings
 
 MODELS_DIR = load_settings(None).models_dir.expanduser()
@@ -95,7 +95,10 @@ class LiveServer:
         self.port = free_port()
         settings = (settings or make_settings()).model_copy(update={"log_level": "warning"})
         self.server = build_server(app, settings, port=self.port)
-        self._thread = threading.Thread(target=self.server.run, daemon=True)
+        sockets = listening_sockets(self.server, settings)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": sockets}, daemon=True
+        )
 
     @property
     def base_url(self) -> str:

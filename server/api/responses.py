@@ -7,7 +7,9 @@ run in the tests, know every answer the server gives.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from server.protocol.common import ErrorResponse
 
@@ -54,5 +56,55 @@ GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The completion, or with `stream: true` a stream of Server-Sent Events "
         "whose data are chunks, ending with `data: [DONE]`.",
         "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+    },
+}
+
+
+class _AnthropicErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """``{"type": "error", "error": {"type", "message"}}``, as Anthropic sends it."""
+
+    type: Literal["error"] = "error"
+    error: _AnthropicErrorBody
+
+
+class OllamaError(BaseModel):
+    """``{"error": "message"}``, as Ollama sends it."""
+
+    error: str
+
+
+ANTHROPIC_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": AnthropicError, "description": description}
+    for status, description in {
+        **_ERROR_STATUSES,
+        408: "The request ran past request_timeout.",
+    }.items()
+}
+ANTHROPIC_GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ANTHROPIC_ERROR_RESPONSES,
+    200: {
+        "description": "The message, or with `stream: true` Anthropic's stream of named "
+        "events (message_start ... message_stop, or error).",
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}},
+    },
+}
+OLLAMA_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": OllamaError, "description": description}
+    for status, description in {
+        **_ERROR_STATUSES,
+        408: "The request ran past request_timeout.",
+    }.items()
+}
+OLLAMA_GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **OLLAMA_ERROR_RESPONSES,
+    200: {
+        "description": "One object, or by default NDJSON: one object a line, the last with "
+        '`"done": true` (or `{"error": ...}` after a failure).',
+        "content": {"application/x-ndjson": {"schema": {"type": "object"}}},
     },
 }

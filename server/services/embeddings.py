@@ -25,6 +25,8 @@ class EmbeddingSpec:
     # Keep the first N dimensions (renormalized); None: all.
     dimensions: int | None = None
     keep_alive: float | None = None
+    # An input longer than the model's context is cut to fit (Ollama's ``truncate``), not a 400.
+    truncate: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class EmbeddingService:
                 "config)",
                 param="model",
             )
-        inputs = await self._prep.run(_tokenized_inputs, handle, spec.input)
+        inputs = await self._prep.run(_tokenized_inputs, handle, spec.input, spec.truncate)
         tokens = sum(len(i) for i in inputs)
         if caller.ledger is not None:  # counted before the work: over the limit is a 429
             caller.ledger.meter(tokens)
@@ -68,7 +70,9 @@ class EmbeddingService:
         return Embeddings(handle.name, [_unit(v[:keep] if keep else v) for v in vectors], tokens)
 
 
-def _tokenized_inputs(handle: ModelHandle, value: EmbeddingInput) -> list[list[int]]:
+def _tokenized_inputs(
+    handle: ModelHandle, value: EmbeddingInput, truncate: bool = False
+) -> list[list[int]]:
     single = isinstance(value, str) or isinstance(value[0], int)
     items: list[str | list[int]] = [value] if single else list(value)  # type: ignore[list-item,arg-type]
     inputs: list[list[int]] = []
@@ -79,6 +83,8 @@ def _tokenized_inputs(handle: ModelHandle, value: EmbeddingInput) -> list[list[i
         else:
             tokens = list(item)
             check_token_ids(tokens, handle.n_vocab, param="input")
+        if len(tokens) > handle.n_ctx and truncate:
+            tokens = tokens[: handle.n_ctx]
         if len(tokens) > handle.n_ctx:
             raise ContextLengthExceededError(
                 f"input {i} has {len(tokens)} tokens; model '{handle.name}' embeds at most "

@@ -22,7 +22,10 @@ from schemathesis.specs.openapi.checks import (
 from server.app import create_app
 from tests.conftest import LiveServer, make_settings
 
-PATHS = r"^/(v1/(chat/completions|completions|embeddings)|tokenize|detokenize)$"
+PATHS = (
+    r"^/(v1/(chat/completions|completions|embeddings|messages|messages/count_tokens)"
+    r"|api/(chat|generate|embed|show)|tokenize|detokenize)$"
+)
 MAX_TOKENS = 4
 CHECKS = [
     not_a_server_error,
@@ -47,6 +50,11 @@ schema.config.generation.update(
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     if isinstance(body, dict):
         body["model"] = "smollm2"
+        options = body.get("options")
+        if isinstance(options, dict):  # Ollama's length
+            options["num_predict"] = MAX_TOKENS
+        elif ("options" not in body and "messages" in body) or "prompt" in body:
+            body["options"] = {"num_predict": MAX_TOKENS}
         for field in ("max_tokens", "max_completion_tokens"):
             value = body.get(field)
             if field not in body and field != "max_tokens":

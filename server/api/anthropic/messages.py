@@ -30,6 +30,7 @@ from server.api.anthropic.convert import (
 )
 from server.api.deps import Context, State
 from server.api.errors import error_payload
+from server.api.responses import ANTHROPIC_ERROR_RESPONSES, ANTHROPIC_GENERATION_RESPONSES
 from server.api.runner import serve
 from server.api.sse import named_event_stream
 from server.errors import HearthError, InvalidRequestError
@@ -50,12 +51,14 @@ logger = logging.getLogger(__name__)
 router = APIRouter(tags=["anthropic"])
 
 
-@router.post("/v1/messages", response_model=Message)
+@router.post("/v1/messages", response_model=Message, responses=ANTHROPIC_GENERATION_RESPONSES)
 async def create_message(body: MessageRequest, request: Request, state: State) -> Any:
     return await serve(MessagesAdapter(body, state), request, state)
 
 
-@router.post("/v1/messages/count_tokens", response_model=TokenCount)
+@router.post(
+    "/v1/messages/count_tokens", response_model=TokenCount, responses=ANTHROPIC_ERROR_RESPONSES
+)
 async def count_tokens(body: CountTokensRequest, state: State, context: Context) -> TokenCount:
     _local_only(state, body.model)
     keep = state.settings.keep_billing_header

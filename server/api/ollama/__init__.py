@@ -1,0 +1,1 @@
+"""Ollama's native API (/api/*), as adapters over the one generation pipeline."""
