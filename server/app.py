@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(
         title="Hearth",
-        summary="An OpenAI-compatible server for local GGUF models",
+        summary="A server for local GGUF models that speaks the OpenAI, Anthropic and Ollama APIs",
         version="0.1.0",
         lifespan=lifespan,
     )

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from anthropic.types import RawContentBlockDeltaEvent, RawMessageStreamEvent, ThinkingDelta
 from fastapi.testclient import TestClient
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
@@ -130,3 +131,49 @@ def test_template_kwargs_reach_the_template(client: TestClient) -> None:
     # Without "<think>\n" at the end of the prompt the output does not start as reasoning.
     assert plain["usage"]["prompt_tokens"] < thinking["usage"]["prompt_tokens"]
     assert plain["choices"][0]["message"].get("reasoning_content") in (None, "")
+
+
+def test_anthropic_thinking_comes_back_as_thinking_blocks(client: TestClient) -> None:
+    body: dict[str, Any] = {
+        "model": "thinker",
+        "max_tokens": 12,
+        "temperature": 0,
+        "messages": QUESTION,
+    }
+    thinking = client.post(
+        "/v1/messages", json={**body, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    )
+    blocks = thinking.json()["content"]
+    # SmolLM2 never closes the block it was put in unless pushed: all of it is thinking.
+    assert blocks[0]["type"] == "thinking"
+    assert blocks[0]["thinking"]
+    assert blocks[0]["signature"] == ""
+    plain = client.post("/v1/messages", json={**body, "thinking": {"type": "disabled"}})
+    assert [b["type"] for b in plain.json()["content"]] == ["text"]
+    adapter: TypeAdapter[RawMessageStreamEvent] = TypeAdapter(RawMessageStreamEvent)
+    streamed = []
+    body = {**body, "stream": True, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    with client.stream("POST", "/v1/messages", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and '"ping"' not in line:
+                streamed.append(adapter.validate_json(line[6:]))
+    deltas = [e.delta for e in streamed if isinstance(e, RawContentBlockDeltaEvent)]
+    assert all(isinstance(d, ThinkingDelta) for d in deltas)
+    assert (
+        "".join(d.thinking for d in deltas if isinstance(d, ThinkingDelta)) == blocks[0]["thinking"]
+    )
+
+
+def test_ollama_think_returns_the_thinking_apart(client: TestClient) -> None:
+    body: dict[str, Any] = {
+        "model": "thinker",
+        "messages": QUESTION,
+        "stream": False,
+        "options": {"temperature": 0, "num_predict": 12},
+    }
+    thinking = client.post("/api/chat", json={**body, "think": True}).json()["message"]
+    assert thinking["thinking"]
+    assert thinking["content"] == ""
+    plain = client.post("/api/chat", json={**body, "think": False}).json()["message"]
+    assert "thinking" not in plain
+    assert plain["content"]
