@@ -124,3 +124,32 @@ def test_a_store_that_fails_under_the_server_still_answers() -> None:
         with fresh.stream("POST", "/v1/responses", json={**body, "stream": True}) as streamed:
             kinds = [line for line in streamed.iter_lines() if line.startswith("event:")]
         assert kinds[-1] in ("event: response.completed", "event: response.incomplete")
+
+
+def test_input_items_are_bounded_even_when_the_model_never_sees_them(
+    client: TestClient,
+) -> None:
+    limit = client.app.state.hearth.settings.max_messages  # type: ignore[attr-defined]
+    body = {"model": "smollm2", "input": [{}] * (limit + 1), "max_output_tokens": 2}
+    answer = client.post("/v1/responses", json=body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "too_many_messages"
+
+
+def test_an_unexpected_failure_mid_stream_ends_with_response_failed(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = client.app.state.hearth.chat  # type: ignore[attr-defined]
+    real = chat.events
+
+    async def breaks(run: Any) -> Any:
+        async for piece in real(run):
+            yield piece
+            raise RuntimeError("a bug after the first piece")
+
+    monkeypatch.setattr(chat, "events", breaks)
+    body = {"model": "smollm2", "input": "Hi", "max_output_tokens": 8, "stream": True}
+    with client.stream("POST", "/v1/responses", json=body) as streamed:
+        kinds = [line[7:] for line in streamed.iter_lines() if line.startswith("event: ")]
+    assert kinds[0] == "response.created"
+    assert kinds[-1] == "response.failed"

@@ -147,6 +147,14 @@ class ResponsesAdapter:
         self.id = _new_id("resp")
         self.created_at = int(time.time())
         self.history: list[dict[str, Any]] = []  # the stored conversation continued
+        # Every item is kept and stored, even of types that never reach the model: bounded.
+        limit = state.settings.max_messages
+        if isinstance(body.input, list) and len(body.input) > limit:
+            raise InvalidRequestError(
+                f"input has {len(body.input)} items; at most {limit} are allowed",
+                param="input",
+                code="too_many_messages",
+            )
         self.input_items = _input_items(body.input)
         self.tools = _function_tools(body.tools or [])
 
@@ -360,7 +368,10 @@ class ResponsesAdapter:
             await self.keep(response)
             kind = "response.incomplete" if status == "incomplete" else "response.completed"
             yield event(kind, response=response.model_dump(mode="json"))
-        except HearthError as exc:
+        except Exception as exc:
+            if not isinstance(exc, HearthError):  # a bug: logged, and the stream still ends
+                logger.exception("response stream failed")
+                exc = HearthError("internal server error", code="server_error")
             for e in close("incomplete"):
                 yield e
             failed = self.response(run, output, "failed")
