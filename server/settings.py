@@ -272,13 +272,19 @@ class Settings(BaseSettings):
         description="The SQLite database of stored responses (the Responses API's `store`).",
     )
     responses_max_count: int = Field(
-        10_000, ge=1, description="Stored responses kept at most; the oldest go first."
+        10_000,
+        ge=1,
+        description="Stored responses kept at most; past it, the oldest of the API key "
+        "holding the most go first.",
     )
     responses_max_age: float = Field(
         30 * 86_400, gt=0, description="Seconds a stored response is kept."
     )
     responses_max_bytes: int = Field(
-        1 << 30, ge=1, description="Bytes of stored responses kept at most; the oldest go first."
+        1 << 30,
+        ge=1,
+        description="Bytes of stored responses kept at most; past it, the oldest of the API "
+        "key holding the most go first.",
     )
     slots: int | None = Field(
         None, ge=1, le=64, description="Override every model's `slots` (sequences per batch)."

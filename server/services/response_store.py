@@ -2,8 +2,9 @@
 
 One row per response: who made it (the API key's name, "" without keys), when, the response
 as returned, the request's input items, and the whole conversation up to and including its
-output (what ``previous_response_id`` replays). Bounded by count, age and bytes, oldest out
-first.
+output (what ``previous_response_id`` replays). Bounded by age, and by count and bytes: past
+either bound, the oldest responses of the owner that holds the most go first, so that one API
+key storing a flood of responses evicts its own, not everyone else's.
 WAL mode, one connection used under a lock from worker threads, so the event loop never
 waits on the disk.
 """
@@ -26,9 +27,14 @@ CREATE TABLE IF NOT EXISTS responses (
     created_at REAL NOT NULL,
     response TEXT NOT NULL,
     input_items TEXT NOT NULL,
-    history TEXT NOT NULL
+    history TEXT NOT NULL,
+    size INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS responses_created ON responses (created_at);
+"""
+# Covers the per-owner totals and each owner's oldest, so eviction never reads the texts.
+_OWNER_INDEX = """
+CREATE INDEX IF NOT EXISTS responses_owner ON responses (owner, created_at, size);
 """
 
 
@@ -63,10 +69,22 @@ class ResponseStore:
             if problems != [("ok",)]:
                 raise StoreError(f"the response store {path} is damaged: {problems[:3]}")
             self._db.executescript(_SCHEMA)
+            self._add_sizes()
+            self._db.executescript(_OWNER_INDEX)
             self._db.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the response store {path}: {exc}") from exc
         path.chmod(0o600)
+
+    def _add_sizes(self) -> None:
+        """A store from before sizes were kept: add the column and fill it in, once."""
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(responses)")]
+        if "size" not in columns:
+            self._db.execute("ALTER TABLE responses ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+            self._db.execute(
+                "UPDATE responses SET size = "
+                "length(response) + length(input_items) + length(history)"
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -89,31 +107,37 @@ class ResponseStore:
 
     def _insert(self, stored: StoredResponse) -> None:
         now = time.time()
+        texts = (
+            json.dumps(stored.response),
+            json.dumps(stored.input_items),
+            json.dumps(stored.history),
+        )
         with self._lock, self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    stored.id,
-                    stored.owner,
-                    now,
-                    json.dumps(stored.response),
-                    json.dumps(stored.input_items),
-                    json.dumps(stored.history),
-                ),
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (stored.id, stored.owner, now, *texts, sum(len(t) for t in texts)),
             )
             self._db.execute("DELETE FROM responses WHERE created_at < ?", (now - self.max_age,))
+            self._evict()
+
+    def _evict(self) -> None:
+        """Within max_count and max_bytes: while over either, the oldest response of the
+        owner holding the most of it goes (a conversation's history is stored with each of
+        its responses, so long chains add up)."""
+        while True:
+            count, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM responses"
+            ).fetchone()
+            if count <= self.max_count and size <= self.max_bytes:
+                return
+            by = "COUNT(*)" if count > self.max_count else "SUM(size)"
+            (owner,) = self._db.execute(
+                f"SELECT owner FROM responses GROUP BY owner ORDER BY {by} DESC LIMIT 1"
+            ).fetchone()
             self._db.execute(
-                "DELETE FROM responses WHERE id IN (SELECT id FROM responses "
-                "ORDER BY created_at DESC LIMIT -1 OFFSET ?)",
-                (self.max_count,),
-            )
-            # Within max_bytes of stored text, the newest kept (a conversation's history is
-            # stored with each of its responses, so long chains add up).
-            self._db.execute(
-                "DELETE FROM responses WHERE id IN (SELECT id FROM (SELECT id, SUM("
-                "length(response) + length(input_items) + length(history)) OVER ("
-                "ORDER BY created_at DESC, rowid DESC) AS kept FROM responses) WHERE kept > ?)",
-                (self.max_bytes,),
+                "DELETE FROM responses WHERE rowid = (SELECT rowid FROM responses "
+                "WHERE owner = ? ORDER BY created_at, rowid LIMIT 1)",
+                (owner,),
             )
 
     def _get(self, response_id: str, owner: str) -> StoredResponse | None:

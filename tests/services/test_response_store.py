@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,4 +99,40 @@ def test_a_failed_write_is_a_store_error_not_a_database_error(tmp_path: Path) ->
     store._db.execute("DROP TABLE responses")  # the file changed under the server
     with pytest.raises(StoreError, match="cannot store response resp_1"):
         asyncio.run(store.put(stored("resp_1")))
+    store.close()
+
+
+def test_a_flooding_owner_evicts_its_own_responses_not_others(tmp_path: Path) -> None:
+    store = ResponseStore(tmp_path / "r.sqlite3", max_count=4, max_age=3600, max_bytes=10_000)
+    asyncio.run(store.put(stored("resp_team", owner="team")))
+    for i in range(10):
+        asyncio.run(store.put(stored(f"resp_flood_{i}", owner="flood")))
+    assert asyncio.run(store.get("resp_team", "team")) is not None
+    assert asyncio.run(store.get("resp_flood_9", "flood")) is not None
+    assert asyncio.run(store.get("resp_flood_5", "flood")) is None
+    big = StoredResponse("resp_big", "flood", {"text": "x" * 9000}, [], [])
+    asyncio.run(store.put(big))  # over the bytes: the flood's own oldest go
+    assert asyncio.run(store.get("resp_team", "team")) is not None
+    assert asyncio.run(store.get("resp_big", "flood")) is not None
+    store.close()
+
+
+def test_a_store_from_before_sizes_were_kept_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE responses (id TEXT PRIMARY KEY, owner TEXT NOT NULL, created_at REAL "
+        "NOT NULL, response TEXT NOT NULL, input_items TEXT NOT NULL, history TEXT NOT NULL);"
+    )
+    db.execute(
+        "INSERT INTO responses VALUES ('resp_old', '', ?, '{\"a\": 1}', '[]', '[]')",
+        (time.time(),),
+    )
+    db.commit()
+    db.close()
+    store = ResponseStore(path, max_count=10, max_age=3600, max_bytes=1000)
+    assert asyncio.run(store.get("resp_old", "")) is not None
+    (size,) = store._db.execute("SELECT size FROM responses").fetchone()
+    assert size == len('{"a": 1}') + 4
+    asyncio.run(store.put(stored("resp_new")))
     store.close()
