@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Sequence
 
+from server.engine.backend import Backend
 from server.engine.core import (
-    Backend,
     EventSink,
     SchedulerCore,
     SchedulerStats,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from server.engine.backend import Backend
 from server.engine.core import (
-    Backend,
     SchedulerCore,
     SchedulerStats,
     Ticket,

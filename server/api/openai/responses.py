@@ -13,8 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
-import secrets
 import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -24,6 +22,19 @@ from fastapi import Response as HTTPResponse
 from fastapi.responses import JSONResponse
 
 from server.api.deps import State, context_of
+from server.api.openai.response_items import (
+    call_item,
+    function_tools,
+    input_items_of,
+    message_item,
+    new_id,
+    output_format_of,
+    reasoning_item,
+    template_kwargs_of,
+    tool_choice_of,
+    tool_echo,
+    turns_of,
+)
 from server.api.responses import ERROR_RESPONSES, GENERATION_RESPONSES
 from server.api.runner import serve
 from server.api.sse import named_event_stream
@@ -48,12 +59,8 @@ from server.protocol.responses import (
 from server.services.generation import Caller, Run
 from server.services.response_store import StoredResponse, StoreError
 from server.services.spec import (
-    FunctionTool,
     GenerationSpec,
-    OutputFormat,
-    PastCall,
     Sampling,
-    ToolChoice,
     Turn,
 )
 from server.state import AppState
@@ -63,8 +70,6 @@ router = APIRouter(tags=["responses"])
 
 # The most conversation a stored response keeps for previous_response_id to replay.
 HISTORY_LIMIT = 32 << 20
-_FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
 
 
 @router.post("/v1/responses", response_model=Response, responses=GENERATION_RESPONSES)
@@ -135,16 +140,12 @@ def _not_found(response_id: str) -> NotFoundError:
     return NotFoundError(f"Response with id '{response_id}' not found.", param="response_id")
 
 
-def _new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(24)}"
-
-
 class ResponsesAdapter:
     def __init__(self, body: ResponseRequest, state: AppState, context: RequestContext) -> None:
         self.body = body
         self.state = state
         self.context = context
-        self.id = _new_id("resp")
+        self.id = new_id("resp")
         self.created_at = int(time.time())
         self.history: list[dict[str, Any]] = []  # the stored conversation continued
         # Every item is kept and stored, even of types that never reach the model: bounded.
@@ -155,8 +156,8 @@ class ResponsesAdapter:
                 param="input",
                 code="too_many_messages",
             )
-        self.input_items = _input_items(body.input)
-        self.tools = _function_tools(body.tools or [])
+        self.input_items = input_items_of(body.input)
+        self.tools = function_tools(body.tools or [])
 
     @property
     def stream(self) -> bool:
@@ -204,8 +205,8 @@ class ResponsesAdapter:
         turns: list[Turn] = []
         if body.instructions:
             turns.append(Turn("system", body.instructions))
-        turns += _turns(self.history, "previous_response_id")
-        turns += _turns(self.input_items, "input")
+        turns += turns_of(self.history, "previous_response_id")
+        turns += turns_of(self.input_items, "input")
         if not turns:
             raise InvalidRequestError("input has no messages", param="input")
         return GenerationSpec(
@@ -214,10 +215,10 @@ class ResponsesAdapter:
             max_tokens=body.max_output_tokens,
             sampling=Sampling(temperature=body.temperature, top_p=body.top_p),
             tools=self.tools,
-            tool_choice=_tool_choice(body.tool_choice) if self.tools else None,
+            tool_choice=tool_choice_of(body.tool_choice) if self.tools else None,
             parallel_tool_calls=body.parallel_tool_calls is not False,
-            output=_output_format(body),
-            template_kwargs=_template_kwargs(body),
+            output=output_format_of(body),
+            template_kwargs=template_kwargs_of(body),
             priority=body.priority,
             keep_alive=body.keep_alive_seconds,
             user=body.user,
@@ -230,11 +231,11 @@ class ResponsesAdapter:
         status = "incomplete" if answer.finish_reason == "length" else "completed"
         output: list[dict[str, Any]] = []
         if answer.reasoning:
-            output.append(_reasoning(_new_id("rs"), answer.reasoning, "completed"))
+            output.append(reasoning_item(new_id("rs"), answer.reasoning, "completed"))
         if answer.content or not answer.calls:
-            output.append(_message(_new_id("msg"), answer.content or "", status))
+            output.append(message_item(new_id("msg"), answer.content or "", status))
         for call in answer.calls:
-            output.append(_call(_new_id("fc"), call.id, call.name, call.arguments, "completed"))
+            output.append(call_item(new_id("fc"), call.id, call.name, call.arguments, "completed"))
         response = self.response(run, output, status)
         await self.keep(response)
         return response
@@ -294,10 +295,10 @@ class ResponsesAdapter:
             nonlocal open_item
             part: dict[str, Any]
             if reasoning:
-                open_item = _reasoning(_new_id("rs"), "", "in_progress")
+                open_item = reasoning_item(new_id("rs"), "", "in_progress")
                 part = {"type": "reasoning_text", "text": ""}
             else:
-                open_item = _message(_new_id("msg"), "", "in_progress")
+                open_item = message_item(new_id("msg"), "", "in_progress")
                 part = {"type": "output_text", "text": "", "annotations": []}
             output.append(open_item)
             index = len(output) - 1
@@ -339,8 +340,8 @@ class ResponsesAdapter:
                     if delta.id is not None:  # a new call
                         for e in close("completed"):
                             yield e
-                        open_item = _call(
-                            _new_id("fc"), delta.id, delta.name or "", "", "in_progress"
+                        open_item = call_item(
+                            new_id("fc"), delta.id, delta.name or "", "", "in_progress"
                         )
                         output.append(open_item)
                         yield event(
@@ -420,7 +421,7 @@ class ResponsesAdapter:
                 else {"type": "text"}
             },
             tool_choice=body.tool_choice if body.tool_choice is not None else "auto",
-            tools=[_tool_echo(t) for t in self.tools],
+            tools=[tool_echo(t) for t in self.tools],
             top_p=body.top_p,
             truncation=body.truncation or "disabled",
             user=body.user,
@@ -445,222 +446,3 @@ class ResponsesAdapter:
             )
         except StoreError as exc:  # the answer still goes out; the failure is loud
             logger.error("%s", exc)
-
-
-# -- request items -------------------------------------------------------------------------
-
-
-def _input_items(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The request's input as items, each with an id (kept for ``input_items``)."""
-    if isinstance(value, str):
-        value = [{"type": "message", "role": "user", "content": value}]
-    items = []
-    for i, item in enumerate(value):
-        if not isinstance(item.get("id", ""), str) or not isinstance(item.get("type", ""), str):
-            raise InvalidRequestError(
-                f"input[{i}].id and input[{i}].type must be strings", param=f"input[{i}]"
-            )
-        kind = item.get("type") or ("message" if "role" in item else "")
-        items.append(
-            {
-                "id": item.get("id") or _new_id("msg" if kind == "message" else "item"),
-                **item,
-                "type": kind,
-            }
-        )
-    return items
-
-
-def _turns(items: list[dict[str, Any]], where: str) -> list[Turn]:
-    """Input (or stored) items as conversation turns. Reasoning items and item types Hearth
-    has no use for are skipped."""
-    turns: list[Turn] = []
-    for i, item in enumerate(items):
-        kind = item.get("type")
-        at = f"{where}[{i}]"
-        if kind == "message":
-            role = item.get("role")
-            if role not in ("user", "assistant", "system", "developer"):
-                raise InvalidRequestError(
-                    f"{at}.role must be user, assistant, system or developer", param=f"{at}.role"
-                )
-            # Chat templates know "system"; OpenAI's "developer" is that role.
-            role = "system" if role == "developer" else role
-            turns.append(Turn(role, _text(item.get("content"), f"{at}.content")))
-        elif kind in ("function_call", "custom_tool_call"):
-            name = item.get("name")
-            if not isinstance(name, str):
-                raise InvalidRequestError(f"{at}.name is required", param=f"{at}.name")
-            arguments = (
-                item.get("arguments", "{}")
-                if kind == "function_call"
-                else {"input": item.get("input", "")}
-            )
-            call = PastCall(name, arguments, _call_id(item, at))
-            last = turns[-1] if turns else None
-            if last is not None and last.role == "assistant":  # calls of one turn together
-                turns[-1] = Turn("assistant", last.content, tool_calls=(*last.tool_calls, call))
-            else:
-                turns.append(Turn("assistant", None, tool_calls=(call,)))
-        elif kind in ("function_call_output", "custom_tool_call_output"):
-            output = _text(item.get("output"), f"{at}.output")
-            turns.append(Turn("tool", output, tool_call_id=_call_id(item, at)))
-        else:
-            logger.debug("leaving out an input item of type %r", kind)
-    return turns
-
-
-def _call_id(item: dict[str, Any], where: str) -> str | None:
-    call_id = item.get("call_id")
-    if call_id is not None and not isinstance(call_id, str):
-        raise InvalidRequestError(f"{where}.call_id must be a string", param=f"{where}.call_id")
-    return call_id
-
-
-def _text(content: Any, where: str) -> str:
-    """A message's content (text, or text parts) as text; other parts are a 400."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise InvalidRequestError(f"{where} must be text or a list of parts", param=where)
-    texts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if isinstance(kind, str) and kind in _TEXT_PARTS and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            texts.append(part["refusal"])
-        else:
-            raise UnsupportedFeatureError(
-                f"{where}[{j}] is a part of type {kind!r}; only text parts are supported",
-                param=f"{where}[{j}]",
-            )
-    return "".join(texts)
-
-
-def _function_tools(tools: list[dict[str, Any]]) -> tuple[FunctionTool, ...]:
-    """Function tools, namespaces flattened; hosted tools are left out (logged)."""
-    functions: list[FunctionTool] = []
-    left_out: set[str] = set()
-    for i, tool in enumerate(tools):
-        kind = tool.get("type")
-        if kind == "function":
-            functions.append(_function(tool, f"tools[{i}]"))
-        elif kind == "namespace":
-            inner_tools = tool.get("tools") or []
-            if not isinstance(inner_tools, list):
-                raise InvalidRequestError(
-                    f"tools[{i}].tools must be a list of tools", param=f"tools[{i}].tools"
-                )
-            for j, inner in enumerate(inner_tools):
-                if isinstance(inner, dict) and inner.get("type", "function") == "function":
-                    functions.append(_function(inner, f"tools[{i}].tools[{j}]"))
-                else:
-                    left_out.add(str(inner.get("type") if isinstance(inner, dict) else inner))
-        else:
-            left_out.add(str(kind))
-    if left_out:
-        logger.info("leaving out tools Hearth cannot run: %s", ", ".join(sorted(left_out)))
-    return tuple(functions)
-
-
-def _function(tool: dict[str, Any], where: str) -> FunctionTool:
-    name = tool.get("name")
-    if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
-        raise InvalidRequestError(
-            f"{where}.name must be 1 to 64 letters, digits, '_' or '-'", param=f"{where}.name"
-        )
-    description, strict = tool.get("description"), tool.get("strict")
-    if description is not None and not isinstance(description, str):
-        raise InvalidRequestError(
-            f"{where}.description must be a string", param=f"{where}.description"
-        )
-    if strict is not None and not isinstance(strict, bool):
-        raise InvalidRequestError(f"{where}.strict must be true or false", param=f"{where}.strict")
-    parameters = tool.get("parameters")
-    if parameters is not None and not isinstance(parameters, dict):
-        raise InvalidRequestError(
-            f"{where}.parameters must be an object", param=f"{where}.parameters"
-        )
-    return FunctionTool(name, description, parameters, strict)
-
-
-def _tool_echo(tool: FunctionTool) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "name": tool.name,
-        "description": tool.description,
-        "parameters": tool.parameters,
-        "strict": tool.strict if tool.strict is not None else True,
-    }
-
-
-def _tool_choice(choice: str | dict[str, Any] | None) -> ToolChoice | None:
-    if choice is None:
-        return None
-    if isinstance(choice, str):
-        if choice not in ("auto", "none", "required"):
-            raise InvalidRequestError(
-                "tool_choice must be auto, none, required or a function", param="tool_choice"
-            )
-        return ToolChoice(choice)  # type: ignore[arg-type]
-    if choice.get("type") == "function":
-        name = choice.get("name")
-        if not isinstance(name, str):
-            raise InvalidRequestError("tool_choice.name is required", param="tool_choice.name")
-        return ToolChoice("function", name)
-    return ToolChoice("auto")  # a hosted tool: left out, so the model chooses
-
-
-def _template_kwargs(body: ResponseRequest) -> dict[str, Any]:
-    effort = (body.reasoning or {}).get("effort")
-    return {"reasoning_effort": effort} if isinstance(effort, str) else {}
-
-
-def _output_format(body: ResponseRequest) -> OutputFormat | None:
-    text_format = body.text.format if body.text is not None else None
-    if text_format is None or text_format.type == "text":
-        return None
-    if text_format.type == "json_object":
-        return OutputFormat("json_object")
-    if text_format.schema_ is None:
-        raise InvalidRequestError(
-            "text.format of type json_schema needs a schema", param="text.format.schema"
-        )
-    return OutputFormat("json_schema", text_format.schema_)
-
-
-# -- output items --------------------------------------------------------------------------
-
-
-def _message(item_id: str, text: str, status: str) -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "type": "message",
-        "status": status,
-        "role": "assistant",
-        "content": [{"type": "output_text", "text": text, "annotations": []}],
-    }
-
-
-def _reasoning(item_id: str, text: str, status: str) -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "type": "reasoning",
-        "status": status,
-        "summary": [],
-        "content": [{"type": "reasoning_text", "text": text}],
-    }
-
-
-def _call(item_id: str, call_id: str, name: str, arguments: str, status: str) -> dict[str, Any]:
-    return {
-        "id": item_id,
-        "type": "function_call",
-        "status": status,
-        "call_id": call_id,
-        "name": name,
-        "arguments": arguments,
-    }
