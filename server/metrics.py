@@ -40,6 +40,9 @@ class RunRecord:
     completion_id: str = ""
     choices: int = 1
     finish: str = ""
+    # Prompt lookup: tokens guessed, and those the model chose too.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -61,6 +64,8 @@ class RunRecord:
             if self.time_to_first_token is None
             else round(self.time_to_first_token, 3),
             "finish": self.finish,
+            "drafted": self.drafted_tokens or None,
+            "accepted": self.accepted_tokens if self.drafted_tokens else None,
         }
 
 
@@ -184,6 +189,12 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
         )
         for kind in CACHE_COUNTERS
     }
+    speculation = CounterMetricFamily(
+        "hearth_speculative_tokens",
+        "Prompt-lookup speculation: tokens guessed (drafted) and those the model chose too "
+        "(accepted).",
+        labels=["model", "kind"],
+    )
     state_bytes = GaugeMetricFamily(
         "hearth_kv_state_bytes", "Saved KV states, by where they are.", labels=["model", "store"]
     )
@@ -197,10 +208,12 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
             families[metric].add_metric([name], float(read(handle, stats)))
         for kind, family in cache.items():
             family.add_metric([name], stats.cache.get(kind, 0))
+        for kind in ("drafted", "accepted"):
+            speculation.add_metric([name, kind], stats.speculation.get(kind, 0))
         if stats.states is not None:
             for store in ("ram", "disk"):
                 state_bytes.add_metric([name, store], stats.states.get(f"{store}_bytes", 0))
                 state_evictions.add_metric([name, store], stats.states.get(f"{store}_evictions", 0))
     yield from families.values()
     yield from cache.values()
-    yield from (state_bytes, state_evictions)
+    yield from (speculation, state_bytes, state_evictions)

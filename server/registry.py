@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from server.engine.llama import LlamaBackend
+from server.engine.lookup import LookupSettings
 from server.engine.scheduler import Scheduler
 from server.engine.state_cache import StateCache
 from server.errors import (
@@ -257,6 +258,12 @@ class ModelRegistry:
             max_queue_per_owner=self._settings.max_queue_per_owner,
             prefill_chunk=config.prefill_chunk,
             queue_timeout=self._settings.queue_timeout,
+            lookup=LookupSettings(
+                enabled=config.effective_speculative,
+                max_draft=config.speculative.max_draft,
+                ngram=max(config.speculative.ngram, config.speculative.min_ngram),
+                min_ngram=config.speculative.min_ngram,
+            ),
         )
         scheduler.start()
         logger.info(

@@ -57,6 +57,29 @@ class SamplingDefaults(BaseModel):
     )
 
 
+class SpeculativeConfig(BaseModel):
+    """Prompt-lookup speculative decoding: tokens guessed from the prompt and the output so
+    far, checked in the same batch; the output is exactly plain decoding's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = Field(
+        None,
+        description="Guess tokens by prompt lookup. Unset: where the output stays exactly "
+        "plain decoding's, which llama.cpp gives on the CPU with flash attention on (without "
+        "it, a batch of one sequence's tokens is computed apart from single tokens).",
+    )
+    max_draft: int = Field(
+        8, ge=1, le=64, description="Most tokens guessed at once (and in one step, all together)."
+    )
+    ngram: int = Field(
+        3, ge=1, le=16, description="Tokens of the output's end looked up in its history."
+    )
+    min_ngram: int = Field(
+        2, ge=1, le=16, description="A shorter end tried when the longer is not found."
+    )
+
+
 class ModelConfig(BaseModel):
     """One ``[[models]]`` entry of the config file."""
 
@@ -144,6 +167,7 @@ class ModelConfig(BaseModel):
         "declares (embedding models do), else the mean of the tokens.",
     )
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    speculative: SpeculativeConfig = Field(default_factory=SpeculativeConfig)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -170,6 +194,15 @@ class ModelConfig(BaseModel):
         if self.flash_attn is not None:
             return self.flash_attn
         return "auto" if self.n_gpu_layers != 0 else "off"
+
+    @property
+    def effective_speculative(self) -> bool:
+        """Speculation as configured, else where it is exact: measured on the CPU, a batch of
+        one sequence's tokens gives exactly the logits of single tokens with flash attention
+        on, and logits up to 1.2 apart with it off (tests/api/test_speculative.py)."""
+        if self.speculative.enabled is not None:
+            return self.speculative.enabled
+        return self.n_gpu_layers == 0 and self.effective_flash_attn == "on"
 
     def effective_threads(self) -> int:
         return self.threads or os.cpu_count() or 1

@@ -25,6 +25,7 @@ from typing import Literal
 
 from server.engine.backend import Backend
 from server.engine.llama import BatchEntry
+from server.engine.lookup import DraftPolicy, LookupSettings, NgramIndex
 from server.engine.prefix import common_prefix_length
 from server.engine.queue import FairQueue
 from server.engine.saving import SavePolicy
@@ -74,6 +75,13 @@ class Ticket:
     cached_tokens: int = 0
     text: TextStream | None = None
     token_texts: TokenTexts | None = None  # only when logprobs are asked for
+    # Prompt lookup: the sequence's history indexed for guesses, how many it may guess, and
+    # the guess decoded this step (after last_token, at the next positions).
+    lookup: NgramIndex | None = None
+    drafts: DraftPolicy | None = None
+    draft: list[int] = field(default_factory=list)
+    drafted: int = 0
+    accepted: int = 0
 
     @property
     def in_slot(self) -> int:
@@ -115,7 +123,9 @@ class StepResult:
     """What the backend gave for a plan: a token (or the dead end that left none) for each
     sampled ticket, or the decode's error."""
 
-    tokens: tuple[int | SamplingDeadEnd, ...] = ()
+    # Per sampled ticket: the token it chose, or with a draft every token it chose in turn
+    # while they matched the draft (the first that differs, or one past the draft, ends it).
+    tokens: tuple[tuple[int, ...] | SamplingDeadEnd, ...] = ()
     error: str | None = None
 
 
@@ -129,6 +139,8 @@ class SchedulerStats:
     cache: Mapping[str, int]
     # The state cache's counters (bytes, evictions), if the model has one.
     states: Mapping[str, int] | None
+    # Prompt lookup: tokens guessed, and those of them the model chose too.
+    speculation: Mapping[str, int] = field(default_factory=dict)
 
 
 CACHE_COUNTERS = ("hits", "misses", "tokens_saved", "copies", "restores")
@@ -147,8 +159,10 @@ class SchedulerCore:
         queue_timeout: float = 60.0,
         state_cache: StateCache | None = None,
         name: str = "model",
+        lookup: LookupSettings | None = None,
     ) -> None:
         self._backend = backend
+        self._lookup = lookup if lookup is not None else LookupSettings(enabled=False)
         self._name = name
         self._prefill_chunk = max(1, min(prefill_chunk, backend.n_batch))
         self._queue_timeout = queue_timeout
@@ -163,6 +177,7 @@ class SchedulerCore:
         self._finished: Counter[str] = Counter()
         self._cache: Counter[str] = Counter(dict.fromkeys(CACHE_COUNTERS, 0))
         self._events: list[tuple[EventSink, TokenEvent]] = []
+        self._speculation: Counter[str] = Counter(drafted=0, accepted=0)
         self._idle_since: float | None = None
         # Set by drain(): everything queued ends "cancelled" at the next step.
         self._draining = False
@@ -224,6 +239,7 @@ class SchedulerCore:
         self._idle_since = None
         plan = StepPlan(idle=False)
         prefilling: list[Ticket] = []
+        decoding: list[Ticket] = []
         # In slot order: llama.cpp splits a batch whose sequences are out of order into
         # several micro-batches, which costs as much as decoding them one by one.
         for ticket in sorted(self._active, key=lambda t: t.in_slot):
@@ -235,11 +251,23 @@ class SchedulerCore:
             elif ticket.state is TicketState.PREFILLING:
                 prefilling.append(ticket)
             else:
-                entry = BatchEntry(ticket.in_slot, ticket.last_token, ticket.position, True)
-                plan.entries.append(entry)
-                ticket.fed.append(ticket.last_token)
-                ticket.position += 1
-                plan.sampled.append((ticket, len(plan.entries) - 1))
+                decoding.append(ticket)
+        # Guesses take batch room the prompts being read can spare: at most max_draft
+        # tokens in all per step, so a new request's prefill is never pushed back by much.
+        draft_room = min(
+            self._lookup.max_draft if self._lookup.enabled else 0,
+            self._backend.n_batch - len(decoding) - 1,
+        )
+        for ticket in decoding:
+            slot = ticket.in_slot
+            plan.entries.append(BatchEntry(slot, ticket.last_token, ticket.position, True))
+            plan.sampled.append((ticket, len(plan.entries) - 1))
+            ticket.fed.append(ticket.last_token)
+            ticket.position += 1
+            ticket.draft = self._draft(ticket, draft_room)
+            draft_room -= len(ticket.draft)
+            for i, token in enumerate(ticket.draft):
+                plan.entries.append(BatchEntry(slot, token, ticket.position + i, True))
         budget = min(self._prefill_chunk, self._backend.n_batch - len(plan.entries))
         for ticket in prefilling:
             prompt = ticket.request.prompt_tokens
@@ -265,12 +293,25 @@ class SchedulerCore:
             self._backend.decode(plan.entries)
         except RuntimeError as exc:
             return StepResult(error=str(exc))
-        tokens: list[int | SamplingDeadEnd] = []
+        tokens: list[tuple[int, ...] | SamplingDeadEnd] = []
         for ticket, index in plan.sampled:
+            chosen: list[int] = []
             try:
-                tokens.append(self._backend.sample(ticket.in_slot, index))
+                # Sample as plain decoding would, one position after another: each position's
+                # logits are right as long as every token before it is the one chosen. So the
+                # output is exactly plain decoding's, sampled or greedy, grammar or not; a
+                # point-mass guess is kept with the probability the model gives it, which is
+                # the speculative-sampling rule.
+                for offset in range(len(ticket.draft) + 1):
+                    token = self._backend.sample(ticket.in_slot, index + offset)
+                    chosen.append(token)
+                    if offset == len(ticket.draft) or token != ticket.draft[offset]:
+                        break
+                    if self._backend.is_end_of_generation(token):
+                        break
+                tokens.append(tuple(chosen))
             except SamplingDeadEnd as exc:
-                tokens.append(exc)
+                tokens.append(tuple(chosen) if chosen else exc)
         return StepResult(tuple(tokens))
 
     def update(self, plan: StepPlan, result: StepResult) -> None:
@@ -282,11 +323,29 @@ class SchedulerCore:
                 ticket.prefilled, ticket.fed = 0, []  # its cells are in an unknown state
                 self._retire(ticket, "error", error=result.error)
             return
-        for (ticket, index), token in zip(plan.sampled, result.tokens, strict=True):
-            if isinstance(token, SamplingDeadEnd):
-                self._retire(ticket, "invalid", error=str(token))
-            else:
-                self._advance(ticket, token, index)
+        for (ticket, index), chosen in zip(plan.sampled, result.tokens, strict=True):
+            if isinstance(chosen, SamplingDeadEnd):
+                self._retire(ticket, "invalid", error=str(chosen))
+                continue
+            draft, ticket.draft = ticket.draft, []
+            # The draft tokens the model chose too; their KV stays.
+            kept = len(chosen) - 1
+            if draft:
+                self._speculation["drafted"] += len(draft)
+                self._speculation["accepted"] += kept
+                ticket.drafted += len(draft)
+                ticket.accepted += kept
+                assert ticket.drafts is not None
+                ticket.drafts.record(len(draft), kept)
+                if kept < len(draft):  # the guesses after the last kept one hold wrong KV
+                    self._backend.truncate(ticket.in_slot, ticket.position + kept)
+            for offset, token in enumerate(chosen):
+                if offset > 0:  # a kept draft token: its KV is in the slot
+                    ticket.fed.append(chosen[offset - 1])
+                    ticket.position += 1
+                self._advance(ticket, token, index + offset)
+                if ticket.state is TicketState.FINISHED:
+                    break
 
     def step(self, now: float) -> list[tuple[EventSink, TokenEvent]]:
         """One whole step (what the driver does in three calls); returns its events."""
@@ -332,9 +391,35 @@ class SchedulerCore:
             finished=dict(self._finished),
             cache=dict(self._cache),
             states=states,
+            speculation=dict(self._speculation),
         )
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _draft(self, ticket: Ticket, room: int) -> list[int]:
+        """Tokens ``ticket`` may guess this step (prompt lookup), within ``room``."""
+        settings = self._lookup
+        if room <= 0 or not settings.enabled or not ticket.request.speculative:
+            return []
+        if ticket.drafts is None:
+            ticket.drafts = DraftPolicy(settings.max_draft)
+        allowance = ticket.drafts.allowance()
+        # Never past max_tokens or the context: the guess must fit what may still be written.
+        left = min(
+            ticket.request.max_tokens - ticket.generated - 1,
+            self._backend.n_ctx - ticket.position - 1,
+        )
+        limit = min(allowance, room, left)
+        if limit <= 0:
+            return []
+        prompt = ticket.request.prompt_tokens
+        if ticket.lookup is None:
+            sizes = range(settings.min_ngram, settings.ngram + 1)
+            ticket.lookup = NgramIndex([*prompt, *ticket.fed], sizes)
+        else:  # what was written since the last step
+            for token in ticket.fed[len(ticket.lookup) - len(prompt) :]:
+                ticket.lookup.append(token)
+        return ticket.lookup.draft(limit)
 
     def _expire_queued(self, now: float) -> None:
         """Drop queued tickets that were cancelled, waited too long, or passed their deadline."""
@@ -531,6 +616,8 @@ class SchedulerCore:
             error=error,
             logprobs=logprobs,
             stop_sequence=ticket.text.matched_stop if ticket.text is not None else None,
+            drafted_tokens=ticket.drafted,
+            accepted_tokens=ticket.accepted,
         )
         self._events.append((ticket.sink, event))
 

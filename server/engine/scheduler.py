@@ -23,6 +23,7 @@ from server.engine.core import (
     StepPlan,
     Ticket,
 )
+from server.engine.lookup import LookupSettings
 from server.engine.state_cache import StateCache
 from server.engine.types import GenerationRequest, TokenEvent
 from server.errors import EngineError, ShuttingDownError
@@ -43,6 +44,7 @@ class Scheduler:
         prefill_chunk: int = 512,
         queue_timeout: float = 60.0,
         state_cache: StateCache | None = None,
+        lookup: LookupSettings | None = None,
     ) -> None:
         self._name = name
         self._core = SchedulerCore(
@@ -53,6 +55,7 @@ class Scheduler:
             prefill_chunk=prefill_chunk,
             queue_timeout=queue_timeout,
             state_cache=state_cache,
+            lookup=lookup,
         )
         # Guards the core between the asyncio side (submit, cancel, stats) and the engine
         # thread, which holds it except while the backend decodes and while it delivers.

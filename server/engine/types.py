@@ -73,6 +73,8 @@ class GenerationRequest:
     # Whose cached prompts it may reuse: "" shares with every request of this scope; an API
     # key's scope keeps its prompts (and what cached_tokens reveals) from other keys.
     cache_scope: str = ""
+    # May guess tokens by prompt lookup (when the model's speculative settings allow it).
+    speculative: bool = True
 
 
 @dataclass(frozen=True)
@@ -117,5 +119,8 @@ class TokenEvent:
     error: str | None = None
     # The stop string that ended the sequence (finish_reason "stop"; None: end of generation).
     stop_sequence: str | None = None
+    # Prompt lookup, on a sequence's last event: tokens guessed, and those the model chose too.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
     # The tokens whose text is complete as of this event (only when logprobs were asked).
     logprobs: tuple[TokenLogprob, ...] = ()

@@ -182,6 +182,8 @@ class SamplingFields(WithKeepAlive):
     user: str | None = None
     # Not OpenAI's: a higher priority is admitted first among waiting requests.
     priority: int = Field(0, ge=-1000, le=1000)
+    # Not OpenAI's: false turns prompt-lookup speculation off for this request.
+    speculative: bool = True
 
     @field_validator("stop")
     @classmethod

@@ -228,6 +228,8 @@ class Run:
             completion_id=self.request_id,
             choices=len(self.jobs),
             finish=",".join(sorted({r.finish_reason for r in self.finals})) or "cancelled",
+            drafted_tokens=sum(r.drafted_tokens for r in self.finals),
+            accepted_tokens=sum(r.accepted_tokens for r in self.finals),
         )
         if self.ledger is not None:
             self.ledger.record(record)
@@ -267,6 +269,8 @@ class ChoiceResult:
     cached_tokens: int
     logprobs: tuple[TokenLogprob, ...] = ()
     stop_sequence: str | None = None
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
 
     @classmethod
     def of(
@@ -283,6 +287,8 @@ class ChoiceResult:
             final.cached_tokens,
             logprobs,
             final.stop_sequence,
+            final.drafted_tokens,
+            final.accepted_tokens,
         )
 
 
@@ -360,6 +366,7 @@ def choice_jobs(
             priority=spec.priority,
             deadline=deadline,
             cache_scope=cache_scope,
+            speculative=spec.speculative,
         )
         for i in range(spec.n)
     ]

@@ -127,3 +127,5 @@ class GenerationSpec:
     # Completions: return the prompt before the text; read special-token text as markup.
     echo: bool = False
     parse_special: bool = False
+    # Prompt-lookup speculation for this request (off: plain decoding, step by step).
+    speculative: bool = True

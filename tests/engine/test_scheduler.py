@@ -18,6 +18,7 @@ from server.engine.core import (
     TicketState,
 )
 from server.engine.llama import BatchEntry
+from server.engine.lookup import LookupSettings
 from server.engine.scheduler import Scheduler
 from server.engine.state_cache import StateCache
 from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TopLogprob
@@ -727,3 +728,78 @@ def test_a_crashed_loop_ends_every_request_and_refuses_new_ones(
     assert scheduler.failed
     with pytest.raises(EngineError):
         scheduler.submit(request([1]), Collector())
+
+
+# -- prompt lookup (speculative decoding) ----------------------------------------------------
+
+LOOKUP = LookupSettings(max_draft=4)
+
+
+def run_alone(prompt: list[int], max_tokens: int, **kwargs: Any) -> tuple[str, Steps]:
+    steps = Steps(FakeBackend(n_ctx=512), **kwargs)
+    req = request(prompt, max_tokens=max_tokens)
+    (ticket,) = steps.submit(req)
+    steps.run(sink_of(ticket))
+    return sink_of(ticket).text, steps
+
+
+def test_a_guess_the_model_agrees_with_is_kept_and_saves_steps() -> None:
+    prompt = [*range(1, 21), 1, 2]  # the output (3, 4, ...) copies the prompt
+    plain, plain_steps = run_alone(prompt, 12)
+    guessed, guess_steps = run_alone(prompt, 12, lookup=LOOKUP)
+    assert guessed == plain == "".join(f"<{t}>" for t in range(3, 15))
+    assert len(guess_steps.backend.batches) < len(plain_steps.backend.batches) - 4
+    stats = guess_steps.stats.speculation
+    assert stats["accepted"] == stats["drafted"] > 0
+    # Positions stay consecutive: each decode continues where the last kept token ended.
+    firsts = [b[0].position for b in guess_steps.backend.batches[1:]]
+    assert firsts == sorted(firsts)
+
+
+def test_a_wrong_guess_is_dropped_with_its_kv_and_the_output_is_unchanged() -> None:
+    prompt = [5, 6, 7, 50, 51, 40, 5]  # "5 6 7" was followed by 50, but the model says 8
+    plain, _ = run_alone(prompt, 6)
+    guessed, steps = run_alone(prompt, 6, lookup=LOOKUP)
+    assert guessed == plain
+    stats = steps.stats.speculation
+    assert stats["drafted"] > 0 and stats["accepted"] < stats["drafted"]
+    # The wrong guess's cells were cut right after the last position kept.
+    guess = next(b for b in steps.backend.batches[1:] if len(b) > 1)
+    assert [e.token for e in guess] == [6, 7, 50, 51, 40]
+    kept_through = guess[1].position  # 7 was right, 50 was not
+    assert ("truncate", 0, kept_through + 1) in steps.backend.kv_ops
+
+
+def test_guesses_never_run_past_max_tokens_or_the_end_of_generation() -> None:
+    prompt = [*range(1, 21), 1, 2]
+    text, _ = run_alone(prompt, 3, lookup=LOOKUP)
+    assert text == "<3><4><5>"
+    steps = Steps(FakeBackend(n_ctx=512, eog_after=2), lookup=LOOKUP)
+    (ticket,) = steps.submit(request(prompt, max_tokens=10))
+    steps.run(sink_of(ticket))
+    assert sink_of(ticket).text == "<3><4>"
+    assert sink_of(ticket).final.finish_reason == "stop"
+
+
+def test_a_request_can_opt_out_of_guessing() -> None:
+    steps = Steps(FakeBackend(n_ctx=512), lookup=LOOKUP)
+    req = request([*range(1, 21), 1, 2], max_tokens=6)
+    req.speculative = False
+    (ticket,) = steps.submit(req)
+    steps.run(sink_of(ticket))
+    assert steps.stats.speculation["drafted"] == 0
+    assert all(len(b) == 1 for b in steps.backend.batches[1:])
+
+
+def test_guesses_beside_other_streams_keep_every_output_and_the_slot_order() -> None:
+    prompts = [[*range(1, 21), 1, 2], [7, 8, 9], [*range(30, 40), 30, 31]]
+    outputs = {}
+    for lookup in (None, LOOKUP):
+        steps = Steps(FakeBackend(n_slots=3, n_ctx=512), lookup=lookup)
+        tickets = steps.submit(*(request(p, max_tokens=8) for p in prompts))
+        steps.run(*(sink_of(t) for t in tickets))
+        outputs[lookup] = [sink_of(t).text for t in tickets]
+        for batch in steps.backend.batches:
+            slots = [e.slot for e in batch]
+            assert slots == sorted(slots)
+    assert outputs[None] == outputs[LOOKUP]

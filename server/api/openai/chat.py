@@ -155,6 +155,7 @@ def chat_spec(body: ChatCompletionRequest) -> GenerationSpec:
         output=output_of(body.response_format),
         template_kwargs=template_kwargs(body.chat_template_kwargs, body.reasoning_effort),
         priority=body.priority,
+        speculative=body.speculative,
         keep_alive=body.keep_alive_seconds,
         user=body.user,
     )

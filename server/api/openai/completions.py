@@ -106,6 +106,7 @@ def completion_spec(body: CompletionRequest) -> GenerationSpec:
         sampling=sampling_of(body, body.logit_bias, body.logprobs),
         n=body.n,
         priority=body.priority,
+        speculative=body.speculative,
         keep_alive=body.keep_alive_seconds,
         user=body.user,
         echo=body.echo,

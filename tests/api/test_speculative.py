@@ -1,0 +1,142 @@
+"""Prompt-lookup speculation on the real model: the output is exactly plain decoding's, greedy
+and seeded-sampled, with logprobs and a grammar, alone and beside other streams; copying
+prompts keep most guesses, and the counters show it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from tests.conftest import LiveServer, make_settings
+
+MODEL = "smollm2"
+SOURCE = """def fibonacci(n):
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
+def factorial(n):
+    result = 1
+    for i in range(2, n + 1):
+        result *= i
+    return result
+"""
+COPYING = [
+    f"Repeat this code exactly, with no changes:\n\n{SOURCE}",
+    f"Rename the function factorial to fact in this code:\n\n{SOURCE}",
+    "Copy this sentence: The quick brown fox jumps over the lazy dog near the river bank.",
+    "Quote the first line of this poem: Shall I compare thee to a summer's day? Thou art "
+    "more lovely and more temperate.",
+]
+FREE = [
+    "Write a short story about a dragon.",
+    "What is the capital of France?",
+    "List three colours.",
+    "Explain photosynthesis in two sentences.",
+]
+
+
+def settings() -> Any:
+    """Flash attention on: where llama.cpp computes a batch of one sequence's tokens exactly
+    as single tokens, and so where speculation is on unless configured."""
+    models = [
+        m.model_copy(update={"flash_attn": "on"}) for m in make_settings().models if m.name == MODEL
+    ]
+    return make_settings(models=models)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(settings())) as test_client:
+        yield test_client
+
+
+def chat(client: TestClient, prompt: str, speculative: bool, **fields: Any) -> Any:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 48,
+        "temperature": 0,
+        "speculative": speculative,
+        **fields,
+    }
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]
+
+
+def speculation(client: TestClient) -> dict[str, int]:
+    stats = client.app.state.hearth.registry.loaded_handle(MODEL).scheduler.stats()  # type: ignore[attr-defined]
+    return dict(stats.speculation)
+
+
+@pytest.mark.parametrize("prompt", COPYING + FREE)
+def test_greedy_output_is_exactly_plain_decoding(client: TestClient, prompt: str) -> None:
+    # With flash attention on, a prompt read in one long batch and one read from the cache
+    # can differ in the last bits (whether or not anything is guessed), so both runs compared
+    # read the prompt from the cache: the first run only fills it.
+    chat(client, prompt, speculative=False, max_tokens=1)
+    plain = chat(client, prompt, speculative=False)
+    guessed = chat(client, prompt, speculative=True)
+    assert guessed["message"]["content"] == plain["message"]["content"]
+    assert guessed["finish_reason"] == plain["finish_reason"]
+
+
+def test_copying_keeps_most_guesses(client: TestClient) -> None:
+    before = speculation(client)
+    chat(client, COPYING[0], speculative=True, max_tokens=80)
+    after = speculation(client)
+    drafted = after["drafted"] - before["drafted"]
+    accepted = after["accepted"] - before["accepted"]
+    # SmolLM2 copies the code, then writes about it: the guesses hold while it copies.
+    assert accepted > 20
+    assert accepted >= 0.4 * drafted
+
+
+def test_seeded_sampling_logprobs_and_grammars_are_unchanged(client: TestClient) -> None:
+    chat(client, COPYING[2], speculative=False, max_tokens=1)  # the prompt, cached
+    for fields in (
+        {"temperature": 0.8, "seed": 7},
+        {"logprobs": True, "top_logprobs": 2},
+        {"response_format": {"type": "json_object"}},
+    ):
+        plain = chat(client, COPYING[2], speculative=False, **fields)
+        guessed = chat(client, COPYING[2], speculative=True, **fields)
+        assert guessed["message"]["content"] == plain["message"]["content"], fields
+        if "logprobs" in fields:
+            assert guessed["logprobs"] == plain["logprobs"]
+
+
+def test_beside_other_streams_every_output_is_plain_decodings() -> None:
+    config = settings()
+    with LiveServer(create_app(config), config) as server:
+        prompts = COPYING + FREE
+
+        async def run(speculative: bool) -> list[str]:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as http:
+
+                async def one(prompt: str) -> str:
+                    body = {
+                        "model": MODEL,
+                        "messages": [{"role": "user", "content": prompt}],
+                        "max_tokens": 40,
+                        "temperature": 0,
+                        "speculative": speculative,
+                    }
+                    answer = await http.post("/v1/chat/completions", json=body)
+                    assert answer.status_code == 200, answer.text
+                    text: str = answer.json()["choices"][0]["message"]["content"]
+                    return text
+
+                return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+        asyncio.run(run(False))  # every prompt in the cache (see the first test)
+        assert asyncio.run(run(True)) == asyncio.run(run(False))
