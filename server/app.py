@@ -17,6 +17,7 @@ from server.api.gateway import REQUEST_ID_HEADER, Gateway
 from server.api.limits import BodySizeLimit
 from server.api.ollama import generation as ollama_generation
 from server.api.ollama import models as ollama_models
+from server.api.ollama.body import JsonBodies
 from server.api.openai import chat, completions, embeddings, responses
 from server.errors import HearthError
 from server.settings import Settings
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     # The last added runs first: CORS answers preflights and decorates every answer (401s
     # included), then the gateway gives each request its id, key check and metrics.
+    app.add_middleware(JsonBodies)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(Gateway)
     if settings.cors_origins:

@@ -16,7 +16,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.access import ApiKey
-from server.api.errors import error_response
+from server.api.errors import error_response, family_of
 from server.context import RequestContext
 from server.errors import HearthError, InvalidRequestError
 from server.logs import request_id_var
@@ -95,7 +95,10 @@ class Gateway:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                if family_of(scope["path"]) == "anthropic":
+                    headers["request-id"] = request_id  # where Anthropic's SDKs read it
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 # The answer is complete: a client that reads the last byte and sends its next
                 # request at once must find the key's concurrency free again.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from typing import Annotated, Any
 
@@ -124,19 +125,40 @@ Stop = Annotated[
 ]
 
 
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# One "<number><unit>" part of a duration; Go's form chains them ("1h30m", "5m0s").
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)?")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_MAX_DURATION_CHARS = 64
+# Longer than this is "for good": a model kept ten years is kept, and no date overflows.
+KEEP_ALIVE_FOREVER = 10 * 365 * 86_400.0
 
 
 def parse_keep_alive(value: float | str | None) -> float | None:
-    """Ollama's keep_alive: seconds, or a duration such as "5m", "90s", "1h"; negative
-    keeps the model loaded for good."""
-    if value is None or isinstance(value, int | float):
-        return None if value is None else float(value)
-    match = _DURATION.match(value)
-    if match is None:
-        raise ValueError("keep_alive must be seconds or a duration such as '5m', '30s', '1h'")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    """Ollama's keep_alive: seconds, or a duration such as "5m", "90s", "1h30m"; negative
+    (or longer than ten years) keeps the model loaded for good."""
+    if value is None:
+        return None
+    seconds = _duration_seconds(value) if isinstance(value, str) else float(value)
+    if not math.isfinite(seconds):
+        raise ValueError("keep_alive must be a finite number of seconds")
+    return -1.0 if seconds > KEEP_ALIVE_FOREVER else seconds
+
+
+def _duration_seconds(text: str) -> float:
+    problem = ValueError("keep_alive must be seconds or a duration such as '5m', '30s', '1h30m'")
+    compact = "".join(text.split()) if len(text) <= _MAX_DURATION_CHARS else ""
+    sign = -1.0 if compact.startswith("-") else 1.0
+    compact = compact.removeprefix("-")
+    if not compact:
+        raise problem
+    total, position = 0.0, 0
+    while position < len(compact):
+        part = _DURATION_PART.match(compact, position)
+        if part is None or (part.group(2) is None and (position or part.end() < len(compact))):
+            raise problem  # a bare number only as the whole value (seconds)
+        total += float(part.group(1)) * _UNIT_SECONDS[part.group(2) or "s"]
+        position = part.end()
+    return sign * total
 
 
 KeepAlive = Annotated[

@@ -24,6 +24,7 @@ from server.protocol.common import (
     WithKeepAlive,
     check_depth,
 )
+from server.protocol.embeddings import MAX_EMBEDDING_INPUTS
 
 
 class Options(BaseModel):
@@ -118,12 +119,24 @@ class EmbedRequest(WithKeepAlive):
     dimensions: int | None = Field(None, ge=1)
     options: Options | None = None
 
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, value: str | list[str]) -> str | list[str]:
+        items = [value] if isinstance(value, str) else value
+        if not items:
+            raise ValueError("input must not be an empty list")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs are allowed")
+        if any(not item for item in items):
+            raise ValueError("an input must not be empty")
+        return value
+
 
 class EmbeddingsRequest(WithKeepAlive):
     """POST /api/embeddings (the older, one-prompt form)."""
 
     model: str = Field(..., min_length=1)
-    prompt: str
+    prompt: str = Field(..., min_length=1)
     options: Options | None = None
 
 

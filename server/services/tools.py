@@ -111,6 +111,14 @@ def render_call(name: str, arguments: Any) -> str:
     return f"{TOOL_CALL_OPEN}\n{body}\n{TOOL_CALL_CLOSE}"
 
 
+def arguments_object(arguments: str) -> dict[str, Any]:
+    """A call's arguments (JSON text) as the object Anthropic's ``tool_use.input`` and
+    Ollama's ``tool_calls`` carry; text that is not an object (or nests too deep to send
+    back) is wrapped as ``{"input": text}``."""
+    value = parse_arguments(arguments) if arguments else {}
+    return value if isinstance(value, dict) else {"input": value}
+
+
 def parse_arguments(arguments: Any) -> Any:
     """OpenAI sends arguments as JSON text; templates and prompts want the value."""
     if isinstance(arguments, str):
@@ -251,7 +259,7 @@ class ToolCallParser:
     def _parse(self, raw: str) -> ParsedCall | None:
         try:
             value = json.loads(raw)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # over-deep JSON stays text
             return None
         if not isinstance(value, dict) or value.get("name") not in self._names:
             return None

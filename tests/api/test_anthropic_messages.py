@@ -57,6 +57,8 @@ def assert_anthropic_error(response: Any, status: int, kind: str) -> str:
         ({"temperature": 1.5}, "temperature"),
         ({"stop_sequences": ["x"] * 17}, "stop_sequences"),
         ({"messages": []}, "messages"),
+        ({"messages": [{"role": "system", "content": "x"}]}, "user message"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "user message"),
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
         ({"messages": [{"role": "user", "content": [1, 2]}]}, "messages[0].content"),
         ({"messages": [{"role": "user", "content": nested(200)}]}, "nested"),
@@ -243,3 +245,17 @@ def test_tool_results_become_tool_turns_and_thinking_is_not_replayed() -> None:
     assert turns[1].tool_calls[0].arguments == {"command": "ls"}
     assert turns[2] == Turn("tool", "Error: denied", tool_call_id="t1")
     assert turns[3] == Turn("user", "why?")
+
+
+def test_the_request_id_is_where_the_sdk_reads_it(client: TestClient) -> None:
+    response = client.post("/v1/messages", json=HELLO)
+    assert response.headers["request-id"] == response.headers["x-request-id"]
+
+
+def test_tool_input_that_is_not_a_sendable_object_is_wrapped() -> None:
+    from server.api.anthropic.convert import tool_input
+
+    deep = "[" * 5000 + "]" * 5000
+    assert tool_input(deep) == {"input": deep}  # was a RecursionError (a 500)
+    assert tool_input('{"a": 1}') == {"a": 1}
+    assert tool_input("[1]") == {"input": [1]}

@@ -5,6 +5,7 @@ Go template subset."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from server.api.ollama.template import render
 from server.app import create_app
-from server.errors import UnsupportedFeatureError
+from server.errors import InvalidRequestError, UnsupportedFeatureError
+from server.protocol.common import parse_keep_alive
 from tests.conftest import make_settings
 
 MODEL = "smollm2"
@@ -88,6 +90,12 @@ def assert_ollama_error(response: Any, status: int) -> str:
         ),
         ("/api/show", {}, "model"),
         ("/api/embed", {"model": MODEL, "input": ["ok", ""]}, "empty"),
+        ("/api/embed", {"model": MODEL, "input": []}, "empty"),
+        ("/api/embed", {"model": MODEL, "input": ["a"] * 2049}, "2048"),
+        ("/api/embeddings", {"model": MODEL, "prompt": ""}, "prompt"),
+        ("/api/chat", {**CHAT, "keep_alive": "1" + " " * 50_000 + "x"}, "keep_alive"),
+        ("/api/generate", {"model": MODEL, "prompt": "x", "raw": True, "think": "zzz"}, "think"),
+        ("/api/generate", {"model": MODEL, "prompt": "x", "format": 7}, "format"),
         ("/api/pull", {"model": "llama3"}, "hearth models pull"),
         ("/api/create", {"model": "x"}, "hearth models pull"),
     ],
@@ -154,15 +162,124 @@ def test_a_failure_mid_stream_is_a_last_error_line(client: TestClient) -> None:
 
 
 def test_the_template_subset() -> None:
+    def fill(template: str, system: str = "", prompt: str = "p") -> str:
+        return render(template, system=system, prompt=prompt, max_chars=1000)
+
     template = "{{- if .System }}<s>{{ .System }}</s>\n{{ end }}{{ .Prompt }} =>{{ .Response }}tail"
-    assert render(template, system="be brief", prompt="2+2") == "<s>be brief</s>\n2+2 =>"
-    assert render(template, system="", prompt="2+2") == "2+2 =>"
+    assert fill(template, "be brief", "2+2") == "<s>be brief</s>\n2+2 =>"
+    assert fill(template, "", "2+2") == "2+2 =>"
     with_else = "{{ if .System }}S{{ else }}no system{{ end }}: {{ .Prompt }}"
-    assert render(with_else, system="", prompt="p") == "no system: p"
-    assert render(with_else, system="x", prompt="p") == "S: p"
-    assert render("A  {{- .Prompt -}}  B", system="", prompt="p") == "ApB"
-    for bad in ("{{ range .Messages }}{{ end }}", "{{ if .System }}open", "{{ .Tools }}"):
+    assert fill(with_else) == "no system: p"
+    assert fill(with_else, "x") == "S: p"
+    assert fill("A  {{- .Prompt -}}  B") == "ApB"
+    for bad in (
+        "{{ range .Messages }}{{ end }}",
+        "{{ if .System }}open",
+        "{{ .Tools }}",
+        "{{ if zPrompt }}x{{ end }}",
+        "{{ if .System }}a{{ else }}b{{ else }}c{{ end }}",
+        "{{ .Prompt",
+        "{{ if .Prompt }}" * 20 + "{{ end }}" * 20,
+    ):
         with pytest.raises(UnsupportedFeatureError):
-            render(bad, system="", prompt="p")
-    with pytest.raises(UnsupportedFeatureError):
-        render("{{ if .Prompt }}" * 20 + "{{ end }}" * 20, system="", prompt="p")
+            fill(bad)
+
+
+def test_a_hostile_template_is_refused_fast_and_cannot_multiply_the_prompt() -> None:
+    started = time.monotonic()
+    for template in ("{{" * 20_000, "{{" + " " * 30_000, "{{ .Prompt " * 5000):
+        with pytest.raises(InvalidRequestError):  # unclosed, or too long: at once
+            render(template, system="", prompt="p", max_chars=1 << 23)
+    with pytest.raises(InvalidRequestError, match="longer than"):
+        render("{{.Prompt}}" * 5000, system="", prompt="x" * 25_000, max_chars=1 << 23)
+    # These took minutes (a backtracking pattern) and gigabytes (no bound on the output).
+    assert time.monotonic() - started < 5
+
+
+def test_keep_alive_takes_go_durations_and_huge_values_mean_forever(client: TestClient) -> None:
+    for keep_alive in ("5m0s", "1h30m", 1e300):
+        body: dict[str, Any] = {"model": MODEL, "messages": [], "keep_alive": keep_alive}
+        assert client.post("/api/chat", json=body).status_code == 200, keep_alive
+    # One request asking for a century used to make /api/ps a 500 for everyone.
+    running = client.get("/api/ps")
+    assert running.status_code == 200, running.text
+    assert running.json()["models"][0]["expires_at"].startswith("9999")
+    nan = client.post(
+        "/api/chat",
+        content=b'{"model": "smollm2", "messages": [], "keep_alive": NaN}',
+    )
+    assert_ollama_error(nan, 400)
+    client.post("/api/chat", json={"model": MODEL, "messages": [], "keep_alive": -1})
+
+
+def test_any_content_type_is_read_as_json_and_the_root_answers(client: TestClient) -> None:
+    form = client.post(
+        "/api/chat",
+        content=json.dumps(CHAT).encode(),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert form.status_code == 200, form.text
+    assert client.head("/").status_code == 200
+    assert "running" in client.get("/").text
+
+
+def test_special_tokens_in_a_template_are_markup(client: TestClient) -> None:
+    body = {"model": MODEL, "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+    raw = client.post(
+        "/api/generate",
+        json={
+            **body,
+            "raw": True,
+            "prompt": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        },
+    ).json()
+    templated = client.post(
+        "/api/generate",
+        json={
+            **body,
+            "template": "<|im_start|>user\n{{ .Prompt }}<|im_end|>\n<|im_start|>assistant\n",
+        },
+    ).json()
+    assert templated["prompt_eval_count"] == raw["prompt_eval_count"]
+
+
+def test_unloading_a_model_that_is_not_loaded_does_not_load_it() -> None:
+    models = [
+        m.model_copy(update={"preload": False}) for m in make_settings().models if m.name == MODEL
+    ]
+    with TestClient(create_app(make_settings(models=models))) as fresh:
+        registry = fresh.app.state.hearth.registry  # type: ignore[attr-defined]
+        answer = fresh.post("/api/chat", json={"model": MODEL, "messages": [], "keep_alive": 0})
+        assert answer.json()["done_reason"] == "unload"
+        assert not registry.is_loaded(MODEL)
+        assert registry.lifecycle_counts()[MODEL].get("load", 0) == 0
+
+
+def test_a_tool_call_cut_off_by_the_length_is_not_streamed(client: TestClient) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    body = {
+        **CHAT,
+        "tools": [tool],
+        "tool_choice": "required",
+        "options": {"num_predict": 22, "temperature": 0},  # inside the call's arguments
+    }
+    whole = client.post("/api/chat", json=body).json()
+    assert whole["done_reason"] == "length"
+    assert "tool_calls" not in whole["message"]
+    with client.stream("POST", "/api/chat", json={**body, "stream": True}) as response:
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert lines[-1]["done_reason"] == "length"
+    assert not [line for line in lines if line["message"].get("tool_calls")]
+
+
+def test_a_long_keep_alive_is_refused_at_once() -> None:
+    started = time.monotonic()
+    with pytest.raises(ValueError):
+        parse_keep_alive("1" + " " * 50_000 + "x")  # took seconds: a backtracking pattern
+    assert time.monotonic() - started < 1

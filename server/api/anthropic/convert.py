@@ -8,7 +8,6 @@ passed back, and server tools next to its own."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from server.errors import InvalidRequestError, UnsupportedFeatureError
 from server.protocol.anthropic import CountTokensRequest
 from server.services.spec import FunctionTool, OutputFormat, PastCall, ToolChoice, Turn
+from server.services.tools import arguments_object
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,10 @@ def conversation(body: CountTokensRequest, keep_billing_header: bool) -> list[Tu
             _add_system(turns, _content_text(content, f"{where}.content"))
         else:
             raise InvalidRequestError(f"{where}.role must be user or assistant", param=where)
-    if len(turns) == (1 if system else 0):
-        raise InvalidRequestError("messages: at least one message is required", param="messages")
+    if not any(t.role in ("user", "tool") for t in turns):
+        raise InvalidRequestError(
+            "messages: at least one user message is required", param="messages"
+        )
     return turns
 
 
@@ -266,8 +268,4 @@ def template_kwargs(
 
 def tool_input(arguments: str) -> dict[str, Any]:
     """A call's arguments (JSON text, an object by the tool grammar) as ``tool_use.input``."""
-    try:
-        value = json.loads(arguments) if arguments else {}
-    except json.JSONDecodeError:
-        return {"input": arguments}
-    return value if isinstance(value, dict) else {"input": value}
+    return arguments_object(arguments)

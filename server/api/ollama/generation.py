@@ -9,7 +9,6 @@ has ``done: true``, the ``done_reason`` and Ollama's counters, durations in nano
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -26,7 +25,7 @@ from server.errors import InvalidRequestError, UnsupportedFeatureError
 from server.protocol.ollama import ChatRequest, GenerateRequest, GenerationFields
 from server.services.generation import Caller, Run, check_finish, normal_finish
 from server.services.spec import GenerationSpec, Turn
-from server.services.tools import ParsedCall
+from server.services.tools import ParsedCall, arguments_object
 from server.state import AppState
 
 router = APIRouter(tags=["ollama"])
@@ -59,15 +58,17 @@ async def _load_only(
 ) -> dict[str, Any]:
     started = time.monotonic()
     key = context_of(request).api_key
-    lease = await state.registry.checkout(
-        body.model,
-        keep_alive=body.keep_alive_seconds,
-        may_shorten=key is None or key.admin,
-    )
-    name = lease.handle.name
-    lease.release()
+    config = state.registry.resolve(body.model)
+    may_shorten = key is None or key.admin
+    # keep_alive 0 unloads, when this caller may shorten it and the model is not pinned.
+    unloading = body.keep_alive_seconds == 0 and may_shorten and not config.pin
+    name = config.name
+    if not (unloading and not state.registry.is_loaded(name)):  # never load just to unload
+        lease = await state.registry.checkout(
+            body.model, keep_alive=body.keep_alive_seconds, may_shorten=may_shorten
+        )
+        lease.release()
     context_of(request).model = name
-    unloading = body.keep_alive_seconds is not None and body.keep_alive_seconds == 0
     return {
         "model": name,
         "created_at": convert.now_iso(),
@@ -91,16 +92,7 @@ def _message(
 
 def _call(call: ParsedCall | tuple[str, str]) -> dict[str, Any]:
     name, arguments = (call.name, call.arguments) if isinstance(call, ParsedCall) else call
-    try:
-        value = json.loads(arguments) if arguments else {}
-    except json.JSONDecodeError:
-        value = {"input": arguments}
-    return {
-        "function": {
-            "name": name,
-            "arguments": value if isinstance(value, dict) else {"input": value},
-        }
-    }
+    return {"function": {"name": name, "arguments": arguments_object(arguments)}}
 
 
 class _OllamaAdapter:
@@ -225,6 +217,9 @@ class ChatAdapter(_OllamaAdapter):
                     pending[-1][1] += delta.arguments
             if piece.finish_reason is not None:
                 finish = "length" if piece.finish_reason == "length" else "stop"
+        if pending and finish == "length":
+            # The last call was cut off by the length: not sent, as a whole answer drops it.
+            pending.pop()
         if pending:
             yield calls_done()
         yield {**self.head(run), "message": _message(""), **self.final(run, finish)}
@@ -243,6 +238,8 @@ class GenerateAdapter(_OllamaAdapter):
 
     async def _prepare(self, caller: Caller) -> Run:
         body = self.body
+        fields = self.spec_fields()  # every value checked before a model is loaded
+        kwargs = convert.template_kwargs(body)
         if body.context:
             # Hearth reuses the KV cache by prefix: send the conversation again instead.
             raise UnsupportedFeatureError(
@@ -256,30 +253,31 @@ class GenerateAdapter(_OllamaAdapter):
             (await self.state.registry.checkout(body.model)).release()
             handle = self.state.registry.loaded_handle(body.model)
         if templated or handle is None or handle.chat_template_source is None:
-            return await self.state.completions.prepare(self._prompt_spec(), caller)
+            return await self.state.completions.prepare(self._prompt_spec(fields), caller)
         self.as_chat = True
         turns = (
             *((Turn("system", body.system),) if body.system else ()),
             Turn("user", body.prompt),
         )
-        spec = GenerationSpec(
-            messages=turns, template_kwargs=convert.template_kwargs(body), **self.spec_fields()
-        )
+        spec = GenerationSpec(messages=turns, template_kwargs=kwargs, **fields)
         return await self.state.chat.prepare(spec, caller)
 
-    def _prompt_spec(self) -> GenerationSpec:
+    def _prompt_spec(self, fields: dict[str, Any]) -> GenerationSpec:
         """The prompt as text: raw as sent, through ``template``, or, for a base model (no
         chat template), after the system prompt."""
         body = self.body
         system = body.system or ""
         if body.template is not None:
-            prompt = render(body.template, system=system, prompt=body.prompt)
+            limit = self.state.settings.max_body_bytes
+            prompt = render(body.template, system=system, prompt=body.prompt, max_chars=limit)
         elif body.raw or not system:
             prompt = body.prompt
         else:
             prompt = f"{system}\n\n{body.prompt}"
-        # A raw prompt is written in the model's own markup, special tokens included.
-        return GenerationSpec(prompt=prompt, parse_special=body.raw, **self.spec_fields())
+        # A raw prompt, or one through a template, is written in the model's own markup,
+        # special tokens included (that is what Ollama's templates are for).
+        markup = body.raw or body.template is not None
+        return GenerationSpec(prompt=prompt, parse_special=markup, **fields)
 
     async def answer(self, run: Run) -> dict[str, Any]:
         if not self.as_chat:

@@ -3,16 +3,19 @@ Hearth leaves to its own command line (pull, push, create, copy, delete)."""
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import PlainTextResponse
 
 from server.api.cancellation import unless_disconnected
 from server.api.deps import Context, State, caller_of
 from server.api.responses import OLLAMA_ERROR_RESPONSES
 from server.errors import InvalidRequestError
+from server.protocol.common import KEEP_ALIVE_FOREVER
 from server.protocol.ollama import EmbeddingsRequest, EmbedRequest, ShowRequest
 from server.services.embeddings import EmbeddingSpec
 from server.services.model_info import ModelFacts
@@ -24,7 +27,13 @@ router = APIRouter(tags=["ollama"])
 OLLAMA_VERSION = "0.12.0"
 
 
-@router.get("/api/version")
+@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+async def root() -> str:
+    """Ollama's command line checks that the server answers here before anything else."""
+    return "Hearth is running (it speaks Ollama's API under /api)"
+
+
+@router.api_route("/api/version", methods=["GET", "HEAD"])
 async def version() -> dict[str, str]:
     return {"version": OLLAMA_VERSION}
 
@@ -69,7 +78,11 @@ async def show(body: ShowRequest, state: State) -> dict[str, Any]:
     if config.upstream is not None:
         raise InvalidRequestError(f"model '{name}' is a remote model", param="model")
     facts = await state.model_info.facts(config)
-    info = {k: v for k, v in facts.metadata.items() if not k.startswith("tokenizer.")}
+    info = {
+        k: v if not isinstance(v, float) or math.isfinite(v) else str(v)
+        for k, v in facts.metadata.items()
+        if not k.startswith("tokenizer.")
+    }
     # The context Hearth serves the model with, which clients size their prompts by.
     info[f"{facts.architecture}.context_length"] = facts.context_length
     defaults = config.defaults
@@ -99,11 +112,12 @@ async def running(state: State) -> dict[str, Any]:
     models = []
     for handle in state.registry.loaded_handles():
         facts = await state.model_info.facts(handle.config)
-        if handle.keep_alive is None or handle.keep_alive < 0:
+        keep_alive = handle.keep_alive
+        if keep_alive is None or keep_alive < 0 or keep_alive > KEEP_ALIVE_FOREVER:
             expires = datetime.max.replace(tzinfo=UTC)
         else:
             idle = 0.0 if handle.active else time.monotonic() - handle.last_used
-            expires = datetime.now(UTC) + timedelta(seconds=max(0.0, handle.keep_alive - idle))
+            expires = datetime.now(UTC) + timedelta(seconds=max(0.0, keep_alive - idle))
         models.append(
             {
                 "name": handle.name,

@@ -3,62 +3,87 @@
 (where the answer begins: the rest is left out), ``{{ if .System }}...{{ else }}...{{ end }}``
 (and ``.Prompt``), and the ``{{-``/``-}}`` whitespace trims. Anything else in a template is a
 400 that names it: Hearth does not run Go templates, and guessing would send the model a
-prompt nobody wrote."""
+prompt nobody wrote.
+
+A template is client input: it is scanned once from left to right (no regular expression that
+could backtrack), it may be at most :data:`MAX_TEMPLATE_CHARS` long, and the prompt it renders
+at most ``max_chars``, checked before each piece is added, so that a template repeating
+``{{ .Prompt }}`` cannot multiply a long prompt into gigabytes.
+"""
 
 from __future__ import annotations
 
-import re
+from server.errors import InvalidRequestError, UnsupportedFeatureError
 
-from server.errors import UnsupportedFeatureError
-
-_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.DOTALL)
-_FIELDS = ("System", "Prompt", "Response")
+MAX_TEMPLATE_CHARS = 64 * 1024
 _MAX_DEPTH = 16
+_FIELDS = {".System": "System", ".Prompt": "Prompt"}
+_CONDITIONS = {"if .System": "System", "if .Prompt": "Prompt"}
 
 
-def render(template: str, *, system: str, prompt: str) -> str:
+def render(template: str, *, system: str, prompt: str, max_chars: int) -> str:
     """``template`` with the request's system prompt and prompt in their places."""
+    if len(template) > MAX_TEMPLATE_CHARS:
+        raise InvalidRequestError(
+            f"template is longer than {MAX_TEMPLATE_CHARS} characters", param="template"
+        )
     values = {"System": system, "Prompt": prompt}
     out: list[str] = []
-    # Each open {{ if }}: whether its branch is being written, and whether the one around it is.
+    size = 0
+    # Each open {{ if }}: whether the text around it is written, and whether it had an else.
     stack: list[tuple[bool, bool]] = []
     writing = True
     position = 0
     trim_next = False
-    for match in _ACTION.finditer(template):
-        text = template[position : match.start()]
+
+    def write(text: str) -> None:
+        nonlocal size
+        size += len(text)
+        if size > max_chars:
+            raise InvalidRequestError(
+                f"the rendered template is longer than {max_chars} characters", param="template"
+            )
+        out.append(text)
+
+    while (start := template.find("{{", position)) >= 0:
+        end = template.find("}}", start + 2)
+        if end < 0:
+            raise _unsupported("a {{ without its }}")
+        text = template[position:start]
+        inner = template[start + 2 : end]
+        trim_before, trim_after = inner.startswith("-"), inner.endswith("-")
+        action = inner.removeprefix("-").removesuffix("-").strip()
         if trim_next:
             text = text.lstrip()
-        if match.group(1):
+        if trim_before:
             text = text.rstrip()
         if writing:
-            out.append(text)
-        position = match.end()
-        trim_next = bool(match.group(3))
-        action = match.group(2)
-        if action.startswith(".") and action[1:] in _FIELDS:
-            if action == ".Response":
-                if writing:  # the answer starts here
-                    return "".join(out)
-                continue
+            write(text)
+        position, trim_next = end + 2, trim_after
+        if action == ".Response":
+            if writing:  # the answer starts here
+                return "".join(out)
+        elif action in _FIELDS:
             if writing:
-                out.append(values[action[1:]])
-        elif action.startswith("if ") and action[3:].strip()[1:] in _FIELDS[:2]:
+                write(values[_FIELDS[action]])
+        elif action in _CONDITIONS:
             if len(stack) >= _MAX_DEPTH:
-                raise _unsupported("more than 16 nested ifs")
-            stack.append((writing, writing))
-            writing = writing and bool(values[action[3:].strip()[1:]])
-        elif action == "else" and stack:
+                raise _unsupported(f"more than {_MAX_DEPTH} nested ifs")
+            stack.append((writing, False))
+            writing = writing and bool(values[_CONDITIONS[action]])
+        elif action == "else" and stack and not stack[-1][1]:
             outer, _ = stack[-1]
+            stack[-1] = (outer, True)
             writing = outer and not writing
         elif action == "end" and stack:
             writing, _ = stack.pop()
         else:
-            raise _unsupported(f"{{{{ {action} }}}}")
+            raise _unsupported(f"{{{{ {action[:40]} }}}}")
     if stack:
         raise _unsupported("an {{ if }} without its {{ end }}")
     tail = template[position:]
-    out.append(tail.lstrip() if trim_next else tail)
+    if writing:
+        write(tail.lstrip() if trim_next else tail)
     return "".join(out)
 
 
