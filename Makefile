@@ -8,7 +8,7 @@ PORT   ?= 8000
 # llama-cpp-python compiles llama.cpp from source; use every core for it.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install models run test check lint typecheck bench soak clean
+.PHONY: install models run test check lint typecheck bench bench-speculation soak clean
 
 install: $(STAMP)
 
@@ -62,6 +62,12 @@ bench: models
 	$(BIN)/python bench/grammar_cost.py --model-path $(SMOLLM2) --threads $$(nproc) \
 	  --write bench/RESULTS.md
 	$(BIN)/python bench/flash_attn.py --model-path $(SMOLLM2) --threads $$(nproc) \
+	  --write bench/RESULTS.md
+	$(MAKE) bench-speculation
+
+# Prompt-lookup speculation: copying and free writing, speculation on and off (bench/speculation.py).
+bench-speculation: models
+	$(BIN)/python bench/speculation.py --model-path $(SMOLLM2) --threads $$(nproc) \
 	  --write bench/RESULTS.md
 
 # A bounded soak and fault run on loopback (SOAK_MINUTES, default 10); see bench/soak.py.

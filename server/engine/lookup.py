@@ -71,20 +71,24 @@ class NgramIndex:
 class DraftPolicy:
     """How many tokens one sequence guesses, from how its recent guesses went.
 
-    The draft length follows the acceptance: it doubles after a guess kept whole, up to
-    ``max_draft``, and halves after one kept less than half. After several guesses in a row
-    that kept nothing, the sequence stops guessing for a while (longer each time), so free
-    writing costs almost nothing; a kept guess ends the pause early.
+    A guessed token costs part of a decode step whether it is kept or not (on two CPU cores,
+    about 0.6 of one: bench/RESULTS.md), so guessing pays only while most guesses are kept.
+    The policy keeps a moving average of the share kept; while it is under
+    ``min_acceptance`` the sequence stops guessing for a while (longer each time, so writing
+    that copies nothing costs almost nothing), then tries again. The draft length doubles
+    after a guess kept whole, up to ``max_draft``, and halves after one kept less than half.
     """
 
-    MISSES_BEFORE_PAUSE = 3
     FIRST_PAUSE = 8
     LONGEST_PAUSE = 256
+    # Weight of the latest guess in the moving average of the share kept.
+    SMOOTHING = 0.3
 
-    def __init__(self, max_draft: int) -> None:
+    def __init__(self, max_draft: int, min_acceptance: float = 0.6) -> None:
         self.max_draft = max_draft
+        self.min_acceptance = min_acceptance
         self.length = min(4, max_draft)
-        self._misses = 0
+        self.acceptance = 1.0  # optimistic: the first guesses are made
         self._pause = 0
         self._next_pause = self.FIRST_PAUSE
         self.drafted = 0
@@ -105,16 +109,16 @@ class DraftPolicy:
             return
         self.drafted += drafted
         self.accepted += accepted
+        share = accepted / drafted
+        self.acceptance += self.SMOOTHING * (share - self.acceptance)
         if accepted == drafted:
             self.length = min(self.max_draft, self.length * 2)
         elif accepted * 2 < drafted:
             self.length = max(1, self.length // 2)
-        if accepted == 0:
-            self._misses += 1
-            if self._misses >= self.MISSES_BEFORE_PAUSE:
-                self._pause = self._next_pause
-                self._next_pause = min(self.LONGEST_PAUSE, self._next_pause * 2)
-                self._misses = 0
-        else:
-            self._misses = 0
+        if self.acceptance < self.min_acceptance:
+            self._pause = self._next_pause
+            self._next_pause = min(self.LONGEST_PAUSE, self._next_pause * 2)
+            # After the pause, one guess decides: kept, guessing goes on; not, a longer pause.
+            self.acceptance = self.min_acceptance
+        elif share >= self.min_acceptance:
             self._next_pause = self.FIRST_PAUSE

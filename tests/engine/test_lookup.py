@@ -40,21 +40,41 @@ def test_the_draft_length_follows_acceptance() -> None:
     assert policy.allowance() == 4
 
 
-def test_guesses_that_keep_nothing_pause_guessing_longer_each_time() -> None:
+def test_guesses_that_are_mostly_wrong_pause_guessing_longer_each_time() -> None:
     policy = DraftPolicy(max_draft=8)
-    for _ in range(DraftPolicy.MISSES_BEFORE_PAUSE):
-        policy.record(policy.allowance(), 0)
-    paused = 0
+    misses = 0
+    while policy.allowance() > 0:
+        policy.record(policy.length, 0)
+        misses += 1
+    assert misses <= 3  # a few wrong guesses pause it
+    paused = 1
     while policy.allowance() == 0:
         paused += 1
-    assert paused == DraftPolicy.FIRST_PAUSE
-    for _ in range(DraftPolicy.MISSES_BEFORE_PAUSE):
-        policy.record(max(1, policy.allowance()), 0)
+    assert paused == DraftPolicy.FIRST_PAUSE  # the loop above saw the first paused step
+    policy.record(policy.length, 0)  # the guess after the pause is wrong: a longer pause
     paused = 0
     while policy.allowance() == 0:
         paused += 1
     assert paused == 2 * DraftPolicy.FIRST_PAUSE
     assert policy.drafted > 0 and policy.accepted == 0
+
+
+def test_guesses_kept_a_quarter_of_the_time_do_not_go_on() -> None:
+    policy = DraftPolicy(max_draft=8)
+    guessed = 0
+    for _ in range(200):
+        if (n := policy.allowance()) > 0:
+            guessed += 1
+            policy.record(n, n // 4)
+    assert guessed < 40  # a quarter kept costs more than it saves: mostly paused
+
+
+def test_guesses_mostly_kept_go_on_every_step() -> None:
+    policy = DraftPolicy(max_draft=8)
+    for _ in range(50):
+        n = policy.allowance()
+        assert n > 0
+        policy.record(n, n - (1 if n > 4 else 0))
 
 
 def test_a_policy_with_no_draft_never_guesses() -> None:

@@ -27,13 +27,15 @@ router = APIRouter(tags=["ollama"])
 OLLAMA_VERSION = "0.12.0"
 
 
-@router.api_route("/", methods=["GET", "HEAD"], response_class=PlainTextResponse)
+@router.api_route(
+    "/", methods=["GET", "HEAD"], response_class=PlainTextResponse, include_in_schema=False
+)
 async def root() -> str:
     """Ollama's command line checks that the server answers here before anything else."""
     return "Hearth is running (it speaks Ollama's API under /api)"
 
 
-@router.api_route("/api/version", methods=["GET", "HEAD"])
+@router.get("/api/version")
 async def version() -> dict[str, str]:
     return {"version": OLLAMA_VERSION}
 
