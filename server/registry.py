@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -247,7 +249,9 @@ class ModelRegistry:
             state_cache = StateCache(
                 model_key=backend.identity,
                 ram_bytes=self._settings.kv_cache_ram_bytes,
-                disk_dir=self._settings.kv_cache_dir.expanduser(),
+                # One directory per configured model: two entries of one GGUF are two caches,
+                # which must not evict and rename each other's files.
+                disk_dir=self._settings.kv_cache_dir.expanduser() / _dir_name(config.name),
                 disk_bytes=self._settings.kv_cache_disk_bytes,
             )
         scheduler = Scheduler(
@@ -306,3 +310,9 @@ class ModelRegistry:
         for handle in self._loaded.values():
             handle.close()
         self._loaded.clear()
+
+
+def _dir_name(name: str) -> str:
+    """A model name as one safe path component (names may hold '/' or ':')."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64]
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"

@@ -147,3 +147,30 @@ def test_remote_models_are_not_loaded_here() -> None:
             await registry.checkout("far")
 
     run(scenario, base.model_copy(update={"models": [*base.models, remote]}))
+
+
+def test_two_entries_of_one_gguf_keep_their_saved_states_apart(tmp_path: Path) -> None:
+    base = next(m for m in make_settings().models if m.name == "smollm2")
+    models = [
+        base.model_copy(update={"name": "one", "aliases": [], "preload": False}),
+        base.model_copy(update={"name": "two/b", "aliases": [], "preload": False}),
+    ]
+    settings = make_settings(models=models, kv_cache_dir=tmp_path, kv_cache_disk_bytes=1 << 20)
+    registry = ModelRegistry(settings)
+
+    async def load_both() -> list[Path]:
+        dirs = []
+        for name in ("one", "two/b"):
+            lease = await registry.checkout(name)
+            cache = lease.handle.scheduler._core._saver.cache
+            assert cache is not None and cache._dir is not None
+            dirs.append(cache._dir)
+            lease.release()
+        return dirs
+
+    try:
+        first, second = asyncio.run(load_both())
+    finally:
+        registry.close()
+    assert first != second
+    assert first.parent.parent == second.parent.parent == tmp_path

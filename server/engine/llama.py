@@ -151,7 +151,7 @@ class LlamaBackend:
         if not self._model:
             raise ModelUnavailableError(f"llama.cpp could not load {path} (not a valid GGUF?)")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self.identity = _model_identity(path, kv_unified)
+        self.identity = _model_identity(path, kv_unified, flash_attn)
 
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = n_ctx * n_slots
@@ -407,9 +407,10 @@ class LlamaBackend:
 _IDENTITY_SAMPLES, _IDENTITY_BLOCK = 32, 1 << 16
 
 
-def _model_identity(path: Path, kv_unified: bool) -> str:
+def _model_identity(path: Path, kv_unified: bool, flash_attn: str = "off") -> str:
     """What a saved KV state depends on: the weights, the llama.cpp build, and the cache
-    layout. States saved under another identity are never loaded.
+    layout (pooled or not; flash attention stores V untransposed). States saved under another
+    identity are never loaded.
 
     The GGUF's first MiB is mostly metadata (all of it, for SmolLM2), which two fine-tunes of
     one base model can share to the byte, along with their size. So the identity also hashes
@@ -417,7 +418,7 @@ def _model_identity(path: Path, kv_unified: bool) -> str:
     model's size."""
     digest = hashlib.sha256()
     size = path.stat().st_size
-    digest.update(f"{llama_cpp.__version__}|{size}|{kv_unified}|".encode())
+    digest.update(f"{llama_cpp.__version__}|{size}|{kv_unified}|{flash_attn}|".encode())
     with path.open("rb") as fh:
         digest.update(fh.read(1 << 20))
         for i in range(_IDENTITY_SAMPLES):

@@ -19,3 +19,4 @@ def test_files_alike_in_size_and_first_mebibyte_have_different_identities(
     assert _model_identity(first, False) != _model_identity(second, False)
     assert _model_identity(first, False) == _model_identity(first, False)
     assert _model_identity(first, False) != _model_identity(first, True)
+    assert _model_identity(first, False, "off") != _model_identity(first, False, "on")
