@@ -48,7 +48,7 @@ check: lint typecheck test
 # Benchmark, not a test: Hearth beside llama-cpp-python's server and llama.cpp's llama-server
 # (built once from the llama.cpp inside the pinned llama-cpp-python sdist, cached in
 # ~/.cache/hearth/bench). Appends its table to bench/RESULTS.md.
-BENCH_ARGS ?= --rounds 3
+BENCH_ARGS ?= --rounds 5
 SMOLLM2 = $$($(BIN)/python -c 'from server.settings import load_settings; from server.models.sources import CATALOG; print(load_settings(None).models_dir.expanduser() / CATALOG["smollm2"].filename)')
 bench: models
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'

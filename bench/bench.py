@@ -7,10 +7,14 @@ its own prompt (so no server gains from a prompt cache). Printed per server:
 
 - single-stream decode tokens/s: (tokens - 1) / (last token time - first token time);
 - aggregate completion tokens/s with 1, 4 and 8 concurrent streams: all tokens / wall time;
+- p50 latency of a 1-token request (non-streamed, one at a time): the work around a step;
 - p50 and p95 time to first token under load (the 8-stream runs);
 - peak RSS of the server process (VmHWM).
 
-Then the ratios Hearth / peer. This is a benchmark, not a test: it asserts nothing.
+The servers take turns round by round (A, B, C, A, B, C, ...), so that a slow patch of a shared
+machine hurts all alike. Each figure is the median of the rounds, with the lowest and highest
+round beside it (the spread: a ratio inside the peers' spreads is noise), and the ratios are
+Hearth's median over each peer's. This is a benchmark, not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 8)
 SINGLE_STREAM_REPEATS = 3
+ONE_TOKEN_REPEATS = 9
 
 
 @dataclass
@@ -52,12 +57,18 @@ class StreamResult:
 @dataclass
 class ServerResult:
     name: str
-    single_stream_tps: float = 0.0
-    aggregate_tps: dict[int, float] = field(default_factory=dict)
-    ttft_p50: float = 0.0
-    ttft_p95: float = 0.0
+    # Each figure's value in every round.
+    rounds: dict[str, list[float]] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
     error: str | None = None
+
+    def median(self, figure: str) -> float:
+        values = self.rounds.get(figure)
+        return statistics.median(values) if values else float("nan")
+
+    def spread(self, figure: str) -> tuple[float, float]:
+        values = self.rounds.get(figure) or [float("nan")]
+        return min(values), max(values)
 
 
 @dataclass
@@ -200,6 +211,14 @@ def measure_round(
         rates.append((single.tokens - 1) / span if span > 0 else float("nan"))
     figures: dict[str, float | list[float]] = {"single": statistics.median(rates)}
     offset += SINGLE_STREAM_REPEATS
+    latencies = []
+    for i in range(ONE_TOKEN_REPEATS):
+        started = time.perf_counter()
+        body = {"model": model, "prompt": prompt_for(offset + i), "max_tokens": 1}
+        httpx.post(f"{server.base_url}/v1/completions", json=body, timeout=60).raise_for_status()
+        latencies.append(time.perf_counter() - started)
+    figures["one_token_ms"] = 1000 * statistics.median(latencies)
+    offset += ONE_TOKEN_REPEATS
     for streams in CONCURRENCY:
         runs = run_concurrent(server.base_url, model, streams, max_tokens, offset)
         offset += streams
@@ -244,14 +263,10 @@ def measure_all(
             result.peak_rss_mb = peak_rss_mb(server.process.pid)
             if result.error or not figures:
                 continue
-            result.single_stream_tps = statistics.median(number(f["single"]) for f in figures)
-            for streams in CONCURRENCY:
-                result.aggregate_tps[streams] = statistics.median(
-                    number(f[f"agg{streams}"]) for f in figures
-                )
-            ttfts = [t for f in figures for t in series(f["ttfts"])]
-            result.ttft_p50 = statistics.median(ttfts)
-            result.ttft_p95 = percentile(ttfts, 0.95)
+            for name in ("single", "one_token_ms", *(f"agg{n}" for n in CONCURRENCY)):
+                result.rounds[name] = [number(f[name]) for f in figures]
+            result.rounds["ttft_p50"] = [statistics.median(series(f["ttfts"])) for f in figures]
+            result.rounds["ttft_p95"] = [percentile(series(f["ttfts"]), 0.95) for f in figures]
     finally:
         for server in running:
             server.stop()
@@ -275,27 +290,42 @@ def format_table(results: list[ServerResult]) -> str:
     header = ["metric", *[r.name for r in results], *[f"hearth / {p.name}" for p in peers]]
     rows: list[list[str]] = []
 
-    def row(label: str, values: list[float], fmt: str = "{:.1f}") -> None:
-        """The values, then Hearth's value divided by each peer's."""
-        cells = ["n/a" if math.isnan(v) else fmt.format(v) for v in values]
-        ratios = [
-            "n/a" if math.isnan(values[0]) or math.isnan(v) or not v else f"{values[0] / v:.2f}x"
-            for v in values[1:]
-        ]
-        rows.append([label, *cells, *ratios])
+    def cell(result: ServerResult, figure: str, fmt: str) -> str:
+        median = result.median(figure)
+        if math.isnan(median):
+            return "n/a"
+        low, high = result.spread(figure)
+        if low == high:
+            return fmt.format(median)
+        return f"{fmt.format(median)} ({fmt.format(low)} to {fmt.format(high)})"
 
-    ok = results  # a failed peer shows n/a
-    row("single-stream decode tok/s", [r.single_stream_tps for r in ok])
+    def row(label: str, figure: str, fmt: str = "{:.1f}") -> None:
+        """Each server's median and spread, then Hearth's median over each peer's."""
+        hearth = results[0].median(figure)
+        ratios = []
+        for peer in peers:
+            value = peer.median(figure)
+            usable = not (math.isnan(hearth) or math.isnan(value) or not value)
+            ratios.append(f"{hearth / value:.2f}x" if usable else "n/a")
+        rows.append([label, *[cell(r, figure, fmt) for r in results], *ratios])
+
+    row("single-stream decode tok/s", "single")
     for streams in CONCURRENCY:
-        row(
-            f"aggregate tok/s, {streams} streams",
-            [r.aggregate_tps.get(streams, float("nan")) for r in ok],
-        )
-    row("TTFT p50 under load (s)", [r.ttft_p50 for r in ok], fmt="{:.2f}")
-    row("TTFT p95 under load (s)", [r.ttft_p95 for r in ok], fmt="{:.2f}")
-    row("peak RSS (MB)", [r.peak_rss_mb for r in ok], fmt="{:.0f}")
+        row(f"aggregate tok/s, {streams} streams", f"agg{streams}")
+    row("1-token request p50 (ms)", "one_token_ms")
+    row("TTFT p50 under load (s)", "ttft_p50", fmt="{:.2f}")
+    row("TTFT p95 under load (s)", "ttft_p95", fmt="{:.2f}")
+    rss = [f"{r.peak_rss_mb:.0f}" for r in results]
+    rss_ratios = [
+        f"{results[0].peak_rss_mb / p.peak_rss_mb:.2f}x" if p.peak_rss_mb else "n/a" for p in peers
+    ]
+    rows.append(["peak RSS (MB)", *rss, *rss_ratios])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines.append(
+        "\nEach cell: the median of the rounds (lowest to highest round). Ratios: medians; above "
+        "1 is better for Hearth except for latencies, TTFT and memory."
+    )
     for r in results:
         if r.error:
             lines.append(f"\n{r.name} failed: {r.error}")
@@ -429,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ctx", type=int, default=1024, help="context per sequence")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
-        "--rounds", type=int, default=3, help="rounds per server; medians are reported"
+        "--rounds", type=int, default=5, help="rounds per server; medians are reported"
     )
     parser.add_argument("--write", type=Path, help="append the table to this markdown file")
     args = parser.parse_args(argv)
