@@ -10,10 +10,12 @@ request registered (``loop.call_soon_threadsafe`` in :mod:`server.engine.stream`
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from server.engine.backend import Backend
 from server.engine.core import (
@@ -179,6 +181,24 @@ class Scheduler:
             self._pending += self._core.take_events()
 
     def _deliver(self) -> None:
+        """Hand the last step's events to their sinks. Sinks that live on an event loop
+        (``GenerationStream``'s) get all of a step's events in one ``call_soon_threadsafe``
+        per loop: each call writes to the loop's wake-up pipe, and with every stream's token
+        in one step that was a system call per stream per token."""
         pending, self._pending = self._pending, []
+        batches: dict[Any, list[tuple[EventSink, TokenEvent]]] = {}
         for sink, event in pending:
-            sink(event)
+            loop = getattr(sink, "loop", None)
+            if loop is None:
+                sink(event)
+            else:
+                batches.setdefault(loop, []).append((sink, event))
+        for loop, items in batches.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody listens any more
+                loop.call_soon_threadsafe(_put_all, items)
+
+
+def _put_all(items: list[tuple[EventSink, TokenEvent]]) -> None:
+    """On the event loop: each event to its stream, in order."""
+    for sink, event in items:
+        sink.put(event)  # type: ignore[attr-defined]

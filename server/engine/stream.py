@@ -10,6 +10,20 @@ from server.engine.scheduler import Scheduler
 from server.engine.types import GenerationRequest, TokenEvent
 
 
+class _LoopSink:
+    """Where the engine thread puts a stream's events. The scheduler delivers a step's events
+    for one loop together (``loop`` and :meth:`put`); called directly, it hands over one."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[TokenEvent]) -> None:
+        self.loop = loop
+        self.put = queue.put_nowait
+
+    def __call__(self, event: TokenEvent) -> None:
+        # Runs on the engine thread; a closed loop means nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.put, event)
+
+
 class GenerationStream:
     """The events of one submitted request; :meth:`cancel` stops it (its slot frees at the
     next engine step). Made by :func:`open_streams`, which queues a request's jobs together."""
@@ -21,12 +35,7 @@ class GenerationStream:
         self._finished = False
         self._ticket: Ticket | None = None
 
-        def sink(event: TokenEvent) -> None:
-            # Runs on the engine thread; a closed loop means nobody is listening any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._events.put_nowait, event)
-
-        self.sink = sink
+        self.sink = _LoopSink(loop, self._events)
 
     def __aiter__(self) -> GenerationStream:
         return self

@@ -700,6 +700,47 @@ def test_the_driver_runs_requests_to_their_end(driver: Scheduler) -> None:
     assert driver.stats().finished["length"] == 3
 
 
+class CountingLoop:
+    """An event loop stand-in: runs what it is handed at once, and counts the hand-overs."""
+
+    def __init__(self) -> None:
+        self.handovers = 0
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: object) -> None:
+        self.handovers += 1
+        callback(*args)
+
+
+class LoopSink(Collector):
+    """A sink on an event loop, as GenerationStream's: called, it hands one event over."""
+
+    def __init__(self, loop: CountingLoop) -> None:
+        super().__init__()
+        self.loop = loop
+
+    def put(self, event: TokenEvent) -> None:
+        super().__call__(event)
+
+    def __call__(self, event: TokenEvent) -> None:
+        self.loop.call_soon_threadsafe(self.put, event)
+
+
+def test_a_steps_events_reach_one_loop_in_one_handover() -> None:
+    loop = CountingLoop()
+    sinks = [LoopSink(loop) for _ in range(4)]
+    driver = Scheduler(as_backend(FakeBackend(n_slots=4)), name="fake")
+    driver.submit_all([(request([10 * (i + 1)], max_tokens=5), s) for i, s in enumerate(sinks)])
+    driver.start()
+    try:
+        assert [finished(s).finish_reason for s in sinks] == ["length"] * 4
+    finally:
+        driver.stop(timeout=10)
+    assert sinks[3].text == "<41><42><43><44><45>"
+    events = sum(len(s.events) for s in sinks)
+    # Four streams, five tokens each, one hand-over per step: far fewer than one per event.
+    assert loop.handovers < events / 2
+
+
 def test_stop_rejects_new_work_and_ends_what_is_queued(backend: FakeBackend) -> None:
     scheduler = Scheduler(as_backend(backend), name="fake")  # not started: all stays queued
     queued = Collector()
