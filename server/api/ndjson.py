@@ -8,27 +8,17 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
+from server.api.closing import ClosesWhenOver
 from server.api.errors import error_payload
 from server.errors import HearthError
 
 logger = logging.getLogger(__name__)
 
 
-class ClosingStreamingResponse(StreamingResponse):
+class ClosingStreamingResponse(ClosesWhenOver, StreamingResponse):
     """A streaming response that calls ``on_close`` once it is over: sent, failed, or cut off
     by the client (Starlette cancels the body when the client disconnects)."""
-
-    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
 
 
 def ndjson_response(

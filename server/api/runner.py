@@ -17,7 +17,9 @@ from fastapi import Request, Response
 
 from server.api.cancellation import unless_disconnected
 from server.api.deps import caller_of, context_of
+from server.errors import InvalidRequestError
 from server.services.generation import Caller, Run
+from server.settings import ModelConfig
 from server.state import AppState
 
 
@@ -59,3 +61,16 @@ async def serve(adapter: GenerationAdapter, request: Request, state: AppState) -
         return await unless_disconnected(request, adapter.answer(run))
     finally:
         run.close()
+
+
+def local_model(state: AppState, model: str, routes: str) -> ModelConfig:
+    """The config of ``model``, which must be served here: remote models (``upstream``) are
+    relayed on OpenAI's chat and completion routes only, in their wire format."""
+    config = state.registry.resolve(model)
+    if config.upstream is not None:
+        raise InvalidRequestError(
+            f"model '{model}' is a remote model; {routes} serves local models "
+            "(use /v1/chat/completions for remote ones)",
+            param="model",
+        )
+    return config

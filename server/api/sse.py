@@ -9,27 +9,17 @@ from typing import Any
 
 from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
-from starlette.types import Receive, Scope, Send
 
+from server.api.closing import ClosesWhenOver
 from server.api.errors import error_payload
 from server.errors import HearthError
 
 logger = logging.getLogger(__name__)
 
 
-class ClosingEventStream(EventSourceResponse):
+class ClosingEventStream(ClosesWhenOver, EventSourceResponse):
     """An event stream that calls ``on_close`` once it is over: sent, failed, or cut off by
     the client, even before its first event (when its generator never starts)."""
-
-    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
 
 
 def sse_response(

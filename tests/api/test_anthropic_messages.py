@@ -15,6 +15,7 @@ from server.api.anthropic.convert import conversation
 from server.app import create_app
 from server.protocol.anthropic import CountTokensRequest
 from server.services.spec import Turn
+from tests.api.faults import engine_fails_after, nested
 from tests.conftest import make_settings
 
 MODEL = "smollm2"
@@ -23,13 +24,6 @@ HELLO: dict[str, Any] = {
     "max_tokens": 4,
     "messages": [{"role": "user", "content": "Say hi."}],
 }
-
-
-def nested(depth: int) -> Any:
-    value: Any = 1
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -135,25 +129,11 @@ def test_max_tokens_above_the_context_is_cut_to_what_it_leaves(client: TestClien
 
 
 def test_a_failure_mid_stream_is_an_error_event(client: TestClient) -> None:
-    handle = client.app.state.hearth.registry.loaded_handle(MODEL)  # type: ignore[attr-defined]
-    real = handle.backend.sample
-    calls = 0
-
-    def fails_later(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls > 2:
-            raise ValueError("a bug in the loop")
-        return real(*args)
-
-    handle.backend.sample = fails_later
-    try:
+    with engine_fails_after(client, MODEL, 2):
         body = {**HELLO, "max_tokens": 20, "stream": True, "temperature": 0}
         with client.stream("POST", "/v1/messages", json=body) as response:
             assert response.status_code == 200
             lines = list(response.iter_lines())
-    finally:
-        handle.backend.sample = real
     names = [line[7:] for line in lines if line.startswith("event: ")]
     assert names[0] == "message_start"
     assert names[-1] == "error"

@@ -16,6 +16,7 @@ from server.api.ollama.template import render
 from server.app import create_app
 from server.errors import InvalidRequestError, UnsupportedFeatureError
 from server.protocol.common import parse_keep_alive
+from tests.api.faults import engine_fails_after, nested
 from tests.conftest import make_settings
 
 MODEL = "smollm2"
@@ -25,13 +26,6 @@ CHAT: dict[str, Any] = {
     "stream": False,
     "options": {"num_predict": 4},
 }
-
-
-def nested(depth: int) -> Any:
-    value: Any = 1
-    for _ in range(depth):
-        value = {"a": value}
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +47,7 @@ def assert_ollama_error(response: Any, status: int) -> str:
 @pytest.mark.parametrize(
     ("route", "body", "mentions"),
     [
-        ("/api/chat", {**CHAT, "format": nested(100)}, "nested"),
+        ("/api/chat", {**CHAT, "format": nested(100, key="a")}, "nested"),
         ("/api/chat", {**CHAT, "format": 5}, "format"),
         ("/api/chat", {**CHAT, "tools": [{"function": {"name": "a b"}}]}, "name"),
         ("/api/chat", {**CHAT, "tool_choice": {"function": {}}}, "tool_choice"),
@@ -137,25 +131,11 @@ def test_an_empty_request_loads_and_keep_alive_zero_unloads(client: TestClient) 
 
 def test_a_failure_mid_stream_is_a_last_error_line(client: TestClient) -> None:
     client.post("/api/generate", json={"model": MODEL, "keep_alive": -1})  # loaded again
-    handle = client.app.state.hearth.registry.loaded_handle(MODEL)  # type: ignore[attr-defined]
-    real = handle.backend.sample
-    calls = 0
-
-    def fails_later(*args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls > 2:
-            raise ValueError("a bug in the loop")
-        return real(*args)
-
-    handle.backend.sample = fails_later
-    try:
+    with engine_fails_after(client, MODEL, 2):
         body = {**CHAT, "stream": True, "options": {"num_predict": 20}}
         with client.stream("POST", "/api/chat", json=body) as response:
             assert response.status_code == 200
             lines = [json.loads(line) for line in response.iter_lines() if line]
-    finally:
-        handle.backend.sample = real
     assert lines[0]["done"] is False
     assert set(lines[-1]) == {"error"}
     assert client.post("/api/chat", json=CHAT).status_code == 200

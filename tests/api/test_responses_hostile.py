@@ -12,16 +12,10 @@ from fastapi.testclient import TestClient
 
 from server.api.openai import responses
 from server.app import create_app
+from tests.api.faults import nested
 from tests.conftest import make_settings
 
 DEEP_ARGUMENTS = "[" * 50_000 + "]" * 50_000
-
-
-def nested(depth: int) -> Any:
-    value: Any = 1
-    for _ in range(depth):
-        value = [value]
-    return value
 
 
 @pytest.fixture(scope="module")

@@ -31,9 +31,9 @@ from server.api.anthropic.convert import (
 from server.api.deps import Context, State
 from server.api.errors import error_payload
 from server.api.responses import ANTHROPIC_ERROR_RESPONSES, ANTHROPIC_GENERATION_RESPONSES
-from server.api.runner import serve
+from server.api.runner import local_model, serve
 from server.api.sse import named_event_stream
-from server.errors import HearthError, InvalidRequestError
+from server.errors import HearthError
 from server.protocol.anthropic import (
     CountTokensRequest,
     Message,
@@ -60,22 +60,13 @@ async def create_message(body: MessageRequest, request: Request, state: State) -
     "/v1/messages/count_tokens", response_model=TokenCount, responses=ANTHROPIC_ERROR_RESPONSES
 )
 async def count_tokens(body: CountTokensRequest, state: State, context: Context) -> TokenCount:
-    _local_only(state, body.model)
+    local_model(state, body.model, "/v1/messages")
     keep = state.settings.keep_billing_header
     choice, _ = tool_choice(body.tool_choice)
     tools = function_tools(body.tools) if choice is None or choice.mode != "none" else ()
     result = await state.tokens.tokenize_chat(body.model, tuple(conversation(body, keep)), tools)
     context.model = result.model
     return TokenCount(input_tokens=len(result.tokens))
-
-
-def _local_only(state: AppState, model: str) -> None:
-    if state.registry.resolve(model).upstream is not None:
-        raise InvalidRequestError(
-            f"model '{model}' is a remote model; /v1/messages serves local models "
-            "(use /v1/chat/completions for remote ones)",
-            param="model",
-        )
 
 
 def _new_id(prefix: str) -> str:
@@ -114,7 +105,7 @@ class MessagesAdapter:
         return self.body.metadata.user_id if self.body.metadata is not None else None
 
     async def prepare(self, caller: Caller) -> Run:
-        _local_only(self.state, self.body.model)
+        local_model(self.state, self.body.model, "/v1/messages")
         return await self.state.chat.prepare(self.spec(), caller)
 
     def spec(self) -> GenerationSpec:

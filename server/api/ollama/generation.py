@@ -20,8 +20,8 @@ from server.api.ndjson import ndjson_response
 from server.api.ollama import convert
 from server.api.ollama.template import render
 from server.api.responses import OLLAMA_GENERATION_RESPONSES
-from server.api.runner import serve
-from server.errors import InvalidRequestError, UnsupportedFeatureError
+from server.api.runner import local_model, serve
+from server.errors import UnsupportedFeatureError
 from server.protocol.ollama import ChatRequest, GenerateRequest, GenerationFields
 from server.services.generation import Caller, Run, check_finish, normal_finish
 from server.services.spec import GenerationSpec, Turn
@@ -112,19 +112,9 @@ class _OllamaAdapter:
     def user(self) -> str | None:
         return None
 
-    def _local_only(self) -> str:
-        config = self.state.registry.resolve(self.body.model)
-        if config.upstream is not None:
-            raise InvalidRequestError(
-                f"model '{self.body.model}' is a remote model; /api/* serves local models "
-                "(use /v1/chat/completions for remote ones)",
-                param="model",
-            )
-        return config.name
-
     async def _timed(self, prepare: Callable[[], Awaitable[Run]]) -> Run:
         """Prepare, noting the time spent loading the model if it was not loaded."""
-        name = self._local_only()
+        name = local_model(self.state, self.body.model, "/api/*").name
         was_loaded = self.state.registry.is_loaded(name)
         began = time.monotonic()
         run = await prepare()

@@ -36,7 +36,7 @@ from server.api.openai.response_items import (
     turns_of,
 )
 from server.api.responses import ERROR_RESPONSES, GENERATION_RESPONSES
-from server.api.runner import serve
+from server.api.runner import local_model, serve
 from server.api.sse import named_event_stream
 from server.context import RequestContext
 from server.errors import (
@@ -188,12 +188,7 @@ class ResponsesAdapter:
         self.history = stored.history
 
     async def prepare(self, caller: Caller) -> Run:
-        if self.state.registry.resolve(self.body.model).upstream is not None:
-            raise InvalidRequestError(
-                f"model '{self.body.model}' is a remote model; /v1/responses serves local "
-                "models (use /v1/chat/completions for remote ones)",
-                param="model",
-            )
+        local_model(self.state, self.body.model, "/v1/responses")
         return await self.state.chat.prepare(self.spec(), caller)
 
     def spec(self) -> GenerationSpec:
