@@ -160,9 +160,12 @@ class ChatService:
         tools: ToolPlan | None,
         *,
         add_generation_prompt: bool = True,
+        extra: Mapping[str, Any] | None = None,
     ) -> list[int]:
         """The conversation through the model's chat template, as tokens (blocking)."""
-        prompt = self.render(handle, messages, tools, add_generation_prompt=add_generation_prompt)
+        prompt = self.render(
+            handle, messages, tools, add_generation_prompt=add_generation_prompt, extra=extra
+        )
         return self._tokenize(handle, prompt)
 
     def render(

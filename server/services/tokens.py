@@ -3,7 +3,9 @@ token ids, and token ids back to text."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from server.registry import ModelRegistry
 from server.services.chat import ChatService
@@ -50,15 +52,21 @@ class TokenService:
         tools: tuple[FunctionTool, ...] = (),
         *,
         add_generation_prompt: bool = True,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> Tokenized:
-        """The conversation with ``tools`` exactly as a chat renders it."""
+        """The conversation with ``tools`` (and the template variables) exactly as a chat
+        renders it."""
         self._limits.check_counts(len(turns), len(tools))
         async with self._registry.use(model) as handle:
 
             def tokenize() -> list[int]:
                 plan = plan_tools(tools, None)
                 return self._chat.prompt_tokens(
-                    handle, turns, plan, add_generation_prompt=add_generation_prompt
+                    handle,
+                    turns,
+                    plan,
+                    add_generation_prompt=add_generation_prompt,
+                    extra=template_kwargs,
                 )
 
             tokens = await self._prep.run(tokenize)

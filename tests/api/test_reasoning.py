@@ -177,3 +177,14 @@ def test_ollama_think_returns_the_thinking_apart(client: TestClient) -> None:
     plain = client.post("/api/chat", json={**body, "think": False}).json()["message"]
     assert "thinking" not in plain
     assert plain["content"]
+
+
+def test_anthropic_count_tokens_renders_with_the_thinking_switch(client: TestClient) -> None:
+    body: dict[str, Any] = {"model": "thinker", "messages": QUESTION}
+    on = client.post(
+        "/v1/messages/count_tokens",
+        json={**body, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+    )
+    off = client.post("/v1/messages/count_tokens", json={**body, "thinking": {"type": "disabled"}})
+    # The template opens a think block only when thinking is on.
+    assert on.json()["input_tokens"] > off.json()["input_tokens"]

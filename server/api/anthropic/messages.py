@@ -64,7 +64,10 @@ async def count_tokens(body: CountTokensRequest, state: State, context: Context)
     keep = state.settings.keep_billing_header
     choice, _ = tool_choice(body.tool_choice)
     tools = function_tools(body.tools) if choice is None or choice.mode != "none" else ()
-    result = await state.tokens.tokenize_chat(body.model, tuple(conversation(body, keep)), tools)
+    kwargs = template_kwargs(body.thinking, None)
+    result = await state.tokens.tokenize_chat(
+        body.model, tuple(conversation(body, keep)), tools, template_kwargs=kwargs
+    )
     context.model = result.model
     return TokenCount(input_tokens=len(result.tokens))
 
