@@ -263,7 +263,7 @@ class ModelRegistry:
             prefill_chunk=config.prefill_chunk,
             queue_timeout=self._settings.queue_timeout,
             lookup=LookupSettings(
-                enabled=config.effective_speculative,
+                enabled=config.effective_speculative and backend.can_drop_tail,
                 max_draft=config.speculative.max_draft,
                 ngram=max(config.speculative.ngram, config.speculative.min_ngram),
                 min_ngram=config.speculative.min_ngram,

@@ -337,8 +337,13 @@ class SchedulerCore:
                 ticket.accepted += kept
                 assert ticket.drafts is not None
                 ticket.drafts.record(len(draft), kept)
-                if kept < len(draft):  # the guesses after the last kept one hold wrong KV
-                    self._backend.truncate(ticket.in_slot, ticket.position + kept)
+                # The guesses after the last kept one hold wrong KV.
+                if kept < len(draft) and not self._backend.drop_tail(
+                    ticket.in_slot, ticket.position + kept
+                ):
+                    ticket.prefilled, ticket.fed = 0, []  # its cells are in an unknown state
+                    self._retire(ticket, "error", error="could not drop the guessed tokens")
+                    continue
             for offset, token in enumerate(chosen):
                 if offset > 0:  # a kept draft token: its KV is in the slot
                     ticket.fed.append(chosen[offset - 1])

@@ -317,6 +317,21 @@ class LlamaBackend:
             self.clear(slot)
         return ok
 
+    @property
+    def can_drop_tail(self) -> bool:
+        """Whether :meth:`drop_tail` works: not for recurrent state, which cannot be cut."""
+        model = self._model
+        return not (
+            llama_cpp.llama_model_is_recurrent(model) or llama_cpp.llama_model_is_hybrid(model)
+        )
+
+    def drop_tail(self, slot: int, keep: int) -> bool:
+        """Drop ``slot``'s positions from ``keep`` on, keeping the rest as it is (speculation's
+        rollback). Unlike :meth:`truncate`, a sliding-window cache that has let early
+        positions go is fine here: only the newest are dropped. False if it did not work."""
+        ok = bool(llama_cpp.llama_memory_seq_rm(self._memory, slot, keep, -1))
+        return ok and llama_cpp.llama_memory_seq_pos_max(self._memory, slot) == keep - 1
+
     def save_state(self, slot: int, allocate: Callable[[int], memoryview]) -> memoryview:
         """``slot``'s KV state, as llama.cpp serializes it, written straight into a buffer from
         ``allocate(size)``: states are tens of megabytes, and copies show in time to first token."""

@@ -140,3 +140,34 @@ def test_beside_other_streams_every_output_is_plain_decodings() -> None:
 
         asyncio.run(run(False))  # every prompt in the cache (see the first test)
         assert asyncio.run(run(True)) == asyncio.run(run(False))
+
+
+@pytest.mark.gemma
+def test_a_sliding_window_model_past_its_window_is_unchanged() -> None:
+    """Gemma 3 attends over a 512-token window in most layers: rolling back a guess must cut
+    only the newest cells (not refuse because early ones left the window)."""
+    models = [
+        m.model_copy(update={"flash_attn": "on", "preload": True})
+        for m in make_settings().models
+        if m.name == "gemma3-270m"
+    ]
+    text = "The river town kept its ledgers in a stone house by the bridge, and every spring "
+    text += "the clerks copied the old accounts into new books, line by line. "
+    with TestClient(create_app(make_settings(models=models))) as client:
+
+        def complete(speculative: bool) -> Any:
+            body = {
+                "model": "gemma3-270m",
+                "prompt": text * 14,
+                "max_tokens": 120,
+                "temperature": 0,
+                "speculative": speculative,
+            }
+            return client.post("/v1/completions", json=body).json()
+
+        complete(False)  # the prompt in the cache (see the first test)
+        plain, guessed = complete(False), complete(True)
+        assert plain["usage"]["prompt_tokens"] + 120 > 512
+        assert guessed["choices"][0]["text"] == plain["choices"][0]["text"]
+        handle = client.app.state.hearth.registry.loaded_handle("gemma3-270m")  # type: ignore[attr-defined]
+        assert handle.scheduler.stats().speculation["accepted"] > 50

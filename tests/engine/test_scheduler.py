@@ -43,6 +43,7 @@ class FakeBackend:
         self.crash = False
         self.kv_ops: list[tuple[str, int, int]] = []
         self.can_truncate = True
+        self.can_drop_tail = True
         self.can_restore = True
 
     def begin(self, slot: int, sampling: SamplingParams) -> None:
@@ -57,6 +58,10 @@ class FakeBackend:
     def truncate(self, slot: int, keep: int) -> bool:
         self.kv_ops.append(("truncate", slot, keep))
         return self.can_truncate
+
+    def drop_tail(self, slot: int, keep: int) -> bool:
+        self.kv_ops.append(("drop_tail", slot, keep))
+        return self.can_drop_tail
 
     def copy_sequence(self, source: int, target: int) -> None:
         self.kv_ops.append(("copy", source, target))
@@ -808,7 +813,7 @@ def test_a_wrong_guess_is_dropped_with_its_kv_and_the_output_is_unchanged() -> N
     guess = next(b for b in steps.backend.batches[1:] if len(b) > 1)
     assert [e.token for e in guess] == [6, 7, 50, 51, 40]
     kept_through = guess[1].position  # 7 was right, 50 was not
-    assert ("truncate", 0, kept_through + 1) in steps.backend.kv_ops
+    assert ("drop_tail", 0, kept_through + 1) in steps.backend.kv_ops
 
 
 def test_guesses_never_run_past_max_tokens_or_the_end_of_generation() -> None:
@@ -844,3 +849,13 @@ def test_guesses_beside_other_streams_keep_every_output_and_the_slot_order() -> 
             slots = [e.slot for e in batch]
             assert slots == sorted(slots)
     assert outputs[None] == outputs[LOOKUP]
+
+
+def test_a_rollback_that_fails_ends_the_sequence_rather_than_write_from_wrong_kv() -> None:
+    backend = FakeBackend(n_ctx=512)
+    backend.can_drop_tail = False
+    steps = Steps(backend, lookup=LOOKUP)
+    (ticket,) = steps.submit(request([5, 6, 7, 50, 51, 40, 5], max_tokens=6))
+    steps.run(sink_of(ticket))
+    assert sink_of(ticket).final.finish_reason == "error"
+    assert steps.stats.finished["error"] == 1
