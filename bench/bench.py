@@ -8,6 +8,9 @@ its own prompt (so no server gains from a prompt cache). Printed per server:
 - single-stream decode tokens/s: (tokens - 1) / (last token time - first token time);
 - aggregate completion tokens/s with 1, 4 and 8 concurrent streams: all tokens / wall time;
 - p50 latency of a 1-token request (non-streamed, one at a time): the work around a step;
+- interleaved conversations: twice as many three-turn chat conversations as slots, each with
+  its own ~700-token system prompt, taking turns (so caches must survive eviction): the mean
+  time to first token of turns 2 and 3;
 - p50 and p95 time to first token under load (the 8-stream runs);
 - peak RSS of the server process (VmHWM).
 
@@ -41,6 +44,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CONCURRENCY = (1, 4, 8)
 SINGLE_STREAM_REPEATS = 3
 ONE_TOKEN_REPEATS = 9
+# System prompt sentences of the interleaved conversations (~22 tokens each): with three
+# turns, within a 1,024-token context.
+INTERLEAVED_SENTENCES = 30
 
 
 @dataclass
@@ -199,7 +205,7 @@ class RunningServer:
 
 
 def measure_round(
-    server: RunningServer, model: str, max_tokens: int, offset: int
+    server: RunningServer, model: str, max_tokens: int, offset: int, slots: int
 ) -> dict[str, float | list[float]]:
     """One round of every measurement on one server."""
     # Three single streams per round: one 128-token request is short enough for a noisy
@@ -219,6 +225,12 @@ def measure_round(
         latencies.append(time.perf_counter() - started)
     figures["one_token_ms"] = 1000 * statistics.median(latencies)
     offset += ONE_TOKEN_REPEATS
+    from cache_bench import scenario  # (cache_bench imports this module)
+
+    conversations = asyncio.run(
+        scenario(server.base_url, model, INTERLEAVED_SENTENCES, 2 * slots, seed=offset)
+    )
+    figures["interleaved"] = conversations["interleaved"]
     for streams in CONCURRENCY:
         runs = run_concurrent(server.base_url, model, streams, max_tokens, offset)
         offset += streams
@@ -230,7 +242,12 @@ def measure_round(
 
 
 def measure_all(
-    servers: list[PeerServer], model: str, max_tokens: int, rounds: int, log_dir: Path
+    servers: list[PeerServer],
+    model: str,
+    max_tokens: int,
+    rounds: int,
+    log_dir: Path,
+    slots: int = 8,
 ) -> list[ServerResult]:
     """Start every server, then take turns round by round, so that a slow patch of a shared
     machine hurts all of them alike; report the median of the rounds."""
@@ -255,7 +272,7 @@ def measure_all(
                 )
                 try:
                     rounds_by_server[i].append(
-                        measure_round(server, model, max_tokens, 1000 * round_index)
+                        measure_round(server, model, max_tokens, 1000 * round_index, slots)
                     )
                 except Exception as exc:  # a peer that fails is reported, not fatal
                     result.error = f"{type(exc).__name__}: {exc}"
@@ -263,7 +280,8 @@ def measure_all(
             result.peak_rss_mb = peak_rss_mb(server.process.pid)
             if result.error or not figures:
                 continue
-            for name in ("single", "one_token_ms", *(f"agg{n}" for n in CONCURRENCY)):
+            figure_names = ("single", "one_token_ms", "interleaved")
+            for name in (*figure_names, *(f"agg{n}" for n in CONCURRENCY)):
                 result.rounds[name] = [number(f[name]) for f in figures]
             result.rounds["ttft_p50"] = [statistics.median(series(f["ttfts"])) for f in figures]
             result.rounds["ttft_p95"] = [percentile(series(f["ttfts"]), 0.95) for f in figures]
@@ -313,6 +331,7 @@ def format_table(results: list[ServerResult]) -> str:
     for streams in CONCURRENCY:
         row(f"aggregate tok/s, {streams} streams", f"agg{streams}")
     row("1-token request p50 (ms)", "one_token_ms")
+    row("interleaved conversations: TTFT of turns 2-3 (s)", "interleaved", fmt="{:.3f}")
     row("TTFT p50 under load (s)", "ttft_p50", fmt="{:.2f}")
     row("TTFT p95 under load (s)", "ttft_p95", fmt="{:.2f}")
     rss = [f"{r.peak_rss_mb:.0f}" for r in results]
@@ -472,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     only = os.environ.get("BENCH_ONLY")
     if only:
         servers = [s for s in servers if s.name in only.split(",")]
-    results = measure_all(servers, model, args.max_tokens, args.rounds, log_dir)
+    results = measure_all(servers, model, args.max_tokens, args.rounds, log_dir, args.slots)
     table = format_table(results)
     print(table)
     if args.write:

@@ -83,13 +83,16 @@ async def chat_ttft(
 
 
 async def scenario(
-    base_url: str, model: str, prefix_sentences: int, conversations: int
+    base_url: str, model: str, prefix_sentences: int, conversations: int, seed: int = 0
 ) -> dict[str, float]:
+    """Cold and warm time to first token of one long system prompt, then ``conversations``
+    conversations of three turns taking turns; ``seed`` makes every prompt new (a later round
+    of a benchmark must not find the last round's prompts cached)."""
     # A new connection per request: llama-server closes idle keep-alive connections, and a
     # stale one would fail the next request.
     limits = httpx.Limits(max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        system = {"role": "system", "content": long_text(1000, prefix_sentences)}
+        system = {"role": "system", "content": long_text(1000 + seed, prefix_sentences)}
         cold, _, prompt_tokens = await chat_ttft(
             client,
             base_url,
@@ -100,7 +103,7 @@ async def scenario(
             client, base_url, model, [system, {"role": "user", "content": "Summarize rule 3."}]
         )
         histories = [
-            [{"role": "system", "content": long_text(c, prefix_sentences)}]
+            [{"role": "system", "content": long_text(seed + c, prefix_sentences)}]
             for c in range(conversations)
         ]
         later_turns: list[float] = []
