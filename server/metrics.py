@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from server.engine.core import CACHE_COUNTERS, SchedulerStats
+from server.engine.tickets import CACHE_COUNTERS, SchedulerStats
 
 if TYPE_CHECKING:
     from server.handle import ModelHandle

@@ -18,15 +18,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from server.engine.backend import Backend
-from server.engine.core import (
-    EventSink,
-    SchedulerCore,
-    SchedulerStats,
-    StepPlan,
-    Ticket,
-)
+from server.engine.core import SchedulerCore
 from server.engine.lookup import LookupSettings
 from server.engine.state_cache import StateCache
+from server.engine.tickets import EventSink, SchedulerStats, StepPlan, Ticket
 from server.engine.types import GenerationRequest, TokenEvent
 from server.errors import EngineError, ShuttingDownError
 

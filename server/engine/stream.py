@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from server.engine.core import Ticket
 from server.engine.scheduler import Scheduler
+from server.engine.tickets import Ticket
 from server.engine.types import GenerationRequest, TokenEvent
 
 

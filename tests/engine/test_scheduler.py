@@ -11,16 +11,12 @@ from typing import Any
 import pytest
 
 from server.engine.backend import Backend
-from server.engine.core import (
-    SchedulerCore,
-    SchedulerStats,
-    Ticket,
-    TicketState,
-)
+from server.engine.core import SchedulerCore
 from server.engine.llama import BatchEntry
 from server.engine.lookup import LookupSettings
 from server.engine.scheduler import Scheduler
 from server.engine.state_cache import StateCache
+from server.engine.tickets import SchedulerStats, Ticket, TicketState
 from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TopLogprob
 from server.errors import EngineError, QueueFullError, ShuttingDownError
 
