@@ -61,7 +61,7 @@ bench: models
 	  --threads $$(nproc) --write bench/RESULTS.md
 	$(BIN)/python bench/grammar_cost.py --model-path $(SMOLLM2) --threads $$(nproc) \
 	  --write bench/RESULTS.md
-	$(BIN)/python bench/flash_attn.py --model-path $(SMOLLM2) --threads $$(nproc) \
+	$(BIN)/python bench/long_context.py --model-path $(SMOLLM2) --threads $$(nproc) \
 	  --write bench/RESULTS.md
 	$(MAKE) bench-speculation
 

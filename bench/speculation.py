@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -29,10 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import append_results
 
-MODELS = {
-    "fa-off": {"flash_attn": "off", "enabled": False},
-    "fa-on": {"flash_attn": "on", "enabled": False},
-    "spec": {"flash_attn": "on", "enabled": True},
+# Hearth's CPU default (f16 cache, flash attention off), q8_0 keys, and the layout where
+# batches are exact (flash attention, q8_0 keys and values) without and with speculation.
+MODELS: dict[str, dict[str, Any]] = {
+    "f16": {"flash_attn": "off", "k": "f16", "v": "f16", "enabled": False},
+    "q8k": {"flash_attn": "off", "k": "q8_0", "v": "f16", "enabled": False},
+    "exact": {"flash_attn": "on", "k": "q8_0", "v": "q8_0", "enabled": False},
+    "spec": {"flash_attn": "on", "k": "q8_0", "v": "q8_0", "enabled": True},
 }
 SOURCE = "\n".join(
     f"def step_{i}(values):\n    total = sum(values) + {i}\n    return total * {i % 7 + 1}\n"
@@ -60,6 +64,8 @@ def config(model_path: Path, threads: int) -> str:
             f"threads = {threads}",
             "preload = true",
             f'flash_attn = "{options["flash_attn"]}"',
+            f'cache_type_k = "{options["k"]}"',
+            f'cache_type_v = "{options["v"]}"',
             "[models.speculative]",
             f"enabled = {'true' if options['enabled'] else 'false'}",
             "",
@@ -147,19 +153,20 @@ def main() -> None:
                     pass
                 time.sleep(0.5)
             rows = [
-                "| workload | streams | fa-off tok/s | fa-on tok/s | spec tok/s | spec / fa-on "
-                "| spec / fa-off |",
-                "|---|---|---|---|---|---|---|",
+                "| workload | streams | "
+                + " | ".join(f"{m} tok/s" for m in MODELS)
+                + " | spec / exact | spec / q8k | spec / f16 |",
+                "|---|---|" + "---|" * (len(MODELS) + 3),
             ]
             for streams in (1, 4):
                 results = asyncio.run(measure(base, streams, args.tokens, args.rounds))
                 for name in workloads():
                     median = {m: statistics.median(results[(name, m)]) for m in MODELS}
-                    rows.append(
-                        f"| {name} | {streams} | {median['fa-off']:.1f} | {median['fa-on']:.1f} "
-                        f"| {median['spec']:.1f} | {median['spec'] / median['fa-on']:.2f}x "
-                        f"| {median['spec'] / median['fa-off']:.2f}x |"
+                    rates = " | ".join(f"{median[m]:.1f}" for m in MODELS)
+                    ratios = " | ".join(
+                        f"{median['spec'] / median[m]:.2f}x" for m in ("exact", "q8k", "f16")
                     )
+                    rows.append(f"| {name} | {streams} | {rates} | {ratios} |")
                     print(rows[-1], flush=True)
             metrics = httpx.get(base + "/metrics").text
             kept = [

@@ -72,7 +72,7 @@ class RunRecord:
 class Metrics:
     """The app's metrics. Built in the lifespan, kept on the app state."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, compat: str = "none") -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "hearth_requests",
@@ -114,7 +114,7 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
-        self.registry.register(_LiveCollector(registry))
+        self.registry.register(_LiveCollector(registry, vllm_names=compat == "vllm"))
 
     def record_run(self, record: RunRecord) -> None:
         model = record.model
@@ -142,8 +142,9 @@ class Metrics:
 class _LiveCollector(Collector):
     """Engine state at scrape time."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, *, vllm_names: bool = False) -> None:
         self._registry = registry
+        self._vllm_names = vllm_names
 
     def collect(self) -> Iterator[Metric]:
         loaded = GaugeMetricFamily(
@@ -164,7 +165,10 @@ class _LiveCollector(Collector):
                 if reason != "load":
                     unloads.add_metric([name, reason], count)
         yield from (loaded, loads, unloads)
-        yield from _engine_metrics(self._registry.loaded_handles())
+        handles = self._registry.loaded_handles()
+        yield from _engine_metrics(handles)
+        if self._vllm_names:
+            yield from _vllm_metrics(handles)
 
 
 def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
@@ -175,6 +179,16 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
         "hearth_model_requests_active": (
             "Requests holding the model (preparing, queued, running or streaming).",
             lambda h, s: h.active,
+        ),
+        "hearth_kv_cache_usage": (
+            "Fraction (0-1) of the model's KV cells held by running sequences (cells idle slots "
+            "keep for prefix reuse are free to take).",
+            lambda h, s: _usage(s),
+        ),
+        "hearth_kv_cache_cells": (
+            "KV cells of the model (slots times n_ctx; a cell holds one token, the block size "
+            "is 1).",
+            lambda h, s: s.kv_cells,
         ),
     }
     families = {
@@ -217,3 +231,34 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
     yield from families.values()
     yield from cache.values()
     yield from (speculation, state_bytes, state_evictions)
+
+
+def _usage(stats: SchedulerStats) -> float:
+    return stats.kv_cells_used / stats.kv_cells if stats.kv_cells else 0.0
+
+
+def _vllm_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
+    """The load signals under vLLM's names, for routers that read those by default."""
+    waiting = GaugeMetricFamily(
+        "vllm:num_requests_waiting", "Requests waiting for a slot.", labels=["model_name"]
+    )
+    running = GaugeMetricFamily(
+        "vllm:num_requests_running", "Sequences generating now.", labels=["model_name"]
+    )
+    usage = [
+        GaugeMetricFamily(name, "KV cache usage, 1 meaning full.", labels=["model_name"])
+        for name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+    ]
+    config = GaugeMetricFamily(
+        "vllm:cache_config_info",
+        "The KV cache's geometry: block_size (tokens a block holds) and num_gpu_blocks.",
+        labels=["model_name", "block_size", "num_gpu_blocks"],
+    )
+    for handle in handles:
+        stats = handle.scheduler.stats()
+        waiting.add_metric([handle.name], stats.queued + stats.deferred)
+        running.add_metric([handle.name], stats.running)
+        for family in usage:
+            family.add_metric([handle.name], _usage(stats))
+        config.add_metric([handle.name, "1", str(stats.kv_cells)], 1.0)
+    yield from (waiting, running, *usage, config)

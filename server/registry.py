@@ -230,6 +230,8 @@ class ModelRegistry:
             n_batch=config.prefill_chunk + config.slots,
             kv_unified=config.kv_unified,
             flash_attn=config.effective_flash_attn,
+            cache_type_k=config.cache_type_k,
+            cache_type_v=config.cache_type_v,
             n_gpu_layers=config.n_gpu_layers,
         )
         template = config.chat_template
@@ -254,6 +256,13 @@ class ModelRegistry:
                 disk_dir=self._settings.kv_cache_dir.expanduser() / _dir_name(config.name),
                 disk_bytes=self._settings.kv_cache_disk_bytes,
             )
+        speculate = config.speculative.enabled
+        if speculate is None:
+            # Only where it keeps outputs exact, checked on this very context. With flash
+            # attention off no CPU layout measured was (tests/engine/test_exact_batches.py),
+            # so the check, a 300-token prefill, is spared there.
+            speculate = config.effective_flash_attn != "off" and backend.batch_rows_match_single()
+        speculate = speculate and backend.can_drop_tail
         scheduler = Scheduler(
             backend,
             state_cache=state_cache,
@@ -263,7 +272,7 @@ class ModelRegistry:
             prefill_chunk=config.prefill_chunk,
             queue_timeout=self._settings.queue_timeout,
             lookup=LookupSettings(
-                enabled=config.effective_speculative and backend.can_drop_tail,
+                enabled=speculate,
                 max_draft=config.speculative.max_draft,
                 ngram=max(config.speculative.ngram, config.speculative.min_ngram),
                 min_ngram=config.speculative.min_ngram,
@@ -271,13 +280,17 @@ class ModelRegistry:
         )
         scheduler.start()
         logger.info(
-            "loaded model %s from %s in %.2fs (n_ctx=%d, slots=%d, chat template: %s)",
+            "loaded model %s from %s in %.2fs (n_ctx=%d, slots=%d, chat template: %s, "
+            "KV cache %s/%s, speculation %s)",
             config.name,
             path,
             time.monotonic() - started,
             backend.n_ctx,
             config.slots,
             "yes" if template else "none",
+            config.cache_type_k,
+            config.cache_type_v,
+            "on" if speculate else "off",
         )
         return ModelHandle(
             config,

@@ -57,7 +57,7 @@ class AppState:
             TokenService(registry, prep, chat, limits),
             KeyStore(build_keys(settings)),
             RateLimiter(),
-            Metrics(registry),
+            Metrics(registry, compat=settings.metrics_compat),
             UpstreamService(),
             prep,
             open_response_store(settings),

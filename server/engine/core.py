@@ -301,6 +301,9 @@ class SchedulerCore:
             cache=dict(self._cache),
             states=states,
             speculation=dict(self._speculation),
+            # A copy first: the engine thread may change the list meanwhile.
+            kv_cells_used=sum(ticket.position for ticket in list(self._active)),
+            kv_cells=self._backend.n_ctx * self._backend.n_slots,
         )
 
     # -- internals ---------------------------------------------------------------------------

@@ -108,6 +108,19 @@ _ATTR_LSTRIP, _ATTR_RSTRIP = 1 << 7, 1 << 8
 # llama_flash_attn_type: AUTO = -1, DISABLED = 0, ENABLED = 1
 _FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
+# KV cache element types (ggml_type) and their bytes per element (quantized: per block of 32).
+CACHE_TYPES: dict[str, tuple[int, float]] = {
+    "f32": (0, 4.0),
+    "f16": (1, 2.0),
+    "bf16": (30, 2.0),
+    "q8_0": (8, 34 / 32),
+    "q4_0": (2, 18 / 32),
+    "q4_1": (3, 20 / 32),
+    "q5_0": (6, 22 / 32),
+    "q5_1": (7, 24 / 32),
+    "iq4_nl": (20, 18 / 32),
+}
+
 
 @dataclass(frozen=True)
 class BatchEntry:
@@ -141,6 +154,8 @@ class LlamaBackend:
         n_gpu_layers: int = 0,
         kv_unified: bool = False,
         flash_attn: str = "auto",
+        cache_type_k: str = "f16",
+        cache_type_v: str = "f16",
     ) -> None:
         _init_llama()
         if not path.is_file():
@@ -151,7 +166,7 @@ class LlamaBackend:
         if not self._model:
             raise ModelUnavailableError(f"llama.cpp could not load {path} (not a valid GGUF?)")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self.identity = _model_identity(path, kv_unified, flash_attn)
+        self.identity = _model_identity(path, kv_unified, flash_attn, cache_type_k, cache_type_v)
 
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = n_ctx * n_slots
@@ -165,6 +180,8 @@ class LlamaBackend:
         # can then be reused from position 0. truncate() checks this rather than assuming it.
         ctx_params.swa_full = True
         ctx_params.flash_attn_type = _FLASH_ATTN[flash_attn]
+        ctx_params.type_k = CACHE_TYPES[cache_type_k][0]
+        ctx_params.type_v = CACHE_TYPES[cache_type_v][0]
         ctx_params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
@@ -178,12 +195,13 @@ class LlamaBackend:
         self.n_batch = n_batch
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_embd: int = llama_cpp.llama_model_n_embd(self._model)
-        # The KV cache's size: every layer keeps an f16 key and value vector per cell.
+        # The KV cache's size: every layer keeps a key and a value vector per cell.
         n_head = max(1, llama_cpp.llama_model_n_head(self._model))
         head_dim = self.n_embd // n_head
         kv_width = llama_cpp.llama_model_n_head_kv(self._model) * head_dim
         n_layer = llama_cpp.llama_model_n_layer(self._model)
-        self.kv_cache_bytes = n_layer * n_ctx * n_slots * kv_width * 2 * 2
+        cell_bytes = kv_width * (CACHE_TYPES[cache_type_k][1] + CACHE_TYPES[cache_type_v][1])
+        self.kv_cache_bytes = int(n_layer * n_ctx * n_slots * cell_bytes)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_slots)
         self.samplers = Samplers(self._vocab, self.n_vocab, n_slots)
         self._piece_cache: dict[int, bytes] = {}
@@ -372,6 +390,60 @@ class LlamaBackend:
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
 
+    def batch_rows_match_single(self) -> bool:
+        """Whether several tokens of one sequence decoded in one batch get exactly the logits
+        the same tokens get decoded one at a time, beside another sequence's token. That is
+        what lets speculation check its guesses in one batch and still give exactly plain
+        decoding's output. It depends on the kernels llama.cpp picks for this model, cache
+        types, attention path, context length and hardware (on the CPU, SmolLM2: exact with
+        flash attention and a q8_0 cache; not with an f16 one, nor with flash attention off
+        past a few dozen cells), so it is measured, not assumed: after 300 cells, where the
+        differences showed, with as many rows as a step of guesses has. The answer is kept
+        per model identity. Uses the first two slots and clears them; call before serving."""
+        known = _EXACT_BATCHES.get(self.identity)
+        if known is None:
+            known = _EXACT_BATCHES[self.identity] = self._probe_batch_rows()
+        return known
+
+    def _probe_batch_rows(self) -> bool:
+        guessed = 9
+        prefix = min(300, self.n_ctx - guessed - 1)
+        if prefix < 16 or self.n_batch < guessed + 1:
+            return False
+        text = "Every spring the clerks copied the old accounts into new books, line by line. "
+        tokens = self.tokenize(text * (prefix // 8), add_special=False)[: prefix + guessed]
+        if len(tokens) < prefix + guessed:
+            return False
+        other = min(1, self.n_slots - 1)
+
+        def rows(count: int) -> np.ndarray:
+            pointer = llama_cpp.llama_get_logits(self._ctx)
+            return np.ctypeslib.as_array(pointer, shape=(count, self.n_vocab)).copy()
+
+        try:
+            lengths = {0: prefix, other: 8} if other else {0: prefix}
+            for slot, length in lengths.items():
+                self.clear(slot)
+                for start in range(0, length, self.n_batch):
+                    piece = tokens[start : min(length, start + self.n_batch)]
+                    self.decode(
+                        [BatchEntry(slot, t, start + i, False) for i, t in enumerate(piece)]
+                    )
+            together = [BatchEntry(0, t, prefix + i, True) for i, t in enumerate(tokens[prefix:])]
+            if other:
+                together.insert(0, BatchEntry(other, tokens[8], 8, True))
+            self.decode(together)
+            batched = rows(len(together))[1 if other else 0 :]
+            self.truncate(0, prefix)
+            for i, token in enumerate(tokens[prefix:]):
+                self.decode([BatchEntry(0, token, prefix + i, True)])
+                if not np.array_equal(rows(1)[0], batched[i]):
+                    return False
+            return True
+        finally:
+            for slot in {0, other}:
+                self.clear(slot)
+
     def sample(self, slot: int, batch_index: int) -> int:
         """``slot``'s next token from the logits at ``batch_index`` (see
         :mod:`server.engine.sampler`); raises SamplingDeadEnd when its grammar allows none."""
@@ -418,14 +490,17 @@ class LlamaBackend:
             self._model = None
 
 
+# batch_rows_match_single's answers by model identity (the same file, build and cache layout).
+_EXACT_BATCHES: dict[str, bool] = {}
+
 # The model identity reads this much from each of several places across the GGUF.
 _IDENTITY_SAMPLES, _IDENTITY_BLOCK = 32, 1 << 16
 
 
-def _model_identity(path: Path, kv_unified: bool, flash_attn: str = "off") -> str:
+def _model_identity(path: Path, *layout: object) -> str:
     """What a saved KV state depends on: the weights, the llama.cpp build, and the cache
-    layout (pooled or not; flash attention stores V untransposed). States saved under another
-    identity are never loaded.
+    ``layout`` (pooled or not; flash attention stores V untransposed; the element types).
+    States saved under another identity are never loaded.
 
     The GGUF's first MiB is mostly metadata (all of it, for SmolLM2), which two fine-tunes of
     one base model can share to the byte, along with their size. So the identity also hashes
@@ -433,7 +508,8 @@ def _model_identity(path: Path, kv_unified: bool, flash_attn: str = "off") -> st
     model's size."""
     digest = hashlib.sha256()
     size = path.stat().st_size
-    digest.update(f"{llama_cpp.__version__}|{size}|{kv_unified}|{flash_attn}|".encode())
+    fields = "|".join(str(field) for field in layout)
+    digest.update(f"{llama_cpp.__version__}|{size}|{fields}|".encode())
     with path.open("rb") as fh:
         digest.update(fh.read(1 << 20))
         for i in range(_IDENTITY_SAMPLES):

@@ -112,6 +112,9 @@ class SchedulerStats:
     states: Mapping[str, int] | None
     # Prompt lookup: tokens guessed, and those of them the model chose too.
     speculation: Mapping[str, int] = field(default_factory=dict)
+    # KV cells (one token's keys and values each) held by running sequences, and all cells.
+    kv_cells_used: int = 0
+    kv_cells: int = 0
 
 
 CACHE_COUNTERS = ("hits", "misses", "tokens_saved", "copies", "restores")

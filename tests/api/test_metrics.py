@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+
+from server.app import create_app
+from tests.conftest import LiveServer, make_settings
 
 
 def samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -66,3 +70,51 @@ def test_engine_and_model_state_are_read_at_scrape_time(client: TestClient) -> N
         >= 1
     )
     assert ("hearth_kv_state_bytes", (("model", "smollm2"), ("store", "ram"))) in data
+
+
+def test_router_signals_follow_a_running_stream_under_vllm_names_too() -> None:
+    """What inference routers pick replicas by: requests waiting and running, and the share
+    of KV cells in use, under Hearth's names and, with metrics_compat = "vllm", vLLM's."""
+    settings = make_settings(metrics_compat="vllm")
+    with LiveServer(create_app(settings), settings) as server:
+        metrics = f"{server.base_url}/metrics"
+
+        def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            return {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(httpx.get(metrics).text)
+                for sample in family.samples
+            }
+
+        idle = scrape()
+        cells = 8 * 1024
+        assert value(idle, "hearth_kv_cache_cells", model="smollm2") == cells
+        assert value(idle, "hearth_kv_cache_usage", model="smollm2") == 0
+        geometry = {"model_name": "smollm2", "block_size": "1", "num_gpu_blocks": str(cells)}
+        assert value(idle, "vllm:cache_config_info", **geometry) == 1
+        body = {
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+            "max_tokens": 400,
+            "stream": True,
+        }
+        with (
+            httpx.Client(base_url=server.base_url, timeout=120) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            for line in response.iter_lines():
+                if line.startswith("data: {") and '"content"' in line:
+                    break
+            busy = scrape()
+        assert value(busy, "hearth_slots_busy", model="smollm2") == 1
+        assert value(busy, "vllm:num_requests_running", model_name="smollm2") == 1
+        assert value(busy, "vllm:num_requests_waiting", model_name="smollm2") == 0
+        usage = value(busy, "hearth_kv_cache_usage", model="smollm2")
+        # The prompt and the first tokens, out of 8,192 cells.
+        assert 10 / cells < usage < 400 / cells
+        assert value(busy, "vllm:kv_cache_usage_perc", model_name="smollm2") == usage
+        assert value(busy, "vllm:gpu_cache_usage_perc", model_name="smollm2") == usage
+
+
+def test_vllm_names_are_off_by_default(client: TestClient) -> None:
+    assert "vllm:" not in client.get("/metrics").text

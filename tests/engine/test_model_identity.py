@@ -20,3 +20,6 @@ def test_files_alike_in_size_and_first_mebibyte_have_different_identities(
     assert _model_identity(first, False) == _model_identity(first, False)
     assert _model_identity(first, False) != _model_identity(first, True)
     assert _model_identity(first, False, "off") != _model_identity(first, False, "on")
+    # The cache's element types change the bytes of a saved state.
+    off_f16 = _model_identity(first, False, "off", "f16", "f16")
+    assert off_f16 != _model_identity(first, False, "off", "q8_0", "f16")

@@ -1,0 +1,51 @@
+"""Whether a batch of one sequence's tokens gets exactly the logits of single tokens: measured
+at load (speculation is on by default only where it is). On the CPU it holds for SmolLM2 with
+flash attention and a q8_0 cache, and for no layout measured without flash attention."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.engine.llama import LlamaBackend
+from server.settings import ModelConfig
+from tests.conftest import model_file
+
+
+@pytest.mark.parametrize(
+    ("flash_attn", "cache_type", "exact"),
+    [
+        # Without flash attention the scores of several rows and of one row are multiplied
+        # by different kernels past a few dozen cells (logits up to about 1 apart); with it,
+        # an f16 cache takes another path for several rows too. Only a q8_0 cache with flash
+        # attention treats every row alike.
+        ("off", "f16", False),
+        ("off", "q8_0", False),
+        ("on", "f16", False),
+        ("on", "q8_0", True),
+    ],
+)
+def test_the_probe_tells_exact_cache_layouts_from_inexact(
+    flash_attn: str, cache_type: str, exact: bool
+) -> None:
+    backend = LlamaBackend(
+        model_file("smollm2"),
+        n_ctx=512,
+        n_slots=2,
+        n_threads=2,
+        flash_attn=flash_attn,
+        cache_type_k=cache_type,
+        cache_type_v=cache_type if flash_attn == "on" else "f16",
+    )
+    try:
+        assert backend.batch_rows_match_single() is exact
+        # The probe leaves no cells behind.
+        assert backend.truncate(0, 0) and backend.truncate(1, 0)
+    finally:
+        backend.close()
+
+
+def test_a_quantized_value_cache_needs_flash_attention() -> None:
+    with pytest.raises(ValueError, match="needs flash_attn"):
+        ModelConfig(name="m", path="m.gguf", cache_type_v="q8_0")
+    config = ModelConfig(name="m", path="m.gguf", cache_type_v="q8_0", flash_attn="on")
+    assert config.cache_type_v == "q8_0"
