@@ -8,7 +8,7 @@ PORT   ?= 8000
 # llama-cpp-python compiles llama.cpp from source; use every core for it.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install models run test check lint typecheck bench bench-speculation soak clean
+.PHONY: install models run cluster test check lint typecheck bench bench-speculation bench-cluster soak clean
 
 install: $(STAMP)
 
@@ -31,6 +31,12 @@ models: install
 run: install
 	$(BIN)/hearth models pull smollm2
 	$(BIN)/hearth serve --host $(HOST) --port $(PORT)
+
+# REPLICAS Hearth processes on PORT+1... behind the SGLang model gateway on PORT (cache-aware).
+REPLICAS ?= 2
+cluster: install
+	$(BIN)/hearth models pull smollm2
+	$(BIN)/hearth cluster --replicas $(REPLICAS) --host $(HOST) --port $(PORT)
 
 test: models
 	$(BIN)/python -m pytest
@@ -69,6 +75,10 @@ bench: models
 bench-speculation: models
 	$(BIN)/python bench/speculation.py --model-path $(SMOLLM2) --threads $$(nproc) \
 	  --write bench/RESULTS.md
+
+# Replicas behind the SGLang model gateway: cache-aware routing against round robin.
+bench-cluster: models
+	$(BIN)/python bench/cluster_bench.py --model-path $(SMOLLM2) --write bench/RESULTS.md
 
 # A bounded soak and fault run on loopback (SOAK_MINUTES, default 10); see bench/soak.py.
 SOAK_MINUTES ?= 10

@@ -1,4 +1,4 @@
-"""The ``hearth`` command: ``serve``, ``models list|pull|show|rm``, ``keys hash``.
+"""The ``hearth`` command: ``serve``, ``cluster``, ``models list|pull|show|rm``, ``keys hash``.
 
 ``serve``'s options are generated from the scalar fields of :class:`server.settings.Settings`,
 so a setting, its environment variable, its config key and its flag never drift apart.
@@ -7,6 +7,7 @@ so a setting, its environment variable, its config key and its flag never drift 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import typing
 from pathlib import Path
@@ -53,6 +54,33 @@ def _build_parser() -> argparse.ArgumentParser:
         "serve", parents=[common], help="Serve the configured models over the OpenAI API."
     )
     _add_settings_flags(serve)
+
+    cluster = commands.add_parser(
+        "cluster",
+        help="Several `hearth serve` replicas behind the SGLang model gateway (sglang-router).",
+    )
+    cluster.add_argument("--replicas", type=int, default=2, help="Hearth processes to start.")
+    cluster.add_argument(
+        "--port",
+        type=int,
+        default=8000,
+        help="The router's port; replicas take the next ones (8001, 8002, ...).",
+    )
+    cluster.add_argument("--host", default="127.0.0.1", help="Address of router and replicas.")
+    cluster.add_argument(
+        "--policy",
+        default="cache_aware",
+        help="The router's policy: cache_aware (a conversation goes to the replica holding its "
+        "prefix), round_robin, random or power_of_two.",
+    )
+    cluster.add_argument(
+        "--log-dir", type=Path, default=None, help="Write each process's output here."
+    )
+    cluster.add_argument(
+        "serve_args",
+        nargs=argparse.REMAINDER,
+        help="After `--`: options for every `hearth serve` (--config, --threads, ...).",
+    )
 
     models = commands.add_parser("models", help="List or fetch models.")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -119,6 +147,36 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     server = build_server(create_app(settings), settings)
     server.run(sockets=listening_sockets(server, settings))
+
+
+def cluster(args: argparse.Namespace) -> int:
+    from server.cluster import Cluster, ClusterError
+
+    serve_args = [a for a in args.serve_args if a != "--"]
+    group = Cluster(
+        replicas=args.replicas,
+        port=args.port,
+        host=args.host,
+        policy=args.policy,
+        serve_args=serve_args,
+        log_dir=args.log_dir,
+    )
+    # SIGTERM (a service manager stopping it) unwinds like Ctrl-C: the replicas drain and stop.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        with group:
+            print(
+                f"hearth: {args.replicas} replicas ({', '.join(group.worker_urls)}) behind "
+                f"the router at {group.url} ({args.policy})",
+                flush=True,
+            )
+            group.wait()
+    except ClusterError as exc:
+        print(f"hearth: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 def _loaded_on(server_url: str, key: str | None) -> dict[str, bool]:
@@ -224,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":  # needs no settings
         print(key_digest(args.key).hex())
         return 0
+    if args.command == "cluster":
+        return cluster(args)
     try:
         settings = load_settings(args.config, **_settings_overrides(args))
         if args.command == "serve":

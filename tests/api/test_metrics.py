@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import httpx
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -118,3 +121,18 @@ def test_router_signals_follow_a_running_stream_under_vllm_names_too() -> None:
 
 def test_vllm_names_are_off_by_default(client: TestClient) -> None:
     assert "vllm:" not in client.get("/metrics").text
+
+
+def test_the_metric_names_the_kubernetes_examples_use_are_exported(client: TestClient) -> None:
+    """docker/k8s/inference names Hearth's metrics for the endpoint picker and the autoscaler."""
+    exported = {
+        family.name for family in text_string_to_metric_families(client.get("/metrics").text)
+    }
+    inference = Path(__file__).resolve().parents[2] / "docker" / "k8s" / "inference"
+    named = {
+        name
+        for path in inference.glob("*.yaml")
+        for name in re.findall(r"\bhearth_[a-z_]+", path.read_text())
+    }
+    assert {"hearth_queue_depth", "hearth_slots_busy", "hearth_kv_cache_usage"} <= named
+    assert named <= exported

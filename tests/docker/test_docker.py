@@ -122,6 +122,32 @@ def test_kubernetes_probes_and_service() -> None:
     assert service["spec"]["ports"][0]["targetPort"] == container["ports"][0]["name"]
 
 
+def test_the_inference_pool_picker_and_autoscaler_point_at_the_replicas() -> None:
+    deployment = _yaml(DOCKER / "k8s" / "deployment.yaml")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert env["HEARTH_METRICS_COMPAT"] == "vllm"
+    inference = DOCKER / "k8s" / "inference"
+    pool, route = yaml.safe_load_all((inference / "inferencepool.yaml").read_text())
+    assert pool["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert pool["spec"]["targetPorts"] == [{"number": container["ports"][0]["containerPort"]}]
+    assert route["spec"]["rules"][0]["backendRefs"][0]["name"] == pool["metadata"]["name"]
+    documents = {d["kind"]: d for d in yaml.safe_load_all((inference / "epp.yaml").read_text())}
+    picker, service = documents["Deployment"], documents["Service"]
+    assert service["metadata"]["name"] == pool["spec"]["endpointPickerRef"]["name"]
+    assert (
+        service["spec"]["ports"][0]["port"] == pool["spec"]["endpointPickerRef"]["port"]["number"]
+    )
+    (epp,) = picker["spec"]["template"]["spec"]["containers"]
+    assert f"--pool-name={pool['metadata']['name']}" in epp["args"]
+    assert (
+        documents["RoleBinding"]["subjects"][0]["name"]
+        == picker["spec"]["template"]["spec"]["serviceAccountName"]
+    )
+    hpa = _yaml(inference / "hpa.yaml")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+
+
 def test_compose_builds_the_cpu_image_with_a_models_volume() -> None:
     compose = _yaml(DOCKER / "compose.yaml")
     service = compose["services"]["hearth"]
