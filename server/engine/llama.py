@@ -402,7 +402,12 @@ class LlamaBackend:
         per model identity. Uses the first two slots and clears them; call before serving."""
         known = _EXACT_BATCHES.get(self.identity)
         if known is None:
-            known = _EXACT_BATCHES[self.identity] = self._probe_batch_rows()
+            try:
+                known = self._probe_batch_rows()
+            except RuntimeError as exc:  # a decode that fails: not exact, and not fatal
+                logger.warning("could not check batch exactness: %s", exc)
+                known = False
+            _EXACT_BATCHES[self.identity] = known
         return known
 
     def _probe_batch_rows(self) -> bool:

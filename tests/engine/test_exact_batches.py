@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from server.engine import llama
 from server.engine.llama import LlamaBackend
 from server.settings import ModelConfig
 from tests.conftest import model_file
@@ -49,3 +50,20 @@ def test_a_quantized_value_cache_needs_flash_attention() -> None:
         ModelConfig(name="m", path="m.gguf", cache_type_v="q8_0")
     config = ModelConfig(name="m", path="m.gguf", cache_type_v="q8_0", flash_attn="on")
     assert config.cache_type_v == "q8_0"
+
+
+def test_a_probe_whose_decode_fails_answers_not_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failing llama_decode during the check must not fail the model's loading."""
+    monkeypatch.setattr(llama, "_EXACT_BATCHES", {})
+    backend = LlamaBackend(
+        model_file("smollm2"), n_ctx=512, n_slots=2, n_threads=2, flash_attn="on"
+    )
+
+    def fail(entries: object) -> None:
+        raise RuntimeError("llama_decode failed with status 1")
+
+    try:
+        monkeypatch.setattr(backend, "decode", fail)
+        assert backend.batch_rows_match_single() is False
+    finally:
+        backend.close()
