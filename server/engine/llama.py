@@ -391,63 +391,16 @@ class LlamaBackend:
             raise RuntimeError(f"llama_decode failed with status {status}")
 
     def batch_rows_match_single(self) -> bool:
-        """Whether several tokens of one sequence decoded in one batch get exactly the logits
-        the same tokens get decoded one at a time, beside another sequence's token. That is
-        what lets speculation check its guesses in one batch and still give exactly plain
-        decoding's output. It depends on the kernels llama.cpp picks for this model, cache
-        types, attention path, context length and hardware (on the CPU, SmolLM2: exact with
-        flash attention and a q8_0 cache; not with an f16 one, nor with flash attention off
-        past a few dozen cells), so it is measured, not assumed: after 300 cells, where the
-        differences showed, with as many rows as a step of guesses has. The answer is kept
-        per model identity. Uses the first two slots and clears them; call before serving."""
-        known = _EXACT_BATCHES.get(self.identity)
-        if known is None:
-            try:
-                known = self._probe_batch_rows()
-            except RuntimeError as exc:  # a decode that fails: not exact, and not fatal
-                logger.warning("could not check batch exactness: %s", exc)
-                known = False
-            _EXACT_BATCHES[self.identity] = known
-        return known
+        """Whether a batch of one sequence's tokens gets bit for bit the logits of single
+        tokens here (see :mod:`server.engine.exactness`)."""
+        from server.engine.exactness import batch_rows_match_single
 
-    def _probe_batch_rows(self) -> bool:
-        guessed = 9
-        prefix = min(300, self.n_ctx - guessed - 1)
-        if prefix < 16 or self.n_batch < guessed + 1:
-            return False
-        text = "Every spring the clerks copied the old accounts into new books, line by line. "
-        tokens = self.tokenize(text * (prefix // 8), add_special=False)[: prefix + guessed]
-        if len(tokens) < prefix + guessed:
-            return False
-        other = min(1, self.n_slots - 1)
+        return batch_rows_match_single(self)
 
-        def rows(count: int) -> np.ndarray:
-            pointer = llama_cpp.llama_get_logits(self._ctx)
-            return np.ctypeslib.as_array(pointer, shape=(count, self.n_vocab)).copy()
-
-        try:
-            lengths = {0: prefix, other: 8} if other else {0: prefix}
-            for slot, length in lengths.items():
-                self.clear(slot)
-                for start in range(0, length, self.n_batch):
-                    piece = tokens[start : min(length, start + self.n_batch)]
-                    self.decode(
-                        [BatchEntry(slot, t, start + i, False) for i, t in enumerate(piece)]
-                    )
-            together = [BatchEntry(0, t, prefix + i, True) for i, t in enumerate(tokens[prefix:])]
-            if other:
-                together.insert(0, BatchEntry(other, tokens[8], 8, True))
-            self.decode(together)
-            batched = rows(len(together))[1 if other else 0 :]
-            self.truncate(0, prefix)
-            for i, token in enumerate(tokens[prefix:]):
-                self.decode([BatchEntry(0, token, prefix + i, True)])
-                if not np.array_equal(rows(1)[0], batched[i]):
-                    return False
-            return True
-        finally:
-            for slot in {0, other}:
-                self.clear(slot)
+    def output_logits(self, count: int) -> np.ndarray:
+        """A copy of the last decode's ``count`` rows of logits, in batch order."""
+        pointer = llama_cpp.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(pointer, shape=(count, self.n_vocab)).copy()
 
     def sample(self, slot: int, batch_index: int) -> int:
         """``slot``'s next token from the logits at ``batch_index`` (see
@@ -494,9 +447,6 @@ class LlamaBackend:
             llama_cpp.llama_model_free(self._model)
             self._model = None
 
-
-# batch_rows_match_single's answers by model identity (the same file, build and cache layout).
-_EXACT_BATCHES: dict[str, bool] = {}
 
 # The model identity reads this much from each of several places across the GGUF.
 _IDENTITY_SAMPLES, _IDENTITY_BLOCK = 32, 1 << 16

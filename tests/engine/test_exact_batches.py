@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.engine import llama
+from server.engine import exactness
 from server.engine.llama import LlamaBackend
 from server.settings import ModelConfig
 from tests.conftest import model_file
@@ -54,7 +54,7 @@ def test_a_quantized_value_cache_needs_flash_attention() -> None:
 
 def test_a_probe_whose_decode_fails_answers_not_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """A failing llama_decode during the check must not fail the model's loading."""
-    monkeypatch.setattr(llama, "_EXACT_BATCHES", {})
+    monkeypatch.setattr(exactness, "_EXACT_BATCHES", {})
     backend = LlamaBackend(
         model_file("smollm2"), n_ctx=512, n_slots=2, n_threads=2, flash_attn="on"
     )
