@@ -53,6 +53,8 @@ class Cluster:
     host: str = "127.0.0.1"
     startup_timeout: float = 300.0
     log_dir: Path | None = None
+    # False: the replicas alone, for a router started elsewhere (or none, in tests).
+    router: bool = True
     _processes: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
     _names: list[str] = field(default_factory=list, init=False)
 
@@ -68,7 +70,7 @@ class Cluster:
     def start(self) -> Cluster:
         if self.policy not in ROUTER_POLICIES:
             raise ClusterError(f"unknown router policy {self.policy!r}: one of {ROUTER_POLICIES}")
-        if importlib.util.find_spec("sglang_router") is None:
+        if self.router and importlib.util.find_spec("sglang_router") is None:
             raise ClusterError(
                 "the router is not installed: pip install 'hearth[cluster]' (sglang-router)"
             )
@@ -83,6 +85,8 @@ class Cluster:
                 )
             for url in self.worker_urls:
                 self._wait(url + "/ready")
+            if not self.router:
+                return self
             self._spawn(
                 "router",
                 [

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# hearth_kv_state_shared's events, and the state cache's counters behind them.
+SHARED_STATE_EVENTS = {"found": "found", "removed": "removed_by_others", "used": "used_by_others"}
 
 
 @dataclass
@@ -215,6 +217,12 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
     state_evictions = CounterMetricFamily(
         "hearth_kv_state_evictions", "Saved KV states evicted, by store.", labels=["model", "store"]
     )
+    shared = CounterMetricFamily(
+        "hearth_kv_state_shared",
+        "Saved KV states in a folder shared with other servers: states they saved that this "
+        "one found (found), files they removed (removed), files they restored (used).",
+        labels=["model", "event"],
+    )
     for handle in handles:
         name = handle.name
         stats = handle.scheduler.stats()
@@ -228,9 +236,11 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
             for store in ("ram", "disk"):
                 state_bytes.add_metric([name, store], stats.states.get(f"{store}_bytes", 0))
                 state_evictions.add_metric([name, store], stats.states.get(f"{store}_evictions", 0))
+            for event, key in SHARED_STATE_EVENTS.items():
+                shared.add_metric([name, event], stats.states.get(key, 0))
     yield from families.values()
     yield from cache.values()
-    yield from (speculation, state_bytes, state_evictions)
+    yield from (speculation, state_bytes, state_evictions, shared)
 
 
 def _usage(stats: SchedulerStats) -> float:

@@ -255,6 +255,7 @@ class ModelRegistry:
                 # which must not evict and rename each other's files.
                 disk_dir=self._settings.kv_cache_dir.expanduser() / _dir_name(config.name),
                 disk_bytes=self._settings.kv_cache_disk_bytes,
+                scan_interval=self._settings.kv_cache_scan_interval,
             )
         speculate = config.speculative.enabled
         if speculate is None:

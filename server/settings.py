@@ -309,7 +309,15 @@ class Settings(BaseSettings):
         "key how much of its prompt another key sent before). Off, each key's cache is its own.",
     )
     kv_cache_dir: Path = Field(
-        default_factory=_default_kv_dir, description="Where saved KV states are written."
+        default_factory=_default_kv_dir,
+        description="Where saved KV states are written. Replicas of one model may share it "
+        "(a volume on one host, a ReadWriteMany volume): each finds the others' states.",
+    )
+    kv_cache_scan_interval: float = Field(
+        1.0,
+        ge=0,
+        description="Seconds between looks at `kv_cache_dir` for states other servers saved "
+        "or removed there; 0: only at load (no other server writes the directory).",
     )
     responses_db: Path = Field(
         default_factory=_default_responses_db,

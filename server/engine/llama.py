@@ -166,7 +166,12 @@ class LlamaBackend:
         if not self._model:
             raise ModelUnavailableError(f"llama.cpp could not load {path} (not a valid GGUF?)")
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-        self.identity = _model_identity(path, kv_unified, flash_attn, cache_type_k, cache_type_v)
+        # A sequence's saved state records how many KV streams the context has (one per slot
+        # unless unified); llama.cpp refuses it in a context with another count.
+        streams = 1 if kv_unified else n_slots
+        self.identity = _model_identity(
+            path, kv_unified, flash_attn, cache_type_k, cache_type_v, streams
+        )
 
         ctx_params = llama_cpp.llama_context_default_params()
         ctx_params.n_ctx = n_ctx * n_slots
@@ -454,7 +459,8 @@ _IDENTITY_SAMPLES, _IDENTITY_BLOCK = 32, 1 << 16
 
 def _model_identity(path: Path, *layout: object) -> str:
     """What a saved KV state depends on: the weights, the llama.cpp build, and the cache
-    ``layout`` (pooled or not; flash attention stores V untransposed; the element types).
+    ``layout`` (pooled or not; flash attention stores V untransposed; the element types; the
+    number of streams).
     States saved under another identity are never loaded.
 
     The GGUF's first MiB is mostly metadata (all of it, for SmolLM2), which two fine-tunes of

@@ -69,12 +69,21 @@ class SavePolicy:
         usable = min(depth - scope_length(scope), len(prompt) - MIN_RECOMPUTED)
         if entry is None or usable < better_than + MIN_COPY_GAIN:
             return None
+        # A server sharing the state folder may run a longer context: its longer states
+        # would not fit a slot here.
+        if len(self.cache.tokens_of(entry)) - scope_length(scope) > self._backend.n_ctx:
+            return None
         state = self.cache.get(entry)
         return None if state is None else (usable, state)
 
     def when_idle(self, free_slots: Sequence[int], idle_for: float) -> float:
         """Save one idle slot if the engine has been idle long enough. Returns how long the
-        engine may sleep before the next call: 0 after a save (there may be more)."""
+        engine may sleep before the next call: 0 after a save (there may be more).
+
+        Also brings the cache up to date with its folder (states other servers saved or
+        removed), which otherwise happens only when a request looks something up."""
+        if self.cache is not None:
+            self.cache.refresh()
         unsaved = [slot for slot in free_slots if self.worth_saving(slot)]
         if not unsaved:
             return IDLE_WAKE

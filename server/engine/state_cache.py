@@ -1,41 +1,39 @@
-"""Saved sequence states: a RAM LRU written through to a disk directory, both bounded in bytes.
+"""Saved sequence states: a RAM LRU written through to a disk folder, both bounded in bytes.
 
 When a slot is about to be overwritten, its KV state (``llama_state_seq_get_data``) is kept
 here under the tokens it covers. A later prompt sharing a long prefix with such an entry has
 the state restored into its slot instead of prefilling those tokens again.
 
-Every entry is also written to disk by a background thread, so the cache survives a restart.
-A file starts with a one-line JSON header (format version, the model identity, the tokens,
-the state's length and sha256) followed by the raw state. Files for another model or another
-llama.cpp build, truncated files, files whose header is malformed and files whose checksum
-fails are dropped with a warning and never loaded; a write that fails leaves nothing behind.
-
-A state holds a prompt: its tokens (in the header) and the model's keys and values for them.
-So the folders are created readable by the server's user alone (0700), and the files too
-(0600).
+Every entry is also written to disk in the background (:mod:`server.engine.state_files`), so
+the cache survives a restart, and, when several servers share the folder, a state one of them
+saved is found and restored by the others: the index here also holds the files they wrote,
+learned from the folder every few seconds, and forgets files they removed. The disk bound is
+then a bound on the folder, kept by every server evicting the least recently used file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import logging
-import os
-import queue
-import threading
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from server.engine.prefix import PrefixTree
+from server.engine.state_files import Event, Found, Gone, StateFolder, Touched, Written
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "hearth-kv-state-1"
+STAT_KEYS = (
+    "stored",
+    "superseded",
+    "ram_evictions",
+    "disk_evictions",
+    "found",  # saved by another server sharing the folder, found here
+    "removed_by_others",  # files another server removed (evicted or replaced)
+    "used_by_others",  # files another server restored
+)
 
 
 @dataclass
@@ -43,11 +41,14 @@ class _Entry:
     tokens: tuple[int, ...]
     blob: memoryview | None  # None: on disk only
     path: Path | None
-    used: float
+    used: float  # wall-clock time, comparable with other servers' file mtimes
+    disk_size: int = 0
+    writing: bool = False  # queued for the disk writer: its blob must not be reused yet
 
 
 class StateCache:
-    """Token-prefix keyed states of one model. Engine thread only, except the disk writer."""
+    """Token-prefix keyed states of one model. Engine thread only (the folder's background
+    thread talks to it through events)."""
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class StateCache:
         ram_bytes: int,
         disk_dir: Path | None,
         disk_bytes: int,
+        scan_interval: float = 0.0,
     ) -> None:
         self.model_key = model_key
         self.ram_limit = ram_bytes
@@ -64,30 +66,41 @@ class StateCache:
         self._ram: OrderedDict[int, None] = OrderedDict()  # LRU order of entries with a blob
         self._index: PrefixTree[int] = PrefixTree()
         self._by_tokens: dict[tuple[int, ...], int] = {}
+        self._by_path: dict[Path, int] = {}
         self._next_id = 0
         self._spare: list[bytearray] = []  # buffers of evicted states, for new ones
         self._spare_bytes = 0
         self.ram_bytes = 0
         self.disk_bytes = 0
-        self.stats: Counter[str] = Counter()
-        self._dir = disk_dir / model_key[:32] if disk_dir is not None else None
-        # The writer thread only writes files; what it wrote comes back through _written and
-        # is booked by the engine thread, which alone touches the entries and the index.
-        self._writes: queue.Queue[tuple[int, tuple[int, ...], memoryview] | None] = queue.Queue()
-        self._written: queue.Queue[tuple[int, Path, int]] = queue.Queue()
-        self._writer: threading.Thread | None = None
-        if self._dir is not None and disk_bytes > 0:
-            _private_directory(self._dir)
-            self._load_directory()
-            self._writer = threading.Thread(
-                target=self._write_loop, name="kv-state-writer", daemon=True
+        # Every key from the start: the metrics thread copies this dict while the engine
+        # thread counts, and a key added meanwhile would break the copy.
+        self.stats: Counter[str] = Counter(dict.fromkeys(STAT_KEYS, 0))
+        self._folder: StateFolder | None = None
+        if disk_dir is not None and disk_bytes > 0:
+            self._folder = StateFolder(
+                disk_dir / model_key[:32], model_key, scan_interval=scan_interval
             )
-            self._writer.start()
+            found = self._folder.start()
+            for event in sorted(found, key=lambda f: f.mtime):
+                self._book(event)
+            self.stats["found"] = 0  # counts other servers' states found while running
+            self._evict_disk()
+            if self._entries:
+                logger.info(
+                    "KV state cache: %d saved states found in %s",
+                    len(self._entries),
+                    self._folder.folder,
+                )
+
+    @property
+    def folder(self) -> Path | None:
+        """Where this model's state files are (None: RAM only)."""
+        return self._folder.folder if self._folder is not None else None
 
     # -- lookups ------------------------------------------------------------------------------
 
     def longest_match(self, prompt: Sequence[int]) -> tuple[int, int | None]:
-        self._absorb_writes()
+        self._absorb_disk()
         return self._index.longest_match(prompt)
 
     def tokens_of(self, entry_id: int) -> tuple[int, ...]:
@@ -99,10 +112,14 @@ class StateCache:
         if entry is None:
             return None
         entry.used = time.time()
+        if entry.path is not None and self._folder is not None:
+            self._folder.touch(entry.path)  # used: last in every sharing server's LRU order
         if entry.blob is not None:
             self._ram.move_to_end(entry_id)
             return entry.blob
-        blob = self._read_verified(entry.path) if entry.path is not None else None
+        blob = None
+        if entry.path is not None and self._folder is not None:
+            blob = self._folder.read(entry.path)
         if blob is None:
             self._forget(entry_id)
             return None
@@ -121,7 +138,7 @@ class StateCache:
         Fresh memory costs page faults: copying a 30 MB state into new memory took 18 ms
         here, into memory used before 2.5 ms, and a state may be copied on the way to a
         request's first token."""
-        self._absorb_writes()
+        self._absorb_disk()
         # A state whose tokens are a prefix of the new one's (the same conversation, a turn
         # ago) can never match a prompt better than the new state: it goes, and its memory
         # is reused.
@@ -145,35 +162,34 @@ class StateCache:
 
     def put(self, tokens: Sequence[int], blob: memoryview) -> None:
         """Keep ``blob`` (not copied; it must not change afterwards)."""
-        self._absorb_writes()
+        self._absorb_disk()
         key = tuple(tokens)
         if key in self._by_tokens:  # the same tokens again: refresh, keep one copy
             self.get(self._by_tokens[key])
             return
         if blob.nbytes > max(self.ram_limit, self.disk_limit):
             return
-        entry_id, self._next_id = self._next_id, self._next_id + 1
-        entry = _Entry(key, blob, None, time.time())
-        self._entries[entry_id] = entry
-        self._by_tokens[key] = entry_id
-        self._index.insert(key, entry_id)
+        entry_id = self._new_entry(key, blob, None, time.time())
         self._ram[entry_id] = None
         self.ram_bytes += _capacity(blob)
         self.stats["stored"] += 1
-        if self._writer is not None:
-            self._writes.put((entry_id, key, blob))
+        if self._folder is not None:
+            self._entries[entry_id].writing = True
+            self._folder.write(entry_id, key, blob)
         self._evict_ram()
+
+    def refresh(self) -> None:
+        """Take in what the folder's background thread learned, and keep the disk bound."""
+        self._absorb_disk()
 
     def close(self) -> None:
         """Finish pending disk writes."""
-        if self._writer is not None:
-            self._writes.put(None)
-            self._writer.join(60)
-            self._writer = None
-        self._absorb_writes()
+        if self._folder is not None:
+            self._folder.close()
+        self._absorb_disk()
 
     def counters(self) -> dict[str, int]:
-        self._absorb_writes()
+        self._absorb_disk()
         return {
             **self.stats,
             "ram_bytes": self.ram_bytes,
@@ -182,6 +198,15 @@ class StateCache:
         }
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _new_entry(
+        self, tokens: tuple[int, ...], blob: memoryview | None, path: Path | None, used: float
+    ) -> int:
+        entry_id, self._next_id = self._next_id, self._next_id + 1
+        self._entries[entry_id] = _Entry(tokens, blob, path, used)
+        self._by_tokens[tokens] = entry_id
+        self._index.insert(tokens, entry_id)
+        return entry_id
 
     def _evict_ram(self) -> None:
         """Keep states and spare buffers together within the RAM limit."""
@@ -200,14 +225,14 @@ class StateCache:
         self.ram_bytes -= _capacity(blob)
         self.stats["ram_evictions"] += 1
         # A buffer still queued for the disk writer must not be overwritten.
-        if recycle and blob is not None and (entry.path is not None or self._writer is None):
+        if recycle and blob is not None and not entry.writing:
             buffer = blob.obj
             blob.release()
             if isinstance(buffer, bytearray):
                 self._spare.append(buffer)
                 self._spare_bytes += len(buffer)
-        if entry.path is None and self._writer is None:
-            self._forget(entry_id)  # no disk copy will ever exist
+        if entry.path is None and not entry.writing:
+            self._forget(entry_id)  # no disk copy exists or will
 
     def _replace(self, entry_id: int) -> None:
         if entry_id in self._ram:  # move it to the front of the LRU, then evict it
@@ -229,59 +254,74 @@ class StateCache:
         if entry_id in self._ram:
             del self._ram[entry_id]
             self.ram_bytes -= _capacity(entry.blob)
-        if entry.path is not None:
-            self.disk_bytes -= _unlink(entry.path)
+        self._drop_file(entry)
 
-    def _absorb_writes(self) -> None:
-        while True:
-            try:
-                entry_id, path, size = self._written.get_nowait()
-            except queue.Empty:
-                break
-            entry = self._entries.get(entry_id)
-            if entry is None:  # forgotten meanwhile
-                _unlink(path)
-                continue
-            entry.path = path
-            self.disk_bytes += size
+    def _drop_file(self, entry: _Entry) -> None:
+        if entry.path is not None:
+            StateFolder.remove(entry.path)
+            self._by_path.pop(entry.path, None)
+            self.disk_bytes -= entry.disk_size
+            entry.path, entry.disk_size = None, 0
+
+    def _absorb_disk(self) -> None:
+        if self._folder is None:
+            return
+        for event in self._folder.events():
+            self._book(event)
         self._evict_disk()
 
-    def _write_loop(self) -> None:
-        # Hashing and writing tens of megabytes must not take CPU from decoding.
-        with contextlib.suppress(OSError, AttributeError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        while (item := self._writes.get()) is not None:
-            entry_id, tokens, blob = item
-            try:
-                path = self._write_file(tokens, blob)
-                self._written.put((entry_id, path, path.stat().st_size))
-            except OSError as exc:
-                logger.warning("could not write KV state to disk: %s", exc)
+    def _book(self, event: Event) -> None:
+        """Bring the index up to date with what the folder holds."""
+        if isinstance(event, Written):
+            entry = self._entries.get(event.entry_id)
+            if entry is None:  # forgotten meanwhile
+                if event.path is not None and event.path not in self._by_path:
+                    StateFolder.remove(event.path)
+                return
+            entry.writing = False
+            if event.path is not None:
+                self._set_file(event.entry_id, event.path, event.size)
+            elif entry.blob is None and entry.path is None:
+                self._forget(event.entry_id)
+        elif isinstance(event, Found):
+            entry_id = self._by_tokens.get(event.tokens)
+            if entry_id is None:
+                entry_id = self._new_entry(event.tokens, None, None, event.mtime)
+                self.stats["found"] += 1
+            self._set_file(entry_id, event.path, event.size)
+            entry = self._entries[entry_id]
+            entry.used = max(entry.used, event.mtime)
+        elif isinstance(event, Touched):
+            entry_id = self._by_path.get(event.path)
+            if entry_id is not None:
+                entry = self._entries[entry_id]
+                entry.used = max(entry.used, event.mtime)
+                self.stats["used_by_others"] += 1
+        elif isinstance(event, Gone):
+            entry_id = self._by_path.pop(event.path, None)
+            if entry_id is None:
+                return
+            entry = self._entries[entry_id]
+            self.disk_bytes -= entry.disk_size
+            entry.path, entry.disk_size = None, 0
+            self.stats["removed_by_others"] += 1
+            if entry.blob is None and not entry.writing:
+                self._forget(entry_id)
 
-    def _write_file(self, tokens: tuple[int, ...], blob: memoryview) -> Path:
-        assert self._dir is not None
-        header = {
-            "format": FORMAT,
-            "model": self.model_key,
-            "tokens": list(tokens),
-            "size": blob.nbytes,
-            "sha256": hashlib.sha256(blob).hexdigest(),
-        }
-        path = self._dir / f"{hashlib.sha256(repr(tokens).encode()).hexdigest()[:40]}.state"
-        tmp = path.with_suffix(".partial")
-        try:
-            descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(descriptor, "wb") as fh:
-                fh.write(json.dumps(header).encode() + b"\n")
-                fh.write(blob)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
-            raise
-        return path
+    def _set_file(self, entry_id: int, path: Path, size: int) -> None:
+        entry = self._entries[entry_id]
+        if entry.path is not None and entry.path != path:
+            return  # two files for one state (a hash collision): keep the first
+        owner = self._by_path.get(path)
+        if owner is not None and owner != entry_id:
+            return
+        self.disk_bytes += size - entry.disk_size
+        entry.path, entry.disk_size = path, size
+        self._by_path[path] = entry_id
 
     def _evict_disk(self) -> None:
-        """Least recently used files go first; an entry left with no copy is forgotten."""
+        """Least recently used files go first (by every server sharing the folder alike);
+        an entry left with no copy is forgotten."""
         if self.disk_bytes <= self.disk_limit:
             return
         on_disk = sorted((e.used, i) for i, e in self._entries.items() if e.path is not None)
@@ -289,87 +329,10 @@ class StateCache:
             if self.disk_bytes <= self.disk_limit:
                 break
             entry = self._entries[entry_id]
-            assert entry.path is not None
-            self.disk_bytes -= _unlink(entry.path)
-            entry.path = None
+            self._drop_file(entry)
             self.stats["disk_evictions"] += 1
-            if entry.blob is None:
+            if entry.blob is None and not entry.writing:
                 self._forget(entry_id)
-
-    def _load_directory(self) -> None:
-        assert self._dir is not None
-        for leftover in self._dir.glob("*.partial"):
-            leftover.unlink(missing_ok=True)
-        files = sorted(self._dir.glob("*.state"), key=lambda p: p.stat().st_mtime)
-        for path in files:
-            header = self._read_header(path)
-            if header is None:
-                continue
-            tokens = tuple(header["tokens"])
-            entry_id, self._next_id = self._next_id, self._next_id + 1
-            entry = _Entry(tokens, None, path, path.stat().st_mtime)
-            if tokens in self._by_tokens:  # a duplicate: keep the newer file
-                self._forget(self._by_tokens[tokens])
-            self._entries[entry_id] = entry
-            self._by_tokens[tokens] = entry_id
-            self._index.insert(tokens, entry_id)
-            self.disk_bytes += path.stat().st_size
-        self._evict_disk()
-        if self._entries:
-            logger.info(
-                "KV state cache: %d saved states found in %s", len(self._entries), self._dir
-            )
-
-    def _read_header(self, path: Path) -> dict[str, Any] | None:
-        try:
-            with path.open("rb") as fh:
-                line = fh.readline()
-            header = json.loads(line)
-            if not isinstance(header, dict):
-                raise ValueError("the header is not an object")
-            if header.get("format") != FORMAT or header.get("model") != self.model_key:
-                raise ValueError("written by another model or llama.cpp build")
-            tokens, size, digest = header.get("tokens"), header.get("size"), header.get("sha256")
-            well_formed = (
-                isinstance(tokens, list)
-                and bool(tokens)
-                and all(type(t) is int for t in tokens)
-                and type(size) is int
-                and size >= 0
-                and isinstance(digest, str)
-            )
-            if not well_formed:
-                raise ValueError("the header's fields are malformed")
-            if path.stat().st_size - len(line) != size:
-                raise ValueError("truncated")
-            return header
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            _drop_file(path, exc)
-            return None
-
-    def _read_verified(self, path: Path) -> memoryview | None:
-        try:
-            with path.open("rb") as fh:
-                header = json.loads(fh.readline())
-                blob = bytearray(int(header["size"]))
-                if fh.readinto(blob) != len(blob) or fh.read(1):
-                    raise ValueError("truncated")
-            if hashlib.sha256(blob).hexdigest() != header["sha256"]:
-                raise ValueError("checksum mismatch")
-            return memoryview(blob)
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            _drop_file(path, exc)
-            return None
-
-
-def _unlink(path: Path) -> int:
-    """Delete ``path``; return the bytes it held (0 if it was already gone)."""
-    try:
-        size = path.stat().st_size
-        path.unlink()
-    except OSError:
-        return 0
-    return size
 
 
 def _capacity(blob: memoryview | None) -> int:
@@ -377,19 +340,3 @@ def _capacity(blob: memoryview | None) -> int:
     if blob is None:
         return 0
     return len(blob.obj) if isinstance(blob.obj, bytearray) else blob.nbytes
-
-
-def _drop_file(path: Path, reason: Exception) -> None:
-    """An unusable state file: say why, and delete it so it is never tried again."""
-    logger.warning("dropping KV state file %s: %s", path.name, reason)
-    path.unlink(missing_ok=True)
-
-
-def _private_directory(path: Path) -> None:
-    """Create ``path`` (and missing parents) readable by this user alone, and make it so
-    if it exists: saved states hold prompts."""
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    path.mkdir(parents=True, exist_ok=True)
-    for folder in [path, *missing]:
-        with contextlib.suppress(OSError):
-            folder.chmod(0o700)

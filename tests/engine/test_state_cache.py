@@ -196,7 +196,7 @@ def test_a_file_with_malformed_header_fields_is_dropped_not_fatal(
     tmp_path: Path, header: object, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache = on_disk(tmp_path)
-    folder = cache._dir
+    folder = cache.folder
     cache.close()
     assert folder is not None
     if isinstance(header, dict):
@@ -214,7 +214,7 @@ def test_a_failed_write_leaves_no_partial_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cache = on_disk(tmp_path)
-    folder = cache._dir
+    folder = cache.folder
     assert folder is not None
     real_fdopen = os.fdopen
 

@@ -1,0 +1,216 @@
+"""Several servers sharing one folder of saved KV states (replicas on one volume)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from server.engine.state_cache import StateCache
+from server.engine.state_files import STALE_PARTIAL
+
+SCAN = 0.02
+
+
+def put(cache: StateCache, tokens: list[int], data: bytes) -> None:
+    buffer = cache.buffer_for(len(data), tokens)
+    buffer[:] = data
+    cache.put(tokens, buffer)
+
+
+def replica(
+    folder: Path, *, ram: int = 10_000, disk: int = 10_000, scan: float = SCAN
+) -> StateCache:
+    return StateCache(
+        model_key="m" * 64, ram_bytes=ram, disk_dir=folder, disk_bytes=disk, scan_interval=scan
+    )
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail("the servers did not agree in time")
+        time.sleep(SCAN)
+
+
+def files(folder: Path) -> list[Path]:
+    return list(folder.rglob("*.state"))
+
+
+def test_a_state_one_server_saved_is_restored_by_another(tmp_path: Path) -> None:
+    first, second = replica(tmp_path), replica(tmp_path)
+    try:
+        assert second.longest_match([1, 2, 3, 4]) == (0, None)
+        put(first, [1, 2, 3], b"turn one")
+        eventually(lambda: second.longest_match([1, 2, 3, 4])[0] == 3)
+        _, entry = second.longest_match([1, 2, 3, 4])
+        assert entry is not None and bytes(second.get(entry) or b"") == b"turn one"
+        assert second.counters()["found"] == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_file_another_server_removed_is_forgotten(tmp_path: Path) -> None:
+    first, second = replica(tmp_path), replica(tmp_path)
+    try:
+        put(first, [1, 2, 3], b"a" * 100)
+        eventually(lambda: second.counters()["disk_bytes"] > 0)
+        # The next turn of the conversation replaces the first's state, on the first server.
+        put(first, [1, 2, 3, 4, 5], b"b" * 100)
+        eventually(lambda: second.longest_match([1, 2, 3, 4, 5])[0] == 5)
+        eventually(lambda: second.counters()["entries"] == 1)
+        assert second.counters()["disk_bytes"] == first.counters()["disk_bytes"]
+        assert len(files(tmp_path)) == 1
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_file_removed_between_listing_and_reading_is_a_miss_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = replica(tmp_path)
+    put(first, [7, 8, 9], b"state")
+    first.close()
+    second = replica(tmp_path, scan=0)  # finds the file at start, and does not look again
+    try:
+        (path,) = files(tmp_path)
+        path.unlink()  # evicted by a third server, say
+        _, entry = second.longest_match([7, 8, 9])
+        assert entry is not None
+        with caplog.at_level(logging.WARNING):
+            assert second.get(entry) is None
+        assert caplog.records == []
+        assert second.longest_match([7, 8, 9]) == (0, None)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_disk_bound_holds_across_every_server_writing_the_folder(tmp_path: Path) -> None:
+    servers = [replica(tmp_path, ram=10_000, disk=700) for _ in range(2)]
+    try:
+        for i in range(4):
+            for n, server in enumerate(servers):
+                put(server, [n, i], bytes([i]) * 200)
+        # Each server's own writes alone stay within the bound; together they do once each
+        # has seen the other's files, and then every server counts the same bytes.
+        # (A server enforces the bound when it next looks at its cache, here counters().)
+        eventually(
+            lambda: (
+                all([s.counters()["disk_bytes"] <= 700 for s in servers])
+                and sum(p.stat().st_size for p in files(tmp_path)) <= 700
+            )
+        )
+        eventually(lambda: len({s.counters()["disk_bytes"] for s in servers}) == 1)
+    finally:
+        for server in servers:
+            server.close()
+
+
+def test_a_state_one_server_uses_is_not_the_one_another_evicts(tmp_path: Path) -> None:
+    writer = replica(tmp_path, ram=10_000, disk=1300)
+    reader = replica(tmp_path, ram=10_000, disk=1300)
+    try:
+        put(writer, [1], b"a" * 200)
+        time.sleep(0.05)
+        put(writer, [2], b"b" * 200)
+        time.sleep(0.05)
+        put(writer, [3], b"c" * 200)
+        eventually(lambda: reader.counters()["entries"] == 3)
+        _, oldest = reader.longest_match([1])
+        assert oldest is not None
+        reader.get(oldest)  # [1] is now the most recently used, for both servers
+        eventually(lambda: writer.counters().get("used_by_others") == 1)  # it saw the new mtime
+        put(writer, [4], b"d" * 200)  # over the bound: [2] is the least recently used now
+        eventually(lambda: len(files(tmp_path)) == 3)
+        eventually(lambda: reader.longest_match([2])[0] == 0)
+        assert reader.longest_match([1])[0] == 1
+        assert writer.longest_match([1])[0] == 1
+    finally:
+        writer.close()
+        reader.close()
+
+
+def test_two_servers_saving_one_state_keep_one_file(tmp_path: Path) -> None:
+    first, second = replica(tmp_path), replica(tmp_path)
+    try:
+        put(first, [5, 5, 5], b"same state")
+        put(second, [5, 5, 5], b"same state")
+        first.close()
+        second.close()
+        (path,) = files(tmp_path)
+        eventually(
+            lambda: (
+                first.counters()["disk_bytes"]
+                == second.counters()["disk_bytes"]
+                == path.stat().st_size
+            )
+        )
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_reader_never_sees_a_file_half_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Writes go to a name of their own and are renamed into place, so another server's
+    scans, however often, never find a torn file (which they would drop as truncated)."""
+    writer = replica(tmp_path, ram=1 << 24, disk=1 << 24)
+    with caplog.at_level(logging.WARNING):
+        reader = replica(tmp_path, ram=1 << 24, disk=1 << 24)
+        try:
+            for i in range(12):
+                put(writer, [i, i], bytes([i]) * 300_000)
+            eventually(lambda: reader.counters()["entries"] == 12)
+            for i in range(12):
+                _, entry = reader.longest_match([i, i])
+                assert entry is not None and bytes(reader.get(entry) or b"") == bytes([i]) * 300_000
+        finally:
+            writer.close()
+            reader.close()
+    assert [r.message for r in caplog.records] == []
+
+
+def test_another_servers_write_in_progress_is_left_alone(tmp_path: Path) -> None:
+    cache = replica(tmp_path)
+    folder = cache.folder
+    cache.close()
+    assert folder is not None
+    fresh = folder / ".abc.state.1234.partial"
+    fresh.write_bytes(b"half of a state")
+    stale = folder / ".def.state.5678.partial"
+    stale.write_bytes(b"left by a server that died while writing")
+    old = time.time() - STALE_PARTIAL - 60
+    os.utime(stale, (old, old))
+    replica(tmp_path).close()
+    assert fresh.exists()
+    assert not stale.exists()
+
+
+def test_a_known_file_replaced_by_a_broken_one_is_dropped_and_forgotten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = replica(tmp_path), replica(tmp_path)
+    try:
+        put(first, [4, 4], b"x" * 100)
+        eventually(lambda: second.counters()["disk_bytes"] > 0)
+        (path,) = files(tmp_path)
+        broken = path.with_name(".broken")
+        broken.write_bytes(b"not a header\n" + b"x" * 100)
+        with caplog.at_level(logging.WARNING):
+            os.replace(broken, path)  # a new file under the known name
+            eventually(lambda: second.counters()["disk_bytes"] == 0)
+        assert "dropping KV state file" in caplog.text
+        assert second.longest_match([4, 4]) == (0, None)
+        assert not path.exists()
+    finally:
+        first.close()
+        second.close()
