@@ -79,6 +79,7 @@ bench-speculation: models
 # Replicas behind the SGLang model gateway: cache-aware routing against round robin.
 bench-cluster: models
 	$(BIN)/python bench/cluster_bench.py --model-path $(SMOLLM2) --write bench/RESULTS.md
+	$(BIN)/python bench/shared_kv.py --model-path $(SMOLLM2) --write bench/RESULTS.md
 
 # A bounded soak and fault run on loopback (SOAK_MINUTES, default 10); see bench/soak.py.
 SOAK_MINUTES ?= 10

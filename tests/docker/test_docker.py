@@ -148,6 +148,22 @@ def test_the_inference_pool_picker_and_autoscaler_point_at_the_replicas() -> Non
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
 
 
+def test_the_shared_kv_claim_fits_the_deployments_state_volume() -> None:
+    deployment = _yaml(DOCKER / "k8s" / "deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["kv-states"] == env["HEARTH_KV_CACHE_DIR"]
+    assert "kv-states" in {v["name"] for v in pod["volumes"]}
+    claim = _yaml(DOCKER / "k8s" / "inference" / "kv-shared.yaml")
+    assert claim["kind"] == "PersistentVolumeClaim"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The commented swap in deployment.yaml names this claim.
+    text = (DOCKER / "k8s" / "deployment.yaml").read_text()
+    assert f"claimName: {claim['metadata']['name']}" in text
+
+
 def test_compose_builds_the_cpu_image_with_a_models_volume() -> None:
     compose = _yaml(DOCKER / "compose.yaml")
     service = compose["services"]["hearth"]
