@@ -44,7 +44,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ FORMAT = "hearth-kv-state-1"
 # A write of tens of megabytes takes well under a second; a partial file this old is left
 # over from a server that died while writing.
 STALE_PARTIAL = 900.0
+# A header holds the state's tokens: a million of them as JSON fit well within this.
+MAX_HEADER = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,14 @@ class StateFolder:
         server evicted it) or unusable (then it is deleted)."""
         try:
             with path.open("rb") as fh:
-                header = json.loads(fh.readline())
-                blob = bytearray(int(header["size"]))
+                line = _header_line(fh)
+                header = json.loads(line)
+                size = int(header["size"])
+                # Checked before allocating: the file may have been replaced since its header
+                # was read, and a size no file holds must not become a huge allocation.
+                if not 0 <= size == os.fstat(fh.fileno()).st_size - len(line):
+                    raise ValueError("truncated")
+                blob = bytearray(size)
                 if fh.readinto(blob) != len(blob) or fh.read(1):
                     raise ValueError("truncated")
             if hashlib.sha256(blob).hexdigest() != header["sha256"]:
@@ -186,14 +194,23 @@ class StateFolder:
             if op is None:
                 return
             kind, argument = op
-            if kind == "write":
-                self._write(*argument)
-            elif kind == "touch":
-                self._touch(argument)
+            # A bug here must not stop saving and watching for the rest of the run.
+            try:
+                if kind == "write":
+                    self._write(*argument)
+                elif kind == "touch":
+                    self._touch(argument)
+            except Exception:
+                logger.exception("KV state folder %s: %s failed", self.folder, kind)
+                if kind == "write":
+                    self._events.put(Written(argument[0], None, 0))
             if self.scan_interval > 0 and time.monotonic() >= next_scan:
-                for event in self._scan():
-                    self._events.put(event)
                 next_scan = time.monotonic() + self.scan_interval
+                try:
+                    for event in self._scan():
+                        self._events.put(event)
+                except Exception:
+                    logger.exception("KV state folder %s: scan failed", self.folder)
 
     def _write(self, entry_id: int, tokens: tuple[int, ...], blob: memoryview) -> None:
         header = {
@@ -275,7 +292,7 @@ class StateFolder:
     def _read_header(self, path: Path, file_size: int) -> tuple[int, ...] | None:
         try:
             with path.open("rb") as fh:
-                line = fh.readline()
+                line = _header_line(fh)
             header = json.loads(line)
             if not isinstance(header, dict):
                 raise ValueError("the header is not an object")
@@ -292,6 +309,15 @@ class StateFolder:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             _drop_file(path, exc)
             return None
+
+
+def _header_line(fh: BinaryIO) -> bytes:
+    """The header line, read with a bound: a damaged file with no newline in its first
+    :data:`MAX_HEADER` bytes must not be read into memory whole."""
+    line = fh.readline(MAX_HEADER)
+    if not line.endswith(b"\n"):
+        raise ValueError("no header line")
+    return line
 
 
 def _well_formed(tokens: Any, size: Any, digest: Any) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from server.engine import state_files
 from server.engine.state_cache import StateCache
 from server.engine.state_files import STALE_PARTIAL
 
@@ -214,3 +216,46 @@ def test_a_known_file_replaced_by_a_broken_one_is_dropped_and_forgotten(
     finally:
         first.close()
         second.close()
+
+
+def test_a_file_replaced_after_its_header_was_read_cannot_cause_a_huge_allocation(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = replica(tmp_path)
+    put(first, [3, 1, 4], b"pi" * 50)
+    first.close()
+    second = replica(tmp_path, scan=0)
+    try:
+        _, entry = second.longest_match([3, 1, 4])
+        assert entry is not None
+        (path,) = files(tmp_path)
+        header = {
+            "format": "hearth-kv-state-1",
+            "model": "m" * 64,
+            "tokens": [3, 1, 4],
+            "size": 1 << 50,  # a petabyte, claimed
+            "sha256": "0" * 64,
+        }
+        path.write_bytes(json.dumps(header).encode() + b"\n" + b"x" * 100)
+        with caplog.at_level(logging.WARNING):
+            assert second.get(entry) is None
+        assert "truncated" in caplog.text
+        assert not path.exists()
+    finally:
+        second.close()
+
+
+def test_a_damaged_file_without_a_header_line_is_not_read_whole(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(state_files, "MAX_HEADER", 1000)
+    cache = replica(tmp_path)
+    folder = cache.folder
+    cache.close()
+    assert folder is not None
+    damaged = folder / ("0" * 40 + ".state")
+    damaged.write_bytes(b"{" * 5000)
+    with caplog.at_level(logging.WARNING):
+        replica(tmp_path).close()
+    assert "no header line" in caplog.text
+    assert not damaged.exists()
