@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from server.engine.prefix import PrefixTree
-from server.engine.state_files import Event, Found, Gone, StateFolder, Touched, Written
+from server.engine.state_files import (
+    Event,
+    Forgotten,
+    Found,
+    Gone,
+    StateFolder,
+    Touched,
+    Written,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +41,7 @@ STAT_KEYS = (
     "found",  # saved by another server sharing the folder, found here
     "removed_by_others",  # files another server removed (evicted or replaced)
     "used_by_others",  # files another server restored
+    "writes_skipped",  # not written: too many bytes already waiting for the disk
 )
 
 
@@ -67,6 +76,13 @@ class StateCache:
         self._index: PrefixTree[int] = PrefixTree()
         self._by_tokens: dict[tuple[int, ...], int] = {}
         self._by_path: dict[Path, int] = {}
+        # Files this server removed whose removal the folder's thread has not yet taken in:
+        # events about them meanwhile are stale.
+        self._removed: set[Path] = set()
+        # Bytes of states queued for the disk writer. They stay in memory until written, even
+        # when evicted from the RAM cache, so they are capped (half the RAM limit).
+        self._queued: dict[int, int] = {}  # entry id -> bytes, until its Written event
+        self._writing_bytes = 0
         self._next_id = 0
         self._spare: list[bytearray] = []  # buffers of evicted states, for new ones
         self._spare_bytes = 0
@@ -119,7 +135,11 @@ class StateCache:
             return entry.blob
         blob = None
         if entry.path is not None and self._folder is not None:
-            blob = self._folder.read(entry.path)
+            try:
+                blob = self._folder.read(entry.path)
+            except OSError as exc:  # perhaps passing: a miss, and the entry stays
+                logger.warning("could not read KV state file %s: %s", entry.path.name, exc)
+                return None
         if blob is None:
             self._forget(entry_id)
             return None
@@ -174,8 +194,14 @@ class StateCache:
         self.ram_bytes += _capacity(blob)
         self.stats["stored"] += 1
         if self._folder is not None:
-            self._entries[entry_id].writing = True
-            self._folder.write(entry_id, key, blob)
+            # At most half the RAM limit waits for the disk (or one state, however large).
+            if self._writing_bytes == 0 or self._writing_bytes + blob.nbytes <= self.ram_limit // 2:
+                self._entries[entry_id].writing = True
+                self._writing_bytes += blob.nbytes
+                self._queued[entry_id] = blob.nbytes
+                self._folder.write(entry_id, key, blob)
+            else:  # the disk is slower than states come: this one stays in RAM only
+                self.stats["writes_skipped"] += 1
         self._evict_ram()
 
     def refresh(self) -> None:
@@ -258,7 +284,9 @@ class StateCache:
 
     def _drop_file(self, entry: _Entry) -> None:
         if entry.path is not None:
-            StateFolder.remove(entry.path)
+            assert self._folder is not None
+            self._folder.remove(entry.path)
+            self._removed.add(entry.path)
             self._by_path.pop(entry.path, None)
             self.disk_bytes -= entry.disk_size
             entry.path, entry.disk_size = None, 0
@@ -273,16 +301,11 @@ class StateCache:
     def _book(self, event: Event) -> None:
         """Bring the index up to date with what the folder holds."""
         if isinstance(event, Written):
-            entry = self._entries.get(event.entry_id)
-            if entry is None:  # forgotten meanwhile
-                if event.path is not None and event.path not in self._by_path:
-                    StateFolder.remove(event.path)
-                return
-            entry.writing = False
-            if event.path is not None:
-                self._set_file(event.entry_id, event.path, event.size)
-            elif entry.blob is None and entry.path is None:
-                self._forget(event.entry_id)
+            self._book_write(event)
+        elif isinstance(event, Forgotten):
+            self._removed.discard(event.path)
+        elif event.path in self._removed:
+            return  # about a file this server removed, from before the removal
         elif isinstance(event, Found):
             entry_id = self._by_tokens.get(event.tokens)
             if entry_id is None:
@@ -307,6 +330,26 @@ class StateCache:
             self.stats["removed_by_others"] += 1
             if entry.blob is None and not entry.writing:
                 self._forget(entry_id)
+
+    def _book_write(self, event: Written) -> None:
+        self._writing_bytes -= self._queued.pop(event.entry_id, 0)
+        entry = self._entries.get(event.entry_id)
+        if entry is None:  # forgotten meanwhile (replaced, say, by a save of the same tokens)
+            if event.path is None:
+                return
+            owner = self._by_tokens.get(event.tokens)
+            if owner is None:
+                assert self._folder is not None
+                self._folder.remove(event.path)  # nobody wants it
+                self._removed.add(event.path)
+            elif not self._entries[owner].writing:  # its own write, if any, comes later
+                self._set_file(owner, event.path, event.size)
+            return
+        entry.writing = False
+        if event.path is not None:
+            self._set_file(event.entry_id, event.path, event.size)
+        elif entry.blob is None and entry.path is None:
+            self._forget(event.entry_id)
 
     def _set_file(self, entry_id: int, path: Path, size: int) -> None:
         entry = self._entries[entry_id]

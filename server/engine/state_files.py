@@ -19,10 +19,12 @@ Kubernetes), so nothing here assumes this process is the only writer:
   least recently used file is the same one for every server, and the byte bound holds across
   all of them);
 - a file can vanish between being listed and being read (another server evicted it): that is
-  a miss, not an error.
+  a miss, not an error. So is a read that fails for another reason (an NFS hiccup, a file of
+  another user): only a file whose content is wrong is deleted.
 
 A ``.partial`` file is only deleted once it is older than :data:`STALE_PARTIAL`: a younger one
-may be another server's write in progress.
+may be another server's write in progress (unless the folder is not shared: ``scan_interval``
+0).
 
 A state holds a prompt: its tokens (in the header) and the model's keys and values for them.
 So the folders are created readable by the server's user alone (0700), and the files too
@@ -58,9 +60,11 @@ MAX_HEADER = 16 << 20
 
 @dataclass(frozen=True)
 class Written:
-    """This server's write of entry ``entry_id`` is on disk (``path`` None: it failed)."""
+    """This server's write of entry ``entry_id`` (of ``tokens``) is on disk (``path`` None:
+    it failed)."""
 
     entry_id: int
+    tokens: tuple[int, ...]
     path: Path | None
     size: int
 
@@ -90,13 +94,25 @@ class Touched:
     mtime: float
 
 
-Event = Written | Found | Gone | Touched
+@dataclass(frozen=True)
+class Forgotten:
+    """The background thread has taken in that this server removed ``path``: events about
+    it from before (queued while the removal was on its way) are stale, later ones are not."""
+
+    path: Path
+
+
+Event = Written | Found | Gone | Touched | Forgotten
 
 
 @dataclass(frozen=True)
 class _Seen:
     inode: int
     mtime: float
+
+
+class _BadFile(Exception):
+    """A state file whose content is wrong: it is deleted."""
 
 
 class StateFolder:
@@ -121,7 +137,7 @@ class StateFolder:
     def start(self) -> list[Found]:
         """Look at the folder (on the calling thread, so that a restart finds its states at
         once), then start the background thread. Returns what the folder holds."""
-        found = [e for e in self._scan() if isinstance(e, Found)]
+        found = [e for e in self._scan(starting=True) if isinstance(e, Found)]
         self._thread = threading.Thread(target=self._loop, name="kv-state-files", daemon=True)
         self._thread.start()
         return found
@@ -133,6 +149,14 @@ class StateFolder:
     def touch(self, path: Path) -> None:
         """Mark ``path`` as just used, for every server's LRU order (in the background)."""
         self._ops.put(("touch", path))
+
+    def remove(self, path: Path) -> None:
+        """Delete ``path`` now; the background thread then forgets it was there (and says so
+        with a :class:`Forgotten` event), so that a file another server writes under the same
+        name later, even on the same inode, is found as new."""
+        with contextlib.suppress(OSError):
+            path.unlink()
+        self._ops.put(("forget", path))
 
     def events(self) -> list[Event]:
         drained: list[Event] = []
@@ -151,33 +175,27 @@ class StateFolder:
 
     def read(self, path: Path) -> memoryview | None:
         """The state in ``path``, verified against its header; None if it is gone (another
-        server evicted it) or unusable (then it is deleted)."""
+        server evicted it) or unusable (then it is deleted). Other I/O errors (an NFS hiccup,
+        a file of another user) raise OSError: the file may be good, and stays."""
         try:
             with path.open("rb") as fh:
-                line = _header_line(fh)
-                header = json.loads(line)
-                size = int(header["size"])
+                header, length = self._header(fh, path)
+                size = header["size"]
                 # Checked before allocating: the file may have been replaced since its header
-                # was read, and a size no file holds must not become a huge allocation.
-                if not 0 <= size == os.fstat(fh.fileno()).st_size - len(line):
-                    raise ValueError("truncated")
+                # was first read, and a size no file holds must not become a huge allocation.
+                if size != os.fstat(fh.fileno()).st_size - length:
+                    raise _BadFile("truncated")
                 blob = bytearray(size)
                 if fh.readinto(blob) != len(blob) or fh.read(1):
-                    raise ValueError("truncated")
+                    raise _BadFile("truncated")
             if hashlib.sha256(blob).hexdigest() != header["sha256"]:
-                raise ValueError("checksum mismatch")
+                raise _BadFile("checksum mismatch")
             return memoryview(blob)
         except FileNotFoundError:
             logger.debug("KV state file %s was removed by another server", path.name)
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except _BadFile as exc:
             _drop_file(path, exc)
-            return None
-
-    @staticmethod
-    def remove(path: Path) -> None:
-        with contextlib.suppress(OSError):
-            path.unlink()
+        return None
 
     # -- the background thread ----------------------------------------------------------------
 
@@ -200,17 +218,17 @@ class StateFolder:
                     self._write(*argument)
                 elif kind == "touch":
                     self._touch(argument)
+                elif kind == "forget":
+                    self._seen.pop(argument.name, None)
+                    self._events.put(Forgotten(argument))
             except Exception:
                 logger.exception("KV state folder %s: %s failed", self.folder, kind)
                 if kind == "write":
-                    self._events.put(Written(argument[0], None, 0))
+                    self._events.put(Written(argument[0], argument[1], None, 0))
             if self.scan_interval > 0 and time.monotonic() >= next_scan:
                 next_scan = time.monotonic() + self.scan_interval
-                try:
-                    for event in self._scan():
-                        self._events.put(event)
-                except Exception:
-                    logger.exception("KV state folder %s: scan failed", self.folder)
+                for event in self._scan():
+                    self._events.put(event)
 
     def _write(self, entry_id: int, tokens: tuple[int, ...], blob: memoryview) -> None:
         header = {
@@ -233,10 +251,10 @@ class StateFolder:
         except OSError as exc:
             tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
             logger.warning("could not write KV state to disk: %s", exc)
-            self._events.put(Written(entry_id, None, 0))
+            self._events.put(Written(entry_id, tokens, None, 0))
             return
         self._seen[name] = _Seen(stat.st_ino, stat.st_mtime)
-        self._events.put(Written(entry_id, path, stat.st_size))
+        self._events.put(Written(entry_id, tokens, path, stat.st_size))
 
     def _touch(self, path: Path) -> None:
         try:
@@ -247,77 +265,91 @@ class StateFolder:
         if path.name in self._seen:
             self._seen[path.name] = _Seen(stat.st_ino, stat.st_mtime)
 
-    def _scan(self) -> list[Event]:
+    def _scan(self, *, starting: bool = False) -> list[Event]:
         """What changed in the folder since the last look."""
         events: list[Event] = []
-        now = time.time()
-        present: set[str] = set()
         try:
             listing = list(os.scandir(self.folder))
         except OSError as exc:
             logger.warning("cannot list the KV state folder %s: %s", self.folder, exc)
             return events
+        present: set[str] = set()
         for item in listing:
-            name = item.name
             try:
-                stat = item.stat()
-            except OSError:
-                continue  # removed while listing
-            if name.endswith(".partial"):
-                if now - stat.st_mtime > STALE_PARTIAL:
-                    self.remove(Path(item.path))
-                continue
-            if not name.endswith(".state"):
-                continue
-            present.add(name)
-            seen = self._seen.get(name)
-            if seen is not None and seen.inode == stat.st_ino:
-                if stat.st_mtime > seen.mtime:
-                    events.append(Touched(Path(item.path), stat.st_mtime))
-                    self._seen[name] = _Seen(stat.st_ino, stat.st_mtime)
-                continue
-            # New, or replaced by another writer since: read its header.
-            tokens = self._read_header(Path(item.path), stat.st_size)
-            if tokens is None:
-                if self._seen.pop(name, None) is not None:
-                    events.append(Gone(Path(item.path)))  # what was there is not any more
-                continue
-            self._seen[name] = _Seen(stat.st_ino, stat.st_mtime)
-            events.append(Found(Path(item.path), tokens, stat.st_size, stat.st_mtime))
+                self._look_at(item, events, present, starting)
+            except Exception:  # one odd file must not hide the others
+                logger.exception("KV state folder %s: cannot look at %s", self.folder, item.name)
+                present.add(item.name)  # not Gone: it is there
         for name in [n for n in self._seen if n not in present]:
             del self._seen[name]
             events.append(Gone(self.folder / name))
         return events
 
-    def _read_header(self, path: Path, file_size: int) -> tuple[int, ...] | None:
+    def _look_at(
+        self, item: os.DirEntry[str], events: list[Event], present: set[str], starting: bool
+    ) -> None:
+        name, path = item.name, Path(item.path)
+        if name.endswith(".partial"):
+            # A young one may be another server's write in progress, unless none shares this
+            # folder: then it was this server's own, cut short when it stopped.
+            stale = starting and self.scan_interval == 0
+            with contextlib.suppress(OSError):
+                if stale or time.time() - item.stat().st_mtime > STALE_PARTIAL:
+                    path.unlink()
+            return
+        if not name.endswith(".state"):
+            return
+        try:
+            stat = item.stat()
+        except OSError:
+            return  # removed while listing: Gone, if it was seen
+        present.add(name)
+        seen = self._seen.get(name)
+        if seen is not None and seen.inode == stat.st_ino:
+            if stat.st_mtime > seen.mtime:
+                events.append(Touched(path, stat.st_mtime))
+                self._seen[name] = _Seen(stat.st_ino, stat.st_mtime)
+            return
+        # New, or replaced by another writer since: read its header.
         try:
             with path.open("rb") as fh:
-                line = _header_line(fh)
-            header = json.loads(line)
-            if not isinstance(header, dict):
-                raise ValueError("the header is not an object")
-            if header.get("format") != FORMAT or header.get("model") != self.model_key:
-                raise ValueError("written by another model or llama.cpp build")
-            tokens, size, digest = header.get("tokens"), header.get("size"), header.get("sha256")
-            if not _well_formed(tokens, size, digest):
-                raise ValueError("the header's fields are malformed")
-            if file_size - len(line) != size:
-                raise ValueError("truncated")
-            return tuple(header["tokens"])
+                header, length = self._header(fh, path)
+                opened = os.fstat(fh.fileno())  # the file read, not the one listed
+            if opened.st_size - length != header["size"]:
+                raise _BadFile("truncated")
         except FileNotFoundError:
-            return None  # removed by another server since it was listed
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            present.discard(name)  # removed since it was listed
+            return
+        except OSError as exc:
+            logger.warning("could not read KV state file %s: %s", name, exc)
+            return  # tried again at the next scan
+        except _BadFile as exc:
             _drop_file(path, exc)
-            return None
+            present.discard(name)
+            return
+        self._seen[name] = _Seen(opened.st_ino, opened.st_mtime)
+        events.append(Found(path, tuple(header["tokens"]), opened.st_size, opened.st_mtime))
 
-
-def _header_line(fh: BinaryIO) -> bytes:
-    """The header line, read with a bound: a damaged file with no newline in its first
-    :data:`MAX_HEADER` bytes must not be read into memory whole."""
-    line = fh.readline(MAX_HEADER)
-    if not line.endswith(b"\n"):
-        raise ValueError("no header line")
-    return line
+    def _header(self, fh: BinaryIO, path: Path) -> tuple[dict[str, Any], int]:
+        """The checked header of an open state file, and its length in bytes. Raises
+        :class:`_BadFile` for any content that is wrong, OSError for I/O."""
+        line = fh.readline(MAX_HEADER)  # bounded: a damaged file need not hold a newline
+        if not line.endswith(b"\n"):
+            raise _BadFile("no header line")
+        try:
+            header = json.loads(line)
+        except (ValueError, RecursionError) as exc:
+            raise _BadFile(f"the header is not JSON ({exc.__class__.__name__})") from None
+        if not isinstance(header, dict):
+            raise _BadFile("the header is not an object")
+        if header.get("format") != FORMAT or header.get("model") != self.model_key:
+            raise _BadFile("written by another model or llama.cpp build")
+        tokens, size, digest = header.get("tokens"), header.get("size"), header.get("sha256")
+        if not _well_formed(tokens, size, digest):
+            raise _BadFile("the header's fields are malformed")
+        if path.name != state_file_name(header["tokens"]):
+            raise _BadFile("named for other tokens")
+        return header, len(line)
 
 
 def _well_formed(tokens: Any, size: Any, digest: Any) -> bool:
@@ -339,7 +371,8 @@ def state_file_name(tokens: Sequence[int]) -> str:
 def _drop_file(path: Path, reason: Exception) -> None:
     """An unusable state file: say why, and delete it so it is never tried again."""
     logger.warning("dropping KV state file %s: %s", path.name, reason)
-    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.unlink()
 
 
 def _private_directory(path: Path) -> None:

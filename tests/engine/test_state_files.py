@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +40,12 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail("the servers did not agree in time")
         time.sleep(SCAN)
+
+
+def refreshed(*servers: StateCache) -> bool:
+    for server in servers:
+        server.refresh()
+    return True
 
 
 def files(folder: Path) -> list[Path]:
@@ -131,7 +139,8 @@ def test_a_state_one_server_uses_is_not_the_one_another_evicts(tmp_path: Path) -
         reader.get(oldest)  # [1] is now the most recently used, for both servers
         eventually(lambda: writer.counters().get("used_by_others") == 1)  # it saw the new mtime
         put(writer, [4], b"d" * 200)  # over the bound: [2] is the least recently used now
-        eventually(lambda: len(files(tmp_path)) == 3)
+        # (A server keeps the bound when it looks at its cache: an idle one every second.)
+        eventually(lambda: refreshed(writer, reader) and len(files(tmp_path)) == 3)
         eventually(lambda: reader.longest_match([2])[0] == 0)
         assert reader.longest_match([1])[0] == 1
         assert writer.longest_match([1])[0] == 1
@@ -145,8 +154,7 @@ def test_two_servers_saving_one_state_keep_one_file(tmp_path: Path) -> None:
     try:
         put(first, [5, 5, 5], b"same state")
         put(second, [5, 5, 5], b"same state")
-        first.close()
-        second.close()
+        eventually(lambda: len(files(tmp_path)) == 1)
         (path,) = files(tmp_path)
         eventually(
             lambda: (
@@ -155,6 +163,7 @@ def test_two_servers_saving_one_state_keep_one_file(tmp_path: Path) -> None:
                 == path.stat().st_size
             )
         )
+        assert first.counters()["entries"] == second.counters()["entries"] == 1
     finally:
         first.close()
         second.close()
@@ -259,3 +268,154 @@ def test_a_damaged_file_without_a_header_line_is_not_read_whole(
         replica(tmp_path).close()
     assert "no header line" in caplog.text
     assert not damaged.exists()
+
+
+def test_a_read_that_fails_for_io_is_a_miss_and_the_file_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = replica(tmp_path)
+    put(first, [2, 7], b"e" * 100)
+    first.close()
+    second = replica(tmp_path, scan=0)
+    try:
+        _, entry = second.longest_match([2, 7])
+        assert entry is not None
+        real_open = Path.open
+
+        def flaky(self: Path, *args: Any, **kwargs: Any) -> Any:
+            if self.suffix == ".state":
+                raise OSError(116, "Stale file handle")  # NFS, say: not the file's fault
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", flaky)
+        assert second.get(entry) is None
+        monkeypatch.undo()
+        assert len(files(tmp_path)) == 1  # another server's good file, kept
+        assert bytes(second.get(entry) or b"") == b"e" * 100  # and read once the error passed
+    finally:
+        second.close()
+
+
+def test_a_bad_file_that_cannot_be_deleted_is_skipped_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = replica(tmp_path)
+    put(first, [6, 6], b"f" * 100)
+    first.close()
+    (path,) = files(tmp_path)
+    path.write_bytes(path.read_bytes()[:-1] + b"!")  # a checksum that fails
+    second = replica(tmp_path, scan=0)
+    try:
+        _, entry = second.longest_match([6, 6])
+        assert entry is not None
+
+        def refuse(self: Path, missing_ok: bool = False) -> None:
+            raise PermissionError(13, "Permission denied")  # a read-only share
+
+        monkeypatch.setattr(Path, "unlink", refuse)
+        assert second.get(entry) is None
+        assert second.longest_match([6, 6]) == (0, None)
+    finally:
+        monkeypatch.undo()
+        second.close()
+
+
+def test_a_header_nested_past_the_parsers_depth_is_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = replica(tmp_path)
+    folder = cache.folder
+    cache.close()
+    assert folder is not None
+    deep = folder / ("1" * 40 + ".state")
+    deep.write_bytes(b"[" * 200_000 + b"\n")
+    with caplog.at_level(logging.WARNING):
+        replica(tmp_path).close()
+    assert "not JSON" in caplog.text
+    assert not deep.exists()
+
+
+def test_one_file_that_cannot_be_looked_at_does_not_hide_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = replica(tmp_path)
+    for i in range(3):
+        put(first, [9, i], b"g" * 50)
+    first.close()
+    real = state_files.StateFolder._look_at
+    odd = state_files.state_file_name((9, 1))
+
+    def look_at(self: state_files.StateFolder, item: os.DirEntry[str], *args: Any) -> None:
+        if item.name == odd:
+            raise RuntimeError("a bug")
+        real(self, item, *args)
+
+    monkeypatch.setattr(state_files.StateFolder, "_look_at", look_at)
+    second = replica(tmp_path, scan=0)
+    try:
+        assert second.longest_match([9, 0])[0] == 2
+        assert second.longest_match([9, 2])[0] == 2
+    finally:
+        second.close()
+
+
+def test_the_same_tokens_saved_twice_in_a_row_keep_their_file(tmp_path: Path) -> None:
+    """Two slots holding the same tokens are saved one after the other: the second save
+    replaces the first entry before its write is booked, and the first write's arrival must
+    not delete the file the second one owns."""
+    cache = replica(tmp_path, scan=0)
+    try:
+        put(cache, [8, 8, 8], b"h" * 100)
+        put(cache, [8, 8, 8], b"h" * 100)  # buffer_for() forgets the first entry
+        cache.close()
+        (path,) = files(tmp_path)
+        assert cache.counters()["disk_bytes"] == path.stat().st_size
+        assert cache.counters()["entries"] == 1
+    finally:
+        cache.close()
+
+
+def test_a_file_recreated_on_the_inode_of_one_this_server_removed_is_found(
+    tmp_path: Path,
+) -> None:
+    """Filesystems reuse freed inodes: another server's new file under a name this server
+    removed may have the very inode the old one had, and must still be found as new."""
+    cache = replica(tmp_path, scan=0.5)
+    try:
+        put(cache, [1, 1], b"i" * 100)
+        eventually(lambda: cache.counters()["disk_bytes"] > 0)
+        (path,) = files(tmp_path)
+        keep = path.with_name(".same-inode")
+        os.link(path, keep)  # holds the inode while the file is removed
+        put(cache, [1, 1, 2], b"j" * 100)  # supersedes [1, 1]: its file is removed...
+        assert not path.exists()
+        # ... and, before the next look at the folder, "another server" saves [1, 1] again,
+        # on the old inode.
+        os.replace(keep, path)
+        eventually(lambda: cache.counters()["entries"] == 2)
+        assert cache.counters()["found"] == 1
+    finally:
+        cache.close()
+
+
+def test_states_waiting_for_a_slow_disk_are_capped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real = state_files.StateFolder._write
+
+    def slow_write(self: state_files.StateFolder, *args: Any) -> None:
+        release.wait(30)
+        real(self, *args)
+
+    monkeypatch.setattr(state_files.StateFolder, "_write", slow_write)
+    cache = replica(tmp_path, ram=1000, disk=100_000)
+    try:
+        for i in range(6):
+            put(cache, [i], b"k" * 150)
+        # At most half the RAM limit waits for the disk; the rest stayed in RAM only.
+        assert cache.counters()["writes_skipped"] >= 3
+    finally:
+        release.set()
+        cache.close()
+    assert len(files(tmp_path)) <= 3
