@@ -8,7 +8,7 @@ PORT   ?= 8000
 # llama-cpp-python compiles llama.cpp from source; use every core for it.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install models run cluster test check lint typecheck bench bench-speculation bench-cluster soak clean
+.PHONY: install models run cluster test screenshots check lint typecheck bench bench-speculation bench-cluster soak clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ cluster: install
 
 test: models
 	$(BIN)/python -m pytest
+
+# The web page's browser tests (Debian's chromium), saving a screenshot of each view in docs/.
+screenshots: models
+	HEARTH_SCREENSHOTS=docs $(BIN)/python -m pytest tests/web
 
 lint: install
 	$(BIN)/ruff check server tests bench

@@ -61,6 +61,10 @@ class KeyStore:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    @property
+    def keys(self) -> list[ApiKey]:
+        return list(self._keys)
+
     def authenticate(self, presented: str | None) -> ApiKey:
         if not presented:
             raise AuthenticationError(
@@ -128,6 +132,9 @@ class _Usage:
     tokens: deque[tuple[float, int]] = field(default_factory=deque)
     token_total: int = 0
     concurrent: int = 0
+    # Since the server started, for the status view.
+    requests_ever: int = 0
+    tokens_ever: int = 0
 
 
 class RateLimiter:
@@ -161,6 +168,7 @@ class RateLimiter:
                 retry_after=max(1, math.ceil(self._token_wait(usage, tpm, now))),
             )
         usage.requests.append(now)
+        usage.requests_ever += 1
         usage.concurrent += 1
 
     def release(self, key: ApiKey) -> None:
@@ -173,6 +181,7 @@ class RateLimiter:
             usage = self._window(key.name, self._clock())
             usage.tokens.append((self._clock(), tokens))
             usage.token_total += tokens
+            usage.tokens_ever += tokens
 
     def consume_tokens(self, key: ApiKey, tokens: int) -> None:
         """Count ``tokens`` now, as a generation produces them, and raise
@@ -187,6 +196,12 @@ class RateLimiter:
                 "the generation was stopped",
                 retry_after=max(1, math.ceil(self._token_wait(usage, tpm, self._clock()))),
             )
+
+    def usage(self, key: ApiKey) -> tuple[int, int, int, int]:
+        """``key``'s requests and tokens since the start, tokens in the last minute, and
+        requests running now."""
+        usage = self._window(key.name, self._clock())
+        return usage.requests_ever, usage.tokens_ever, usage.token_total, usage.concurrent
 
     def concurrent(self, key: ApiKey) -> int:
         usage = self._usage.get(key.name)

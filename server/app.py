@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server.api import health, models, tokens
+from server.api import health, models, tokens, web
 from server.api.anthropic import messages
 from server.api.errors import install_error_handlers
 from server.api.gateway import REQUEST_ID_HEADER, Gateway
@@ -77,4 +77,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tokens.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(web.router)
     return app

@@ -7,6 +7,9 @@ scrape time by :class:`_LiveCollector`, so the engine threads never touch a metr
 
 from __future__ import annotations
 
+import time
+from collections import Counter as TallyCounter
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -75,6 +78,9 @@ class Metrics:
     """The app's metrics. Built in the lifespan, kept on the app state."""
 
     def __init__(self, registry: ModelRegistry, *, compat: str = "none") -> None:
+        self.started = time.monotonic()
+        # The token counts again as plain numbers, per model and kind, for GET /status.
+        self.token_totals: defaultdict[str, TallyCounter[str]] = defaultdict(TallyCounter)
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "hearth_requests",
@@ -128,6 +134,7 @@ class Metrics:
         ):
             if count:
                 self.tokens.labels(model, kind).inc(count)
+                self.token_totals[model][kind] += count
         for seconds in record.queue_seconds:
             self.queue_wait.labels(model).observe(seconds)
         if record.time_to_first_token is not None:

@@ -342,6 +342,10 @@ class Settings(BaseSettings):
         None, ge=1, le=64, description="Override every model's `slots` (sequences per batch)."
     )
     ctx: int | None = Field(None, ge=64, description="Override every model's `n_ctx`.")
+    web_ui: bool = Field(
+        True,
+        description="Serve the web page (a chat playground and a status view) at `/`.",
+    )
     metrics_compat: Literal["none", "vllm"] = Field(
         "none",
         description="Also export the load signals under vLLM's metric names "

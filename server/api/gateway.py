@@ -30,7 +30,10 @@ REQUEST_ID_HEADER = "x-request-id"
 # A client's own id is kept when it looks like one; anything else gets a fresh id.
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Routes that answer without an API key: probes, metrics and the API's own description.
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/docs", "/openapi.json"})
+# The web page's files too: it asks for the key itself (its data comes from keyed routes).
+OPEN_PATHS = frozenset(
+    {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/", "/ui/app.js", "/ui/style.css"}
+)
 # Metrics label routes by these paths only; anything else is "other" (bounded label values).
 KNOWN_ROUTES = frozenset(
     {
@@ -51,6 +54,7 @@ KNOWN_ROUTES = frozenset(
         "/api/version",
         "/tokenize",
         "/detokenize",
+        "/status",
         *OPEN_PATHS,
     }
 )

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import PlainTextResponse
 
 from server.api.cancellation import unless_disconnected
 from server.api.deps import Context, State, caller_of
@@ -27,12 +26,9 @@ router = APIRouter(tags=["ollama"])
 OLLAMA_VERSION = "0.12.0"
 
 
-@router.api_route(
-    "/", methods=["GET", "HEAD"], response_class=PlainTextResponse, include_in_schema=False
-)
-async def root() -> str:
-    """Ollama's command line checks that the server answers here before anything else."""
-    return "Hearth is running (it speaks Ollama's API under /api)"
+# What GET / answers a client that is not a browser (server/api/web.py): Ollama's command
+# line checks that the server answers there before anything else.
+ROOT_TEXT = "Hearth is running (it speaks Ollama's API under /api)"
 
 
 @router.get("/api/version")
