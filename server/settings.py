@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -259,8 +259,8 @@ class Settings(BaseSettings):
         "a loopback address, so that a web page cannot reach a local server through DNS "
         "rebinding; any host otherwise.",
     )
-    max_body_bytes: int = Field(
-        8 * 1024 * 1024, ge=1024, description="Largest request body (413 above)."
+    max_body_bytes: ByteSize = Field(
+        ByteSize(8 * 1024 * 1024), ge=1024, description="Largest request body (413 above)."
     )
     max_queue: int = Field(
         64, ge=1, description="Jobs (choices times prompts) waiting per model before 429."
@@ -290,13 +290,17 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds running requests get to finish after SIGTERM."
     )
-    kv_cache_ram_bytes: int = Field(
-        1 << 30, ge=0, description="RAM for saved KV states, per model; 0 turns the cache off."
+    kv_cache_ram_bytes: ByteSize = Field(
+        ByteSize(1 << 30),
+        ge=0,
+        description="RAM for saved KV states, per model; 0 turns the cache off.",
     )
-    kv_cache_disk_bytes: int = Field(
-        4 << 30, ge=0, description="Disk for saved KV states, per model; 0 keeps them in RAM only."
+    kv_cache_disk_bytes: ByteSize = Field(
+        ByteSize(4 << 30),
+        ge=0,
+        description="Disk for saved KV states, per model; 0 keeps them in RAM only.",
     )
-    max_loaded_bytes: int | None = Field(
+    max_loaded_bytes: ByteSize | None = Field(
         None,
         ge=1,
         description="Memory budget for loaded models (GGUF plus KV cache, estimated); the "
@@ -332,8 +336,8 @@ class Settings(BaseSettings):
     responses_max_age: float = Field(
         30 * 86_400, gt=0, description="Seconds a stored response is kept."
     )
-    responses_max_bytes: int = Field(
-        1 << 30,
+    responses_max_bytes: ByteSize = Field(
+        ByteSize(1 << 30),
         ge=1,
         description="Bytes of stored responses kept at most; past it, the oldest of the API "
         "key holding the most go first.",

@@ -90,3 +90,22 @@ def test_invalid_configs_are_refused(tmp_path: Path, body: str, message: str) ->
     path.write_text(body)
     with pytest.raises(ValueError, match=message):
         load_settings(path)
+
+
+def test_byte_settings_take_units_from_file_environment_and_flags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "models.toml"
+    config.write_text('kv_cache_disk_bytes = "2GiB"\nresponses_max_bytes = "512MB"\n')
+    monkeypatch.setenv("HEARTH_MAX_LOADED_BYTES", "1.5GiB")
+    settings = load_settings(config, kv_cache_ram_bytes="256MiB", max_body_bytes="64KiB")
+    assert settings.kv_cache_disk_bytes == 2 << 30
+    assert settings.responses_max_bytes == 512_000_000  # MB: powers of 1000
+    assert settings.max_loaded_bytes == 3 << 29
+    assert settings.kv_cache_ram_bytes == 256 << 20
+    assert settings.max_body_bytes == 64 << 10
+    assert load_settings(config, kv_cache_ram_bytes="1073741824").kv_cache_ram_bytes == 1 << 30
+    with pytest.raises(ValueError, match="kv_cache_ram_bytes"):
+        load_settings(config, kv_cache_ram_bytes="plenty")
+    with pytest.raises(ValueError, match="max_body_bytes"):
+        load_settings(config, max_body_bytes="1KB")  # below its 1024-byte floor
