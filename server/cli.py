@@ -53,6 +53,13 @@ def _build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", parents=[common], help="Serve the configured models over the OpenAI API."
     )
+    serve.add_argument(
+        "model_args",
+        nargs="*",
+        metavar="MODEL",
+        help="GGUF files or packaged model names to serve instead of the config file's "
+        "models, each named after its file (./my-model.gguf: my-model).",
+    )
     _add_settings_flags(serve)
 
     cluster = commands.add_parser(
@@ -94,7 +101,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--server",
         dest="server_url",
         default=None,
-        help="Also show which models a running server (e.g. http://127.0.0.1:8000) has loaded.",
+        help="The running server whose loaded models to show (default: the configured host "
+        "and port, when one answers there).",
     )
     listing.add_argument(
         "--key", dest="server_key", default=None, help="API key for --server, if it needs one."
@@ -191,25 +199,69 @@ def _loaded_on(server_url: str, key: str | None) -> dict[str, bool]:
     return {card["id"]: bool(card.get("loaded")) for card in response.json()["data"]}
 
 
+def _local_server(settings: Settings) -> str | None:
+    """The configured address, if a Hearth server answers there."""
+    import httpx
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    url = f"http://{host}:{settings.port}"
+    try:
+        return url if httpx.get(url + "/health", timeout=1).status_code == 200 else None
+    except httpx.HTTPError:
+        return None
+
+
 def models_list(
     settings: Settings, server_url: str | None = None, server_key: str | None = None
 ) -> None:
+    """A table of the configured models: file size, quantization, the context served and
+    trained, whether a running server has each loaded, and where each comes from."""
+    from server.models.gguf import GGUFError, quantization, read_metadata
     from server.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
-    loaded = _loaded_on(server_url, server_key) if server_url else None
+    server_url = server_url or _local_server(settings)
+    key = server_key or (settings.api_keys[0] if settings.api_keys else None)
+    loaded = _loaded_on(server_url, key) if server_url else None
+    rows = [("NAME", "SIZE", "QUANT", "CONTEXT", "TRAINED", "LOADED", "SOURCE")]
     for config in settings.models:
-        aliases = f" (aliases: {', '.join(config.aliases)})" if config.aliases else ""
-        if loaded is not None:
-            status = "loaded" if loaded.get(config.name) else "not loaded"
-            aliases += f" [{status} on {server_url}]"
+        name = config.name + (f" ({', '.join(config.aliases)})" if config.aliases else "")
+        state = "-" if loaded is None else ("yes" if loaded.get(config.name) else "no")
         if config.upstream is not None:
-            print(f"{config.name}{aliases}\n  source: upstream {config.upstream}")
+            rows.append((name, "-", "-", "-", "-", state, f"upstream {config.upstream}"))
             continue
         path = registry.model_path(config)
-        state = f"{path.stat().st_size / 1e6:.1f} MB" if path.is_file() else "missing"
-        source = f"package {config.package}" if config.package else "path"
-        print(f"{config.name}{aliases}\n  source: {source}\n  file:   {path} [{state}]")
+        source = f"package {config.package}" if config.package else str(path)
+        if not path.is_file():
+            rows.append((name, "missing", "-", str(config.n_ctx), "-", state, source))
+            continue
+        try:
+            metadata = read_metadata(path)
+            quant = quantization(metadata)
+            arch = metadata.get("general.architecture")
+            trained = str(metadata.get(f"{arch}.context_length", "?"))
+        except (GGUFError, OSError):
+            quant, trained = "not GGUF", "-"
+        size = _human_size(path.stat().st_size)
+        rows.append((name, size, quant, str(config.n_ctx), trained, state, source))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    print(
+        f"\nLOADED: on {server_url}"
+        if server_url
+        else f"\nLOADED: no server answers at {settings.host}:{settings.port} (use --server URL)"
+    )
+
+
+def _human_size(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def models_pull(settings: Settings, name: str) -> None:

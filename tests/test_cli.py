@@ -59,5 +59,22 @@ def test_models_list_shows_what_a_running_server_has_loaded(
 ) -> None:
     assert main(["models", "list", "--server", live_server.base_url]) == 0
     out = capsys.readouterr().out
-    assert f"smollm2 (aliases: SmolLM2-135M-Instruct) [loaded on {live_server.base_url}]" in out
+    header, smollm2 = out.splitlines()[:2]
+    assert header.split() == ["NAME", "SIZE", "QUANT", "CONTEXT", "TRAINED", "LOADED", "SOURCE"]
+    # Size, quantization, the context served and trained, loaded, where it comes from.
+    assert smollm2.split() == [
+        "smollm2", "(SmolLM2-135M-Instruct)", "98.4", "MB", "Q4_1", "2048", "8192", "yes",
+        "package", "smollm2",
+    ]  # fmt: skip
+    assert f"LOADED: on {live_server.base_url}" in out
     assert main(["models", "list", "--server", "http://127.0.0.1:9"]) == 1
+
+
+def test_models_list_without_a_server_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEARTH_PORT", "9")
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "LOADED: no server answers at 127.0.0.1:9" in out
+    assert out.splitlines()[1].split()[7] == "-"
