@@ -1,4 +1,5 @@
-"""The ``hearth`` command: ``serve``, ``cluster``, ``models list|pull|show|rm``, ``keys hash``.
+"""The ``hearth`` command: ``serve``, ``chat``, ``cluster``, ``models list|pull|show|rm``,
+``keys hash``.
 
 ``serve``'s options are generated from the scalar fields of :class:`server.settings.Settings`,
 so a setting, its environment variable, its config key and its flag never drift apart.
@@ -7,6 +8,7 @@ so a setting, its environment variable, its config key and its flag never drift 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import typing
@@ -15,6 +17,7 @@ from typing import Any
 
 from server.access import key_digest
 from server.errors import HearthError, ModelSourceError
+from server.models.arguments import model_entries
 from server.models.sources import CATALOG, copy_progress_to_terminal, pull_local, pull_package
 from server.settings import ModelConfig, Settings, load_settings
 
@@ -89,6 +92,29 @@ def _build_parser() -> argparse.ArgumentParser:
         help="After `--`: options for every `hearth serve` (--config, --threads, ...).",
     )
 
+    chat = commands.add_parser(
+        "chat",
+        parents=[common],
+        help="Chat in the terminal, with a running server or one started here.",
+    )
+    chat.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="A model name, a GGUF file or a packaged model (default: the server's first "
+        "loaded model).",
+    )
+    chat.add_argument(
+        "--url",
+        default=None,
+        help="The server to talk to (default: the configured host and port; when nothing "
+        "answers there, a server is started in this process).",
+    )
+    chat.add_argument("--key", default=None, help="API key, if the server needs one.")
+    chat.add_argument("--system", default="", help="The system prompt.")
+    chat.add_argument("--temperature", type=float, default=None)
+    chat.add_argument("--max-tokens", dest="max_tokens", type=int, default=None)
+
     models = commands.add_parser("models", help="List or fetch models.")
     model_commands = models.add_subparsers(dest="models_command", required=True)
     listing = model_commands.add_parser(
@@ -155,6 +181,54 @@ def serve(settings: Settings) -> None:
     configure_logging(settings.log_level, settings.log_format)
     server = build_server(create_app(settings), settings)
     server.run(sockets=listening_sockets(server, settings))
+
+
+def chat(args: argparse.Namespace) -> int:
+    from server.chat_cli import (
+        ChatError,
+        ChatSession,
+        LocalServer,
+        answering,
+        chat_loop,
+        pick_model,
+    )
+
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    options: dict[str, Any] = {
+        "system": args.system,
+        "temperature": args.temperature,
+        "max_tokens": args.max_tokens,
+    }
+    wanted: str | None = args.model
+    is_file = wanted is not None and Path(wanted).expanduser().is_file()
+    try:
+        settings = load_settings(args.config)
+        url = args.url
+        if url is None and not is_file:
+            local = f"http://127.0.0.1:{settings.port}"
+            url = local if answering(local) else None
+        if url is not None:
+            url = url.rstrip("/")
+            if not answering(url):
+                raise ChatError(f"no Hearth server answers at {url}")
+            session = ChatSession(url, pick_model(url, args.key, wanted), args.key, **options)
+            return chat_loop(session, input, sys.stdout)
+        # Nothing answers: serve the model here, for the length of the chat.
+        configured = wanted is not None and any(wanted in m.names for m in settings.models)
+        if wanted is not None and not configured:
+            entries = model_entries([wanted])
+            settings = load_settings(args.config, models=entries)
+            wanted = entries[0]["name"]
+        _pull_missing_packages(settings)
+        print(f"(no server answers at 127.0.0.1:{settings.port}: starting one in this process)")
+        key = args.key or (settings.api_keys[0] if settings.api_keys else None)
+        with LocalServer(settings) as server:
+            model = pick_model(server.url, key, wanted)
+            return chat_loop(ChatSession(server.url, model, key, **options), input, sys.stdout)
+    except ChatError as exc:
+        print(f"hearth: {exc}", file=sys.stderr)
+        return 1
 
 
 def cluster(args: argparse.Namespace) -> int:
@@ -276,6 +350,21 @@ def models_pull(settings: Settings, name: str) -> None:
     print(f"{'pulled' if fetched else 'already present'}: {path}")
 
 
+def _pull_missing_packages(settings: Settings) -> None:
+    """Packaged models named on the command line are fetched first (with progress), so that
+    ``hearth serve gemma3-270m`` works on a machine that never pulled it."""
+    from server.registry import ModelRegistry
+
+    registry = ModelRegistry(settings)
+    for config in settings.models:
+        if (
+            config.preload
+            and config.package is not None
+            and not registry.model_path(config).is_file()
+        ):
+            models_pull(settings, config.package)
+
+
 def _configured(settings: Settings, name: str) -> ModelConfig:
     config = next((m for m in settings.models if name in m.names), None)
     if config is None:
@@ -336,9 +425,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "cluster":
         return cluster(args)
+    if args.command == "chat":
+        try:
+            return chat(args)
+        except HearthError as exc:
+            print(f"hearth: {exc.message}", file=sys.stderr)
+            return 1
     try:
-        settings = load_settings(args.config, **_settings_overrides(args))
+        overrides = _settings_overrides(args)
+        if args.command == "serve" and args.model_args:
+            overrides["models"] = model_entries(args.model_args)
+        settings = load_settings(args.config, **overrides)
         if args.command == "serve":
+            if args.model_args:
+                _pull_missing_packages(settings)
             serve(settings)
         elif args.models_command == "list":
             models_list(settings, args.server_url, args.server_key)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from server.access import key_digest
 from server.cli import _build_parser, _settings_overrides, main
+from server.errors import ModelSourceError
+from server.models.arguments import model_entries
 from server.settings import load_settings
-from tests.conftest import LiveServer, model_file
+from tests.conftest import LiveServer, free_port, model_file
 
 
 def test_keys_hash_prints_the_sha256(capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,3 +85,57 @@ def test_models_list_without_a_server_says_so(
     out = capsys.readouterr().out
     assert "LOADED: no server answers at 127.0.0.1:9" in out
     assert out.splitlines()[1].split()[7] == "-"
+
+
+def test_serve_takes_gguf_files_and_packaged_models_with_no_config_file(
+    tmp_path: Path,
+) -> None:
+    copy = tmp_path / "My Model.Q4_1.gguf"
+    shutil.copy(model_file("smollm2"), copy)
+    other = tmp_path / "sub" / "My Model.Q4_1.gguf"
+    other.parent.mkdir()
+    other.symlink_to(copy)
+    entries = model_entries([str(copy), str(other), "gemma3-270m"])
+    assert [e["name"] for e in entries] == ["My-Model.Q4_1", "My-Model.Q4_1-2", "gemma3-270m"]
+    assert entries[0]["path"] == str(copy.resolve()) and entries[0]["preload"] is True
+    assert entries[2]["package"] == "gemma3-270m"
+    for wrong in (str(tmp_path / "missing.gguf"), "no-such-model"):
+        with pytest.raises(ModelSourceError):
+            model_entries([wrong])
+    assert main(["serve", str(tmp_path / "missing.gguf")]) == 1
+
+
+def test_hearth_serve_a_gguf_file_then_chat_with_it(tmp_path: Path) -> None:
+    """From a GGUF file to an answer: `hearth serve ./file.gguf` with no config file."""
+    model = tmp_path / "tiny-chat.gguf"
+    shutil.copy(model_file("smollm2"), model)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server.cli", "serve", str(model), "--port", str(port),
+         "--ctx", "512", "--slots", "2",
+         "--responses-db", str(tmp_path / "r.db"), "--kv-cache-dir", str(tmp_path / "kv")],
+        cwd=tmp_path,  # no config/models.toml here
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                    break
+            assert server.poll() is None and time.monotonic() < deadline
+            time.sleep(0.25)
+        models = httpx.get(url + "/v1/models").json()["data"]
+        assert [(m["id"], m["loaded"]) for m in models] == [("tiny-chat", True)]
+        reply = httpx.post(
+            url + "/v1/chat/completions",
+            json={"model": "tiny-chat", "messages": [{"role": "user", "content": "Hi"}],
+                  "max_tokens": 8},
+            timeout=60,
+        )  # fmt: skip
+        assert reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"]
+    finally:
+        server.terminate()
+        server.communicate(timeout=60)
