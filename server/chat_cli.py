@@ -98,9 +98,14 @@ class ChatSession:
                 for line in response.iter_lines():
                     if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                         continue
-                    chunk = json.loads(line[5:])
+                    try:
+                        chunk = json.loads(line[5:])
+                    except ValueError as exc:
+                        raise ChatError(f"the server sent something unreadable: {exc}") from exc
                     if "error" in chunk:
-                        raise ChatError(chunk["error"].get("message", "the server failed"))
+                        error = chunk["error"]
+                        message = error.get("message") if isinstance(error, dict) else error
+                        raise ChatError(str(message or "the server failed"))
                     for choice in chunk.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
@@ -125,9 +130,13 @@ def read_message(prompt: Callable[[str], str]) -> str:
     end of input and KeyboardInterrupt on Ctrl-C."""
     line = prompt(">>> ")
     if line.strip() == '"""':
-        lines = []
-        while (line := prompt("... ")).strip() != '"""':
-            lines.append(line)
+        lines: list[str] = []
+        try:
+            while (line := prompt("... ")).strip() != '"""':
+                lines.append(line)
+        except EOFError:  # input ended inside the block: what was typed is the message
+            if not lines:
+                raise
         return "\n".join(lines)
     lines = []
     while line.endswith("\\"):
@@ -165,7 +174,7 @@ def chat_loop(session: ChatSession, prompt: Callable[[str], str], out: TextIO) -
         except KeyboardInterrupt:
             out.write("\n(stopped)\n")
         except ChatError as exc:
-            out.write(f"error: {exc}\n")
+            out.write(f"\nerror: {exc}\n")
         out.flush()
 
 
@@ -206,8 +215,9 @@ class LocalServer:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
+        # Only this loopback port: not the configured one, nor an Ollama-compatible one.
         settings = settings.model_copy(
-            update={"host": "127.0.0.1", "port": port, "log_level": "warning"}
+            update={"host": "127.0.0.1", "port": port, "ollama_port": None, "log_level": "warning"}
         )
         self.url = f"http://127.0.0.1:{port}"
         self._server = build_server(create_app(settings), settings, port=port)
@@ -223,11 +233,16 @@ class LocalServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 raise ChatError("the local server did not start")
             time.sleep(0.1)
-        while httpx.get(self.url + "/ready", timeout=5).status_code != 200:
-            if time.monotonic() > deadline:
-                raise ChatError("the local server's model did not load")
+        while True:
+            try:
+                ready = httpx.get(self.url + "/ready", timeout=5)
+            except httpx.HTTPError as exc:
+                raise ChatError(f"the local server stopped: {exc}") from exc
+            if ready.status_code == 200:
+                return self
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ChatError(f"the local server is not ready: {_error_message(ready)}")
             time.sleep(0.2)
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True

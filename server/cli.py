@@ -431,6 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         except HearthError as exc:
             print(f"hearth: {exc.message}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # while starting: nothing to keep
+            print(file=sys.stderr)
+            return 130
     try:
         overrides = _settings_overrides(args)
         if args.command == "serve" and args.model_args:

@@ -41,6 +41,8 @@ def test_a_message_spans_lines_between_triple_quotes_or_after_a_backslash() -> N
     assert asked == [">>> ", "... ", "... ", "... ", "... "]
     _, prompt = prompt_from(["one \\", "two \\", "three"])
     assert read_message(prompt) == "one \ntwo \nthree"
+    _, prompt = prompt_from(['"""', "typed before the input ended"])
+    assert read_message(prompt) == "typed before the input ended"
     _, prompt = prompt_from([])
     with pytest.raises(EOFError):
         read_message(prompt)

@@ -99,6 +99,9 @@ def test_serve_takes_gguf_files_and_packaged_models_with_no_config_file(
     assert [e["name"] for e in entries] == ["My-Model.Q4_1", "My-Model.Q4_1-2", "gemma3-270m"]
     assert entries[0]["path"] == str(copy.resolve()) and entries[0]["preload"] is True
     assert entries[2]["package"] == "gemma3-270m"
+    dots = tmp_path / "..gguf"
+    shutil.copy(model_file("smollm2"), dots)
+    assert model_entries([str(dots)])[0]["name"] == "model"
     for wrong in (str(tmp_path / "missing.gguf"), "no-such-model"):
         with pytest.raises(ModelSourceError):
             model_entries([wrong])

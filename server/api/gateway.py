@@ -34,6 +34,9 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 OPEN_PATHS = frozenset(
     {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/", "/ui/app.js", "/ui/style.css"}
 )
+# Routes that need a key but do not count against its limits: the web page's status view
+# polls /status every two seconds, which must not use up a key's requests per minute.
+UNMETERED_PATHS = frozenset({"/status"})
 # Metrics label routes by these paths only; anything else is "other" (bounded label values).
 KNOWN_ROUTES = frozenset(
     {
@@ -87,11 +90,12 @@ class Gateway:
         started = time.monotonic()
         status = 500
         key: ApiKey | None = None
+        admitted = False  # counted by the limiter: released when the answer is complete
         released = False
 
         def release_key() -> None:
             nonlocal released
-            if key is not None and state is not None and not released:
+            if admitted and key is not None and state is not None and not released:
                 released = True
                 state.limiter.release(key)
 
@@ -114,7 +118,9 @@ class Gateway:
                 try:
                     _check_host(headers, state.settings.effective_allowed_hosts)
                     if scope["path"] not in OPEN_PATHS:
-                        key = self._admit(state, headers)
+                        metered = scope["path"] not in UNMETERED_PATHS
+                        key = self._admit(state, headers, metered=metered)
+                        admitted = key is not None and metered
                 except HearthError as error:
                     state.metrics.rejections.labels(error.code or "rejected").inc()
                     await error_response(error, scope["path"])(scope, receive, send_with_id)
@@ -133,11 +139,12 @@ class Gateway:
             request_id_var.reset(token)
 
     @staticmethod
-    def _admit(state: AppState, headers: Headers) -> ApiKey | None:
+    def _admit(state: AppState, headers: Headers, *, metered: bool = True) -> ApiKey | None:
         if not state.keys.enabled:
             return None
         key = state.keys.authenticate(presented_key(headers))
-        state.limiter.admit(key)
+        if metered:
+            state.limiter.admit(key)
         return key
 
 

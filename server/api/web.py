@@ -49,9 +49,12 @@ def _asset(path: str) -> Response:
 async def root(state: State, request: Request) -> Response:
     """The page, for a browser; for anything else (Ollama's command line checks that the
     server answers here before anything else), a line of text."""
+    # What / answers depends on Accept: caches must keep the two apart.
     if state.settings.web_ui and "text/html" in request.headers.get("accept", ""):
-        return _asset("/")
-    return PlainTextResponse(ROOT_TEXT)
+        page = _asset("/")
+        page.headers["Vary"] = "Accept"
+        return page
+    return PlainTextResponse(ROOT_TEXT, headers={"Vary": "Accept"})
 
 
 def _asset_route(path: str) -> None:

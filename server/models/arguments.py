@@ -42,4 +42,4 @@ def _name_for(path: Path) -> str:
     """The file's name without its extension, in characters clients put in a model name
     without quoting: ``My Model.Q4_K_M.gguf`` is ``My-Model.Q4_K_M``."""
     stem = path.name[: -len(".gguf")] if path.name.lower().endswith(".gguf") else path.name
-    return re.sub(r"[^A-Za-z0-9._:-]+", "-", stem).strip("-") or "model"
+    return re.sub(r"[^A-Za-z0-9._:-]+", "-", stem).strip("-.:") or "model"

@@ -13,13 +13,30 @@ const store = {
     }
   },
   set(name, value) {
-    localStorage.setItem("hearth." + name, JSON.stringify(value));
+    try {
+      localStorage.setItem("hearth." + name, JSON.stringify(value));
+    } catch (error) {
+      showError("Could not save in the browser's storage (is it full?): " + error.message);
+    }
   },
 };
 
 const $ = (id) => document.getElementById(id);
+function savedConversations() {
+  // Whatever another version of the page (or a hand edit) left: keep what has the right shape.
+  const saved = store.get("conversations", []);
+  if (!Array.isArray(saved)) return [];
+  return saved
+    .filter((c) => c && typeof c.id === "string" && Array.isArray(c.messages))
+    .map((c) => ({
+      ...c,
+      title: typeof c.title === "string" ? c.title : "Conversation",
+      messages: c.messages.filter((m) => m && typeof m.role === "string" && typeof m.content === "string"),
+    }));
+}
+
 const state = {
-  conversations: store.get("conversations", []),
+  conversations: savedConversations(),
   current: store.get("current", null),
   controller: null, // the running answer's AbortController
   lastTotals: null, // the status view's previous sample, for tokens/s
@@ -55,7 +72,10 @@ async function api(path, options = {}) {
 
 function inline(text, parent) {
   // `code`, **bold**, *italic* or _italic_, and [links](https://...): everything else is text.
-  const pattern = /(`[^`\n]+`)|(\*\*[^*\n]+\*\*)|(\*[^*\n]+\*|_[^_\n]+_)|(\[[^\]\n]+\]\([^)\s]+\))/g;
+  // Emphasis needs text hugging its markers (2 * 3 * 4 stays as it is) and underscores only
+  // count outside words (snake_case_name stays as it is).
+  const pattern =
+    /(`[^`\n]+`)|(\*\*(?!\s)[^*\n]+?(?<!\s)\*\*)|(\*(?!\s)[^*\n]+?(?<!\s)\*|(?<![\w])_(?!\s)[^_\n]+?(?<!\s)_(?![\w]))|(\[[^\]\n]+\]\([^)\s]+\))/g;
   let last = 0;
   for (const match of text.matchAll(pattern)) {
     if (match.index > last) parent.append(text.slice(last, match.index));
@@ -137,6 +157,7 @@ function renderMarkdown(source) {
       if (paragraph.length) flush();
       if (!list || list.tagName.toLowerCase() !== kind) {
         list = document.createElement(kind);
+        if (kind === "ol" && Number(item[2]) !== 1) list.start = Number(item[2]);
         root.append(list);
       }
       const li = document.createElement("li");
@@ -294,6 +315,7 @@ async function send(text) {
   let first = null;
   let finish = null;
   let usage = null;
+  let failure = null;
   let pending = false;
   const paint = () => {
     pending = false;
@@ -343,13 +365,14 @@ async function send(text) {
     }
   } catch (error) {
     if (error.name === "AbortError") finish = "stopped";
-    else if (!(error instanceof NeedsKey)) showError(error.message);
+    else if (!(error instanceof NeedsKey)) failure = error.message;
   } finally {
     state.controller = null;
     $("send").textContent = "Send";
   }
   const ended = performance.now();
-  if (usage || answer.content) {
+  element.remove();
+  if (answer.content || usage) {
     answer.usage = {
       prompt_tokens: usage ? usage.prompt_tokens : 0,
       cached_tokens: usage && usage.prompt_tokens_details ? usage.prompt_tokens_details.cached_tokens || 0 : 0,
@@ -359,11 +382,15 @@ async function send(text) {
       finish,
     };
     c.messages.push(answer);
-    save();
   } else {
-    element.remove();
+    // Nothing came back: the message was not answered. It leaves the conversation (whose
+    // turns must alternate) and goes back to the message box, to send again.
+    c.messages.pop();
+    if (!$("prompt").value) $("prompt").value = text;
   }
+  save();
   renderMessages();
+  if (failure) showError(failure);
 }
 
 // -- models and the key ----------------------------------------------------------------------

@@ -26,6 +26,7 @@ def test_a_browser_gets_the_page_and_other_clients_a_line_of_text(client: TestCl
     # Ollama's command line (and curl) ask for / with no HTML in Accept.
     plain = client.get("/")
     assert plain.headers["content-type"].startswith("text/plain") and "running" in plain.text
+    assert page.headers["vary"] == plain.headers["vary"] == "Accept"
 
 
 def test_the_page_can_be_turned_off() -> None:
@@ -75,5 +76,17 @@ def test_status_needs_a_key_and_shows_keys_usage_to_an_admin_only(tmp_path: Path
         usage = client.get("/status", headers={"authorization": "Bearer sk-root"}).json()["keys"]
         by_name = {k["name"]: k for k in usage}
         assert set(by_name) == {"alice", "root"}
-        assert by_name["alice"]["requests"] == 2  # the completion and her status read
+        assert by_name["alice"]["requests"] == 1  # the completion; status reads are free
         assert by_name["alice"]["tokens"] > 0 and by_name["alice"]["running"] == 0
+
+
+def test_polling_status_does_not_use_up_a_keys_requests_per_minute(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "slow"\nkey = "sk-slow"\nrequests_per_minute = 1\n')
+    settings = make_settings(api_keys_file=keys, models=[make_settings().models[0].model_dump()])
+    with TestClient(create_app(settings)) as client:
+        slow = {"authorization": "Bearer sk-slow"}
+        for _ in range(5):
+            assert client.get("/status", headers=slow).status_code == 200
+        assert client.get("/v1/models", headers=slow).status_code == 200  # its one request
+        assert client.get("/v1/models", headers=slow).status_code == 429

@@ -115,6 +115,21 @@ def test_what_the_user_or_the_model_writes_is_never_run_as_html(
     assert rendered["code"] == "print('<b>hi</b>')"
     assert rendered["links"] == ["https://example.org"]
     assert "<img src=x" in rendered["text"]
+    # Markdown-looking text that is not emphasis keeps every character.
+    plain = page.evaluate(
+        """(source) => {
+            const node = renderMarkdown(source);
+            return {
+                text: node.textContent,
+                emphasis: node.querySelectorAll("em, strong").length,
+                start: node.querySelector("ol")?.start,
+            };
+        }""",
+        "call snake_case_name with 2 * 3 * 4\n\n3. third\n4. fourth",
+    )
+    assert plain["text"].startswith("call snake_case_name with 2 * 3 * 4")
+    assert plain["emphasis"] == 0
+    assert plain["start"] == 3
     # The user's text, sent for real.
     page.select_option("#model", "smollm2")
     page.fill("#max-tokens", "4")
@@ -182,8 +197,8 @@ def test_with_keys_on_the_page_asks_for_one_and_only_an_admin_sees_keys_usage(
             usage = page.locator("#keys-table tbody tr")
             expect(usage).to_have_count(2)
             expect(usage.first.locator("td").first).to_have_text("alice")
-            # alice's requests: the model list and the status polls made with her key.
-            assert int(usage.first.locator("td").nth(1).inner_text()) >= 2
+            # alice's requests: the model list (status polls do not count against a key).
+            assert int(usage.first.locator("td").nth(1).inner_text()) >= 1
         finally:
             watched.close()
     # The browser's 401s for the wrong key are the only console errors.
@@ -212,3 +227,22 @@ def test_json_mode_and_stop_sequences_reach_the_model(server: LiveServer, watche
     assert "," not in answer.locator(".body").inner_text()
     expect(page.locator("#conversations li")).to_have_count(2)
     assert watched.errors == []
+
+
+def test_a_refused_message_shows_why_and_goes_back_to_the_message_box(
+    server: LiveServer, watched: Watched
+) -> None:
+    page = watched.page
+    page.goto(server.base_url + "/")
+    page.select_option("#model", "smollm2")
+    page.fill("#max-tokens", "100000")  # beyond the model's context: 400
+    chat(page, "Tell me a story.")
+    expect(page.locator(".message.error")).to_contain_text("maximum context length")
+    expect(page.locator("#prompt")).to_have_value("Tell me a story.")
+    assert page.locator(".message.user").count() == 0  # not left unanswered in the chat
+    page.fill("#max-tokens", "8")
+    page.press("#prompt", "Enter")
+    expect(page.locator(".message.assistant .usage")).to_have_text(USAGE, timeout=60_000)
+    expect(page.locator(".message.user")).to_have_count(1)
+    # The 400 is the only console error (Chromium logs failed fetches).
+    assert all("400" in error for error in watched.errors), watched.errors
