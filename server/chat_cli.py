@@ -178,7 +178,8 @@ def chat_loop(session: ChatSession, prompt: Callable[[str], str], out: TextIO) -
         out.flush()
 
 
-def answering(url: str, key: str | None = None) -> bool:
+def answering(url: str) -> bool:
+    """Whether a server answers its liveness probe at ``url``."""
     try:
         return httpx.get(url.rstrip("/") + "/health", timeout=2).status_code == 200
     except httpx.HTTPError:

@@ -206,8 +206,7 @@ def chat(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         url = args.url
         if url is None and not is_file:
-            local = f"http://127.0.0.1:{settings.port}"
-            url = local if answering(local) else None
+            url = _local_server(settings)
         if url is not None:
             url = url.rstrip("/")
             if not answering(url):
@@ -275,14 +274,11 @@ def _loaded_on(server_url: str, key: str | None) -> dict[str, bool]:
 
 def _local_server(settings: Settings) -> str | None:
     """The configured address, if a Hearth server answers there."""
-    import httpx
+    from server.chat_cli import answering
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     url = f"http://{host}:{settings.port}"
-    try:
-        return url if httpx.get(url + "/health", timeout=1).status_code == 200 else None
-    except httpx.HTTPError:
-        return None
+    return url if answering(url) else None
 
 
 def models_list(
