@@ -229,13 +229,57 @@ def _visit(
 ) -> str:
     if not checked:
         check_schema(schema)
-    schema = copy.deepcopy(schema)  # references are rewritten in place below
+    schema = _any_value_where_unconstrained(copy.deepcopy(schema))  # rewritten in place below
     _resolve_local_refs(converter, schema)
     try:
         return str(converter.visit(schema, name))  # type: ignore[no-untyped-call]
     except Exception as exc:  # the converter asserts and indexes freely over arbitrary input
         detail = str(exc) or type(exc).__name__
         raise SchemaNotSupported(f"the schema cannot be turned into a grammar: {detail}") from exc
+
+
+# Keywords that say something about a value without constraining it.
+_ANNOTATIONS = frozenset(
+    {
+        "description",
+        "title",
+        "default",
+        "examples",
+        "$schema",
+        "$id",
+        "$comment",
+        "$anchor",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "$defs",
+        "definitions",
+    }
+)
+
+
+def _any_value_where_unconstrained(schema: Any, *, root: bool = True) -> Any:
+    """``schema`` with every subschema below the top that constrains nothing (``{}``,
+    ``{"description": ...}``) made the converter's any-value rule: it would otherwise fail on
+    one ("Unrecognized schema") or take a bare ``{}`` for an object. An unconstrained top
+    level stays an object, as arguments and structured answers are."""
+    if not isinstance(schema, dict):
+        return schema
+    if not set(schema) - _ANNOTATIONS:
+        return {**schema, "type": "object" if root else "value"}
+    for key in _SUBSCHEMA_MAPS:
+        value = schema.get(key)
+        if isinstance(value, dict):
+            schema[key] = {
+                k: _any_value_where_unconstrained(v, root=False) for k, v in value.items()
+            }
+    for key in (*_SUBSCHEMA_LISTS, *_SUBSCHEMAS):
+        value = schema.get(key)
+        if isinstance(value, list):
+            schema[key] = [_any_value_where_unconstrained(v, root=False) for v in value]
+        elif isinstance(value, dict):
+            schema[key] = _any_value_where_unconstrained(value, root=False)
+    return schema
 
 
 def _resolve_local_refs(converter: SchemaConverter, root: dict[str, Any]) -> None:

@@ -3,12 +3,15 @@ output back as content and tool calls (family-neutral; the adapters shape it).""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from server.engine.grammar import SchemaNotSupported, json_object_grammar, json_schema_grammar
+from server.engine.grammar_limits import GrammarLimitError
+from server.engine.relax import relax_schema
 from server.engine.types import Grammar, TokenEvent, TokenLogprob
 from server.errors import ChatTemplateMissingError, InvalidRequestError
 from server.handle import Lease, ModelHandle
@@ -40,6 +43,8 @@ from server.services.tools import (
 )
 
 ChatFinish = Literal["stop", "length", "tool_calls"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -312,9 +317,14 @@ def _output_grammar(output: OutputFormat | None) -> Grammar | None:
         return None
     if output.kind == "json_object":
         return json_object_grammar()
+    schema: Any = dict(output.schema or {})
     try:
-        return json_schema_grammar(dict(output.schema or {}))
-    except SchemaNotSupported as exc:
+        if not output.strict:
+            schema, relaxed = relax_schema(schema)
+            if relaxed:
+                logger.info("response schema relaxed to what a grammar enforces: %s", relaxed)
+        return json_schema_grammar(schema)
+    except (SchemaNotSupported, GrammarLimitError) as exc:
         raise InvalidRequestError(
             f"the JSON schema cannot be enforced: {exc}", param="response_format.json_schema"
         ) from exc

@@ -66,10 +66,14 @@ class ToolChoice:
 
 @dataclass(frozen=True)
 class OutputFormat:
-    """``json_object``: any JSON object; ``json_schema``: JSON matching ``schema``."""
+    """``json_object``: any JSON object; ``json_schema``: JSON matching ``schema``.
+
+    ``strict``: the schema is a promise, refused where a keyword cannot be enforced; otherwise
+    it is relaxed to what the grammar enforces (:mod:`server.engine.relax`)."""
 
     kind: Literal["text", "json_object", "json_schema"]
     schema: Mapping[str, Any] | None = None
+    strict: bool = False
 
 
 @dataclass(frozen=True)

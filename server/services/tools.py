@@ -16,6 +16,7 @@ for whole responses and, incrementally, for streams.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from server.engine.grammar import (
     SchemaNotSupported,
     tool_call_grammar,
 )
+from server.engine.grammar_limits import GrammarLimitError
+from server.engine.relax import relax_schema
 from server.engine.types import Grammar
 from server.errors import InvalidRequestError
 from server.nesting import MAX_JSON_DEPTH, nesting_depth
@@ -43,6 +46,11 @@ Available functions (JSON schema of each one's arguments):
 {functions}"""
 
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+# A non-strict tool whose relaxed parameters still make no usable grammar (a property name
+# llama.cpp's grammar parser refuses, more alternatives than the bound...): any object.
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,11 @@ class ToolPlan:
 def plan_tools(
     tools: Sequence[FunctionTool], choice: ToolChoice | None, *, parallel: bool = True
 ) -> ToolPlan | None:
-    """None when the model is not to call tools (no tools, or the choice is ``none``)."""
+    """None when the model is not to call tools (no tools, or the choice is ``none``).
+
+    A tool with ``strict: true`` is a promise: a keyword its grammar cannot enforce is a 400
+    naming it. Every other tool's parameters are a hint, relaxed to what the grammar enforces
+    (:mod:`server.engine.relax`), and what was relaxed is logged once for the request."""
     if not tools:
         if choice is not None and choice.mode != "none":
             raise InvalidRequestError("tool_choice needs tools", param="tool_choice")
@@ -68,24 +80,61 @@ def plan_tools(
     names = [f.name for f in functions]
     if len(set(names)) != len(names):
         raise InvalidRequestError("tool function names must be unique", param="tools")
+    if choice is not None and choice.mode == "function" and choice.name not in names:
+        raise InvalidRequestError(
+            f"tool_choice names function '{choice.name}', which is not among the tools",
+            param="tool_choice",
+        )
+    relaxed: list[str] = []
+    enforced = [
+        _enforced(tool, function, relaxed) for tool, function in zip(tools, functions, strict=True)
+    ]
     try:
-        if choice is not None and choice.mode == "function":
-            chosen = [f for f in functions if f.name == choice.name]
-            if not chosen:
-                raise InvalidRequestError(
-                    f"tool_choice names function '{choice.name}', which is not among the tools",
-                    param="tool_choice",
-                )
-            grammar = tool_call_grammar(chosen, parallel=False)
-        elif choice is not None and choice.mode == "required":
-            grammar = tool_call_grammar(functions, parallel=parallel)
-        else:  # "auto", the default
-            grammar = tool_call_grammar(functions, parallel=parallel, lazy=True)
+        try:
+            grammar = _call_grammar(enforced, choice, parallel)
+        except SchemaNotSupported as exc:
+            if all(t.strict is True for t in tools):
+                raise
+            # The relaxed schemas still make no grammar llama.cpp takes: the hints go, the
+            # strict tools' promises stay.
+            relaxed.append(f"every non-strict tool's parameters ({exc})")
+            loose = [
+                f if t.strict is True else FunctionSpec(f.name, ANY_OBJECT)
+                for t, f in zip(tools, enforced, strict=True)
+            ]
+            grammar = _call_grammar(loose, choice, parallel)
     except SchemaNotSupported as exc:
         raise InvalidRequestError(
             f"a tool's parameters cannot be enforced: {exc}", param="tools"
         ) from exc
+    if relaxed:
+        logger.info("tool parameters relaxed to what a grammar enforces: %s", "; ".join(relaxed))
     return ToolPlan([t.template_form() for t in tools], functions, grammar)
+
+
+def _enforced(tool: FunctionTool, function: FunctionSpec, relaxed: list[str]) -> FunctionSpec:
+    """The function as its grammar constrains it: relaxed unless the tool is strict."""
+    if tool.strict is True:
+        return function
+    try:
+        parameters, dropped = relax_schema(function.parameters)
+    except GrammarLimitError as exc:
+        raise InvalidRequestError(
+            f"tool '{tool.name}': its parameters are too large: {exc}", param="tools"
+        ) from exc
+    relaxed += [f"{tool.name}: {where}" for where in dropped]
+    return FunctionSpec(function.name, parameters)
+
+
+def _call_grammar(
+    functions: list[FunctionSpec], choice: ToolChoice | None, parallel: bool
+) -> Grammar:
+    if choice is not None and choice.mode == "function":
+        chosen = [f for f in functions if f.name == choice.name]
+        return tool_call_grammar(chosen, parallel=False)
+    if choice is not None and choice.mode == "required":
+        return tool_call_grammar(functions, parallel=parallel)
+    return tool_call_grammar(functions, parallel=parallel, lazy=True)  # "auto", the default
 
 
 def fallback_tools_prompt(functions: Sequence[FunctionSpec], descriptions: dict[str, str]) -> str:

@@ -67,7 +67,7 @@ def test_json_object_output_is_a_json_object_even_when_sampled(client: TestClien
         assert content.lstrip().startswith("{")
 
 
-def test_an_unenforceable_schema_is_400_naming_the_keyword(client: TestClient) -> None:
+def test_an_unenforceable_strict_schema_is_400_naming_the_keyword(client: TestClient) -> None:
     schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}
     response = client.post(
         "/v1/chat/completions",
@@ -76,13 +76,44 @@ def test_an_unenforceable_schema_is_400_naming_the_keyword(client: TestClient) -
             "messages": WEATHER_QUESTION,
             "response_format": {
                 "type": "json_schema",
-                "json_schema": {"name": "n", "schema": schema},
+                "json_schema": {"name": "n", "schema": schema, "strict": True},
             },
         },
     )
     assert response.status_code == 400
     error = response.json()["error"]
     assert "minimum" in error["message"] and error["param"] == "response_format.json_schema"
+
+
+def test_a_non_strict_schema_is_relaxed_and_what_stays_is_enforced(client: TestClient) -> None:
+    """Without ``strict`` the bound is a hint: dropped, while the object, its key and the
+    integer type are still enforced."""
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 5}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    response = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Pick a number from 1 to 5."}],
+            "max_tokens": 40,
+            "seed": 1,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "n", "schema": schema},
+            },
+        },
+    )
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    if choice["finish_reason"] == "stop":
+        value = json.loads(choice["message"]["content"])
+        assert set(value) == {"n"} and isinstance(value["n"], int)
+    else:  # cut by max_tokens: still the object's start
+        assert choice["message"]["content"].lstrip().startswith("{")
 
 
 def _assert_weather_call(call: dict[str, Any]) -> dict[str, Any]:

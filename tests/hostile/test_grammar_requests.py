@@ -110,29 +110,41 @@ HUGE = 20_000
         ({"anyOf": [{"const": i} for i in range(2000)]}, "anyOf"),
     ],
 )
-def test_schemas_beyond_the_bounds_are_400s_naming_the_keyword(
+def test_schemas_beyond_the_bounds_are_refused_when_strict_and_relaxed_otherwise(
     server: ServerProcess, schema: dict[str, Any], named: str
 ) -> None:
+    """``strict: true`` is a promise: a 400 naming the keyword. Without it the schema is a
+    hint: the bound is relaxed (the value is simply unbounded) and the request answered, with
+    a grammar still under the size and nesting limits."""
     body = {"model": "smollm2", "messages": QUESTION, "max_tokens": 5}
-    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    strict_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": schema, "strict": True},
+    }
+    function: dict[str, Any] = {"name": "f", "parameters": schema}
+    tool = {"type": "function", "function": function}
+    strict_tool = {"type": "function", "function": {**function, "strict": True}}
     wrapped = {"type": "object", "properties": {"v": schema}}
+    wrapped_tool = {"type": "function", "function": {"name": "f", "parameters": wrapped}}
     with server.client() as http:
-        as_format = http.post(CHAT, json={**body, "response_format": schema_format(schema)})
-        as_tool = http.post(CHAT, json={**body, "tools": [{**tool}], "tool_choice": "required"})
-        as_tool_property = http.post(
-            CHAT,
-            json={
-                **body,
-                "tools": [{"type": "function", "function": {"name": "f", "parameters": wrapped}}],
-            },
+        refused_format = http.post(CHAT, json={**body, "response_format": strict_format})
+        refused_tool = http.post(
+            CHAT, json={**body, "tools": [strict_tool], "tool_choice": "required"}
         )
-    assert as_format.status_code == 400, as_format.text
-    assert named in as_format.json()["error"]["message"]
-    assert as_format.json()["error"]["param"] == "response_format.json_schema"
-    for response in (as_tool, as_tool_property):
-        assert response.status_code == 400, response.text
-        assert named in response.json()["error"]["message"]
-        assert response.json()["error"]["param"] == "tools"
+        relaxed = [
+            http.post(CHAT, json={**body, "response_format": schema_format(schema)}),
+            http.post(CHAT, json={**body, "tools": [tool], "tool_choice": "required"}),
+            http.post(CHAT, json={**body, "tools": [wrapped_tool]}),
+        ]
+    assert refused_format.status_code == 400, refused_format.text
+    assert named in refused_format.json()["error"]["message"]
+    assert refused_format.json()["error"]["param"] == "response_format.json_schema"
+    assert refused_tool.status_code == 400, refused_tool.text
+    assert named in refused_tool.json()["error"]["message"]
+    assert refused_tool.json()["error"]["param"] == "tools"
+    for response in relaxed:
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
     server.assert_recovered()
 
 

@@ -107,15 +107,41 @@ def test_plans_follow_tool_choice() -> None:
     assert single is not None and "tool-call)*" not in single.grammar.gbnf
 
 
-def test_unenforceable_parameters_are_refused_naming_the_keyword() -> None:
-    tools = [
-        {
-            "type": "function",
-            "function": {"name": "f", "parameters": {"type": "integer", "maximum": 3}},
-        }
-    ]
+def _bounded_tool(strict: bool | None) -> list[dict[str, Any]]:
+    parameters = {
+        "type": "object",
+        "properties": {
+            "timeout_ms": {"type": "integer", "maximum": 600000},
+            "url": {"type": "string", "format": "uri"},
+            "script": {"type": "string", "maxLength": 524288},
+        },
+        "required": ["url"],
+    }
+    function: dict[str, Any] = {"name": "f", "parameters": parameters}
+    if strict is not None:
+        function["strict"] = strict
+    return [{"type": "function", "function": function}]
+
+
+def test_a_strict_tool_refuses_what_it_cannot_enforce_naming_the_keyword() -> None:
     with pytest.raises(InvalidRequestError, match="maximum"):
-        _plan(tools=tools)
+        _plan(tools=_bounded_tool(True))
+
+
+@pytest.mark.parametrize("strict", [None, False])
+def test_a_non_strict_tool_is_relaxed_and_the_relaxation_logged_once(
+    strict: bool | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="server.services.tools")
+    plan = _plan(tools=_bounded_tool(strict))
+    assert plan is not None
+    # What the grammar can enforce stays: the property names, "url" required.
+    assert '"\\"url\\""' in plan.grammar.gbnf and '"\\"timeout_ms\\""' in plan.grammar.gbnf
+    # The template (and so the model) still sees the whole schema, bounds included.
+    assert plan.tools[0]["function"]["parameters"]["properties"]["timeout_ms"]["maximum"] == 600000
+    (line,) = [r.getMessage() for r in caplog.records if "relaxed" in r.getMessage()]
+    for relaxed in ("maximum at /properties/timeout_ms", "format 'uri'", "maxLength 524288"):
+        assert relaxed in line
 
 
 TOOL_TEMPLATE = (

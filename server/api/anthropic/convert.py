@@ -203,7 +203,8 @@ def function_tools(tools: list[dict[str, Any]] | None) -> tuple[FunctionTool, ..
             raise InvalidRequestError(
                 f"{where}.input_schema must be an object", param=f"{where}.input_schema"
             )
-        functions.append(FunctionTool(name, description, schema))
+        # `strict: true` (Anthropic's strict tool use) keeps the schema a promise.
+        functions.append(FunctionTool(name, description, schema, tool.get("strict") is True))
     if left_out:
         logger.info("leaving out tools Hearth cannot run: %s", ", ".join(sorted(left_out)))
     return tuple(functions)
@@ -245,7 +246,8 @@ def output_format(output_config: dict[str, Any] | None) -> OutputFormat | None:
         raise InvalidRequestError(
             "output_config.format.schema must be an object", param="output_config.format.schema"
         )
-    return OutputFormat("json_schema", schema)
+    # Anthropic's structured output promises the schema: refused where it cannot be kept.
+    return OutputFormat("json_schema", schema, strict=True)
 
 
 def template_kwargs(

@@ -206,7 +206,8 @@ def output_of(response_format: ResponseFormat | None) -> OutputFormat | None:
             "response_format of type json_schema needs a json_schema object",
             param="response_format.json_schema",
         )
-    return OutputFormat("json_schema", response_format.json_schema.json_schema or {})
+    json_schema = response_format.json_schema
+    return OutputFormat("json_schema", json_schema.json_schema or {}, json_schema.strict is True)
 
 
 def template_kwargs(kwargs: dict[str, Any] | None, reasoning_effort: str | None) -> dict[str, Any]:

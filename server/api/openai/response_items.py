@@ -204,7 +204,7 @@ def output_format_of(body: ResponseRequest) -> OutputFormat | None:
         raise InvalidRequestError(
             "text.format of type json_schema needs a schema", param="text.format.schema"
         )
-    return OutputFormat("json_schema", text_format.schema_)
+    return OutputFormat("json_schema", text_format.schema_, text_format.strict is True)
 
 
 # -- output items --------------------------------------------------------------------------
