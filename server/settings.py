@@ -20,6 +20,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from server.models.context import ContextChoice, choose_context
+
 DEFAULT_CONFIG_PATH = Path("config/models.toml")
 CacheType = Literal["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl"]
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -111,8 +113,18 @@ class ModelConfig(BaseModel):
     upstream_timeout: float = Field(
         600.0, gt=0, description="Seconds to wait for the upstream (connect, and between bytes)."
     )
-    n_ctx: int = Field(
-        2048, ge=64, description="Context length of each sequence (prompt plus completion)."
+    n_ctx: int | None = Field(
+        None,
+        ge=64,
+        description="Context length of each sequence (prompt plus completion). Unset: the "
+        "context the GGUF was trained for, capped so that the KV cache of all slots fits "
+        "`kv_budget`.",
+    )
+    kv_budget: ByteSize | None = Field(
+        None,
+        ge=1 << 20,
+        description="Memory the KV cache of all slots may take when `n_ctx` is unset (it "
+        "decides the context). Unset: a quarter of the machine's memory.",
     )
     slots: int = Field(4, ge=1, le=64, description="Sequences decoded together in one batch.")
     threads: int = Field(0, ge=0, description="CPU threads for llama.cpp; 0 uses every core.")
@@ -217,6 +229,17 @@ class ModelConfig(BaseModel):
 
     def effective_threads(self) -> int:
         return self.threads or os.cpu_count() or 1
+
+    def context(self, metadata: dict[str, Any]) -> ContextChoice:
+        """The context this entry serves its GGUF (whose ``metadata`` is given) with."""
+        return choose_context(
+            metadata,
+            configured=self.n_ctx,
+            slots=self.slots,
+            budget=self.kv_budget,
+            cache_type_k=self.cache_type_k,
+            cache_type_v=self.cache_type_v,
+        )
 
 
 class Settings(BaseSettings):
@@ -346,6 +369,13 @@ class Settings(BaseSettings):
         None, ge=1, le=64, description="Override every model's `slots` (sequences per batch)."
     )
     ctx: int | None = Field(None, ge=64, description="Override every model's `n_ctx`.")
+    max_tokens_cap: int | None = Field(
+        None,
+        ge=1,
+        description="Override every model's `max_tokens_cap` (most tokens one completion may "
+        "generate): for agents that ask for tens of thousands of tokens from a small model "
+        "that does not stop.",
+    )
     web_ui: bool = Field(
         True,
         description="Serve the web page (a chat playground and a status view) at `/`.",
@@ -412,6 +442,8 @@ class Settings(BaseSettings):
             overrides["slots"] = self.slots
         if self.ctx is not None:
             overrides["n_ctx"] = self.ctx
+        if self.max_tokens_cap is not None:
+            overrides["max_tokens_cap"] = self.max_tokens_cap
         if overrides:
             self.models = [m.model_copy(update=overrides) for m in self.models]
         return self

@@ -70,7 +70,7 @@ def test_models_list_shows_what_a_running_server_has_loaded(
     assert header.split() == ["NAME", "SIZE", "QUANT", "CONTEXT", "TRAINED", "LOADED", "SOURCE"]
     # Size, quantization, the context served and trained, loaded, where it comes from.
     assert smollm2.split() == [
-        "smollm2", "(SmolLM2-135M-Instruct)", "98.4", "MB", "Q4_1", "2048", "8192", "yes",
+        "smollm2", "(SmolLM2-135M-Instruct)", "98.4", "MB", "Q4_1", "32768", "8192", "yes",
         "package", "smollm2",
     ]  # fmt: skip
     assert f"LOADED: on {live_server.base_url}" in out

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.errors import HearthError
+from server.errors import ContextLengthExceededError, HearthError
 from server.protocol.common import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -78,12 +78,26 @@ def error_payload(error: HearthError, family: Family = "openai") -> dict[str, An
     """The JSON of ``error``, also for an error event after a stream has started."""
     return error_body(
         family,
-        error.message,
+        _family_message(error, family),
         status=error.status_code,
         error_type=error.error_type,
         param=error.param,
         code=error.code,
     )
+
+
+def _family_message(error: HearthError, family: Family) -> str:
+    """A prompt too long for the context, in the words each family's clients look for
+    (Claude Code reads Anthropic's "prompt is too long: N tokens > M maximum")."""
+    if not isinstance(error, ContextLengthExceededError) or error.limit is None:
+        return error.message
+    if family == "anthropic":
+        if error.prompt_tokens is not None:
+            return f"prompt is too long: {error.prompt_tokens} tokens > {error.limit} maximum"
+        return f"prompt is too long: more than {error.limit} maximum tokens. {error.message}"
+    if family == "ollama":
+        return f"the input length exceeds the context length: {error.message}"
+    return error.message
 
 
 def error_response(error: HearthError, path: str = "") -> JSONResponse:

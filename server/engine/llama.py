@@ -24,6 +24,7 @@ from server.engine.sampler import Samplers
 from server.engine.tokenizer import SpecialToken, Tokenizer
 from server.engine.types import Grammar, SamplingParams, TopLogprob
 from server.errors import ModelUnavailableError
+from server.models.context import CACHE_TYPE_BYTES
 
 logger = logging.getLogger(__name__)
 _native_logger = logging.getLogger("hearth.llama_cpp")
@@ -109,16 +110,17 @@ _ATTR_LSTRIP, _ATTR_RSTRIP = 1 << 7, 1 << 8
 _FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
 # KV cache element types (ggml_type) and their bytes per element (quantized: per block of 32).
-CACHE_TYPES: dict[str, tuple[int, float]] = {
-    "f32": (0, 4.0),
-    "f16": (1, 2.0),
-    "bf16": (30, 2.0),
-    "q8_0": (8, 34 / 32),
-    "q4_0": (2, 18 / 32),
-    "q4_1": (3, 20 / 32),
-    "q5_0": (6, 22 / 32),
-    "q5_1": (7, 24 / 32),
-    "iq4_nl": (20, 18 / 32),
+# ggml's type of each KV cache element type (their sizes: server/models/context.py).
+CACHE_TYPES: dict[str, int] = {
+    "f32": 0,
+    "f16": 1,
+    "bf16": 30,
+    "q8_0": 8,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "iq4_nl": 20,
 }
 
 
@@ -185,8 +187,8 @@ class LlamaBackend:
         # can then be reused from position 0. truncate() checks this rather than assuming it.
         ctx_params.swa_full = True
         ctx_params.flash_attn_type = _FLASH_ATTN[flash_attn]
-        ctx_params.type_k = CACHE_TYPES[cache_type_k][0]
-        ctx_params.type_v = CACHE_TYPES[cache_type_v][0]
+        ctx_params.type_k = CACHE_TYPES[cache_type_k]
+        ctx_params.type_v = CACHE_TYPES[cache_type_v]
         ctx_params.no_perf = True
         self._ctx = llama_cpp.llama_init_from_model(self._model, ctx_params)
         if not self._ctx:
@@ -205,7 +207,7 @@ class LlamaBackend:
         head_dim = self.n_embd // n_head
         kv_width = llama_cpp.llama_model_n_head_kv(self._model) * head_dim
         n_layer = llama_cpp.llama_model_n_layer(self._model)
-        cell_bytes = kv_width * (CACHE_TYPES[cache_type_k][1] + CACHE_TYPES[cache_type_v][1])
+        cell_bytes = kv_width * (CACHE_TYPE_BYTES[cache_type_k] + CACHE_TYPE_BYTES[cache_type_v])
         self.kv_cache_bytes = int(n_layer * n_ctx * n_slots * cell_bytes)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, n_slots)
         self.samplers = Samplers(self._vocab, self.n_vocab, n_slots)

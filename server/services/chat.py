@@ -110,14 +110,16 @@ class ChatService:
                     param="response_format",
                 )
             grammar = tools.grammar
-        prompt = self.render(handle, spec.messages, tools, extra=spec.template_kwargs)
+        prompt = self.render(
+            handle, spec.messages, tools, extra=spec.template_kwargs, param=spec.messages_param
+        )
         tokens = self._tokenize(handle, prompt)
         budget = completion_budget(
             spec.max_tokens,
             handle.config.defaults.max_tokens,
             len(tokens),
             min(handle.n_ctx, spec.context_limit or handle.n_ctx),
-            param="messages",
+            param=spec.messages_param,
             caps=(handle.config.max_tokens_cap, caller.cap_per_job(spec.n)),
             clamp=spec.clamp_max_tokens,
         )
@@ -181,8 +183,10 @@ class ChatService:
         *,
         add_generation_prompt: bool = True,
         extra: Mapping[str, Any] | None = None,
+        param: str = "messages",
     ) -> str:
-        """The conversation through the model's chat template, as text (blocking)."""
+        """The conversation through the model's chat template, as text (blocking); ``param``
+        names the request's field that holds it, in errors."""
         template = self._template_for(handle)
         rendered, template_tools = _template_messages(messages, template, tools)
         # Everything the request put in is data: none of it may become a control token.
@@ -192,7 +196,7 @@ class ChatService:
             tools=escaped(template_tools, handle.escape),
             extra=escaped(dict(extra or {}), handle.escape),
         )
-        check_prompt_length(prompt, handle, param="messages")
+        check_prompt_length(prompt, handle, param=param)
         return prompt
 
     def _tokenize(self, handle: ModelHandle, prompt: str) -> list[int]:

@@ -338,6 +338,7 @@ def check_prompt_length(text: str, handle: ModelHandle, *, param: str) -> None:
             f"This model's maximum context length is {handle.n_ctx} tokens, and the prompt "
             f"is {len(text)} characters, more than that many tokens can hold. Shorten it.",
             param=param,
+            limit=handle.n_ctx,
         )
 
 

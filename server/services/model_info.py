@@ -78,7 +78,7 @@ class ModelInfo:
             architecture=arch,
             quantization=quantization(metadata),
             parameter_size=str(metadata.get("general.size_label", "")),
-            context_length=config.n_ctx,
+            context_length=config.context(metadata).n_ctx,
             chat_template=template,
             capabilities=tuple(capabilities),
             metadata=metadata,

@@ -49,6 +49,8 @@ def completion_budget(
             f"This model's maximum context length is {n_ctx} tokens, but the prompt has "
             f"{prompt_tokens} tokens. Shorten the prompt.",
             param=param,
+            limit=n_ctx,
+            prompt_tokens=prompt_tokens,
         )
     if requested is not None and requested > room and not clamp:
         raise ContextLengthExceededError(

@@ -106,6 +106,8 @@ class GenerationSpec:
     model: str
     messages: tuple[Turn, ...] | None = None
     prompt: Prompt | None = None
+    # The request's field that holds the conversation, as errors name it (Responses: input).
+    messages_param: str = "messages"
     max_tokens: int | None = None
     # The length when neither the request nor the model's defaults set one (None: all the
     # context leaves room for).

@@ -140,6 +140,40 @@ def test_prompt_longer_than_the_context_is_400_before_any_stream(
     assert_error(response, 400, code="context_length_exceeded", param="prompt")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prompt_over_the_context_is_each_familys_own_error(
+    client: TestClient, stream: bool
+) -> None:
+    """The words agents look for: Responses names ``input``; Anthropic's "prompt is too
+    long: N tokens > M maximum" (Claude Code shows it as such); Ollama's "the input length
+    exceeds the context length"."""
+    long_text = "word " * 1500
+    turn = [{"role": "user", "content": long_text}]
+    response = client.post(
+        "/v1/responses", json={"model": "smollm2", "input": long_text, "stream": stream}
+    )
+    assert_error(response, 400, code="context_length_exceeded", param="input")
+    response = client.post(
+        "/v1/messages",
+        json={"model": "smollm2", "max_tokens": 64, "messages": turn, "stream": stream},
+        headers={"anthropic-version": "2023-06-01"},
+    )
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    message = body["error"]["message"]
+    assert message.startswith("prompt is too long: ") and message.endswith(" > 1024 maximum")
+    tokens = int(message.split(": ")[1].split(" ")[0])
+    assert tokens > 1024
+    for path, body in [
+        ("/api/chat", {"model": "smollm2", "messages": turn, "stream": stream}),
+        ("/api/generate", {"model": "smollm2", "prompt": long_text, "stream": stream}),
+    ]:
+        response = client.post(path, json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"].startswith("the input length exceeds the context length")
+
+
 def test_max_tokens_beyond_the_context_is_400(client: TestClient) -> None:
     response = client.post(
         CHAT, json={"model": "smollm2", "messages": MESSAGES, "max_tokens": 5000}

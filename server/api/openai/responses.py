@@ -207,6 +207,7 @@ class ResponsesAdapter:
         return GenerationSpec(
             model=body.model,
             messages=tuple(turns),
+            messages_param="input",
             max_tokens=body.max_output_tokens,
             sampling=Sampling(temperature=body.temperature, top_p=body.top_p),
             tools=self.tools,
