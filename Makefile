@@ -8,7 +8,7 @@ PORT   ?= 8000
 # llama-cpp-python compiles llama.cpp from source; use every core for it.
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install models run cluster test screenshots check lint typecheck bench bench-speculation bench-cluster soak clean
+.PHONY: install models templates run cluster test screenshots check lint typecheck bench bench-speculation bench-cluster soak clean
 
 install: $(STAMP)
 
@@ -38,7 +38,24 @@ cluster: install
 	$(BIN)/hearth models pull smollm2
 	$(BIN)/hearth cluster --replicas $(REPLICAS) --host $(HOST) --port $(PORT)
 
-test: models
+# The chat templates of about seventy real models that llama.cpp keeps in its source (the
+# pinned sdist's vendor/llama.cpp/models/templates), for tests/services/test_template_corpus.py.
+# Cached outside the repo, from the same sdist download as bench/build_llama_server.sh.
+BENCH_CACHE ?= $(or $(HEARTH_BENCH_CACHE),$(HOME)/.cache/hearth/bench)
+LLAMA_SDIST := $(BENCH_CACHE)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+TEMPLATES_DIR := $(HOME)/.cache/hearth/templates/llama-cpp-python-$(LLAMA_CPP_VERSION)
+
+templates: $(TEMPLATES_DIR)
+
+$(TEMPLATES_DIR): | $(STAMP)
+	test -f $(LLAMA_SDIST) || $(BIN)/python -m pip download --quiet --disable-pip-version-check \
+	  --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_CPP_VERSION)" -d $(dir $(LLAMA_SDIST))
+	rm -rf $@.part && mkdir -p $@.part
+	tar xzf $(LLAMA_SDIST) -C $@.part --strip-components=5 --wildcards \
+	  '*/vendor/llama.cpp/models/templates/*'
+	rm -rf $@ && mv $@.part $@
+
+test: models templates
 	$(BIN)/python -m pytest
 
 # The web page's browser tests (Debian's chromium), saving a screenshot of each view in docs/.

@@ -1,52 +1,52 @@
 """Rendering chat messages to a prompt with the model's own Jinja chat template.
 
 Templates come from GGUF metadata (``tokenizer.chat_template``) or the model's config, i.e.
-from files a user downloaded: they run in jinja2's immutable sandbox, so a template can format
-text but cannot reach Python internals or mutate the data it is given.
+from files a user downloaded: they run in a jinja2 sandbox (services/template_sandbox.py)
+that cannot reach Python internals, on a deep copy of the request's data, within a time and
+size budget. Whatever goes wrong inside a template is the request's 400
+(:class:`ChatTemplateError`), never a 500.
 """
 
 from __future__ import annotations
 
-import datetime
+import copy
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from server.errors import ChatTemplateError, UnsupportedFeatureError
-
-
-def _raise_exception(message: str) -> None:
-    raise ChatTemplateError(
-        f"the model's chat template rejected the messages: {message}", param="messages"
-    )
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.datetime.now().strftime(fmt)
+from server.services.template_sandbox import RenderLimits, TemplateSandbox
 
 
 class ChatTemplate:
     """A compiled chat template plus the special-token strings it may refer to."""
 
-    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = "") -> None:
-        env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"]
-        )
-        # HF templates use `tojson` with non-ASCII text; keep it readable, as transformers does.
-        env.policies["json.dumps_kwargs"] = {"ensure_ascii": False, "sort_keys": False}
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now
+    def __init__(
+        self,
+        source: str,
+        *,
+        bos_token: str = "",
+        eos_token: str = "",
+        limits: RenderLimits | None = None,
+    ) -> None:
+        self._env = TemplateSandbox(limits or RenderLimits())
         try:
-            self._template = env.from_string(source)
+            self._template = self._env.compile_template(source)
         except jinja2.TemplateSyntaxError as exc:
             raise ChatTemplateError(f"the model's chat template is not valid Jinja: {exc}") from exc
+        except Exception as exc:
+            raise ChatTemplateError(
+                f"the model's chat template could not be compiled: {_describe(exc)}"
+            ) from exc
         self.bos_token = bos_token
         self.eos_token = eos_token
         # Templates written for tool use read a `tools` variable; others ignore it, and get
         # Hearth's fallback tool prompt instead (services/tools.py).
         self.knows_tools = "tools" in source
+        self.arguments_as_text = False  # while the probe renders
+        self.arguments_as_text = self.knows_tools and self._wants_text_arguments()
 
     def render(
         self,
@@ -57,28 +57,101 @@ class ChatTemplate:
         extra: Mapping[str, Any] | None = None,
     ) -> str:
         """``extra`` adds variables (a request's ``chat_template_kwargs``); it never replaces
-        the ones above."""
-        variables = {
-            **{
-                k: v
-                for k, v in (extra or {}).items()
-                if k.isidentifier() and k not in _RESERVED and k not in self._template.globals
-            },
-            "messages": list(messages),
-            "add_generation_prompt": add_generation_prompt,
-            "bos_token": self.bos_token,
-            "eos_token": self.eos_token,
-            "tools": tools,
-        }
+        the ones above. Raises :class:`ChatTemplateError` for anything the template does
+        wrong or refuses (its ``raise_exception``)."""
         try:
-            return self._template.render(**variables)
+            # A template may mutate lists and dicts (Kimi's queue of tool-call ids): give it
+            # its own copy, so the caller's messages and tools come back as they went in.
+            variables = copy.deepcopy(
+                {
+                    **{
+                        k: v
+                        for k, v in (extra or {}).items()
+                        if k.isidentifier()
+                        and k not in _RESERVED
+                        and k not in self._template.globals
+                    },
+                    "messages": list(messages),
+                    "add_generation_prompt": add_generation_prompt,
+                    "bos_token": self.bos_token,
+                    "eos_token": self.eos_token,
+                    # No tools: `tools` stays undefined, as llama.cpp leaves it, so that a
+                    # template's `for tool in tools` loops over nothing instead of failing.
+                    **({"tools": tools} if tools is not None else {}),
+                }
+            )
+            if self.arguments_as_text:
+                _arguments_to_text(variables["messages"])
+            with self._env.budget():
+                return self._template.render(**variables)
         except ChatTemplateError:
             raise
-        except jinja2.TemplateError as exc:
+        except Exception as exc:  # a template's bug or budget, whatever it raised
             raise ChatTemplateError(
-                f"the model's chat template could not render these messages: {exc}",
+                f"the model's chat template could not render these messages: {_describe(exc)}",
                 param="messages",
             ) from exc
+
+    def _wants_text_arguments(self) -> bool:
+        """Whether the template can only write tool-call arguments given as a JSON string.
+
+        Hearth passes arguments as a dict, as Hugging Face templates expect; a few (functionary
+        v3.2) concatenate them as text. Like llama.cpp, find out by rendering a call both ways."""
+        arguments: dict[str, str] | str
+        for arguments in ({"arg": "value"}, '{"arg": "value"}'):
+            probe: list[dict[str, Any]] = [
+                {"role": "user", "content": "question"},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {
+                            "id": "call00001",
+                            "type": "function",
+                            "function": {"name": "tool1", "arguments": arguments},
+                        }
+                    ],
+                },
+            ]
+            try:
+                self.render(probe, add_generation_prompt=False, tools=_PROBE_TOOLS)
+            except ChatTemplateError:
+                continue
+            return isinstance(arguments, str)
+        return False
+
+
+_PROBE_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "tool1",
+            "description": "A tool.",
+            "parameters": {"type": "object", "properties": {"arg": {"type": "string"}}},
+        },
+    }
+]
+
+
+def _arguments_to_text(messages: list[dict[str, Any]]) -> None:
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and not isinstance(function.get("arguments"), str):
+                function["arguments"] = json.dumps(function.get("arguments"), ensure_ascii=False)
+
+
+def _describe(exc: BaseException) -> str:
+    """The error with the template line it happened on (jinja2 rewrites tracebacks so that
+    template frames carry the template's line numbers)."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == "<template>":
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f" (template line {line})" if line is not None else ""
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 # Variables a request may not set through chat_template_kwargs.

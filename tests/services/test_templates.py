@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 
 from server.errors import ChatTemplateError, UnsupportedFeatureError
@@ -53,10 +55,72 @@ def test_sandbox_blocks_python_internals() -> None:
         template.render([{"role": "user", "content": "x"}])
 
 
-def test_sandbox_is_immutable() -> None:
-    template = ChatTemplate("{{ messages.append(1) }}")
-    with pytest.raises(ChatTemplateError):
+def test_a_template_mutates_its_own_copy_never_the_callers_messages() -> None:
+    template = ChatTemplate(
+        "{% do messages.append({'role': 'x'}) %}{% do messages[0].update(content='changed') %}"
+        "{{ messages|length }} {{ messages[0].content }}"
+    )
+    messages = [{"role": "user", "content": "x"}]
+    assert template.render(messages) == "2 changed"
+    assert messages == [{"role": "user", "content": "x"}]
+
+
+def test_tools_stay_undefined_without_tools() -> None:
+    # As llama.cpp leaves them: tool-use templates loop over `tools` unguarded.
+    template = ChatTemplate("{% for tool in tools %}{{ tool }}{% endfor %}{{ tools is defined }}")
+    assert template.render([]) == "False"
+    assert template.render([], tools=[{"name": "f"}]) == "{'name': 'f'}True"
+
+
+def test_arguments_go_as_text_to_a_template_that_concatenates_them() -> None:
+    template = ChatTemplate(
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}"
+        "{{ c.function.name + ' ' + c.function.arguments }}{% endfor %}{% endfor %}{{ tools }}"
+    )
+    call = {"type": "function", "function": {"name": "f", "arguments": {"a": "é"}}}
+    messages: list[dict[str, Any]] = [{"role": "assistant", "content": "", "tool_calls": [call]}]
+    assert template.arguments_as_text
+    assert template.render(messages, tools=[]).startswith('f {"a": "é"}')
+    assert messages[0]["tool_calls"][0]["function"]["arguments"] == {"a": "é"}
+
+
+def test_arguments_stay_a_dict_for_a_template_that_reads_them() -> None:
+    template = ChatTemplate(
+        "{% for m in messages %}{% for c in m.tool_calls or [] %}"
+        "{{ c.function.arguments.a }}{% endfor %}{% endfor %}{{ tools }}"
+    )
+    assert not template.arguments_as_text
+
+
+def test_a_template_error_names_its_kind_and_line() -> None:
+    template = ChatTemplate("line one\n{{ messages[5].content }}")
+    with pytest.raises(ChatTemplateError, match=r"UndefinedError: .*\(template line 2\)"):
         template.render([{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize(
+    ("source", "kind"),
+    [
+        ("{{ messages[0]['content'] + 1 }}", "TypeError"),
+        ("{{ '{0}{1}'.format('a') }}", "IndexError"),
+        ("{{ (messages|first).x.y }}", "UndefinedError"),
+        ("{{ 1 // 0 }}", "ZeroDivisionError"),
+        ("{{ '' | from_json }}", "JSONDecodeError"),
+        ("{{ messages.pop(7) }}", "IndexError"),
+        ("{{ {}.pop('k') }}", "KeyError"),
+        ("{{ 'a'.index('b') }}", "ValueError"),
+        ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "RecursionError"),
+    ],
+)
+def test_every_failure_in_a_render_is_a_400(source: str, kind: str) -> None:
+    with pytest.raises(ChatTemplateError, match=kind) as info:
+        ChatTemplate(source).render([{"role": "user", "content": "x"}])
+    assert info.value.status_code == 400
+
+
+def test_a_template_too_deep_to_compile_is_a_400() -> None:
+    with pytest.raises(ChatTemplateError):
+        ChatTemplate("{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}")
 
 
 def test_invalid_template_syntax_is_reported() -> None:
