@@ -86,6 +86,7 @@ class ServerProcess:
         self.log_path = tmp / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.headers: dict[str, str] = {}
+        self.args: list[str] = []  # more command-line flags
 
     @property
     def base_url(self) -> str:
@@ -95,7 +96,7 @@ class ServerProcess:
         with self.log_path.open("wb") as log:
             command = [sys.executable, "-m", "server", "serve", "--config", str(self.config)]
             self.process = subprocess.Popen(
-                [*command, "--port", str(self.port)],
+                [*command, "--port", str(self.port), *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
