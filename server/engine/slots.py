@@ -21,8 +21,9 @@ from server.engine.prefix import PrefixTree, scope_length, scoped
 MIN_COPY_GAIN = 32
 # Prompt tokens always computed, even when all are cached: the last one's logits are needed,
 # and llama.cpp computes attention for a lone query with another kernel than for several,
-# whose rounding differs (0.84 in a logit, measured): with two, a reused prefix gives the
-# same logits as reading the whole prompt at once (exactly, with flash attention off).
+# whose rounding differs (0.84 in a logit, measured): with two, a reused prompt prefix gave
+# the same logits as reading the whole prompt at once (exactly, with flash attention off, on
+# the CPUs measured; a reused answer's tokens, decoded one at a time, only close ones).
 MIN_RECOMPUTED = 2
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from tests.api.sse import sse_chunks
+from tests.conftest import WIDE_MARGIN, chat_picks
 
 URL = "/v1/chat/completions"
 QUESTION = [{"role": "user", "content": "Name three colours."}]
@@ -61,12 +62,27 @@ def test_response_has_the_openai_shape(client: TestClient) -> None:
 
 
 def test_greedy_answer_is_sensible(client: TestClient) -> None:
+    # Asked cold, "What is the capital of France?" opens with a near tie ("The", "La" and
+    # "Le" within 0.25) that a CPU's rounding decides, in French on some. After one worked
+    # example every token up to "Paris" leads by 4 or more on the CPUs measured: a margin
+    # no CPU's rounding can flip, checked first.
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of Italy?"},
+        {"role": "assistant", "content": "The capital of Italy is Rome."},
         {"role": "user", "content": "What is the capital of France?"},
     ]
-    data = chat(client, messages=messages, temperature=0, max_tokens=30)
-    assert "Paris" in data["choices"][0]["message"]["content"]
+    data = chat(
+        client, messages=messages, temperature=0, max_tokens=30, logprobs=True, top_logprobs=2
+    )
+    text = ""
+    for pick in chat_picks(data["choices"][0]):
+        assert pick.margin >= WIDE_MARGIN, (text, pick)
+        text += pick.token
+        if "Paris" in text:
+            break
+    assert "Paris" in text
+    assert data["choices"][0]["message"]["content"].startswith(text)
 
 
 def test_alias_is_served_by_its_model(client: TestClient) -> None:
@@ -119,17 +135,23 @@ def test_stream_without_include_usage_sends_no_usage(client: TestClient) -> None
 
 
 def test_streamed_text_equals_non_streamed_text_at_temperature_zero(client: TestClient) -> None:
-    whole = chat(client, temperature=0, max_tokens=40)["choices"][0]["message"]["content"]
-    chunks = chat_stream(client, temperature=0, max_tokens=40)
-    assert stream_text(chunks) == whole
+    # Both read the prompt from the cache alike: the first request only puts it there. A
+    # prompt read whole and one read from the cache may round differently on some CPUs
+    # (README, "What holds on which CPU"), which is not what this compares.
+    messages = [{"role": "user", "content": "Name three colours of the sea."}]
+    chat(client, messages=messages, temperature=0, max_tokens=1)
+    whole = chat(client, messages=messages, temperature=0, max_tokens=40)
+    chunks = chat_stream(client, messages=messages, temperature=0, max_tokens=40)
+    assert stream_text(chunks) == whole["choices"][0]["message"]["content"]
 
 
 def test_same_seed_gives_the_same_text(client: TestClient) -> None:
-    texts = {
-        chat(client, temperature=1.0, seed=1234, max_tokens=30)["choices"][0]["message"]["content"]
-        for _ in range(2)
-    }
-    assert len(texts) == 1
+    messages = [{"role": "user", "content": "Name three colours of a flag."}]
+    chat(client, messages=messages, max_tokens=1)  # the prompt in the cache (see above)
+    first, second = (
+        chat(client, messages=messages, temperature=1.0, seed=1234, max_tokens=30) for _ in range(2)
+    )
+    assert first["choices"][0]["message"] == second["choices"][0]["message"]
 
 
 def test_n_gives_independent_choices(client: TestClient) -> None:
@@ -149,14 +171,17 @@ def test_n_streams_each_choice_with_its_own_role_and_finish(client: TestClient) 
 
 
 def test_stop_string_is_not_emitted_even_across_tokens(client: TestClient) -> None:
-    base = chat(client, temperature=0, max_tokens=40)["choices"][0]["message"]["content"]
+    messages = [{"role": "user", "content": "Name three colours of a forest."}]
+    chat(client, messages=messages, max_tokens=1)  # the prompt in the cache (see above)
+    base = chat(client, messages=messages, temperature=0, max_tokens=40)
+    text = base["choices"][0]["message"]["content"]
     # A stop string that starts inside one token and ends in another.
-    stop = base[5:12]
-    cut = base[: base.index(stop)]
-    data = chat(client, temperature=0, max_tokens=40, stop=[stop, "never-appears"])
+    stop = text[5:12]
+    cut = text[: text.index(stop)]
+    data = chat(client, messages=messages, temperature=0, max_tokens=40, stop=[stop, "never-x"])
     assert data["choices"][0]["message"]["content"] == cut
     assert data["choices"][0]["finish_reason"] == "stop"
-    chunks = chat_stream(client, temperature=0, max_tokens=40, stop=stop)
+    chunks = chat_stream(client, messages=messages, temperature=0, max_tokens=40, stop=stop)
     assert stream_text(chunks) == cut
 
 
@@ -188,6 +213,7 @@ def test_multibyte_text_is_never_split_in_a_stream(client: TestClient) -> None:
             "content": "Write the word for cat in Japanese, Chinese and Russian, with emoji 🐱.",
         }
     ]
+    chat(client, messages=messages, max_tokens=1)  # the prompt in the cache (see above)
     chunks = chat_stream(client, messages=messages, temperature=0, max_tokens=60)
     pieces = [c["choices"][0]["delta"].get("content", "") for c in chunks]
     assert all("\ufffd" not in p for p in pieces)

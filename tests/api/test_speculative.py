@@ -1,6 +1,8 @@
 """Prompt-lookup speculation on the real model: the output is exactly plain decoding's, greedy
 and seeded-sampled, with logprobs and a grammar, alone and beside other streams; copying
-prompts keep most guesses, and the counters show it."""
+prompts keep most guesses, and the counters show it. Loading turns speculation on only where
+its check finds batches exact on this CPU and build (README, "What holds on which CPU");
+elsewhere these tests check that it stayed off."""
 
 from __future__ import annotations
 
@@ -14,7 +16,14 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.settings import SpeculativeConfig
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import (
+    LiveServer,
+    assert_close_runs,
+    batches_are_exact,
+    chat_picks,
+    completion_picks,
+    make_settings,
+)
 
 MODEL = "smollm2"
 SOURCE = """def fibonacci(n):
@@ -55,6 +64,12 @@ def settings() -> Any:
 
 
 @pytest.fixture(scope="module")
+def exact() -> bool:
+    """Whether loading finds batches exact here, and so turns speculation on."""
+    return batches_are_exact(settings())
+
+
+@pytest.fixture(scope="module")
 def client() -> Iterator[TestClient]:
     with TestClient(create_app(settings())) as test_client:
         yield test_client
@@ -91,12 +106,16 @@ def test_greedy_output_is_exactly_plain_decoding(client: TestClient, prompt: str
     assert guessed["finish_reason"] == plain["finish_reason"]
 
 
-def test_copying_keeps_most_guesses(client: TestClient) -> None:
+def test_copying_keeps_most_guesses(client: TestClient, exact: bool) -> None:
     before = speculation(client)
     chat(client, COPYING[0], speculative=True, max_tokens=80)
     after = speculation(client)
     drafted = after["drafted"] - before["drafted"]
     accepted = after["accepted"] - before["accepted"]
+    if not exact:
+        # Here guesses checked in one batch could change the output: loading left it off.
+        assert drafted == accepted == 0
+        return
     # SmolLM2 copies the code, then writes about it: the guesses hold while it copies.
     assert accepted > 20
     assert accepted >= 0.4 * drafted
@@ -116,31 +135,40 @@ def test_seeded_sampling_logprobs_and_grammars_are_unchanged(client: TestClient)
             assert guessed["logprobs"] == plain["logprobs"]
 
 
-def test_beside_other_streams_every_output_is_plain_decodings() -> None:
+def test_beside_other_streams_every_output_is_plain_decodings(exact: bool) -> None:
     config = settings()
     with LiveServer(create_app(config), config) as server:
         prompts = COPYING + FREE
 
-        async def run(speculative: bool) -> list[str]:
+        async def run(speculative: bool) -> list[dict[str, Any]]:
             async with httpx.AsyncClient(base_url=server.base_url, timeout=300) as http:
 
-                async def one(prompt: str) -> str:
+                async def one(prompt: str) -> dict[str, Any]:
                     body = {
                         "model": MODEL,
                         "messages": [{"role": "user", "content": prompt}],
                         "max_tokens": 40,
                         "temperature": 0,
+                        "logprobs": True,
+                        "top_logprobs": 5,
                         "speculative": speculative,
                     }
                     answer = await http.post("/v1/chat/completions", json=body)
                     assert answer.status_code == 200, answer.text
-                    text: str = answer.json()["choices"][0]["message"]["content"]
-                    return text
+                    choice: dict[str, Any] = answer.json()["choices"][0]
+                    return choice
 
                 return list(await asyncio.gather(*(one(p) for p in prompts)))
 
         asyncio.run(run(False))  # every prompt in the cache (see the first test)
-        assert asyncio.run(run(True)) == asyncio.run(run(False))
+        guessed, plain = asyncio.run(run(True)), asyncio.run(run(False))
+    if exact:
+        assert guessed == plain
+    else:
+        # Here speculation is off and batches are not exact: streams that met others in
+        # other batches than last time agree as far as the margins go.
+        for mine, theirs in zip(plain, guessed, strict=True):
+            assert_close_runs(chat_picks(mine), chat_picks(theirs))
 
 
 @pytest.mark.gemma
@@ -148,8 +176,9 @@ def test_a_sliding_window_model_past_its_window_is_unchanged() -> None:
     """Gemma 3 attends over a 512-token window in most layers: rolling back a guess must cut
     only the newest cells (not refuse because early ones left the window)."""
     # Gemma's batches are not bit-exact on the CPU (its Q4_K_M mixes weight types whose
-    # kernels differ by batch size), so speculation is off unless configured; greedy text
-    # still matches here, and the rollback past the window is what this checks.
+    # kernels differ by batch size), so speculation is off unless configured, and checking
+    # guesses in a batch may part from plain decoding at a close call: the runs are compared
+    # by margins. The rollback past the window is what this checks.
     models = [
         m.model_copy(
             update={
@@ -171,6 +200,7 @@ def test_a_sliding_window_model_past_its_window_is_unchanged() -> None:
                 "prompt": text * 14,
                 "max_tokens": 120,
                 "temperature": 0,
+                "logprobs": 5,
                 "speculative": speculative,
             }
             return client.post("/v1/completions", json=body).json()
@@ -178,6 +208,8 @@ def test_a_sliding_window_model_past_its_window_is_unchanged() -> None:
         complete(False)  # the prompt in the cache (see the first test)
         plain, guessed = complete(False), complete(True)
         assert plain["usage"]["prompt_tokens"] + 120 > 512
-        assert guessed["choices"][0]["text"] == plain["choices"][0]["text"]
+        assert_close_runs(
+            completion_picks(plain["choices"][0]), completion_picks(guessed["choices"][0])
+        )
         handle = client.app.state.hearth.registry.loaded_handle("gemma3-270m")  # type: ignore[attr-defined]
         assert handle.scheduler.stats().speculation["accepted"] > 50

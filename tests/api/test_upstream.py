@@ -37,12 +37,16 @@ def front(live_server: LiveServer) -> Iterator[TestClient]:
 
 
 def test_chat_is_proxied_and_named_as_here(front: TestClient, live_server: LiveServer) -> None:
-    body = {"model": "far", "messages": QUESTION, "max_tokens": 8, "temperature": 0}
+    messages = [{"role": "user", "content": "Name a colour of the sky."}]
+    body = {"model": "far", "messages": messages, "max_tokens": 8, "temperature": 0}
+    # Both answers below read the prompt from the cache alike: this request only puts it
+    # there (a prompt read whole may round differently on some CPUs; README, "What holds
+    # on which CPU").
+    url = live_server.base_url + "/v1/chat/completions"
+    httpx.post(url, json={**body, "model": "smollm2", "max_tokens": 1}).raise_for_status()
     proxied = front.post("/v1/chat/completions", json=body)
     assert proxied.status_code == 200
-    direct = httpx.post(
-        live_server.base_url + "/v1/chat/completions", json={**body, "model": "smollm2"}
-    ).json()
+    direct = httpx.post(url, json={**body, "model": "smollm2"}).json()
     assert proxied.json()["model"] == "far"
     assert proxied.json()["choices"][0]["message"] == direct["choices"][0]["message"]
     metrics = front.get("/metrics").text

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from tests.conftest import LiveServer, exact_reuse, make_settings
+from tests.conftest import LiveServer, make_settings
 
 MODEL = "smollm2"
 HEADERS = {
@@ -215,7 +215,7 @@ def _post(base_url: str | None, client: TestClient | None, body: dict[str, Any])
 
 @pytest.fixture(scope="module")
 def keeping_client() -> Iterator[TestClient]:
-    settings = exact_reuse(make_settings(keep_billing_header=True))
+    settings = make_settings(keep_billing_header=True)  # else as the live server
     with TestClient(create_app(settings)) as client:
         yield client
 
