@@ -63,7 +63,7 @@ CHAT_HISTORY = [
                     {"type": "function_call_output", "call_id": "c", "output": "x"},
                 ]
             },
-            "messages",
+            "input",  # the Responses API's name for the conversation
         ),
         (
             "/v1/responses",
@@ -147,3 +147,35 @@ def test_an_unexpected_failure_mid_stream_ends_with_response_failed(
         kinds = [line[7:] for line in streamed.iter_lines() if line.startswith("event: ")]
     assert kinds[0] == "response.created"
     assert kinds[-1] == "response.failed"
+
+
+def test_input_items_get_unique_ids_and_after_pages_through_each_once(
+    client: TestClient,
+) -> None:
+    """A client's empty or repeated item ids are replaced by ids of the server's own (a
+    usable id of the client's is kept), so ``after`` finds the one item it names."""
+    contents = ["one", "two", "three", "four", "five"]
+    ids: list[str | None] = ["", "msg_same", "msg_same", None, ""]
+    items: list[dict[str, Any]] = []
+    for content, item_id in zip(contents, ids, strict=True):
+        item = {"type": "message", "role": "user", "content": content, "extra": content}
+        items.append(item if item_id is None else {**item, "id": item_id})
+    body = {"model": "smollm2", "input": items, "max_output_tokens": 2}
+    answer = client.post("/v1/responses", json=body)
+    assert answer.status_code == 200, answer.text
+    listing = f"/v1/responses/{answer.json()['id']}/input_items"
+    for order, expected in (("asc", contents), ("desc", contents[::-1])):
+        seen: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 2, "order": order}
+        while True:
+            page = client.get(listing, params=params).json()
+            seen += page["data"]
+            if not page["has_more"]:
+                break
+            params["after"] = page["last_id"]
+        assert [item["content"] for item in seen] == expected
+        assert [item["extra"] for item in seen] == expected  # the client's fields, kept
+        got = [item["id"] for item in seen]
+        assert all(isinstance(i, str) and i.startswith("msg_") for i in got), got
+        assert len(set(got)) == len(got), got
+    assert "msg_same" in got
