@@ -5,9 +5,10 @@ presented key is hashed and compared with every known digest in constant time, s
 the comparison's timing nor the digest list reveals which key (or how much of one) matched.
 
 Limits are per key: requests per minute, tokens per minute (prompt plus completion, counted
-when a request ends), concurrent requests, and the most tokens one completion may ask for.
+as they are used), concurrent requests, and the most tokens one completion may ask for.
 Windows slide over the last 60 seconds. Over a limit, the answer is 429 with the seconds until
-the window frees enough.
+the window frees enough. A key is charged for what it was served: tokens a request would need
+are checked before they are counted, so a refused request costs the key nothing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class ApiKey:
     digest: bytes = field(repr=False)
     limits: KeyLimits = KeyLimits()
     admin: bool = False
+
+    @property
+    def identity(self) -> str:
+        """Who owns what outlives a process (stored responses, saved KV states): the key
+        itself, by its digest. Not its name: keys given without one are named by their
+        order (``key-1``, ...), so a name passes to another key when the keys change."""
+        return self.digest.hex()
 
 
 class KeyStore:
@@ -183,19 +191,41 @@ class RateLimiter:
             usage.token_total += tokens
             usage.tokens_ever += tokens
 
-    def consume_tokens(self, key: ApiKey, tokens: int) -> None:
-        """Count ``tokens`` now, as a generation produces them, and raise
-        :class:`RateLimitError` once the key is over its tokens per minute: a long stream is
-        stopped when it crosses the limit, not counted after it ends."""
+    def check_tokens(self, key: ApiKey, tokens: int = 0) -> None:
+        """Raise :class:`RateLimitError`, counting nothing, if ``tokens`` more (a prompt about
+        to be read, inputs about to be embedded) would take the key over its tokens per
+        minute; with none, if it is over already."""
+        tpm = key.limits.tokens_per_minute
+        if tpm is None:
+            return
+        now = self._clock()
+        usage = self._window(key.name, now)
+        if usage.token_total + tokens <= tpm:
+            return
+        if tokens > tpm:  # no wait makes room for it
+            raise RateLimitError(
+                f"this request needs {tokens} tokens, more than API key '{key.name}' may use "
+                f"in a minute ({tpm})",
+                retry_after=int(WINDOW_SECONDS),
+            )
+        message = f"API key '{key.name}' is over its limit of {tpm} tokens per minute"
+        if tokens:
+            message = (
+                f"API key '{key.name}' has too few of its {tpm} tokens per minute left for "
+                f"this request's {tokens}"
+            )
+        # Room for them: the counted tokens down to tpm - tokens, below tpm - tokens + 1.
+        wait = self._token_wait(usage, tpm - tokens + 1, now)
+        raise RateLimitError(message, retry_after=max(1, math.ceil(wait)))
+
+    def consume_tokens(self, key: ApiKey, tokens: int) -> bool:
+        """Count ``tokens`` now, as a generation produces them; False once the key is over its
+        tokens per minute, so that a long generation stops where it crosses the limit rather
+        than being counted after it ends."""
         self.record_tokens(key, tokens)
         tpm = key.limits.tokens_per_minute
         usage = self._usage.get(key.name)
-        if tpm is not None and usage is not None and usage.token_total > tpm:
-            raise RateLimitError(
-                f"API key '{key.name}' went over its limit of {tpm} tokens per minute; "
-                "the generation was stopped",
-                retry_after=max(1, math.ceil(self._token_wait(usage, tpm, self._clock()))),
-            )
+        return tpm is None or usage is None or usage.token_total <= tpm
 
     def usage(self, key: ApiKey) -> tuple[int, int, int, int]:
         """``key``'s requests and tokens since the start, tokens in the last minute, and

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Mapping
 from contextvars import ContextVar
 from typing import Literal
 
@@ -29,6 +30,29 @@ def escape_controls(text: str) -> str:
     if not _CONTROL.search(text):
         return text
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+# A value written bare in a key=value line: nothing that could end it (a space), start another
+# field (``=``), open a quoted value or an escape, or break the line.
+_BARE = re.compile(r'[^\s"=\\\x00-\x1f\x7f-\x9f]+')
+
+
+def key_values(fields: Mapping[str, object]) -> str:
+    """``fields`` as ``name=value`` pairs (empty and None values left out). A value that a
+    client may have chosen (a path, a model name) and that holds a space, ``=``, a quote, a
+    backslash or a control character is written in double quotes, with ``\\"``, ``\\\\``
+    and control characters escaped, so that no value can pass for another field."""
+    return " ".join(
+        f"{name}={_quoted(str(value))}"
+        for name, value in fields.items()
+        if value is not None and value != ""
+    )
+
+
+def _quoted(text: str) -> str:
+    if _BARE.fullmatch(text):
+        return text
+    return '"' + escape_controls(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 class TextFormatter(logging.Formatter):

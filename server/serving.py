@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 
 class GuardedProtocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol, with two bounds it lacks.
+    """uvicorn's HTTP/1.1 protocol, with the bounds it lacks.
 
     - **A header deadline.** uvicorn arms no timer until a first response is sent, and
       cancels its keep-alive timer on any byte received, so a client that opens a connection
@@ -28,16 +28,27 @@ class GuardedProtocol(H11Protocol):
       connections stayed open. Here a request's headers must be complete within
       ``header_timeout`` seconds of the connection opening, or of the previous response
       ending on a kept-alive connection; otherwise the connection is closed.
+    - **A body deadline.** The same holds for a body: once its headers are complete, a
+      request's body must be complete within ``body_timeout`` seconds, or the connection is
+      closed (time the server itself stops reading, its buffer full, is not the client's).
+      A client announcing a large body and sending it a byte every two seconds held its
+      connection forever, with a key or without one: uvicorn goes on reading (and dropping)
+      a body the app answered without reading it, a 401 or a 413, for as long as the client
+      sends it. Such a body keeps its deadline; the connection is not closed at once, which
+      would make the client's kernel answer its unsent body with a reset and could lose the
+      answer.
     - **A connection limit.** Beyond ``max_connections`` open connections, a new one is
       closed as soon as it is accepted.
     """
 
     header_timeout = 10.0
+    body_timeout = 30.0
     max_connections = 512
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
@@ -49,16 +60,35 @@ class GuardedProtocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:  # the request's headers are complete
-            self._disarm_header_timer()
+        self._follow_request()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+        if self.transport.is_closing():
+            return
+        if self.conn.their_state is h11.IDLE:
             self._arm_header_timer()  # the next request on this connection
+        self._follow_request()  # or a pipelined one, already begun
+
+    def _follow_request(self) -> None:
+        """Run the deadline for what the client owes: from the end of a request's headers,
+        its body's; once the body is in, none until the answer is sent."""
+        their_state = self.conn.their_state
+        if their_state is h11.SEND_BODY:
+            self._disarm_header_timer()
+            if self._body_timer is None:  # one deadline for the whole body
+                self._body_timer = self.loop.call_later(self.body_timeout, self._body_too_slow)
+        elif their_state is h11.IDLE:
+            if self._body_timer is not None:  # a body dropped after its answer has ended
+                self._disarm_body_timer()
+                self._arm_header_timer()  # and the next request's headers are due
+        else:
+            self._disarm_header_timer()
+            self._disarm_body_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_timer()
+        self._disarm_body_timer()
         if self.transport is not None:  # not a connection refused at once
             super().connection_lost(exc)
 
@@ -76,13 +106,31 @@ class GuardedProtocol(H11Protocol):
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
 
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_too_slow(self) -> None:
+        self._body_timer = None
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            return
+        if self.flow.read_paused:  # the app has not taken what came: the wait is ours
+            self._body_timer = self.loop.call_later(self.body_timeout, self._body_too_slow)
+            return
+        self.transport.close()
+
 
 def guarded_protocol(settings: Settings) -> type[GuardedProtocol]:
     """The protocol class with this server's bounds."""
     return type(
         "GuardedProtocol",
         (GuardedProtocol,),
-        {"header_timeout": settings.header_timeout, "max_connections": settings.max_connections},
+        {
+            "header_timeout": settings.header_timeout,
+            "body_timeout": settings.body_timeout,
+            "max_connections": settings.max_connections,
+        },
     )
 
 

@@ -135,16 +135,17 @@ class ModelConfig(BaseModel):
     )
     flash_attn: Literal["auto", "on", "off"] | None = Field(
         None,
-        description="llama.cpp flash attention. Unset: `off` on the CPU (faster there from 1,000 "
-        "tokens of context, by 1.7-2.7x, and a reused prefix then gives bit-identical results "
-        "to recomputing it), `auto` with GPU layers.",
+        description="llama.cpp flash attention. Unset: `off` on the CPU (decoding was faster "
+        "there from 1,000 tokens of context, by 1.7-2.7x, on the CPU measured), `auto` with "
+        "GPU layers. Whether a reused prefix gives bit for bit the output of recomputing it "
+        "depends on this, the cache types and the CPU (README, 'What holds on which CPU').",
     )
     cache_type_k: CacheType = Field(
         "f16",
         description="Element type of the KV cache's keys: f32, f16, bf16, q8_0, q4_0, q4_1, "
         "q5_0, q5_1 or iq4_nl. On the CPU `q8_0` decoded up to 1.4x faster after long "
-        "prompts in 53% of the memory, but a reused prefix then no longer gives bit for bit "
-        "the output of recomputing it, as `f16` does with flash attention off.",
+        "prompts in 53% of the memory; with flash attention and `q8_0` values it is the "
+        "layout where reuse was measured bit-exact (README, 'What holds on which CPU').",
     )
     cache_type_v: CacheType = Field(
         "f16",
@@ -272,6 +273,12 @@ class Settings(BaseSettings):
         "from the end of the previous response on a kept-alive connection); then it is "
         "disconnected.",
     )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client has to send a request's body, from the end of its "
+        "headers; then it is disconnected.",
+    )
     max_connections: int = Field(
         512, ge=1, description="Open connections at most; beyond, new ones are closed at once."
     )
@@ -353,8 +360,8 @@ class Settings(BaseSettings):
     responses_max_count: int = Field(
         10_000,
         ge=1,
-        description="Stored responses kept at most; past it, the oldest of the API key "
-        "holding the most go first.",
+        description="Stored responses kept at most, shared fairly among API keys: past it, "
+        "the oldest go from keys over their share, never from a key within its share.",
     )
     responses_max_age: float = Field(
         30 * 86_400, gt=0, description="Seconds a stored response is kept."
@@ -362,8 +369,8 @@ class Settings(BaseSettings):
     responses_max_bytes: ByteSize = Field(
         ByteSize(1 << 30),
         ge=1,
-        description="Bytes of stored responses kept at most; past it, the oldest of the API "
-        "key holding the most go first.",
+        description="Bytes of stored responses kept at most, shared among API keys as "
+        "responses_max_count is.",
     )
     slots: int | None = Field(
         None, ge=1, le=64, description="Override every model's `slots` (sequences per batch)."

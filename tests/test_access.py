@@ -102,6 +102,28 @@ def test_tokens_per_minute_count_when_requests_end() -> None:
     limiter.admit(key)
 
 
+def test_tokens_that_would_not_fit_are_refused_and_not_counted() -> None:
+    clock = Clock()
+    limiter = RateLimiter(clock)
+    key = _key(tokens_per_minute=300)
+    with pytest.raises(RateLimitError, match="more than") as too_big:
+        limiter.check_tokens(key, 350)  # more than a minute's worth: never fits
+    assert too_big.value.retry_after == 60
+    limiter.check_tokens(key, 300)
+    assert limiter.usage(key)[1:3] == (0, 0)  # checking counts nothing
+    assert limiter.consume_tokens(key, 290)
+    with pytest.raises(RateLimitError, match="tokens per minute") as refused:
+        limiter.check_tokens(key, 20)
+    assert refused.value.retry_after == 60
+    limiter.check_tokens(key, 10)
+    assert limiter.usage(key)[2] == 290
+    # Tokens used count in full, over the limit too; the caller learns it is over.
+    assert not limiter.consume_tokens(key, 11)
+    assert limiter.usage(key)[2] == 301
+    clock.now += 60
+    limiter.check_tokens(key, 300)
+
+
 def test_concurrency_is_released_when_requests_end() -> None:
     limiter = RateLimiter(Clock())
     key = _key(max_concurrent=1)

@@ -7,7 +7,7 @@ import logging
 
 from fastapi.testclient import TestClient
 
-from server.logs import JsonFormatter, RequestIdFilter, request_id_var
+from server.logs import JsonFormatter, RequestIdFilter, key_values, request_id_var
 
 
 class Capture(logging.Handler):
@@ -68,3 +68,22 @@ def test_json_lines_have_the_fields_and_the_request_id() -> None:
     line = json.loads(JsonFormatter().format(record))
     assert line["message"] == "hello you" and line["level"] == "WARNING"
     assert line["request_id"] == "req_abc" and line["logger"] == "hearth.x"
+
+
+def test_key_value_lines_quote_any_value_that_could_pass_for_another_field() -> None:
+    line = key_values(
+        {
+            "path": "/v1/x key=admin status=200",
+            "status": 404,
+            "key": 'say "hi"\\',
+            "model": "a=b",
+            "tab": "a\tb\n",
+            "plain": "/v1/models",
+            "none": None,
+            "empty": "",
+        }
+    )
+    assert line == (
+        'path="/v1/x key=admin status=200" status=404 key="say \\"hi\\"\\\\" model="a=b" '
+        'tab="a\\tb\\n" plain=/v1/models'
+    )

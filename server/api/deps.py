@@ -34,7 +34,9 @@ def caller_of(context: RequestContext, state: AppState, user: str | None) -> Cal
     """Who is asking. The queue is fair across API keys; without keys, across the requests'
     ``user``, and a request without one is an owner of its own (its choices still count as
     one owner's). With keys, tokens are metered against the key's tokens per minute as they
-    are used, and only an admin key may shorten a model's keep_alive."""
+    are used, only an admin key may shorten a model's keep_alive, and cached prompts (in RAM
+    and saved on disk) are the key's own by its identity, so they stay its own across a
+    restart with other keys."""
     ledger = Ledger(context, state.metrics, state.limiter)
     key = context.api_key
     if key is None:
@@ -45,5 +47,5 @@ def caller_of(context: RequestContext, state: AppState, user: str | None) -> Cal
         max_tokens_cap=key.limits.max_tokens,
         may_shorten_keep_alive=key.admin,
         ledger=ledger,
-        cache_scope="" if state.settings.share_prefix_cache else key.name,
+        cache_scope="" if state.settings.share_prefix_cache else key.identity,
     )

@@ -19,7 +19,7 @@ from server.access import ApiKey
 from server.api.errors import error_response, family_of
 from server.context import RequestContext
 from server.errors import HearthError, InvalidRequestError
-from server.logs import request_id_var
+from server.logs import key_values, request_id_var
 from server.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -179,5 +179,4 @@ def _log_access(scope: Scope, status: int, context: RequestContext, elapsed: flo
     }
     if context.record is not None:
         fields.update(context.record.log_fields())
-    text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and v != "")
-    access_logger.info("%s", text, extra={"fields": fields})
+    access_logger.info("%s", key_values(fields), extra={"fields": fields})

@@ -26,6 +26,9 @@ A ``.partial`` file is only deleted once it is older than :data:`STALE_PARTIAL`:
 may be another server's write in progress (unless the folder is not shared: ``scan_interval``
 0).
 
+Anything in the folder that is not a regular file (a FIFO, a folder) is left alone and never
+opened: opening a FIFO waits for a writer, and would hold up the start or the scans for good.
+
 A state holds a prompt: its tokens (in the header) and the model's keys and values for them.
 So the folders are created readable by the server's user alone (0700), and the files too
 (0600). Every server sharing a folder must be trusted as much as this one: what it writes is
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -46,6 +50,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, BinaryIO
 
 logger = logging.getLogger(__name__)
@@ -178,7 +183,7 @@ class StateFolder:
         server evicted it) or unusable (then it is deleted). Other I/O errors (an NFS hiccup,
         a file of another user) raise OSError: the file may be good, and stays."""
         try:
-            with path.open("rb") as fh:
+            with _open_regular(path) as fh:
                 header, length = self._header(fh, path)
                 size = header["size"]
                 # Checked before allocating: the file may have been replaced since its header
@@ -303,6 +308,12 @@ class StateFolder:
             stat = item.stat()
         except OSError:
             return  # removed while listing: Gone, if it was seen
+        if not S_ISREG(stat.st_mode):
+            # A FIFO (a folder, a device) under a state's name is not a state, and opening a
+            # FIFO waits for a writer: never opened, never deleted, and Gone if it replaced
+            # a file seen before.
+            logger.debug("KV state folder %s: %s is not a regular file", self.folder, name)
+            return
         present.add(name)
         seen = self._seen.get(name)
         if seen is not None and seen.inode == stat.st_ino:
@@ -312,7 +323,7 @@ class StateFolder:
             return
         # New, or replaced by another writer since: read its header.
         try:
-            with path.open("rb") as fh:
+            with _open_regular(path) as fh:
                 header, length = self._header(fh, path)
                 opened = os.fstat(fh.fileno())  # the file read, not the one listed
             if opened.st_size - length != header["size"]:
@@ -366,6 +377,21 @@ def _well_formed(tokens: Any, size: Any, digest: Any) -> bool:
 def state_file_name(tokens: Sequence[int]) -> str:
     """The file name of the state of ``tokens`` (the same for every server)."""
     return f"{hashlib.sha256(repr(tuple(tokens)).encode()).hexdigest()[:40]}.state"
+
+
+def _open_regular(path: Path) -> io.BufferedReader:
+    """``path`` opened for reading if it is a regular file, else OSError. Opened without
+    blocking: a FIFO put in the file's place since it was listed would otherwise wait for a
+    writer, and hold up the thread (the engine's, or the one that scans) for good."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not S_ISREG(os.fstat(descriptor).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def _drop_file(path: Path, reason: Exception) -> None:

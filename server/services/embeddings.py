@@ -61,7 +61,8 @@ class EmbeddingService:
             )
         inputs = await self._prep.run(_tokenized_inputs, handle, spec.input, spec.truncate)
         tokens = sum(len(i) for i in inputs)
-        if caller.ledger is not None:  # counted before the work: over the limit is a 429
+        if caller.ledger is not None:  # counted before the work; a 429 here costs nothing
+            caller.ledger.check(tokens)
             caller.ledger.meter(tokens)
         vectors = await handle.embed(inputs)
         if caller.ledger is not None:

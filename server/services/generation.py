@@ -46,7 +46,8 @@ class Caller:
     max_tokens_cap: int | None = None
     may_shorten_keep_alive: bool = True
     ledger: Ledger | None = None
-    # Where the request's KV cache may be shared ("" everywhere; a key's name: with its own).
+    # Where the request's KV cache may be shared ("" everywhere; a key's identity: with its
+    # own requests, and its states saved on disk).
     cache_scope: str = ""
 
     def cap_per_job(self, jobs: int, *, param: str = "n") -> int | None:
@@ -95,7 +96,12 @@ class Run:
 
     The adapter that prepared it calls :meth:`close` on every exit path (finished, client
     gone, error, shutdown; :func:`server.api.runner.serve` does). Closing cancels the choices
-    still queued or running, releases the lease, and books the usage, once."""
+    still queued or running, releases the lease, and books the usage, once.
+
+    The caller is charged for what it was served: a run refused before it is queued books
+    nothing, and a choice that uses up the caller's tokens per minute ends there, as if it had
+    reached its max_tokens, its text so far served and counted (rather than thrown away with a
+    429 after its tokens were charged)."""
 
     def __init__(
         self,
@@ -128,6 +134,8 @@ class Run:
         self.reasoning_tokens = 0
         self._streams: list[GenerationStream] | None = None
         self._metered: dict[int, int] = {}  # completion tokens of each choice metered so far
+        # Choices ended because the caller's tokens per minute ran out.
+        self._out_of_tokens: set[int] = set()
         self._closed = False
 
     @property
@@ -148,9 +156,11 @@ class Run:
         starts. Idempotent: :meth:`results` and :meth:`events` call it if nobody has."""
         if self._streams is not None:
             return
-        if self.ledger is not None:
-            self.ledger.meter(self.prompt_token_count)  # over the limit already: a 429
+        if self.ledger is not None:  # a prompt the key has no room for is a 429, uncharged
+            self.ledger.check(self.prompt_token_count)
         self._streams = self.handle.generate(self.jobs)
+        if self.ledger is not None:  # queued: counted now, so that the next request sees it
+            self.ledger.meter(self.prompt_token_count)
 
     async def results(self) -> list[ChoiceResult]:
         """Run every choice to its end; their results in choice order."""
@@ -160,8 +170,10 @@ class Run:
         async def drain(index: int, stream: GenerationStream) -> ChoiceResult:
             parts: list[str] = []
             logprobs: list[TokenLogprob] = []
-            async for event in stream:
-                self._count(index, event)
+            async for generated in stream:
+                event = self._served(index, generated)
+                if event is None:
+                    continue
                 parts.append(event.text)
                 logprobs += event.logprobs
                 if event.finish_reason is not None:
@@ -182,8 +194,10 @@ class Run:
         assert self._streams is not None
         try:
             async with contextlib.aclosing(_interleave(self._streams)) as events:
-                async for index, event in events:
-                    self._count(index, event)
+                async for index, generated in events:
+                    event = self._served(index, generated)
+                    if event is None:
+                        continue
                     if event.finish_reason is not None:
                         self.finals.append(ChoiceResult.of(index, "", event))
                     yield index, event
@@ -218,7 +232,8 @@ class Run:
         usage = self.usage()
         record = RunRecord(
             model=self.model,
-            prompt_tokens=usage.prompt_tokens,
+            # Never queued (refused first): its prompt was not read, nor charged.
+            prompt_tokens=usage.prompt_tokens if self._streams is not None else 0,
             completion_tokens=usage.completion_tokens,
             cached_tokens=usage.cached_tokens,
             queue_seconds=[r.queue_seconds for r in self.finals],
@@ -242,16 +257,36 @@ class Run:
             time.monotonic() - self.started,
         )
 
-    def _count(self, index: int, event: TokenEvent) -> None:
-        """Note the first token's time, and meter the tokens ``event`` adds to choice
-        ``index``; raises RateLimitError when the caller goes over its tokens per minute
-        (the run then stops)."""
+    def _served(self, index: int, event: TokenEvent) -> TokenEvent | None:
+        """``event`` of choice ``index`` as the caller gets it, or None when it gets nothing.
+
+        Notes the first token's time and meters the tokens the event adds. The event that
+        takes the caller over its tokens per minute is served, and its choice ends there: the
+        engine is told to stop it, tokens it made meanwhile are dropped (neither served nor
+        counted), and its end is a "length" finish with the tokens served."""
+        if index in self._out_of_tokens:
+            if event.finish_reason is None:
+                return None
+            return replace(
+                event,
+                text="",
+                token_ids=(),
+                logprobs=(),
+                finish_reason="length",
+                completion_tokens=self._metered[index],
+                error=None,
+                stop_sequence=None,
+            )
         if event.token_ids and self.first_token_at is None:
             self.first_token_at = time.monotonic()
         added = event.completion_tokens - self._metered.get(index, 0)
         if added > 0 and self.ledger is not None:
             self._metered[index] = event.completion_tokens
-            self.ledger.meter(added)
+            if not self.ledger.meter(added) and event.finish_reason is None:
+                self._out_of_tokens.add(index)
+                assert self._streams is not None
+                self._streams[index].cancel()
+        return event
 
     def _cancel(self) -> None:
         for stream in self._streams or ():

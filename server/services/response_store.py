@@ -1,10 +1,10 @@
 """Stored responses (OpenAI's Responses API ``store``), in an embedded SQLite database.
 
-One row per response: who made it (the API key's name, "" without keys), when, the response
+One row per response: who made it (the API key's digest, "" without keys), when, the response
 as returned, the request's input items, and the whole conversation up to and including its
-output (what ``previous_response_id`` replays). Bounded by age, and by count and bytes: past
-either bound, the oldest responses of the owner that holds the most go first, so that one API
-key storing a flood of responses evicts its own, not everyone else's.
+output (what ``previous_response_id`` replays). Bounded by age, and by count and bytes, shared
+fairly among the owners (see :meth:`ResponseStore._evict`): one API key storing a flood of
+responses evicts its own, and never cuts another key below its share.
 WAL mode, one connection used under a lock from worker threads, so the event loop never
 waits on the disk.
 """
@@ -118,22 +118,35 @@ class ResponseStore:
                 (stored.id, stored.owner, now, *texts, sum(len(t) for t in texts)),
             )
             self._db.execute("DELETE FROM responses WHERE created_at < ?", (now - self.max_age,))
-            self._evict()
+            self._evict(stored.owner)
 
-    def _evict(self) -> None:
-        """Within max_count and max_bytes: while over either, the oldest response of the
-        owner holding the most of it goes (a conversation's history is stored with each of
-        its responses, so long chains add up)."""
+    def _evict(self, writer: str) -> None:
+        """Back within max_count and max_bytes after ``writer`` stored a response. Each bound
+        is shared: an owner's share is the bound divided by the number of owners holding
+        responses. While over a bound, the oldest response goes of ``writer``, if it holds
+        more than its share of that bound, else of the owner holding the most (who holds
+        more than its share, since together they hold more than the bound). So an owner
+        within its share never loses a response to another's writes, one over its share
+        pays for its own writes, and a newcomer still finds room (a conversation's history
+        is stored with each of its responses, so long chains add up)."""
         while True:
-            count, size = self._db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM responses"
+            count, size, owners = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), COUNT(DISTINCT owner) FROM responses"
             ).fetchone()
-            if count <= self.max_count and size <= self.max_bytes:
+            if count > self.max_count:
+                by, bound = "COUNT(*)", self.max_count
+            elif size > self.max_bytes:
+                by, bound = "COALESCE(SUM(size), 0)", self.max_bytes
+            else:
                 return
-            by = "COUNT(*)" if count > self.max_count else "SUM(size)"
-            (owner,) = self._db.execute(
-                f"SELECT owner FROM responses GROUP BY owner ORDER BY {by} DESC LIMIT 1"
+            (held,) = self._db.execute(
+                f"SELECT {by} FROM responses WHERE owner = ?", (writer,)
             ).fetchone()
+            owner = writer
+            if held * owners <= bound:  # the writer is within its share
+                (owner,) = self._db.execute(
+                    f"SELECT owner FROM responses GROUP BY owner ORDER BY {by} DESC LIMIT 1"
+                ).fetchone()
             self._db.execute(
                 "DELETE FROM responses WHERE rowid = (SELECT rowid FROM responses "
                 "WHERE owner = ? ORDER BY created_at, rowid LIMIT 1)",

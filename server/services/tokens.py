@@ -3,13 +3,14 @@ token ids, and token ids back to text."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from server.registry import ModelRegistry
 from server.services.chat import ChatService
-from server.services.generation import RunLimits, check_token_ids
+from server.services.generation import RunLimits, check_prompt_length, check_token_ids
 from server.services.prep import PrepExecutor
 from server.services.spec import FunctionTool, Turn
 from server.services.tools import plan_tools
@@ -18,7 +19,8 @@ from server.services.tools import plan_tools
 @dataclass(frozen=True)
 class Tokenized:
     model: str
-    tokens: list[int]
+    # Four bytes a token, not a list of ints: an answer its client is slow to read holds them.
+    tokens: Sequence[int]
     n_ctx: int
 
 
@@ -35,12 +37,14 @@ class TokenService:
         self, model: str, text: str, *, add_special: bool, parse_special: bool
     ) -> Tokenized:
         """``text`` as the model's tokens; special-token text is markup only with
-        ``parse_special``."""
+        ``parse_special``. Text longer than the model's context could hold is refused before
+        it is tokenized, as a chat's prompt is."""
         async with self._registry.use(model) as handle:
+            check_prompt_length(text, handle, param="text")
 
-            def tokenize() -> list[int]:
+            def tokenize() -> array[int]:
                 add = add_special and handle.adds_bos
-                return handle.tokenize(text, add_special=add, markup=parse_special)
+                return array("i", handle.tokenize(text, add_special=add, markup=parse_special))
 
             tokens = await self._prep.run(tokenize)
         return Tokenized(handle.name, tokens, handle.n_ctx)
@@ -59,15 +63,16 @@ class TokenService:
         self._limits.check_counts(len(turns), len(tools))
         async with self._registry.use(model) as handle:
 
-            def tokenize() -> list[int]:
+            def tokenize() -> array[int]:
                 plan = plan_tools(tools, None)
-                return self._chat.prompt_tokens(
+                tokens = self._chat.prompt_tokens(
                     handle,
                     turns,
                     plan,
                     add_generation_prompt=add_generation_prompt,
                     extra=template_kwargs,
                 )
+                return array("i", tokens)
 
             tokens = await self._prep.run(tokenize)
         return Tokenized(handle.name, tokens, handle.n_ctx)

@@ -1,10 +1,12 @@
 """Usage accounting: one path for local generations, embeddings and remote models.
 
-Each request has one :class:`Ledger`. Tokens may be metered as they are used (a long stream
-is stopped once its API key goes over its tokens per minute, not counted after it ends), and
-when the request ends its :class:`~server.metrics.RunRecord` is booked once: into the token
-metrics, against the key (whatever the meter did not count yet: a remote model's usage comes
-at its end) and onto the request's context, for its access log line.
+Each request has one :class:`Ledger`. A key is charged for what it was served: tokens a request
+is about to use (a prompt, inputs to embed) are first checked against the key's tokens per
+minute, so a request refused there costs nothing; then they are metered as they are used (a
+long generation ends once its API key goes over, not counted after it ends). When the request
+ends its :class:`~server.metrics.RunRecord` is booked once: into the token metrics, against
+the key (whatever the meter did not count yet: a remote model's usage comes at its end) and
+onto the request's context, for its access log line.
 """
 
 from __future__ import annotations
@@ -31,12 +33,19 @@ class Ledger:
     def key(self) -> ApiKey | None:
         return self._context.api_key
 
-    def meter(self, tokens: int) -> None:
-        """Count ``tokens`` against the API key now; raises RateLimitError once the key is
-        over its tokens per minute."""
+    def check(self, tokens: int = 0) -> None:
+        """Raise RateLimitError, counting nothing, if ``tokens`` more would take the API key
+        over its tokens per minute (with none: if it is over already)."""
+        if self._limiter is not None and self.key is not None:
+            self._limiter.check_tokens(self.key, tokens)
+
+    def meter(self, tokens: int) -> bool:
+        """Count ``tokens`` against the API key now, as they are used; False once the key is
+        over its tokens per minute (the work should stop there)."""
         self._metered += tokens
         if self._limiter is not None and self.key is not None:
-            self._limiter.consume_tokens(self.key, tokens)
+            return self._limiter.consume_tokens(self.key, tokens)
+        return True
 
     def record(self, record: RunRecord) -> None:
         """Book what the request did; only the first call counts."""

@@ -34,6 +34,21 @@ requests_per_minute = 2
 name = "single"
 key = "sk-single"
 max_concurrent = 1
+
+[[keys]]
+name = "budget"
+key = "sk-budget"
+tokens_per_minute = 300
+
+[[keys]]
+name = "budget-crowd"
+key = "sk-budget-crowd"
+tokens_per_minute = 300
+
+[[keys]]
+name = "budget-long"
+key = "sk-budget-long"
+tokens_per_minute = 60
 """
     )
     settings = make_settings(
@@ -142,3 +157,68 @@ def test_concurrent_requests_from_many_keys_all_finish(http: httpx.Client) -> No
     for thread in threads:
         thread.join(60)
     assert statuses == [200] * 6
+
+
+def test_a_prompt_refused_for_tokens_per_minute_is_not_charged(http: httpx.Client) -> None:
+    # About 400 tokens: more than the key may use in a minute, refused before it runs.
+    big = {"model": "smollm2", "prompt": " hello" * 400, "max_tokens": 1}
+    refused = http.post("/v1/completions", json=big, headers=bearer("sk-budget"))
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    # Nothing was served, so nothing was booked: a small request is served at once (it was
+    # refused for a minute).
+    hello = http.post(CHAT, json=BODY, headers=bearer("sk-budget"))
+    assert hello.status_code == 200, hello.text
+    assert hello.json()["choices"][0]["message"]["content"]
+
+
+def test_concurrent_chats_share_the_tokens_per_minute_and_are_served(
+    http: httpx.Client,
+) -> None:
+    # Twelve chats of some 35 prompt tokens each at 300 tokens per minute: those whose prompts
+    # fit are served (cut short, as at max_tokens, once the key's tokens run out); the rest
+    # are refused with 429 and charged nothing. They used to be all refused, 442 tokens booked.
+    answers: list[httpx.Response] = []
+    body = {**BODY, "max_tokens": 16, "temperature": 0}
+
+    def call() -> None:
+        answers.append(http.post(CHAT, json=body, headers=bearer("sk-budget-crowd")))
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(answers) == 12
+    served = [a.json() for a in answers if a.status_code == 200]
+    assert {a.status_code for a in answers} <= {200, 429}
+    assert served, [a.text for a in answers]
+    for answer in served:
+        assert answer["choices"][0]["finish_reason"] in ("stop", "length")
+        assert answer["usage"]["completion_tokens"] >= 1
+    # What was served is what was charged: at most a token over the limit per running chat.
+    assert sum(a["usage"]["total_tokens"] for a in served) <= 300 + len(served)
+
+
+def test_a_whole_answer_that_runs_out_of_tokens_per_minute_is_served_as_far_as_it_got(
+    http: httpx.Client,
+) -> None:
+    # Counting without end, at 60 tokens per minute: the answer stops where the key's tokens
+    # ran out, as at a max_tokens, and what it made is answered (it used to be a 429 with
+    # all of it charged and none of it sent).
+    body = {
+        "model": "smollm2",
+        "prompt": "1, 2, 3,",
+        "max_tokens": 200,
+        "temperature": 0,
+        "logit_bias": {"0": -100, "2": -100},
+    }
+    answer = http.post("/v1/completions", json=body, headers=bearer("sk-budget-long"))
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    assert data["choices"][0]["finish_reason"] == "length"
+    assert data["choices"][0]["text"]
+    assert 40 < data["usage"]["total_tokens"] <= 61
+    # The key is over its limit now: the next request is refused before it runs.
+    refused = http.post("/v1/completions", json=body, headers=bearer("sk-budget-long"))
+    assert refused.status_code == 429

@@ -57,6 +57,7 @@ def test_a_ledger_books_a_record_once_and_only_what_the_meter_did_not_count() ->
     ledger.record(RunRecord("m", prompt_tokens=999))  # a second close books nothing
     assert context.record is record and context.model == "m"
     ledger = Ledger(RequestContext("req_2", api_key=key), limiter=limiter)
-    ledger.meter(49)  # 30 + 20 + 49 = 99: still under 100
     with pytest.raises(RateLimitError):
-        ledger.meter(2)
+        ledger.check(51)  # 30 + 20 + 51 would be over 100: refused, and nothing counted
+    assert ledger.meter(49)  # 30 + 20 + 49 = 99: still under 100
+    assert not ledger.meter(2)  # counted, and over: the run ends there

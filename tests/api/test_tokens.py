@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from fastapi.testclient import TestClient
 
 
@@ -75,3 +78,44 @@ def test_exactly_one_of_text_and_messages(client: TestClient) -> None:
     both = {"model": "smollm2", "text": "a", "messages": [{"role": "user", "content": "a"}]}
     assert client.post("/tokenize", json=both).status_code == 400
     assert client.post("/tokenize", json={"model": "smollm2"}).status_code == 400
+
+
+def test_text_longer_than_the_context_could_hold_is_refused_before_tokenizing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1024 tokens of SmolLM2's longest (162 bytes) hold 165,888 characters at most: anything
+    # longer is refused without occupying a preparation thread (it used to take both for
+    # seconds, while every other key's chat waited).
+    state = client.app.state.hearth  # type: ignore[attr-defined]
+    prepared: list[object] = []
+    run = state.prep.run
+
+    async def counted(work: Any, *args: Any, **kwargs: Any) -> Any:
+        prepared.append(work)
+        return await run(work, *args, **kwargs)
+
+    monkeypatch.setattr(state.prep, "run", counted)
+    refused = client.post("/tokenize", json={"model": "smollm2", "text": "a " * 100_000})
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "text"
+    assert prepared == []
+    # Another request is prepared and answered as usual.
+    chat = client.post(
+        "/v1/chat/completions",
+        json={"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+    )
+    assert chat.status_code == 200 and len(prepared) == 1
+
+
+def test_a_long_answer_is_written_whole_in_pieces(client: TestClient) -> None:
+    # Just under the bound: tens of thousands of tokens, written a piece at a time (each piece
+    # waits for the client to take the previous ones) and still one JSON object.
+    text = "a " * 80_000
+    answer = client.post("/tokenize", json={"model": "smollm2", "text": text, "add_special": False})
+    assert answer.status_code == 200
+    data = answer.json()
+    assert data["model"] == "smollm2" and data["max_model_len"] == 1024
+    assert data["count"] == len(data["tokens"]) > 40_000
+    back = client.post("/detokenize", json={"model": "smollm2", "tokens": data["tokens"]})
+    assert back.json()["text"] == text

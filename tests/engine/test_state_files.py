@@ -280,14 +280,14 @@ def test_a_read_that_fails_for_io_is_a_miss_and_the_file_stays(
     try:
         _, entry = second.longest_match([2, 7])
         assert entry is not None
-        real_open = Path.open
+        real_open = os.open
 
-        def flaky(self: Path, *args: Any, **kwargs: Any) -> Any:
-            if self.suffix == ".state":
+        def flaky(path: Any, *args: Any, **kwargs: Any) -> int:
+            if str(path).endswith(".state"):
                 raise OSError(116, "Stale file handle")  # NFS, say: not the file's fault
-            return real_open(self, *args, **kwargs)
+            return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(Path, "open", flaky)
+        monkeypatch.setattr(os, "open", flaky)
         assert second.get(entry) is None
         monkeypatch.undo()
         assert len(files(tmp_path)) == 1  # another server's good file, kept
@@ -419,3 +419,76 @@ def test_states_waiting_for_a_slow_disk_are_capped(
         release.set()
         cache.close()
     assert len(files(tmp_path)) <= 3
+
+
+def test_a_fifo_in_the_folder_is_skipped_and_never_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a FIFO for reading waits for a writer: a ``*.state`` that is not a regular
+    file must not stop the server from starting, nor the rescans from going on."""
+    writer = replica(tmp_path, scan=0)  # looks at the folder once, before any FIFO
+    put(writer, [5, 5], b"k" * 100)
+    eventually(lambda: len(files(tmp_path)) == 1)
+    (real,) = files(tmp_path)
+    fifos = [real.with_name(state_files.state_file_name((5, 6 + i))) for i in range(2)]
+    os.mkfifo(fifos[0])
+    opened: list[str] = []
+    path_open, os_open = Path.open, os.open
+
+    def spy_path_open(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.name in {f.name for f in fifos}:
+            opened.append(self.name)
+        return path_open(self, *args, **kwargs)
+
+    def spy_os_open(path: Any, *args: Any, **kwargs: Any) -> int:
+        if Path(path).name in {f.name for f in fifos}:
+            opened.append(Path(path).name)
+        return os_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", spy_path_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    started: list[StateCache] = []
+    starting = threading.Thread(target=lambda: started.append(replica(tmp_path)), daemon=True)
+    starting.start()
+    starting.join(10)
+    try:
+        assert not starting.is_alive(), "start-up blocked on the FIFO"
+        (reader,) = started
+        assert reader.longest_match([5, 5, 1])[0] == 2  # the real file beside it, found
+        os.mkfifo(fifos[1])
+        put(writer, [5, 8], b"l" * 100)  # found by a rescan that looked past the new FIFO
+        eventually(lambda: reader.longest_match([5, 8, 1])[0] == 2)
+        assert reader.counters()["entries"] == 2  # the two real files, no FIFO
+        assert all(f.exists() for f in fifos)  # ignored, not deleted as a bad file
+        assert opened == []
+        reader.close()
+    finally:
+        if starting.is_alive():  # a writer that closes at once lets the blocked open return
+            os.close(os_open(fifos[0], os.O_WRONLY | os.O_NONBLOCK))
+            starting.join(10)
+        writer.close()
+
+
+def test_a_known_file_replaced_by_a_fifo_is_a_miss_not_a_hang(tmp_path: Path) -> None:
+    writer = replica(tmp_path, scan=0)
+    put(writer, [7, 7], b"m" * 100)
+    writer.close()
+    reader = replica(tmp_path, scan=0)
+    (path,) = files(tmp_path)
+    path.unlink()
+    os.mkfifo(path)  # after the scan, before the read
+    _, entry = reader.longest_match([7, 7])
+    assert entry is not None
+    got: list[memoryview | None] = []
+    reading = threading.Thread(target=lambda: got.append(reader.get(entry)), daemon=True)
+    reading.start()
+    reading.join(10)
+    try:
+        assert not reading.is_alive(), "the read blocked on the FIFO"
+        assert got == [None]
+        assert path.exists()  # not a bad state file: left alone
+    finally:
+        if reading.is_alive():
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            reading.join(10)
+        reader.close()

@@ -3,7 +3,10 @@ stream that outlasts the shutdown grace period."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -70,6 +73,63 @@ def test_connections_that_never_finish_their_headers_are_closed(server: ServerPr
     server.assert_recovered()
 
 
+def send_headers(port: int, key: str | None) -> socket.socket:
+    """A chat request's headers, announcing a 100,000-byte body, and the body's first byte."""
+    lines = [
+        "POST /v1/chat/completions HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Content-Type: application/json",
+        "Content-Length: 100000",
+        *([f"Authorization: Bearer {key}"] if key else []),
+    ]
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n{").encode())
+    return sock
+
+
+def test_a_body_sent_a_byte_at_a_time_does_not_hold_its_connection(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    settings = {"api_keys": ["sk-edge"], "max_connections": 40, "body_timeout": 3}
+    process = ServerProcess(tmp_path_factory.mktemp("bodies"), settings, [smollm2()])
+    process.headers = {"Authorization": "Bearer sk-edge"}
+    process.start()
+    # Every connection the server takes: half with no key, half with one, each sending its
+    # body a byte every half second. They used to hold every connection for good.
+    anonymous = [send_headers(process.port, None) for _ in range(20)]
+    keyed = [send_headers(process.port, "sk-edge") for _ in range(20)]
+    received = {sock: b"" for sock in anonymous + keyed}
+    closed: list[socket.socket] = []  # in the order the server closed them
+    try:
+        deadline = time.monotonic() + 30
+        while len(closed) < len(received) and time.monotonic() < deadline:
+            open_ = [sock for sock in received if sock not in closed]
+            for sock in select.select(open_, [], [], 0.5)[0]:
+                try:
+                    data = sock.recv(65536)
+                except ConnectionResetError:
+                    data = b""
+                received[sock] += data
+                if not data:
+                    closed.append(sock)
+            for sock in open_:
+                if sock not in closed:
+                    with contextlib.suppress(OSError):  # closed: the next recv says so
+                        sock.send(b" ")
+        # Every one closed once its body took longer than body_timeout.
+        assert len(closed) == len(received)
+        # Without a key: 401 at once, with the body not read (nor sent).
+        assert all(received[sock].startswith(b"HTTP/1.1 401 ") for sock in anonymous)
+        assert not any(received[sock] for sock in keyed)
+    finally:
+        for sock in received:
+            sock.close()
+        try:
+            process.assert_recovered()
+        finally:
+            process.stop()
+
+
 def test_a_foreign_host_header_is_refused_on_loopback(server: ServerProcess) -> None:
     # A page on evil.example that rebinds its name to 127.0.0.1 still sends Host: evil.example.
     with server.client() as http:
@@ -95,6 +155,29 @@ def test_control_characters_in_a_path_cannot_forge_a_log_line(server: ServerProc
     assert any("/x\\nFORGED-LINE" in line for line in lines)
     assert not any("\x1b" in line for line in lines)
     assert any("/y\\x1b[31mred" in line for line in lines)
+
+
+# A field of a text access line: name=value, the value bare or quoted (with escapes inside).
+ACCESS_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+
+
+def test_spaces_and_quotes_in_a_path_cannot_forge_an_access_log_field(
+    server: ServerProcess,
+) -> None:
+    with server.client() as http:
+        http.get("/v1/x%20key=admin%20status=200")
+        http.get("/v1/y%22%20status=201%20z=%22")  # a quote to end a quoted value early
+    server.assert_recovered()
+    access = [line for line in server.log().splitlines() if " hearth.access " in line]
+    for forged, path in (
+        ("key=admin", '"/v1/x key=admin status=200"'),
+        ("status=201", '"/v1/y\\" status=201 z=\\""'),
+    ):
+        line = next(line for line in access if forged in line)
+        fields = ACCESS_FIELD.findall(line.split("]: ", 1)[1])
+        names = [name for name, _ in fields]
+        assert names.count("status") == 1 and "key" not in names and "z" not in names, line
+        assert dict(fields)["path"] == path and dict(fields)["status"] == "404", line
 
 
 def test_a_stream_that_outlasts_the_grace_period_ends_with_an_error_event(

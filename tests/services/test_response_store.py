@@ -68,9 +68,33 @@ def test_a_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     assert path.read_bytes().startswith(b"this is not a database")  # nothing overwritten
 
 
-def test_the_server_refuses_to_start_on_a_broken_store(tmp_path: Path) -> None:
+def torn_in_half(path: Path) -> None:
+    """A store holding responses, then cut in the middle (a copy stopped half way, a disk
+    that filled)."""
+    store = ResponseStore(path, max_count=1000, max_age=3600)
+    for i in range(100):
+        asyncio.run(store.put(StoredResponse(f"resp_{i}", "", {"text": "x" * 2000}, [], [])))
+    store.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_database_torn_in_half_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "responses.sqlite3"
-    path.write_bytes(b"garbage" * 1000)
+    torn_in_half(path)
+    torn = path.read_bytes()
+    with pytest.raises(StoreError, match=r"response store .* malformed"):
+        ResponseStore(path, max_count=10, max_age=3600)
+    assert path.read_bytes() == torn  # nothing overwritten, nothing evicted
+
+
+@pytest.mark.parametrize("damage", ["not sqlite", "torn in half"])
+def test_the_server_refuses_to_start_on_a_broken_store(tmp_path: Path, damage: str) -> None:
+    path = tmp_path / "responses.sqlite3"
+    if damage == "torn in half":
+        torn_in_half(path)
+    else:
+        path.write_bytes(b"garbage" * 1000)
     result = subprocess.run(
         [sys.executable, "-m", "server", "serve", "--responses-db", str(path), "--port", "9"],
         capture_output=True,
@@ -78,7 +102,8 @@ def test_the_server_refuses_to_start_on_a_broken_store(tmp_path: Path) -> None:
         timeout=60,
     )
     assert result.returncode != 0
-    assert "response store" in result.stderr and str(path) in result.stderr
+    (reason,) = result.stderr.splitlines()  # one line, no traceback
+    assert "response store" in reason and str(path) in reason
 
 
 def test_a_locked_database_is_a_clear_error(tmp_path: Path) -> None:
@@ -136,3 +161,96 @@ def test_a_store_from_before_sizes_were_kept_is_upgraded(tmp_path: Path) -> None
     assert size == len('{"a": 1}') + 4
     asyncio.run(store.put(stored("resp_new")))
     store.close()
+
+
+def ids_of(store: ResponseStore) -> dict[str, list[str]]:
+    """Each owner's stored response ids, oldest first."""
+    held: dict[str, list[str]] = {}
+    for owner, response_id in store._db.execute(
+        "SELECT owner, id FROM responses ORDER BY created_at, rowid"
+    ):
+        held.setdefault(owner, []).append(response_id)
+    return held
+
+
+def sized(response_id: str, owner: str, size: int) -> StoredResponse:
+    """A response taking ``size`` bytes in the store."""
+    return StoredResponse(response_id, owner, {"t": "x" * (size - 13)}, [], [])
+
+
+def test_a_key_within_its_share_never_loses_a_response_to_another_keys_writes(
+    tmp_path: Path,
+) -> None:
+    """A key's share is the bound divided among the keys holding responses. A key over its
+    share makes room from its own responses; another key's writes only cut a key down while
+    it holds more than its share, and never below it."""
+    store = ResponseStore(tmp_path / "r.sqlite3", max_count=9, max_age=3600)
+    for owner, count in (("alice", 5), ("carol", 1), ("bob", 3)):
+        for i in range(count):
+            asyncio.run(store.put(stored(f"{owner}_{i}", owner=owner)))
+    # Nine held, three keys: a share is three. bob, at his share, writes a fourth: over it,
+    # he makes room from his own, although alice holds the most.
+    asyncio.run(store.put(stored("bob_3", owner="bob")))
+    assert ids_of(store) == {
+        "alice": [f"alice_{i}" for i in range(5)],
+        "carol": ["carol_0"],
+        "bob": ["bob_1", "bob_2", "bob_3"],
+    }
+    # carol, within her share, writes: alice, over hers, loses her oldest, down to her share
+    # and no further; then carol, at her share, pays for her own writes.
+    for i in range(1, 6):
+        asyncio.run(store.put(stored(f"carol_{i}", owner="carol")))
+    assert ids_of(store) == {
+        "alice": ["alice_2", "alice_3", "alice_4"],
+        "bob": ["bob_1", "bob_2", "bob_3"],
+        "carol": ["carol_3", "carol_4", "carol_5"],
+    }
+    store.close()
+
+
+def test_the_shares_hold_for_the_bytes_bound_too(tmp_path: Path) -> None:
+    store = ResponseStore(tmp_path / "r.sqlite3", max_count=100, max_age=3600, max_bytes=9000)
+    for owner, count in (("alice", 5), ("carol", 1), ("bob", 3)):
+        for i in range(count):
+            asyncio.run(store.put(sized(f"{owner}_{i}", owner, 1000)))
+    asyncio.run(store.put(sized("bob_3", "bob", 1000)))  # bob over his 3,000 bytes
+    assert ids_of(store)["alice"] == [f"alice_{i}" for i in range(5)]
+    assert ids_of(store)["bob"] == ["bob_1", "bob_2", "bob_3"]
+    asyncio.run(store.put(sized("carol_1", "carol", 1000)))  # carol within hers
+    assert ids_of(store)["alice"] == [f"alice_{i}" for i in range(1, 5)]
+    # One response larger than the whole bound: its writer's own older ones go, then itself.
+    asyncio.run(store.put(sized("carol_big", "carol", 9500)))
+    assert ids_of(store) == {
+        "alice": [f"alice_{i}" for i in range(1, 5)],
+        "bob": ["bob_1", "bob_2", "bob_3"],
+    }
+    store.close()
+
+
+_WRITER = """
+import asyncio, sys
+from pathlib import Path
+from server.services.response_store import ResponseStore, StoredResponse
+store = ResponseStore(Path(sys.argv[1]), max_count=100_000, max_age=3600)
+for i in range(100_000):
+    item = {"type": "message", "role": "user", "content": "hi " * 50}
+    asyncio.run(store.put(StoredResponse(f"resp_{i}", "team", {"i": i}, [item], [item])))
+    print(f"resp_{i}", flush=True)  # acknowledged
+"""
+
+
+def test_kill_9_while_writing_loses_no_acknowledged_response(tmp_path: Path) -> None:
+    path = tmp_path / "responses.sqlite3"
+    command = [sys.executable, "-c", _WRITER, str(path)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as writer:
+        assert writer.stdout is not None
+        acknowledged = [writer.stdout.readline().strip() for _ in range(200)]
+        writer.kill()  # SIGKILL, in the middle of later writes
+        acknowledged += [line.strip() for line in writer.stdout]  # said before it died
+    assert len(acknowledged) >= 200 and all(acknowledged)
+    store = ResponseStore(path, max_count=100_000, max_age=3600)
+    try:
+        for response_id in acknowledged:
+            assert asyncio.run(store.get(response_id, "team")) is not None, response_id
+    finally:
+        store.close()

@@ -46,7 +46,10 @@ async def forward_if_remote(
         payload["stream_options"] = {**(payload.get("stream_options") or {}), "include_usage": True}
 
     def meter_chunk() -> None:
-        ledger.meter(1)
+        # A relayed stream cannot be ended as if at its max_tokens: over the key's tokens
+        # per minute, it ends with an error event.
+        if not ledger.meter(1):
+            ledger.check()
 
     def count(prompt: int, completion: int) -> None:
         ledger.record(RunRecord(config.name, prompt_tokens=prompt, completion_tokens=completion))

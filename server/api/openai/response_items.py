@@ -26,23 +26,24 @@ def new_id(prefix: str) -> str:
 
 
 def input_items_of(value: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The request's input as items, each with an id (kept for ``input_items``)."""
+    """The request's input as items, as sent, each with an id unique among them (kept for
+    ``input_items``, whose ``after`` names an item by its id). A client's id is kept unless
+    it is empty or an earlier item's: such an item gets an id of the server's own."""
     if isinstance(value, str):
         value = [{"type": "message", "role": "user", "content": value}]
     items = []
+    used: set[str] = set()
     for i, item in enumerate(value):
         if not isinstance(item.get("id", ""), str) or not isinstance(item.get("type", ""), str):
             raise InvalidRequestError(
                 f"input[{i}].id and input[{i}].type must be strings", param=f"input[{i}]"
             )
         kind = item.get("type") or ("message" if "role" in item else "")
-        items.append(
-            {
-                "id": item.get("id") or new_id("msg" if kind == "message" else "item"),
-                **item,
-                "type": kind,
-            }
-        )
+        item_id = item.get("id", "")
+        if not item_id or item_id in used:
+            item_id = new_id("msg" if kind == "message" else "item")
+        used.add(item_id)
+        items.append({**item, "id": item_id, "type": kind})
     return items
 
 

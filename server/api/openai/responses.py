@@ -131,9 +131,7 @@ async def _stored(response_id: str, request: Request, state: AppState) -> Stored
 
 def _owner(context: RequestContext) -> str:
     """Whose stored responses a request may see: its API key's (everyone's without keys)."""
-    # The key's digest, not its name: names of unnamed keys follow their order in the
-    # settings, so a key could inherit another's name when keys change.
-    return context.api_key.digest.hex() if context.api_key is not None else ""
+    return context.api_key.identity if context.api_key is not None else ""
 
 
 def _not_found(response_id: str) -> NotFoundError:
