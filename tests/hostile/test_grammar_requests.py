@@ -142,7 +142,16 @@ def test_schemas_beyond_the_bounds_are_refused_when_strict_and_relaxed_otherwise
     assert refused_tool.status_code == 400, refused_tool.text
     assert named in refused_tool.json()["error"]["message"]
     assert refused_tool.json()["error"]["param"] == "tools"
-    for response in relaxed:
+    as_format, *as_tools = relaxed
+    assert as_format.status_code == 200, as_format.text
+    assert as_format.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    for response in as_tools:
+        if response.status_code == 400:
+            # A 2,000-value enum written into the prompt does not fit this server's 1,024
+            # tokens: refused for its length, after its grammar was planned (the schema passed).
+            assert response.json()["error"]["code"] == "context_length_exceeded", response.text
+            assert named in ("enum", "anyOf")
+            continue
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["finish_reason"] in ("stop", "length", "tool_calls")
     server.assert_recovered()
