@@ -32,7 +32,17 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Routes that answer without an API key: probes, metrics and the API's own description.
 # The web page's files too: it asks for the key itself (its data comes from keyed routes).
 OPEN_PATHS = frozenset(
-    {"/health", "/ready", "/metrics", "/docs", "/openapi.json", "/", "/ui/app.js", "/ui/style.css"}
+    {
+        "/health",
+        "/ready",
+        "/metrics",
+        "/docs",
+        "/openapi.json",
+        "/",
+        "/ui/app.js",
+        "/ui/markdown.js",
+        "/ui/style.css",
+    }
 )
 # Routes that need a key but do not count against its limits: the web page's status view
 # polls /status every two seconds, which must not use up a key's requests per minute.

@@ -27,6 +27,7 @@ router = APIRouter(tags=["web"])
 ASSETS = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/ui/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/ui/markdown.js": ("markdown.js", "text/javascript; charset=utf-8"),
     "/ui/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 PAGE_HEADERS = {

@@ -1,6 +1,6 @@
 // Hearth's page: a chat playground over /v1/chat/completions and a status view over /status.
 // No build step and no dependencies. Text from the model or the user only ever reaches the
-// page through textContent or elements built here: never as HTML.
+// page through textContent or elements built here (answers through markdown.js): never as HTML.
 "use strict";
 
 const store = {
@@ -67,115 +67,6 @@ async function api(path, options = {}) {
   }
   return response;
 }
-
-// -- Markdown, rendered into elements ------------------------------------------------------------
-
-function inline(text, parent) {
-  // `code`, **bold**, *italic* or _italic_, and [links](https://...): everything else is text.
-  // Emphasis needs text hugging its markers (2 * 3 * 4 stays as it is) and underscores only
-  // count outside words (snake_case_name stays as it is).
-  const pattern =
-    /(`[^`\n]+`)|(\*\*(?!\s)[^*\n]+?(?<!\s)\*\*)|(\*(?!\s)[^*\n]+?(?<!\s)\*|(?<![\w])_(?!\s)[^_\n]+?(?<!\s)_(?![\w]))|(\[[^\]\n]+\]\([^)\s]+\))/g;
-  let last = 0;
-  for (const match of text.matchAll(pattern)) {
-    if (match.index > last) parent.append(text.slice(last, match.index));
-    const token = match[0];
-    let node;
-    if (match[1]) {
-      node = document.createElement("code");
-      node.textContent = token.slice(1, -1);
-    } else if (match[2]) {
-      node = document.createElement("strong");
-      inline(token.slice(2, -2), node);
-    } else if (match[3]) {
-      node = document.createElement("em");
-      inline(token.slice(1, -1), node);
-    } else {
-      const split = token.indexOf("](");
-      const label = token.slice(1, split);
-      const href = token.slice(split + 2, -1);
-      if (/^https?:\/\//i.test(href)) {
-        node = document.createElement("a");
-        node.href = href;
-        node.rel = "noopener noreferrer";
-        node.target = "_blank";
-        node.textContent = label;
-      } else {
-        node = document.createTextNode(token);
-      }
-    }
-    parent.append(node);
-    last = match.index + token.length;
-  }
-  if (last < text.length) parent.append(text.slice(last));
-}
-
-function renderMarkdown(source) {
-  const root = document.createElement("div");
-  root.className = "body";
-  const lines = source.replace(/\r\n?/g, "\n").split("\n");
-  let paragraph = [];
-  let list = null;
-  const flush = () => {
-    if (paragraph.length) {
-      const p = document.createElement("p");
-      paragraph.forEach((line, i) => {
-        if (i) p.append(document.createElement("br"));
-        inline(line, p);
-      });
-      root.append(p);
-      paragraph = [];
-    }
-    list = null;
-  };
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i];
-    const fence = line.match(/^\s*```\s*([\w+-]*)/);
-    if (fence) {
-      flush();
-      const code = [];
-      for (i++; i < lines.length && !/^\s*```/.test(lines[i]); i++) code.push(lines[i]);
-      const pre = document.createElement("pre");
-      const element = document.createElement("code");
-      if (fence[1]) element.className = "language-" + fence[1];
-      element.textContent = code.join("\n");
-      pre.append(element);
-      root.append(pre);
-      continue;
-    }
-    const heading = line.match(/^(#{1,6})\s+(.*)$/);
-    if (heading) {
-      flush();
-      const h = document.createElement("h" + Math.min(6, heading[1].length + 2));
-      inline(heading[2], h);
-      root.append(h);
-      continue;
-    }
-    const item = line.match(/^\s*(?:([-*+])|(\d+)[.)])\s+(.*)$/);
-    if (item) {
-      const kind = item[1] ? "ul" : "ol";
-      if (paragraph.length) flush();
-      if (!list || list.tagName.toLowerCase() !== kind) {
-        list = document.createElement(kind);
-        if (kind === "ol" && Number(item[2]) !== 1) list.start = Number(item[2]);
-        root.append(list);
-      }
-      const li = document.createElement("li");
-      inline(item[3], li);
-      list.append(li);
-      continue;
-    }
-    if (!line.trim()) {
-      flush();
-      continue;
-    }
-    list = null;
-    paragraph.push(line);
-  }
-  flush();
-  return root;
-}
-window.renderMarkdown = renderMarkdown; // for the browser tests
 
 // -- conversations ---------------------------------------------------------------------------
 
@@ -307,6 +198,8 @@ async function send(text) {
 
   const answer = { role: "assistant", content: "", usage: null };
   const element = messageElement(answer);
+  const body = new MarkdownStream();
+  element.firstChild.replaceWith(body.root);
   $("messages").append(element);
   const controller = new AbortController();
   state.controller = controller;
@@ -316,10 +209,13 @@ async function send(text) {
   let finish = null;
   let usage = null;
   let failure = null;
+  // Pieces come faster than frames, and a long answer is long to render: the answer is
+  // painted at most once per animation frame, and each paint renders only its open block
+  // (MarkdownStream keeps the finished ones as they are).
   let pending = false;
   const paint = () => {
     pending = false;
-    element.firstChild.replaceWith(renderMarkdown(answer.content));
+    body.update(answer.content);
     $("messages").scrollTop = $("messages").scrollHeight;
   };
   try {

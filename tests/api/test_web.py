@@ -18,9 +18,14 @@ def test_a_browser_gets_the_page_and_other_clients_a_line_of_text(client: TestCl
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert '<script src="/ui/app.js"' in page.text
+    assert '<script src="/ui/markdown.js"' in page.text
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
-    for path, kind in (("/ui/app.js", "text/javascript"), ("/ui/style.css", "text/css")):
+    for path, kind in (
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/markdown.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+    ):
         asset = client.get(path)
         assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
     # Ollama's command line (and curl) ask for / with no HTML in Accept.

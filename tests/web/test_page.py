@@ -246,3 +246,84 @@ def test_a_refused_message_shows_why_and_goes_back_to_the_message_box(
     expect(page.locator(".message.user")).to_have_count(1)
     # The 400 is the only console error (Chromium logs failed fetches).
     assert all("400" in error for error in watched.errors), watched.errors
+
+
+# A fetch for /v1/chat/completions that streams `pieces` as the server would, one piece per
+# two animation frames (so that the page paints after each), and records in window.streamed
+# what the page did with them. Every other request goes to the server.
+FAKE_STREAM = """(pieces) => {
+    const serverFetch = window.fetch;
+    window.fetch = (path, options) => {
+        if (path !== "/v1/chat/completions") return serverFetch(path, options);
+        const encoder = new TextEncoder();
+        const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+        const event = (data) => encoder.encode("data: " + JSON.stringify(data) + "\\n\\n");
+        let added = 0; // characters of text the page put in while the answer streamed
+        const count = (records) => {
+            for (const record of records) for (const node of record.addedNodes) added += node.textContent.length;
+        };
+        const observer = new MutationObserver(count);
+        observer.observe(document.getElementById("messages"), { childList: true, subtree: true });
+        const body = new ReadableStream({
+            async start(controller) {
+                const seen = []; // after each piece, the elements of the finished blocks
+                let text = "";
+                for (const piece of pieces) {
+                    controller.enqueue(event({ choices: [{ index: 0, delta: { content: piece } }] }));
+                    text += piece;
+                    await frame();
+                    await frame();
+                    // The blocks before the last blank line are finished, whatever comes next.
+                    const blank = text.lastIndexOf("\\n\\n");
+                    const finished = blank < 0 ? 0 : renderMarkdown(text.slice(0, blank)).children.length;
+                    const body = document.querySelector("#messages > .message:last-child > .body");
+                    seen.push([...body.children].slice(0, finished));
+                }
+                count(observer.takeRecords());
+                observer.disconnect();
+                const final = [...document.querySelector("#messages > .message:last-child > .body").children];
+                let kept = 0;
+                let replaced = 0;
+                for (const elements of seen) {
+                    elements.forEach((element, i) => (element === final[i] ? kept++ : replaced++));
+                }
+                window.streamed = { added, kept, replaced };
+                controller.enqueue(event({ choices: [{ index: 0, delta: {}, finish_reason: "stop" }] }));
+                controller.enqueue(encoder.encode("data: [DONE]\\n\\n"));
+                controller.close();
+            },
+        });
+        return Promise.resolve(new Response(body, { headers: { "Content-Type": "text/event-stream" } }));
+    };
+}"""
+
+
+def test_a_streamed_answer_renders_its_open_block_not_the_whole_answer(
+    server: LiveServer, watched: Watched
+) -> None:
+    blocks = ["# A long answer"]
+    blocks += [f"Paragraph {i} says *something* in `a few` words." for i in range(10)]
+    blocks += ["- one\n- two", "```python\nprint('hello')\n```", "Done."]
+    answer = "\n\n".join(blocks)
+    pieces = [answer[i : i + 8] for i in range(0, len(answer), 8)]
+    page = watched.page
+    page.goto(server.base_url + "/")
+    expect(page.locator("#model option[value=smollm2]")).to_have_count(1)
+    page.select_option("#model", "smollm2")
+    page.evaluate(FAKE_STREAM, pieces)
+    chat(page, "Write a long answer.")
+    page.wait_for_function("() => window.streamed", timeout=60_000)
+    streamed = page.evaluate("window.streamed")
+    # Every finished block's element stayed in the page, the same element: the page painted
+    # after each piece, and did not render the finished blocks again.
+    assert streamed["replaced"] == 0, streamed
+    assert streamed["kept"] > len(pieces)
+    # All the text the page put in while streaming: each paint adds the open block, at most a
+    # block's text; painting the whole answer each time would add about pieces x answer / 2.
+    longest = max(len(block) for block in blocks)
+    assert streamed["added"] <= len(answer) + len(pieces) * longest, streamed
+    body = page.locator(".message.assistant .body")
+    expect(body.locator("p")).to_have_count(11)
+    expect(body.locator("h3, ul li, pre code")).to_have_count(4)
+    assert body.inner_text().startswith("A long answer")
+    assert watched.errors == []
