@@ -326,7 +326,9 @@ def _output_grammar(output: OutputFormat | None) -> Grammar | None:
         if not output.strict:
             schema, relaxed = relax_schema(schema)
             if relaxed:
-                logger.info("response schema relaxed to what a grammar enforces: %s", relaxed)
+                logger.info(
+                    "response schema relaxed to what a grammar enforces: %s", "; ".join(relaxed)
+                )
         return json_schema_grammar(schema)
     except (SchemaNotSupported, GrammarLimitError) as exc:
         raise InvalidRequestError(
