@@ -227,19 +227,7 @@ class ModelRegistry:
         except (GGUFError, OSError):
             metadata = {}  # llama.cpp says what is wrong with the file, below
         context = config.context(metadata)
-        backend = LlamaBackend(
-            path,
-            n_ctx=context.n_ctx,
-            n_slots=config.slots,
-            n_threads=config.effective_threads(),
-            # Room for every slot's next token beside one prefill chunk.
-            n_batch=config.prefill_chunk + config.slots,
-            kv_unified=config.kv_unified,
-            flash_attn=config.effective_flash_attn,
-            cache_type_k=config.cache_type_k,
-            cache_type_v=config.cache_type_v,
-            n_gpu_layers=config.n_gpu_layers,
-        )
+        backend = open_backend(path, config, context.n_ctx)
         template = config.chat_template
         if config.chat_template_file is not None:
             template_path = self._settings.resolve_path(config.chat_template_file)
@@ -331,6 +319,23 @@ class ModelRegistry:
         for handle in self._loaded.values():
             handle.close()
         self._loaded.clear()
+
+
+def open_backend(path: Path, config: ModelConfig, n_ctx: int) -> LlamaBackend:
+    """The llama.cpp context of a model entry, with each sequence's context ``n_ctx``."""
+    return LlamaBackend(
+        path,
+        n_ctx=n_ctx,
+        n_slots=config.slots,
+        n_threads=config.effective_threads(),
+        # Room for every slot's next token beside one prefill chunk.
+        n_batch=config.prefill_chunk + config.slots,
+        kv_unified=config.kv_unified,
+        flash_attn=config.effective_flash_attn,
+        cache_type_k=config.cache_type_k,
+        cache_type_v=config.cache_type_v,
+        n_gpu_layers=config.n_gpu_layers,
+    )
 
 
 def _dir_name(name: str) -> str:

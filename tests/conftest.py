@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.engine.llama import LlamaBackend
 from server.models.sources import CATALOG
+from server.registry import open_backend
 from server.serving import build_server, listening_sockets
 from server.settings import Settings, load_settings
 
@@ -145,17 +145,7 @@ def batches_are_exact(settings: Settings, model: str = "smollm2") -> bool:
     which CPU"). Loads the model on its own; the answer is kept for the server's own check."""
     config = next(m for m in settings.models if m.name == model)
     assert config.path is not None
-    backend = LlamaBackend(
-        config.path,
-        n_ctx=config.n_ctx or 1024,
-        n_slots=config.slots,
-        n_threads=config.effective_threads(),
-        n_batch=config.prefill_chunk + config.slots,
-        kv_unified=config.kv_unified,
-        flash_attn=config.effective_flash_attn,
-        cache_type_k=config.cache_type_k,
-        cache_type_v=config.cache_type_v,
-    )
+    backend = open_backend(Path(config.path), config, config.n_ctx or 1024)
     try:
         return backend.batch_rows_match_single()
     finally:
