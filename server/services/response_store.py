@@ -38,6 +38,11 @@ CREATE INDEX IF NOT EXISTS responses_owner ON responses (owner, created_at, size
 """
 
 
+# SQLite's "busy" and "locked": another connection holds the lock wanted.
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+_OPEN_RETRY_SECONDS = 10.0
+
+
 class StoreError(RuntimeError):
     """The database cannot be opened or used (corrupt, locked, not a database)."""
 
@@ -63,25 +68,45 @@ class ResponseStore:
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self._db = sqlite3.connect(path, timeout=5, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            problems = self._db.execute("PRAGMA quick_check").fetchall()
-            if problems != [("ok",)]:
-                raise StoreError(f"the response store {path} is damaged: {problems[:3]}")
-            self._db.executescript(_SCHEMA)
-            self._add_sizes()
-            self._db.executescript(_OWNER_INDEX)
-            self._db.commit()
+            self._db = self._open(path)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the response store {path}: {exc}") from exc
         path.chmod(0o600)
 
-    def _add_sizes(self) -> None:
+    def _open(self, path: Path) -> sqlite3.Connection:
+        """A connection with the schema in place. Replicas started together open one file at
+        once, and switching it to WAL or creating its tables takes a lock that SQLite may
+        refuse at once (busy) rather than wait for: that is retried for a few seconds."""
+        deadline = time.monotonic() + _OPEN_RETRY_SECONDS
+        while True:
+            db = sqlite3.connect(path, timeout=5, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                problems = db.execute("PRAGMA quick_check").fetchall()
+                if problems != [("ok",)]:
+                    raise StoreError(f"the response store {path} is damaged: {problems[:3]}")
+                db.executescript(_SCHEMA)
+                self._add_sizes(db)
+                db.executescript(_OWNER_INDEX)
+                db.commit()
+                return db
+            except sqlite3.OperationalError as exc:
+                db.close()
+                busy = getattr(exc, "sqlite_errorcode", None) in _BUSY
+                if not busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            except BaseException:
+                db.close()
+                raise
+
+    @staticmethod
+    def _add_sizes(db: sqlite3.Connection) -> None:
         """A store from before sizes were kept: add the column and fill it in, once."""
-        columns = [row[1] for row in self._db.execute("PRAGMA table_info(responses)")]
+        columns = [row[1] for row in db.execute("PRAGMA table_info(responses)")]
         if "size" not in columns:
-            self._db.execute("ALTER TABLE responses ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
-            self._db.execute(
+            db.execute("ALTER TABLE responses ADD COLUMN size INTEGER NOT NULL DEFAULT 0")
+            db.execute(
                 "UPDATE responses SET size = "
                 "length(response) + length(input_items) + length(history)"
             )

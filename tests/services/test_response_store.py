@@ -8,6 +8,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -254,3 +255,27 @@ def test_kill_9_while_writing_loses_no_acknowledged_response(tmp_path: Path) -> 
             assert asyncio.run(store.get(response_id, "team")) is not None, response_id
     finally:
         store.close()
+
+
+def test_replicas_opening_one_new_store_at_once_all_open(tmp_path: Path) -> None:
+    """Replicas started together open one file at the same moment: switching it to WAL and
+    creating its tables takes locks SQLite may refuse at once ("database is locked", a replica
+    of tests/e2e/test_cluster.py exited with it); each open must wait its turn instead."""
+    errors: list[str] = []
+    for round_ in range(20):
+        path = tmp_path / f"r{round_}.sqlite3"
+        start = threading.Barrier(6)
+
+        def open_store(path: Path = path, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                ResponseStore(path, max_count=10, max_age=60).close()
+            except StoreError as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=open_store) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
