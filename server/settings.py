@@ -85,6 +85,13 @@ class SpeculativeConfig(BaseModel):
     )
 
 
+# The values of a model's chat_format (server/services/formats: its families' names).
+ChatFormatName = Literal[
+    "auto", "house", "hermes", "llama3", "mistral", "harmony", "deepseek", "kimi",
+    "command_r", "functionary", "generic",
+]  # fmt: skip
+
+
 class ModelConfig(BaseModel):
     """One ``[[models]]`` entry of the config file."""
 
@@ -167,6 +174,13 @@ class ModelConfig(BaseModel):
     )
     chat_template_file: Path | None = Field(
         None, description="A file holding the chat template (relative to the config file)."
+    )
+    chat_format: ChatFormatName = Field(
+        "auto",
+        description="How the model writes tool calls: auto (the family its chat template "
+        "shows, the call text learned from the template), a family (hermes, llama3, mistral, "
+        "harmony, deepseek, kimi, command_r, functionary, generic), or house (Hearth's "
+        "<tool_call> JSON whatever the template).",
     )
     max_queue: int | None = Field(
         None, ge=1, description="Queue bound for this model; defaults to the server's max_queue."

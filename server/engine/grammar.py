@@ -9,8 +9,9 @@ checked first: a keyword that would constrain the output but cannot be enforced 
 from __future__ import annotations
 
 import copy
+import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +129,54 @@ def tool_call_grammar(
 
 # Where tool_call_grammar keeps each function's parameters, under the wrapper's $defs.
 _FUNCTION_ROOT = "hearth-function-"
+
+
+# How json.dumps writes JSON by default, and so how chat templates' ``tojson`` writes a
+# call's arguments: ", " between items, ": " after keys, nothing else.
+DUMPS_SEPARATORS = (", ", ": ")
+# A string's characters as json.dumps(ensure_ascii=False) writes them: unescaped but for the
+# quote, the backslash and control characters.
+_DUMPS_CHAR = r'char ::= [^"\\\x00-\x1F] | "\\" (["\\bfnrt] | "u00" [01] [0-9a-f])'
+
+
+def call_grammar(
+    functions: Sequence[FunctionSpec],
+    compose: Callable[[list[str]], str],
+    *,
+    separators: tuple[str, str] = DUMPS_SEPARATORS,
+    triggers: tuple[str, ...] = (),
+) -> Grammar:
+    """A grammar for tool calls written in a chat format's own text: each function's arguments
+    are a rule (``compose`` receives their names, in the order of ``functions``, and returns
+    the rules from ``root`` down that place them among the format's literal text). The
+    arguments are JSON written exactly as json.dumps writes it with ``separators`` (no other
+    whitespace, characters unescaped), which is how chat templates render them back: a call
+    the model writes is then, byte for byte, what the template writes for it next turn."""
+    converter = _converter()
+    names = []
+    for i, function in enumerate(functions):
+        parameters = function.parameters or {}
+        check_schema(parameters)
+        names.append(_visit(converter, parameters, f"arguments-{i}", checked=True))
+    rules = _exact_json(_format(converter), separators) + "\n" + compose(names)
+    return Grammar(_checked(rules), triggers=triggers)
+
+
+def _exact_json(rules: str, separators: tuple[str, str]) -> str:
+    """The converter's rules, which allow one optional space after every token, rewritten to
+    allow exactly the separators given and no other whitespace."""
+    item, key = (json.dumps(s) for s in separators)
+    lines = []
+    for line in rules.splitlines():
+        if line.startswith("space ::= "):
+            line = 'space ::= ""'
+        elif line.startswith("char ::= "):
+            line = _DUMPS_CHAR
+        else:
+            line = line.replace('"," space', item).replace('":" space', key)
+            line = line.replace('"{" space', '"{"').replace('"[" space', '"["')
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _rebased(schema: Any, base: str) -> Any:

@@ -3,6 +3,7 @@ output back as content and tool calls (family-neutral; the adapters shape it).""
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -16,6 +17,7 @@ from server.engine.types import Grammar, TokenEvent, TokenLogprob
 from server.errors import ChatTemplateMissingError, InvalidRequestError
 from server.handle import Lease, ModelHandle
 from server.registry import ModelRegistry
+from server.services.formats import ChatFormat, choose_format
 from server.services.generation import (
     Caller,
     Run,
@@ -34,7 +36,6 @@ from server.services.templates import ChatTemplate, escaped, message_to_template
 from server.services.tools import (
     CallDelta,
     ParsedCall,
-    ToolCallParser,
     ToolPlan,
     fallback_tools_prompt,
     parse_arguments,
@@ -84,6 +85,7 @@ class ChatService:
         self._limits = limits
         self._prep = prep
         self._templates: dict[str, ChatTemplate] = {}
+        self._formats: dict[str, ChatFormat] = {}
 
     async def prepare(self, spec: GenerationSpec, caller: Caller) -> Run:
         """Validate, render and tokenize; every error here is raised before any byte is sent."""
@@ -100,7 +102,12 @@ class ChatService:
     ) -> Run:
         """The work of :meth:`prepare`, on a preparation thread."""
         assert spec.messages is not None
-        tools = plan_tools(spec.tools, spec.tool_choice, parallel=spec.parallel_tool_calls)
+        tools = plan_tools(
+            spec.tools,
+            spec.tool_choice,
+            parallel=spec.parallel_tool_calls,
+            fmt=self.format_for(handle),
+        )
         grammar = _output_grammar(spec.output)
         if tools is not None:
             if grammar is not None:
@@ -229,7 +236,7 @@ class ChatService:
             content: str | None = text
             calls: list[ParsedCall] = []
             if run.tools is not None:
-                parser = ToolCallParser(run.tools.functions)
+                parser = run.tools.parser()
                 head, _ = parser.feed(text)
                 # A call cut off by max_tokens is not returned, as markup or as a call.
                 content = head + parser.finish(partial_as_content=finish != "length")
@@ -255,7 +262,7 @@ class ChatService:
     async def events(run: Run) -> AsyncGenerator[ChatEvent, None]:
         """Every choice's pieces as they come; an abnormal end raises (check_finish)."""
         tools = run.tools
-        parsers = [ToolCallParser(tools.functions) if tools else None for _ in run.jobs]
+        parsers = [tools.parser() if tools else None for _ in run.jobs]
         splits = _Splits(run)
         async for index, event in run.events():
             reasoning, text = splits.feed(index, event)
@@ -271,6 +278,22 @@ class ChatService:
                 if parser is not None and parser.calls and reason == "stop":
                     reason = "tool_calls"
                 yield ChatEvent(index, finish_reason=reason, stop_sequence=event.stop_sequence)
+
+    def format_for(self, handle: ModelHandle) -> ChatFormat:
+        """How ``handle``'s model writes tool calls: its family's format, learned from its chat
+        template, or the house format (``chat_format`` overrides the choice)."""
+        fmt = self._formats.get(handle.name)
+        if fmt is None:
+            template = self._template_for(handle)
+            fmt = choose_format(
+                template,
+                handle.chat_template_source or "",
+                handle.config.chat_format,
+                end_of_turn=functools.partial(_end_of_turn, handle),
+            )
+            logger.info("model '%s' writes tool calls in the %s format", handle.name, fmt.name)
+            self._formats[handle.name] = fmt
+        return fmt
 
     def _template_for(self, handle: ModelHandle) -> ChatTemplate:
         template = self._templates.get(handle.name)
@@ -314,6 +337,17 @@ class _Splits:
         if event.token_ids and (was_thinking or reasoning):
             self._run.reasoning_tokens += len(event.token_ids)
         return reasoning, content
+
+
+def _end_of_turn(handle: ModelHandle, text: str) -> str:
+    """The tail of ``text`` made of the model's end-of-generation tokens."""
+    tokens = handle.tokenize(text, add_special=False, markup=True)
+    n = 0
+    while n < len(tokens) and handle.backend.is_end_of_generation(tokens[len(tokens) - 1 - n]):
+        n += 1
+    tail = b"".join(handle.backend.token_piece(t, special=True) for t in tokens[len(tokens) - n :])
+    tail_text = tail.decode("utf-8", errors="replace")
+    return tail_text if n and text.endswith(tail_text) else ""
 
 
 def _output_grammar(output: OutputFormat | None) -> Grammar | None:

@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from server.engine.grammar import (
     TOOL_CALL_CLOSE,
@@ -53,6 +53,30 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 logger = logging.getLogger(__name__)
 
 
+CallMode = Literal["auto", "required", "one"]
+
+
+class CallParser(Protocol):
+    calls: list[ParsedCall]
+
+    def feed(self, text: str) -> tuple[str, list[CallDelta]]: ...
+
+    def finish(self, *, partial_as_content: bool = True) -> str: ...
+
+
+class CallFormat(Protocol):
+    """How a model writes calls (see :mod:`server.services.formats`)."""
+
+    @property
+    def parallel(self) -> bool: ...
+
+    def grammar(
+        self, functions: Sequence[FunctionSpec], mode: CallMode, *, parallel: bool
+    ) -> Grammar: ...
+
+    def parser(self, functions: Sequence[FunctionSpec]) -> CallParser: ...
+
+
 @dataclass(frozen=True)
 class ToolPlan:
     """The tools a request offers the model, and how its output is constrained."""
@@ -60,16 +84,28 @@ class ToolPlan:
     tools: list[dict[str, Any]]  # as chat templates take them (their ``tools`` variable)
     functions: list[FunctionSpec]
     grammar: Grammar
+    format: CallFormat | None = None  # None: the house format
+
+    def parser(self) -> CallParser:
+        """A parser for one choice's output."""
+        if self.format is None:
+            return ToolCallParser(self.functions)
+        return self.format.parser(self.functions)
 
 
 def plan_tools(
-    tools: Sequence[FunctionTool], choice: ToolChoice | None, *, parallel: bool = True
+    tools: Sequence[FunctionTool],
+    choice: ToolChoice | None,
+    *,
+    parallel: bool = True,
+    fmt: CallFormat | None = None,
 ) -> ToolPlan | None:
     """None when the model is not to call tools (no tools, or the choice is ``none``).
 
     A tool with ``strict: true`` is a promise: a keyword its grammar cannot enforce is a 400
     naming it. Every other tool's parameters are a hint, relaxed to what the grammar enforces
-    (:mod:`server.engine.relax`), and what was relaxed is logged once for the request."""
+    (:mod:`server.engine.relax`), and what was relaxed is logged once for the request.
+    ``fmt``: how the model writes calls (its chat format); None, Hearth's house format."""
     if not tools:
         if choice is not None and choice.mode != "none":
             raise InvalidRequestError("tool_choice needs tools", param="tool_choice")
@@ -91,7 +127,7 @@ def plan_tools(
     ]
     try:
         try:
-            grammar = _call_grammar(enforced, choice, parallel)
+            grammar = _call_grammar(enforced, choice, parallel, fmt)
         except SchemaNotSupported as exc:
             if all(t.strict is True for t in tools):
                 raise
@@ -102,14 +138,14 @@ def plan_tools(
                 f if t.strict is True else FunctionSpec(f.name, ANY_OBJECT)
                 for t, f in zip(tools, enforced, strict=True)
             ]
-            grammar = _call_grammar(loose, choice, parallel)
+            grammar = _call_grammar(loose, choice, parallel, fmt)
     except SchemaNotSupported as exc:
         raise InvalidRequestError(
             f"a tool's parameters cannot be enforced: {exc}", param="tools"
         ) from exc
     if relaxed:
         logger.info("tool parameters relaxed to what a grammar enforces: %s", "; ".join(relaxed))
-    return ToolPlan([t.template_form() for t in tools], functions, grammar)
+    return ToolPlan([t.template_form() for t in tools], functions, grammar, fmt)
 
 
 def _enforced(tool: FunctionTool, function: FunctionSpec, relaxed: list[str]) -> FunctionSpec:
@@ -127,14 +163,19 @@ def _enforced(tool: FunctionTool, function: FunctionSpec, relaxed: list[str]) ->
 
 
 def _call_grammar(
-    functions: list[FunctionSpec], choice: ToolChoice | None, parallel: bool
+    functions: list[FunctionSpec],
+    choice: ToolChoice | None,
+    parallel: bool,
+    fmt: CallFormat | None,
 ) -> Grammar:
+    mode: CallMode = "auto"  # the default
     if choice is not None and choice.mode == "function":
-        chosen = [f for f in functions if f.name == choice.name]
-        return tool_call_grammar(chosen, parallel=False)
-    if choice is not None and choice.mode == "required":
-        return tool_call_grammar(functions, parallel=parallel)
-    return tool_call_grammar(functions, parallel=parallel, lazy=True)  # "auto", the default
+        functions, mode = [f for f in functions if f.name == choice.name], "one"
+    elif choice is not None and choice.mode == "required":
+        mode = "required"
+    if fmt is not None:
+        return fmt.grammar(functions, mode, parallel=parallel and fmt.parallel)
+    return tool_call_grammar(functions, parallel=parallel and mode != "one", lazy=mode == "auto")
 
 
 def fallback_tools_prompt(functions: Sequence[FunctionSpec], descriptions: dict[str, str]) -> str:

@@ -1,0 +1,102 @@
+"""Chat formats: how each model family's template writes tool calls and reasoning, and so how
+its model is made to write them (a grammar) and how they are read back (a parser).
+
+A model's format is chosen once, when its template is first used: the family from the
+template's text (or the model's ``chat_format`` setting), the call layout learned from the
+template itself (:mod:`.layout`). A template that knows nothing of tools, or writes calls in
+a form no layout describes yet (XML parameters, Python-style calls), gets Hearth's house
+format: Hermes' ``<tool_call>`` JSON, described to the model in the system prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+from server.engine.grammar import FunctionSpec, tool_call_grammar
+from server.engine.types import Grammar
+from server.services.formats.calls import LayoutCallParser, Mode, layout_grammar
+from server.services.formats.families import (
+    Family,
+    command_r,
+    deepseek,
+    functionary,
+    generic,
+    harmony,
+    hermes,
+    kimi,
+    llama3,
+    mistral,
+)
+from server.services.formats.layout import CallLayout, learn_layout
+from server.services.templates import ChatTemplate
+from server.services.tools import ToolCallParser
+
+# In the order they are tried: the first family whose pattern the template holds.
+_MODULES: tuple[ModuleType, ...] = (
+    harmony,
+    mistral,
+    deepseek,
+    kimi,
+    command_r,
+    functionary,
+    llama3,
+    hermes,
+    generic,
+)
+FAMILIES: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in _MODULES}
+# chat_format values: a family's name, "house" (Hearth's format whatever the template), or
+# "auto" (the family the template shows).
+CHAT_FORMATS = ("auto", "house", *FAMILIES)
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """``layout`` None: the house format."""
+
+    family: Family
+    layout: CallLayout | None
+
+    @property
+    def name(self) -> str:
+        return self.family.name if self.layout is not None else "house"
+
+    @property
+    def parallel(self) -> bool:
+        """Whether a turn may hold several calls (not where the template refuses them)."""
+        return self.layout is None or self.layout.parallel
+
+    def grammar(self, functions: Sequence[FunctionSpec], mode: Mode, *, parallel: bool) -> Grammar:
+        if self.layout is None:
+            return tool_call_grammar(
+                functions, parallel=parallel and mode != "one", lazy=mode == "auto"
+            )
+        return layout_grammar(self.layout, functions, mode, parallel=parallel)
+
+    def parser(self, functions: Sequence[FunctionSpec]) -> ToolCallParser | LayoutCallParser:
+        if self.layout is None:
+            return ToolCallParser(functions)
+        return LayoutCallParser(self.layout, functions)
+
+
+HOUSE = ChatFormat(hermes.FAMILY, None)
+
+
+def family_of(source: str) -> Family:
+    return next(f for f in FAMILIES.values() if f.matches(source))
+
+
+def choose_format(
+    template: ChatTemplate,
+    source: str,
+    setting: str = "auto",
+    *,
+    end_of_turn: Callable[[str], str] = lambda text: "",
+) -> ChatFormat:
+    """The format of a model whose chat template is ``template`` (its text ``source``)."""
+    if setting == "house":
+        return HOUSE
+    family = FAMILIES[setting] if setting != "auto" else family_of(source)
+    layout = learn_layout(template, end_of_turn=end_of_turn)
+    return ChatFormat(family, layout) if layout is not None else ChatFormat(family, None)

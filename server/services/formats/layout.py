@@ -1,0 +1,372 @@
+"""A chat template's own tool-call text, learned by rendering calls through it.
+
+Every model family writes calls its own way (``<tool_call>`` JSON, ``[TOOL_CALLS]``, Kimi's
+section tokens, Harmony's ``to=functions.x``...), and its chat template writes the calls of
+past turns that same way. So the exact text of a call is in the template: render a
+conversation whose assistant turn holds one call (a sentinel name, id and arguments), one
+whose turn holds two, and one whose turn is plain text, and the differences are the call
+format, down to the last newline. :func:`learn_layout` turns them into a :class:`CallLayout`
+of literal text and slots (the name, the id, the call's index, the arguments) and checks it:
+the layout must predict, byte for byte, what the template renders for other calls (nested
+arguments, unicode, several calls) or it is not used.
+
+A model made to write exactly that text (the grammar in :mod:`server.services.formats.calls`)
+writes what the next turn's prompt will hold, so an agent's history is reused from the KV
+cache instead of being read again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from server.errors import ChatTemplateError
+from server.services.templates import ChatTemplate, message_to_template_dict
+
+SlotKind = Literal["name", "id", "index", "arguments"]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a call's own value goes in its text."""
+
+    kind: SlotKind
+
+
+Piece = str | Slot
+NAME, ID, INDEX, ARGUMENTS = Slot("name"), Slot("id"), Slot("index"), Slot("arguments")
+
+# The form of the ids a template writes into the call text itself (Mistral's [CALL_ID],
+# Solar's): the model writes one, as Mistral's models are trained to.
+TEXT_ID_LENGTH = 9
+
+
+@dataclass(frozen=True)
+class CallLayout:
+    """The text of an assistant turn's tool calls, after the generation prompt.
+
+    ``first`` runs from the start of the turn through the first call's last slot (its
+    arguments, or its id where that follows them); ``following`` from there through the
+    next call's last slot, or None when the template writes at most one call per turn;
+    ``end`` follows the last call, up to where the model's end-of-turn token goes.
+    ``preamble`` is the start of ``first`` that is not the call itself (whitespace, the
+    empty thinking block a template writes before calls): a model calling a tool of its
+    own accord (``tool_choice`` auto) begins at ``opener``, the literal text after it.
+    ``index_base``: what the first call's ``index`` slot reads (0 or 1). ``separators``:
+    how the template's ``tojson`` writes the arguments."""
+
+    first: tuple[Piece, ...]
+    following: tuple[Piece, ...] | None
+    end: str
+    preamble: str
+    separators: tuple[str, str]
+    index_base: int = 0
+    # The form of the ids Hearth gives calls whose id is not in their text: "call" (OpenAI's
+    # call_ + 24 hex) or "short" (9 letters and digits, which Mistral's templates insist on).
+    id_form: Literal["call", "short"] = "call"
+
+    @property
+    def opener(self) -> str:
+        """The literal text a call begins with, after the preamble (up to its first slot)."""
+        head = self.first[0] if self.first and isinstance(self.first[0], str) else ""
+        return head[len(self.preamble) :]
+
+    @property
+    def parallel(self) -> bool:
+        return self.following is not None
+
+    def text(self, calls: Sequence[tuple[str, str, str]]) -> str:
+        """The text of ``calls`` ((name, id, arguments as JSON text)) in this layout."""
+        out: list[str] = []
+        for i, (name, call_id, arguments) in enumerate(calls):
+            pieces = self.first if i == 0 else self.following
+            assert pieces is not None
+            values = {
+                "name": name,
+                "id": call_id,
+                "index": str(i + self.index_base),
+                "arguments": arguments,
+            }
+            out += [p if isinstance(p, str) else values[p.kind] for p in pieces]
+        out.append(self.end)
+        return "".join(out)
+
+
+# Sentinels: words no template writes of its own.
+_NAMES = ("hearthfnone", "hearthfntwo")
+_IDS = ("hearthid1", "hearthid2")  # nine letters and digits: Mistral's templates check
+_ARGUMENTS: tuple[dict[str, Any], ...] = (
+    {"hearthka": "hearthva", "hearthkb": 7},
+    {"hearthkc": "hearthvc"},
+)
+_CONTENT = "hearthcontent"
+# Calls the learned layout must predict: nested values, unicode, quotes, a newline.
+_CHECKS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("check_one", {"q": 'Zürich "old town"\n', "n": [1, 2.5, {"a": None}], "b": True}),
+    ("check-two", {}),
+)
+_OPENAI_ID = "call_0123456789abcdef01234567"
+# Where the shared start of two renderings may end, when they differ after it: the end of
+# a marker or a line, not inside one.
+_BOUNDARY = set(">]}\n")
+# An empty thinking block (and whitespace) a template writes before a turn's calls.
+_PREAMBLE = re.compile(
+    r"\s*(?:(?:<think>|<seed:think>|\[THINK\]|<\|START_THINKING\|>)?\s*"
+    r"(?:</think>|</seed:think>|\[/THINK\]|</mm:think>|<\|END_THINKING\|>)\s*)?"
+)
+
+Render = Callable[[list[dict[str, Any]], bool], str]
+
+
+def learn_layout(
+    template: ChatTemplate, *, end_of_turn: Callable[[str], str] = lambda text: ""
+) -> CallLayout | None:
+    """The template's call layout, or None where it knows no tools, renders calls in a form
+    other than JSON arguments, or renders them in a way the layout cannot predict.
+
+    ``end_of_turn(text)`` is the tail of ``text`` made of the model's end-of-generation
+    tokens (``<|call|>`` for gpt-oss, ``<|eom_id|>`` for Llama): the model ends its turn with
+    those tokens, so they are not part of the text it is made to write."""
+    if not template.knows_tools:
+        return None
+    tools = [_tool(name) for name in (*_NAMES, *(n for n, _ in _CHECKS))]
+
+    def render(messages: list[dict[str, Any]], generation: bool) -> str:
+        return template.render(messages, add_generation_prompt=generation, tools=tools)
+
+    try:
+        return _learn(render, end_of_turn)
+    except ChatTemplateError:
+        return None
+
+
+def _learn(render: Render, end_of_turn: Callable[[str], str]) -> CallLayout | None:
+    id_form: Literal["call", "short"] = "call"
+    if not _accepts_id(render, _OPENAI_ID):
+        if not _accepts_id(render, "a1b2c3d4e"):
+            return None
+        id_form = "short"
+    prompt = render([_user()], True)
+    content = render([_user(), _assistant(content=_CONTENT)], False)
+    one = _calls_text(render, 1)
+    start = _shared_start(prompt, one)
+    turn_end = content[content.rindex(_CONTENT) + len(_CONTENT) :]
+    stop = len(one) - _shared_end(one, turn_end)
+    region = one[start:stop]
+    tail = end_of_turn(region)
+    region = region[: len(region) - len(tail)]
+    if region.count(json.dumps(_ARGUMENTS[0])) == 1:
+        separators = (", ", ": ")
+    elif region.count(json.dumps(_ARGUMENTS[0], separators=(",", ":"))) == 1:
+        separators = (",", ":")
+    else:
+        return None  # arguments not written as JSON (XML parameters, Python calls...)
+    pieces = _pieces(region, 0, separators)
+    if pieces is None or NAME not in pieces:
+        return None
+    # The first call runs through its last slot (Mistral Nemo writes the id after the
+    # arguments); what follows it is literal text.
+    last = max(i for i, p in enumerate(pieces) if isinstance(p, Slot))
+    first, end_text = pieces[: last + 1], "".join(str(p) for p in pieces[last + 1 :])
+    preamble = ""
+    if isinstance(first[0], str):
+        preamble = _PREAMBLE.match(first[0]).group(0)  # type: ignore[union-attr]
+    cut = len(one) - stop + len(tail)
+    single = CallLayout(tuple(first), None, end_text, preamble, separators, 0, id_form)
+    following, base = _following(render, start, cut, first, end_text, separators)
+    if following is not None:
+        layout = CallLayout(tuple(first), following, end_text, preamble, separators, base, id_form)
+        if _predicts(render, layout, start, cut):
+            return layout
+    return single if _predicts(render, single, start, cut) else None
+
+
+def _following(
+    render: Render,
+    start: int,
+    cut: int,
+    first: list[Piece],
+    end: str,
+    separators: tuple[str, str],
+) -> tuple[tuple[Piece, ...] | None, int]:
+    """The pieces from one call's arguments through the next one's, and the index base; None
+    where the template refuses a second call (Llama 3.x) or drops it."""
+    try:
+        two = _calls_text(render, 2)
+    except ChatTemplateError:
+        return None, 0
+    region = two[start : len(two) - cut]
+    one_text = "".join(_fill(first, 0))
+    if not region.startswith(one_text) or not region.endswith(end):
+        return None, 0
+    middle = region[len(one_text) : len(region) - len(end)]
+    pieces = _pieces(middle, 1, separators)
+    if pieces is None or not isinstance(pieces[-1], Slot) or NAME not in pieces:
+        return None, 0
+    # The call's index, where the template writes one: a digit run that reads 0 (or 1) in
+    # the first call and one more in the second, next to the call's name.
+    for base in (0, 1):
+        marked_first = _mark_index(first, base)
+        marked_next = _mark_index(pieces, base + 1)
+        if INDEX in marked_first and INDEX in marked_next:
+            first[:] = marked_first
+            return tuple(marked_next), base
+    return tuple(pieces), 0
+
+
+def _mark_index(pieces: Sequence[Piece], value: int) -> list[Piece]:
+    """``pieces`` with the digit run ``value`` in the literal text next to the name (just
+    before it, or just after it up to the arguments) made an index slot."""
+    out: list[Piece] = list(pieces)
+    digits = str(value)
+    at = out.index(NAME) if NAME in out else -1
+    if at < 0:
+        return out
+    # After the name: "functions.x:0<|tool_call_argument_begin|>", ' index="1"'.
+    if at + 1 < len(out) and isinstance(out[at + 1], str):
+        text = out[at + 1]
+        assert isinstance(text, str)
+        match = re.search(rf"(?<![0-9]){digits}(?![0-9])", text)
+        if match:
+            out[at + 1 : at + 2] = [text[: match.start()], INDEX, text[match.end() :]]
+            return out
+    # Before the name: '{"tool_call_id": "0", "tool_name": "'.
+    if at >= 1 and isinstance(out[at - 1], str):
+        text = out[at - 1]
+        assert isinstance(text, str)
+        matches = list(re.finditer(rf"(?<![0-9]){digits}(?![0-9])", text))
+        if matches:
+            match = matches[-1]
+            out[at - 1 : at] = [text[: match.start()], INDEX, text[match.end() :]]
+    return out
+
+
+def _pieces(text: str, i: int, separators: tuple[str, str]) -> list[Piece] | None:
+    """``text`` (holding sentinel call ``i``) as literal text and slots."""
+    marks = {
+        _NAMES[i]: NAME,
+        _IDS[i]: ID,
+        json.dumps(_ARGUMENTS[i], separators=separators): ARGUMENTS,
+    }
+    pattern = re.compile("|".join(re.escape(m) for m in marks))
+    pieces: list[Piece] = []
+    at = 0
+    for match in pattern.finditer(text):
+        if match.start() > at:
+            pieces.append(text[at : match.start()])
+        pieces.append(marks[match.group(0)])
+        at = match.end()
+    if at < len(text):
+        pieces.append(text[at:])
+    if pieces.count(ARGUMENTS) != 1 or any(s in text for s in (*_NAMES, *_IDS) if s not in marks):
+        return None
+    return pieces
+
+
+def _fill(pieces: Sequence[Piece], i: int) -> list[str]:
+    values = {
+        "name": _NAMES[i],
+        "id": _IDS[i],
+        "arguments": json.dumps(_ARGUMENTS[i]),
+    }
+    return [p if isinstance(p, str) else values.get(p.kind, "") for p in pieces]
+
+
+def _predicts(render: Render, layout: CallLayout, start: int, cut: int) -> bool:
+    """Whether ``layout`` writes exactly what the template renders for other calls."""
+    for count in (1, 2) if layout.parallel else (1,):
+        calls = [(name, _IDS[i], arguments) for i, (name, arguments) in enumerate(_CHECKS[:count])]
+        try:
+            text = render([_user(), _assistant(calls=calls)], False)
+        except ChatTemplateError:
+            return False
+        expected = layout.text(
+            [
+                (name, call_id, _dumps(arguments, layout.separators))
+                for name, call_id, arguments in calls
+            ]
+        )
+        if text[start : len(text) - cut] != expected:
+            return False
+    return True
+
+
+def _dumps(value: Any, separators: tuple[str, str]) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=separators)
+
+
+def _calls_text(render: Render, count: int) -> str:
+    calls = [(_NAMES[i], _IDS[i], _ARGUMENTS[i]) for i in range(count)]
+    return render([_user(), _assistant(calls=calls)], False)
+
+
+def _accepts_id(render: Render, call_id: str) -> bool:
+    """Whether the template takes ids of this form in a call and its result."""
+    try:
+        render(
+            [
+                _user(),
+                _assistant(calls=[(_NAMES[0], call_id, _ARGUMENTS[0])]),
+                message_to_template_dict(
+                    "tool", "result", {"tool_call_id": call_id, "name": _NAMES[0]}
+                ),
+            ],
+            True,
+        )
+    except ChatTemplateError:
+        return False
+    return True
+
+
+def _shared_start(prompt: str, turn: str) -> int:
+    """Where the assistant turn's own text begins in ``turn``: after the generation prompt,
+    or, where the history drops part of the prompt (a thinking block the prompt opened),
+    after the last marker or line the two share."""
+    n = 0
+    limit = min(len(prompt), len(turn))
+    while n < limit and prompt[n] == turn[n]:
+        n += 1
+    if n == len(prompt):
+        return n
+    while n > 0 and turn[n - 1] not in _BOUNDARY:
+        n -= 1
+    return n
+
+
+def _shared_end(turn: str, turn_end: str) -> int:
+    """How much of ``turn``'s end is the template's end of an assistant turn."""
+    n = 0
+    limit = min(len(turn), len(turn_end))
+    while n < limit and turn[-1 - n] == turn_end[-1 - n]:
+        n += 1
+    while n > 0 and turn[-1 - n] not in _BOUNDARY:  # not inside a marker
+        n -= 1
+    return n
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": "A tool.",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+
+
+def _user() -> dict[str, Any]:
+    return message_to_template_dict("user", "question", {})
+
+
+def _assistant(
+    *, content: str | None = None, calls: Sequence[tuple[str, str, Any]] = ()
+) -> dict[str, Any]:
+    tool_calls = [
+        {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+        for name, call_id, arguments in calls
+    ]
+    return message_to_template_dict("assistant", content, {"tool_calls": tool_calls or None})

@@ -1,0 +1,142 @@
+"""SmolLM2 served under real families' chat templates calls tools in each family's own text:
+the call comes back as a tool call (never as content), in the family's id form, one per turn
+where the template allows one, and the next turn, rendered by the same template, is answered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from tests.api.sse import sse_chunks
+from tests.conftest import make_settings, model_file
+from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
+
+TEMPLATES = {
+    "llama": "meta-llama-Llama-3.1-8B-Instruct",
+    "nemo": "mistralai-Mistral-Nemo-Instruct-2407",
+    "oss": "openai-gpt-oss-120b",
+    "qwen": "Qwen-Qwen2.5-7B-Instruct",
+}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}},
+            "required": ["city"],
+        },
+    },
+}
+FORCED = {"type": "function", "function": {"name": "get_weather"}}
+QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+pytestmark = pytest.mark.skipif(not set(TEMPLATES.values()) <= set(corpus()), reason=MISSING)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    models = [
+        {
+            "name": name,
+            "path": str(model_file("smollm2")),
+            "n_ctx": 2048,
+            "slots": 1,
+            "threads": 2,
+            "chat_template_file": str(corpus_dir() / f"{template}.jinja"),
+        }
+        for name, template in TEMPLATES.items()
+    ]
+    with TestClient(create_app(make_settings(models=models))) as test_client:
+        yield test_client
+
+
+def chat(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/chat/completions", json={"temperature": 0, **body})
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+@pytest.mark.parametrize("model", list(TEMPLATES))
+def test_a_forced_call_comes_back_as_a_call_and_the_next_turn_is_answered(
+    client: TestClient, model: str
+) -> None:
+    first = chat(
+        client,
+        {"model": model, "messages": QUESTION, "tools": [TOOL], "tool_choice": FORCED,
+         "max_tokens": 90},
+    )  # fmt: skip
+    message = first["choices"][0]["message"]
+    assert message["content"] is None
+    (call,) = message["tool_calls"]
+    assert call["function"]["name"] == "get_weather"
+    assert isinstance(json.loads(call["function"]["arguments"])["city"], str)
+    if model == "nemo":  # the id is the model's own, in the 9 characters Mistral's templates want
+        assert len(call["id"]) == 9 and call["id"].isalnum()
+    else:
+        assert call["id"].startswith("call_")
+    history = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "Sunny, 21 C"},
+    ]
+    second = chat(client, {"model": model, "messages": history, "tools": [TOOL], "max_tokens": 4})
+    # The first turn's prompt is read from the cache (all of it but a last token that the
+    # next turn's text may tokenize differently).
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= first["usage"]["prompt_tokens"] - 1
+
+
+def test_a_template_that_allows_one_call_per_turn_gets_one(client: TestClient) -> None:
+    """Llama 3.1's template refuses two calls in a turn ("This model only supports single
+    tool-calls at once!"): tool_choice required, parallel calls allowed, still makes one."""
+    first = chat(
+        client,
+        {"model": "llama", "messages": QUESTION, "tools": [TOOL], "tool_choice": "required",
+         "max_tokens": 60},
+    )  # fmt: skip
+    calls = first["choices"][0]["message"]["tool_calls"]
+    assert len(calls) == 1 and first["choices"][0]["finish_reason"] == "tool_calls"
+    history = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "Sunny"},
+    ]
+    chat(client, {"model": "llama", "messages": history, "tools": [TOOL], "max_tokens": 4})
+
+
+@pytest.mark.parametrize("model", ["nemo", "oss"])
+def test_a_streamed_call_joins_to_a_whole_call_with_no_markup_in_content(
+    client: TestClient, model: str
+) -> None:
+    body = {
+        "model": model,
+        "messages": QUESTION,
+        "tools": [TOOL],
+        "tool_choice": FORCED,
+        "max_tokens": 90,
+        "temperature": 0,
+        "stream": True,
+    }
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    content, arguments, finish = "", "", None
+    names: list[str] = []
+    for chunk in sse_chunks(response):
+        for choice in chunk["choices"]:
+            delta = choice["delta"]
+            content += delta.get("content") or ""
+            for piece in delta.get("tool_calls") or []:
+                names += [piece["function"]["name"]] if piece["function"].get("name") else []
+                arguments += piece["function"].get("arguments") or ""
+            finish = choice.get("finish_reason") or finish
+    assert content == "" and names == ["get_weather"] and finish == "tool_calls"
+    assert isinstance(json.loads(arguments)["city"], str)

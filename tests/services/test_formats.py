@@ -1,0 +1,259 @@
+"""Chat formats learned from llama.cpp's corpus of real chat templates: each family's call text
+is exactly what its template renders, the grammar is built from that text, and the parser
+reads it back whole and in every split."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import pytest
+
+from server.engine.gbnf import validate_gbnf
+from server.engine.grammar import FunctionSpec
+from server.services.formats import CHAT_FORMATS, HOUSE, choose_format
+from server.services.formats.calls import (
+    LayoutCallParser,
+    Mode,
+    layout_grammar,
+    trigger_pattern,
+)
+from server.services.formats.layout import ID, INDEX, CallLayout, learn_layout
+from server.services.templates import ChatTemplate, message_to_template_dict
+from server.settings import ChatFormatName
+from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
+
+# The templates whose calls have JSON arguments, and the family each is read as. The others
+# (XML parameters: Qwen3-Coder, GLM, MiniMax-M2, DeepSeek V3.2's DSML, Seed-OSS; Python-style
+# calls: LFM2; Gemma 4's own syntax; templates that know no tools) keep the house format.
+LEARNED = {
+    "Apertus-8B-Instruct": "generic",
+    "Apriel-1.6-15b-Thinker-fixed": "generic",
+    "Bielik-11B-v3.0-Instruct": "hermes",
+    "Cohere2MoE": "command_r",
+    "CohereForAI-c4ai-command-r7b-12-2024-tool_use": "command_r",
+    "GigaChat3-10B-A1.8B": "generic",
+    "GigaChat3.1-10B-A1.8B": "generic",
+    "Kimi-K2-Instruct": "kimi",
+    "Kimi-K2-Thinking": "kimi",
+    "MiMo-VL": "hermes",
+    "MiniMax-M1": "generic",
+    "Mistral-Small-3.2-24B-Instruct-2506": "mistral",
+    "NVIDIA-Nemotron-Nano-v2": "generic",
+    "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use": "hermes",
+    "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": "hermes",
+    "Qwen-QwQ-32B": "hermes",
+    "Qwen-Qwen2.5-7B-Instruct": "hermes",
+    "Qwen-Qwen3-0.6B": "hermes",
+    "ibm-granite-granite-4.0": "hermes",
+    "ibm-granite-granite-4.1": "hermes",
+    "llama-cpp-deepseek-r1": "deepseek",
+    "meetkai-functionary-medium-v3.1": "functionary",
+    "meetkai-functionary-medium-v3.2": "functionary",
+    "meta-llama-Llama-3.1-8B-Instruct": "llama3",
+    "meta-llama-Llama-3.2-3B-Instruct": "llama3",
+    "meta-llama-Llama-3.3-70B-Instruct": "llama3",
+    "mistralai-Ministral-3-14B-Reasoning-2512": "mistral",
+    "mistralai-Mistral-Nemo-Instruct-2407": "mistral",
+    "moonshotai-Kimi-K2": "kimi",
+    "openai-gpt-oss-120b": "harmony",
+    "unsloth-Apriel-1.5": "hermes",
+    "unsloth-mistral-Devstral-Small-2507": "mistral",
+    "upstage-Solar-Open-100B": "generic",
+}
+# Templates that refuse (Llama 3.x) or drop (gpt-oss, GigaChat) a second call in a turn.
+SINGLE = {
+    "GigaChat3-10B-A1.8B",
+    "GigaChat3.1-10B-A1.8B",
+    "meta-llama-Llama-3.1-8B-Instruct",
+    "meta-llama-Llama-3.2-3B-Instruct",
+    "meta-llama-Llama-3.3-70B-Instruct",
+    "openai-gpt-oss-120b",
+}
+NAMES: list[Any] = [n for n in corpus() if n in LEARNED] or [
+    pytest.param("", marks=pytest.mark.skip(reason=MISSING))
+]
+FUNCTIONS = [
+    FunctionSpec(
+        "get_weather",
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    ),
+    FunctionSpec("add", {"type": "object", "properties": {"a": {"type": "array"}}}),
+]
+CALLS = [
+    ("get_weather", "a1b2c3d4e", {"city": 'Zürich "old town" {}\n'}),
+    ("add", "f5g6h7i8j", {"a": [1, 2.5, {"b": None, "c": "日本"}]}),
+]
+
+
+@functools.cache
+def template(name: str) -> ChatTemplate:
+    return ChatTemplate(
+        (corpus_dir() / f"{name}.jinja").read_text(), bos_token="<s>", eos_token="</s>"
+    )
+
+
+@functools.cache
+def layout(name: str) -> CallLayout:
+    learned = learn_layout(template(name))
+    assert learned is not None, f"{name}: no layout learned"
+    return learned
+
+
+def written(name: str, count: int) -> str:
+    """The text of the first ``count`` of CALLS in the template's layout."""
+    chosen = layout(name)
+    return chosen.text([(n, i, json.dumps(a, ensure_ascii=False)) for n, i, a in CALLS[:count]])
+
+
+@pytest.mark.skipif(not corpus(), reason=MISSING)
+def test_exactly_the_templates_with_json_calls_get_a_learned_layout() -> None:
+    learned = {}
+    for name in corpus():
+        source = (corpus_dir() / f"{name}.jinja").read_text()
+        fmt = choose_format(template(name), source)
+        if fmt.layout is not None:
+            learned[name] = fmt.family.name
+    assert learned == LEARNED
+    assert {n for n in LEARNED if not layout(n).parallel} == SINGLE
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_call_text_is_what_the_template_renders_for_the_call(name: str) -> None:
+    """What the grammar makes the model write after the generation prompt is, byte for byte,
+    what the template renders for that call in the next turn's history."""
+    count = 1 if name in SINGLE else 2
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": f.name, "description": "A tool.", "parameters": f.parameters},
+        }
+        for f in FUNCTIONS
+    ]
+    user = [message_to_template_dict("user", "Weather in Zürich?", {})]
+    calls = [
+        {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+        for n, i, a in CALLS[:count]
+    ]
+    prompt = template(name).render(user, add_generation_prompt=True, tools=tools)
+    history = template(name).render(
+        [*user, message_to_template_dict("assistant", None, {"tool_calls": calls})],
+        add_generation_prompt=False,
+        tools=tools,
+    )
+    text = written(name, count)
+    if ID not in layout(name).first:  # ids the model writes are its own; these are given
+        assert text in history
+    if history.startswith(prompt):  # the template keeps the generation prompt as it was
+        assert history[len(prompt) :].startswith(text)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_the_parser_reads_the_calls_back_in_every_split(name: str, step: int) -> None:
+    count = 1 if name in SINGLE else 2
+    text = written(name, count)
+    parser = LayoutCallParser(layout(name), FUNCTIONS)
+    content = ""
+    arguments: dict[int, str] = {}
+    ids: dict[int, tuple[str | None, str | None]] = {}
+    for i in range(0, len(text), step):
+        piece, deltas = parser.feed(text[i : i + step])
+        content += piece
+        for d in deltas:
+            arguments[d.index] = arguments.get(d.index, "") + d.arguments
+            if d.id is not None:
+                ids[d.index] = (d.id, d.name)
+    content += parser.finish()
+    assert content == ""
+    expected = [(n, json.dumps(a, ensure_ascii=False)) for n, _, a in CALLS[:count]]
+    assert [(c.name, c.arguments) for c in parser.calls] == expected
+    assert [arguments[i] for i in range(count)] == [a for _, a in expected]
+    assert [ids[i][1] for i in range(count)] == [n for n, _ in expected]
+    for call in parser.calls:
+        if ID in layout(name).first:
+            assert call.id in {i for _, i, _ in CALLS}  # the id the model wrote
+        elif layout(name).id_form == "short":
+            assert len(call.id) == 9 and call.id.isalnum()
+        else:
+            assert call.id.startswith("call_")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_call_cut_short_is_never_content(name: str) -> None:
+    text = written(name, 1)
+    for cut in range(len(layout(name).opener) + 1, len(text) - 2, 7):
+        parser = LayoutCallParser(layout(name), FUNCTIONS)
+        content, _ = parser.feed(text[:cut])
+        content += parser.finish(partial_as_content=False)
+        assert content.strip() == "" or content.strip() == layout(name).preamble.strip(), cut
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_text_around_calls_and_unknown_functions_stay_content(name: str) -> None:
+    chosen = layout(name)
+    if not chosen.opener.strip():  # functionary v3.2: a call only at the start
+        pytest.skip("its calls have no opener")
+    parser = LayoutCallParser(chosen, FUNCTIONS)
+    unknown = chosen.text([("no_such_tool", "a1b2c3d4e", "{}")])
+    content, deltas = parser.feed("Let me see. " + unknown[len(chosen.preamble) :])
+    content += parser.finish()
+    assert not parser.calls and not deltas
+    assert content == "Let me see. " + unknown[len(chosen.preamble) :]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_grammars_for_every_choice_are_valid_gbnf(name: str) -> None:
+    modes: tuple[Mode, ...] = ("auto", "required", "one")
+    for mode in modes:
+        functions = FUNCTIONS[:1] if mode == "one" else FUNCTIONS
+        grammar = layout_grammar(layout(name), functions, mode, parallel=True)
+        validate_gbnf(grammar.gbnf)
+        assert bool(grammar.triggers) == (mode == "auto")
+        several = "call-next" in grammar.gbnf or "call-1 " in grammar.gbnf
+        assert several == (mode != "one" and name not in SINGLE)
+
+
+def test_each_family_opens_auto_calls_at_its_own_marker() -> None:
+    if not corpus():
+        pytest.skip(MISSING)
+    expected = {
+        "Qwen-Qwen2.5-7B-Instruct": "<tool_call>",
+        "mistralai-Mistral-Nemo-Instruct-2407": r"\[TOOL_CALLS\]",
+        "unsloth-mistral-Devstral-Small-2507": r"\[TOOL_CALLS\]",
+        "moonshotai-Kimi-K2": r"<\|tool_calls_section_begin\|>",
+        "meta-llama-Llama-3.1-8B-Instruct": r'^\s*(\{"name": ")[\s\S]*$',
+        "meetkai-functionary-medium-v3.2": r"^\s*((?:get_weather|add)\n)[\s\S]*$",
+        "openai-gpt-oss-120b": r"to=functions\.",
+    }
+    for name, pattern in expected.items():
+        assert trigger_pattern(layout(name), FUNCTIONS) == pattern, name
+
+
+def test_ids_numbers_and_preambles_where_templates_write_them() -> None:
+    if not corpus():
+        pytest.skip(MISSING)
+    assert ID in layout("mistralai-Mistral-Nemo-Instruct-2407").first  # after the arguments
+    assert layout("mistralai-Mistral-Nemo-Instruct-2407").id_form == "short"
+    assert ID in layout("Mistral-Small-3.2-24B-Instruct-2506").first
+    assert INDEX in layout("moonshotai-Kimi-K2").first  # functions.NAME:0
+    assert INDEX in layout("CohereForAI-c4ai-command-r7b-12-2024-tool_use").first
+    assert layout("Qwen-Qwen3-0.6B").preamble == "<think>\n\n</think>\n\n"
+    assert layout("Qwen-Qwen3-0.6B").opener.startswith("<tool_call>")
+    kimi = layout("moonshotai-Kimi-K2").text([("a", "", "{}"), ("b", "", "{}"), ("c", "", "{}")])
+    assert "functions.a:0" in kimi and "functions.b:1" in kimi and "functions.c:2" in kimi
+
+
+def test_a_template_that_knows_no_tools_keeps_the_house_format() -> None:
+    plain = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    assert choose_format(ChatTemplate(plain), plain).name == "house"
+    if corpus():
+        name = "Qwen-Qwen2.5-7B-Instruct"
+        source = (corpus_dir() / f"{name}.jinja").read_text()
+        assert choose_format(template(name), source, "house") is HOUSE
+        assert choose_format(template(name), source, "llama3").family.name == "llama3"
+
+
+def test_the_setting_names_every_format() -> None:
+    assert set(ChatFormatName.__args__) == set(CHAT_FORMATS)  # type: ignore[attr-defined]
