@@ -223,8 +223,8 @@ def test_each_family_opens_auto_calls_at_its_own_marker() -> None:
         "mistralai-Mistral-Nemo-Instruct-2407": r"\[TOOL_CALLS\]",
         "unsloth-mistral-Devstral-Small-2507": r"\[TOOL_CALLS\]",
         "moonshotai-Kimi-K2": r"<\|tool_calls_section_begin\|>",
-        "meta-llama-Llama-3.1-8B-Instruct": r'^\s*(\{"name": ")[\s\S]*$',
-        "meetkai-functionary-medium-v3.2": r"^\s*((?:get_weather|add)\n)[\s\S]*$",
+        "meta-llama-Llama-3.1-8B-Instruct": r'^\s{0,8}(\{"name": ")',
+        "meetkai-functionary-medium-v3.2": r"^\s{0,8}((?:get_weather|add)\n)",
         "openai-gpt-oss-120b": r"to=functions\.",
     }
     for name, pattern in expected.items():

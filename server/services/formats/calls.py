@@ -27,6 +27,8 @@ from server.services.tools import CallDelta, ParsedCall, partial_suffix
 
 # A layout whose calls are numbered in their text is unrolled this many calls deep.
 MAX_NUMBERED_CALLS = 8
+# How much whitespace may come before a call that must open the answer (Llama's).
+LEADING_SPACE = 8
 
 Mode = Literal["auto", "required", "one"]
 
@@ -91,14 +93,22 @@ def layout_grammar(
 def trigger_pattern(layout: CallLayout, functions: Sequence[FunctionSpec]) -> str:
     """The regular expression whose match starts a call in ``auto``: the opener's first
     marker (``<tool_call>``, ``[TOOL_CALLS]``) anywhere; an opener that looks like JSON
-    (Llama's ``{"name": "``), or none at all (functionary's bare name), only at the start."""
+    (Llama's ``{"name": "``), or none at all (functionary's bare name), only at the start.
+
+    llama.cpp matches the pattern against all the output so far, after every token, with
+    std::regex, whose matcher recurses once per character a quantifier takes: a pattern
+    with an unbounded one (``\\s*``, ``[\\s\\S]*``) over a long output overflows the
+    stack and kills the server (a model made to write 40,000 newlines did). So no pattern has
+    one: a start-anchored pattern is searched for (``^`` without ``$``), and allows at most
+    a few characters of leading whitespace."""
     opener = layout.opener
+    lead = rf"^\s{{0,{LEADING_SPACE}}}"
     if not opener.strip():
         names = "|".join(_regex(f.name) for f in functions)
         after = next((p for p in layout.first if isinstance(p, str) and p), "")
-        return rf"^\s*({_regex(opener)}(?:{names}){_regex(after[:1])})[\s\S]*$"
+        return rf"{lead}({_regex(opener)}(?:{names}){_regex(after[:1])})"
     if re.match(r"\s*(\{|\[\s*[{\"\[])", opener):
-        return rf"^\s*({_regex(opener.lstrip())})[\s\S]*$"
+        return rf"{lead}({_regex(opener.lstrip())})"
     marker = re.match(r"\s*(<[^>]*>|\[[A-Z_]+\])", opener)
     return _regex(marker.group(1) if marker else opener.strip())
 
