@@ -257,3 +257,21 @@ def test_a_template_that_knows_no_tools_keeps_the_house_format() -> None:
 
 def test_the_setting_names_every_format() -> None:
     assert set(ChatFormatName.__args__) == set(CHAT_FORMATS)  # type: ignore[attr-defined]
+
+
+def test_text_that_only_looks_like_a_call_is_released_not_held() -> None:
+    """Llama's opener may appear in plain content, where no grammar holds the model to a
+    call: a 'name' that runs on past any function's length is content, as it comes."""
+    if not corpus():
+        pytest.skip(MISSING)
+    parser = LayoutCallParser(layout("meta-llama-Llama-3.1-8B-Instruct"), FUNCTIONS)
+    shown = ""
+    for _ in range(200):
+        shown += parser.feed("a" * 10)[0]
+    assert shown == "a" * 2000
+    parser = LayoutCallParser(layout("meta-llama-Llama-3.1-8B-Instruct"), FUNCTIONS)
+    shown = parser.feed('Say {"name": "')[0]
+    for _ in range(200):
+        shown += parser.feed("b" * 10)[0]
+    assert shown.startswith('Say {"name": "b') and len(shown) > 1900
+    assert not parser.calls

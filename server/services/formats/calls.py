@@ -145,9 +145,11 @@ def new_call_id(form: str) -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-_NAME_CHARS = re.compile(r"[A-Za-z0-9_-]*")
-_ID_CHARS = re.compile(r"[A-Za-z0-9]*")
-_DIGITS = re.compile(r"[0-9]*")
+# A slot's characters, bounded one past the longest value it may hold (function names are at
+# most 128 characters), so that text that only looks like a call is given up on, not held.
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_-]{0,129}")
+_ID_CHARS = re.compile(r"[A-Za-z0-9]{0,65}")
+_DIGITS = re.compile(r"[0-9]{0,7}")
 
 
 class LayoutCallParser:
