@@ -98,5 +98,4 @@ def choose_format(
     if setting == "house":
         return HOUSE
     family = FAMILIES[setting] if setting != "auto" else family_of(source)
-    layout = learn_layout(template, end_of_turn=end_of_turn)
-    return ChatFormat(family, layout) if layout is not None else ChatFormat(family, None)
+    return ChatFormat(family, learn_layout(template, end_of_turn=end_of_turn))

@@ -176,45 +176,48 @@ def _learn(render: Render, end_of_turn: Callable[[str], str]) -> CallLayout | No
         preamble = _PREAMBLE.match(first[0]).group(0)  # type: ignore[union-attr]
     cut = len(one) - stop + len(tail)
     single = CallLayout(tuple(first), None, end_text, preamble, separators, 0, id_form)
-    following, base = _following(render, start, cut, first, end_text, separators)
-    if following is not None:
-        layout = CallLayout(tuple(first), following, end_text, preamble, separators, base, id_form)
+    several = _several(render, start, cut, first, end_text, separators)
+    if several is not None:
+        numbered_first, following, base = several
+        layout = CallLayout(
+            numbered_first, following, end_text, preamble, separators, base, id_form
+        )
         if _predicts(render, layout, start, cut):
             return layout
     return single if _predicts(render, single, start, cut) else None
 
 
-def _following(
+def _several(
     render: Render,
     start: int,
     cut: int,
     first: list[Piece],
     end: str,
     separators: tuple[str, str],
-) -> tuple[tuple[Piece, ...] | None, int]:
-    """The pieces from one call's arguments through the next one's, and the index base; None
+) -> tuple[tuple[Piece, ...], tuple[Piece, ...], int] | None:
+    """How a turn holds several calls: the first call's pieces (with its index slot, where
+    calls are numbered), the pieces from one call through the next, and the first index; None
     where the template refuses a second call (Llama 3.x) or drops it."""
     try:
         two = _calls_text(render, 2)
     except ChatTemplateError:
-        return None, 0
+        return None
     region = two[start : len(two) - cut]
     one_text = "".join(_fill(first, 0))
     if not region.startswith(one_text) or not region.endswith(end):
-        return None, 0
+        return None
     middle = region[len(one_text) : len(region) - len(end)]
     pieces = _pieces(middle, 1, separators)
     if pieces is None or not isinstance(pieces[-1], Slot) or NAME not in pieces:
-        return None, 0
+        return None
     # The call's index, where the template writes one: a digit run that reads 0 (or 1) in
     # the first call and one more in the second, next to the call's name.
     for base in (0, 1):
         marked_first = _mark_index(first, base)
         marked_next = _mark_index(pieces, base + 1)
         if INDEX in marked_first and INDEX in marked_next:
-            first[:] = marked_first
-            return tuple(marked_next), base
-    return tuple(pieces), 0
+            return tuple(marked_first), tuple(marked_next), base
+    return tuple(first), tuple(pieces), 0
 
 
 def _mark_index(pieces: Sequence[Piece], value: int) -> list[Piece]:
