@@ -29,7 +29,7 @@ from server.services.generation import (
     released_on_error,
 )
 from server.services.prep import PrepExecutor
-from server.services.reasoning import ThinkSplitter, opens_thinking, uses_think_tags
+from server.services.reasoning import ThinkSplitter, opens_thinking, reasoning_markers
 from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
 from server.services.spec import GenerationSpec, OutputFormat, Turn
 from server.services.templates import ChatTemplate, escaped, message_to_template_dict
@@ -163,8 +163,14 @@ class ChatService:
         # A grammar that holds the output to its form from the first token leaves nothing
         # to split; a lazy one (tools with "auto") lets the model think first.
         free = grammar is None or bool(grammar.triggers)
-        if free and uses_think_tags(handle.config.reasoning, handle.chat_template_source):
-            run.think_start = opens_thinking(prompt)
+        markers = reasoning_markers(
+            handle.config.reasoning,
+            handle.chat_template_source,
+            self.format_for(handle).family.reasoning,
+        )
+        if free and markers is not None:
+            run.think_markers = markers
+            run.think_start = opens_thinking(prompt, markers)
         return run
 
     def prompt_tokens(
@@ -321,7 +327,9 @@ class _Splits:
         self._run = run
         thinking = run.think_start
         self._splitters = (
-            [] if thinking is None else [ThinkSplitter(thinking=thinking) for _ in run.jobs]
+            []
+            if thinking is None
+            else [ThinkSplitter(thinking=thinking, markers=run.think_markers) for _ in run.jobs]
         )
 
     def feed(self, index: int, event: TokenEvent) -> tuple[str, str]:

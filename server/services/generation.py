@@ -28,6 +28,7 @@ from server.errors import (
 )
 from server.handle import Lease, ModelHandle
 from server.metrics import RunRecord
+from server.services.reasoning import THINK_TAGS
 from server.services.spec import GenerationSpec
 from server.services.tools import ToolPlan
 from server.services.usage import Ledger
@@ -131,6 +132,7 @@ class Run:
         # Thinking split from the answer: None, not split; else whether the output starts
         # inside a think block (set by the chat service, counted there).
         self.think_start: bool | None = None
+        self.think_markers = THINK_TAGS  # what the thinking is written between
         self.reasoning_tokens = 0
         self._streams: list[GenerationStream] | None = None
         self._metered: dict[int, int] = {}  # completion tokens of each choice metered so far

@@ -14,7 +14,8 @@ from typing import Any
 from server.errors import ModelUnavailableError
 from server.models.gguf import GGUFError, quantization, read_metadata
 from server.registry import ModelRegistry
-from server.services.reasoning import uses_think_tags
+from server.services.formats import family_of
+from server.services.reasoning import reasoning_markers
 from server.settings import ModelConfig, Settings
 
 
@@ -66,7 +67,8 @@ class ModelInfo:
             capabilities.append("tools")
         if config.embeddings:
             capabilities.append("embedding")
-        if uses_think_tags(config.reasoning, template):
+        family = family_of(template).reasoning if template is not None else None
+        if reasoning_markers(config.reasoning, template, family) is not None:
             capabilities.append("thinking")
         digest = hashlib.sha256(repr(key).encode()).hexdigest()
         return ModelFacts(

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from server.services.reasoning import ThinkSplitter, opens_thinking, uses_think_tags
+from server.services.reasoning import (
+    THINK_TAGS,
+    Markers,
+    ThinkSplitter,
+    opens_thinking,
+    reasoning_markers,
+    uses_think_tags,
+)
 
 
 def split(text: str, *, thinking: bool, step: int) -> tuple[str, str]:
@@ -47,3 +54,62 @@ def test_which_models_and_prompts_think() -> None:
     assert uses_think_tags("think_tags", None) and not uses_think_tags("none", template)
     assert opens_thinking("<|im_start|>assistant\n<think>\n")
     assert not opens_thinking("<|im_start|>assistant\n")
+
+
+HARMONY = Markers(
+    "<|channel|>analysis<|message|>",
+    "<|end|>",
+    ("<|start|>assistant<|channel|>final<|message|>", "<|channel|>final<|message|>"),
+)
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 100])
+@pytest.mark.parametrize(
+    ("markers", "text", "thinking", "expected"),
+    [
+        (Markers("[THINK]", "[/THINK]"), "[THINK]a [b][/THINK]Yes.", False, ("a [b]", "Yes.")),
+        (Markers("[THINK]", "[/THINK]"), "hmm[/THINK]\nNo.", True, ("hmm", "No.")),
+        (
+            Markers("<seed:think>", "</seed:think>"),
+            "<seed:think>x</seed:think>y",
+            False,
+            ("x", "y"),
+        ),
+        (
+            Markers("<|START_THINKING|>", "<|END_THINKING|>"),
+            "<|START_THINKING|>plan<|END_THINKING|>done",
+            False,
+            ("plan", "done"),
+        ),
+        (
+            HARMONY,
+            "<|channel|>analysis<|message|>Think.<|end|>"
+            "<|start|>assistant<|channel|>final<|message|>Answer.",
+            False,
+            ("Think.", "Answer."),
+        ),
+        (HARMONY, "<|channel|>final<|message|>Just the answer.", False, ("", "Just the answer.")),
+        (HARMONY, "<|channel|>commentary", False, ("", "<|channel|>commentary")),
+    ],
+)
+def test_each_familys_markers_split_exactly(
+    markers: Markers, text: str, thinking: bool, expected: tuple[str, str], step: int
+) -> None:
+    splitter = ThinkSplitter(thinking=thinking, markers=markers)
+    reasoning, content = "", ""
+    for i in range(0, len(text), step):
+        r, c = splitter.feed(text[i : i + step])
+        reasoning, content = reasoning + r, content + c
+    r, c = splitter.finish()
+    assert (reasoning + r, content + c) == expected
+
+
+def test_a_familys_markers_are_used_where_its_template_writes_them() -> None:
+    mistral = Markers("[THINK]", "[/THINK]")
+    source = "{{ '[THINK]' }}{{ m.thinking }}{{ '[/THINK]' }}"
+    assert reasoning_markers("auto", source, mistral) == mistral
+    assert reasoning_markers("auto", "<think></think>", mistral) == THINK_TAGS
+    assert reasoning_markers("auto", "{{ messages }}", mistral) is None
+    assert reasoning_markers("think_tags", source, mistral) == THINK_TAGS
+    assert reasoning_markers("none", source, mistral) is None
+    assert opens_thinking("<s>[INST]q[/INST][THINK]", mistral)

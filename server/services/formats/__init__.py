@@ -28,6 +28,7 @@ from server.services.formats.families import (
     kimi,
     llama3,
     mistral,
+    seed,
 )
 from server.services.formats.layout import CallLayout, learn_layout
 from server.services.templates import ChatTemplate
@@ -36,6 +37,7 @@ from server.services.tools import ToolCallParser
 # In the order they are tried: the first family whose pattern the template holds.
 _MODULES: tuple[ModuleType, ...] = (
     harmony,
+    seed,
     mistral,
     deepseek,
     kimi,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from server.services.reasoning import THINK_TAGS, Markers
+
 
 @dataclass(frozen=True)
 class Family:
@@ -15,8 +17,11 @@ class Family:
 
     name: str
     detect: re.Pattern[str]
-    reasoning: tuple[str, str] | None = None
+    reasoning: Markers | None = None
     notes: str = ""
 
     def matches(self, source: str) -> bool:
         return self.detect.search(source) is not None
+
+
+__all__ = ["THINK_TAGS", "Family", "Markers"]

@@ -3,10 +3,10 @@ thinking between ``<|START_THINKING|>`` and ``<|END_THINKING|>``."""
 
 import re
 
-from server.services.formats.families import Family
+from server.services.formats.families import Family, Markers
 
 FAMILY = Family(
     "command_r",
     re.compile(r"<\|START_ACTION\|>"),
-    reasoning=("<|START_THINKING|>", "<|END_THINKING|>"),
+    reasoning=Markers("<|START_THINKING|>", "<|END_THINKING|>"),
 )

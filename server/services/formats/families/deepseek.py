@@ -3,9 +3,9 @@
 
 import re
 
-from server.services.formats.families import Family
+from server.services.formats.families import THINK_TAGS, Family
 
 # The fullwidth bars and the block character are DeepSeek's own.
 _OPEN = "<\uff5ctool\u2581calls\u2581begin\uff5c>"
 
-FAMILY = Family("deepseek", re.compile(re.escape(_OPEN)), reasoning=("<think>", "</think>"))
+FAMILY = Family("deepseek", re.compile(re.escape(_OPEN)), reasoning=THINK_TAGS)

@@ -3,10 +3,15 @@ reasoning in the ``analysis`` channel."""
 
 import re
 
-from server.services.formats.families import Family
+from server.services.formats.families import Family, Markers
 
 FAMILY = Family(
     "harmony",
     re.compile(r"<\|channel\|>"),
-    reasoning=("<|channel|>analysis<|message|>", "<|end|>"),
+    reasoning=Markers(
+        "<|channel|>analysis<|message|>",
+        "<|end|>",
+        # The answer follows in the final channel, in a message of its own or not.
+        ("<|start|>assistant<|channel|>final<|message|>", "<|channel|>final<|message|>"),
+    ),
 )

@@ -4,6 +4,6 @@ format, for templates that know nothing of tools."""
 
 import re
 
-from server.services.formats.families import Family
+from server.services.formats.families import THINK_TAGS, Family
 
-FAMILY = Family("hermes", re.compile(r"<tool_call>"), reasoning=("<think>", "</think>"))
+FAMILY = Family("hermes", re.compile(r"<tool_call>"), reasoning=THINK_TAGS)

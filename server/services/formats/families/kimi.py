@@ -2,8 +2,6 @@
 
 import re
 
-from server.services.formats.families import Family
+from server.services.formats.families import THINK_TAGS, Family
 
-FAMILY = Family(
-    "kimi", re.compile(r"<\|tool_calls_section_begin\|>"), reasoning=("<think>", "</think>")
-)
+FAMILY = Family("kimi", re.compile(r"<\|tool_calls_section_begin\|>"), reasoning=THINK_TAGS)

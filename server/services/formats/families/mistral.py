@@ -4,6 +4,6 @@ thinking in ``[THINK]``."""
 
 import re
 
-from server.services.formats.families import Family
+from server.services.formats.families import Family, Markers
 
-FAMILY = Family("mistral", re.compile(r"\[TOOL_CALLS\]"), reasoning=("[THINK]", "[/THINK]"))
+FAMILY = Family("mistral", re.compile(r"\[TOOL_CALLS\]"), reasoning=Markers("[THINK]", "[/THINK]"))
