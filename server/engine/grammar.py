@@ -145,21 +145,42 @@ def call_grammar(
     *,
     separators: tuple[str, str] = DUMPS_SEPARATORS,
     triggers: tuple[str, ...] = (),
+    arguments: ArgumentsRules | None = None,
 ) -> Grammar:
     """A grammar for tool calls written in a chat format's own text: each function's arguments
     are a rule (``compose`` receives their names, in the order of ``functions``, and returns
     the rules from ``root`` down that place them among the format's literal text). The
     arguments are JSON written exactly as json.dumps writes it with ``separators`` (no other
     whitespace, characters unescaped), which is how chat templates render them back: a call
-    the model writes is then, byte for byte, what the template writes for it next turn."""
+    the model writes is then, byte for byte, what the template writes for it next turn.
+
+    ``arguments`` writes the arguments' rules instead (a format that writes them parameter by
+    parameter): it gets each function's index and parameters and a ``visit(schema, name)``
+    that makes JSON rules for a value, and returns the rule's name and its rules' text."""
     converter = _converter()
     names = []
+    extra = []
+
+    def visit(schema: dict[str, Any], name: str) -> str:
+        return _visit(converter, schema, name, checked=True)
+
     for i, function in enumerate(functions):
         parameters = function.parameters or {}
         check_schema(parameters)
-        names.append(_visit(converter, parameters, f"arguments-{i}", checked=True))
-    rules = _exact_json(_format(converter), separators) + "\n" + compose(names)
+        if arguments is None:
+            names.append(visit(parameters, f"arguments-{i}"))
+        else:
+            name, rules = arguments(i, parameters, visit)
+            names.append(name)
+            extra.append(rules)
+    rules = "\n".join([_exact_json(_format(converter), separators), *extra, compose(names)])
     return Grammar(_checked(rules), triggers=triggers)
+
+
+# (function index, its parameters, visit) -> (the arguments' rule name, rules text)
+ArgumentsRules = Callable[
+    [int, dict[str, Any], Callable[[dict[str, Any], str], str]], tuple[str, str]
+]
 
 
 def _exact_json(rules: str, separators: tuple[str, str]) -> str:

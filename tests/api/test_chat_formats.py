@@ -22,9 +22,11 @@ TEMPLATES = {
     "nemo": "mistralai-Mistral-Nemo-Instruct-2407",
     "oss": "openai-gpt-oss-120b",
     "qwen": "Qwen-Qwen2.5-7B-Instruct",
+    "coder": "Qwen3-Coder",  # arguments as <parameter=...> XML
+    "glm": "GLM-4.6",  # arguments as <arg_key>/<arg_value> pairs
     "cohere": "Cohere2MoE",  # its prompt opens <|START_THINKING|>
 }
-TOOL = {
+TOOL: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -36,7 +38,27 @@ TOOL = {
         },
     },
 }
+# Parameters written as XML hold a string raw, up to the marker that ends it: SmolLM2 ends
+# one with a marker of its own invention ("Paris</type>") and writes on, so for those
+# templates the city is one of a list, which the grammar writes to its end.
+XML_TOOL = {
+    "type": "function",
+    "function": {
+        **TOOL["function"],
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]}},
+            "required": ["city"],
+        },
+    },
+}
 FORCED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def tool(model: str) -> dict[str, Any]:
+    return XML_TOOL if model in ("coder", "glm") else TOOL
+
+
 QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 pytestmark = pytest.mark.skipif(not set(TEMPLATES.values()) <= set(corpus()), reason=MISSING)
@@ -67,13 +89,13 @@ def chat(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
 
 
 # (Cohere's history drops the thinking block its prompt opens: the prompt is not reused.)
-@pytest.mark.parametrize("model", ["llama", "nemo", "oss", "qwen"])
+@pytest.mark.parametrize("model", ["llama", "nemo", "oss", "qwen", "coder", "glm"])
 def test_a_forced_call_comes_back_as_a_call_and_the_next_turn_is_answered(
     client: TestClient, model: str
 ) -> None:
     first = chat(
         client,
-        {"model": model, "messages": QUESTION, "tools": [TOOL], "tool_choice": FORCED,
+        {"model": model, "messages": QUESTION, "tools": [tool(model)], "tool_choice": FORCED,
          "max_tokens": 90},
     )  # fmt: skip
     message = first["choices"][0]["message"]
@@ -90,7 +112,9 @@ def test_a_forced_call_comes_back_as_a_call_and_the_next_turn_is_answered(
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "tool_call_id": call["id"], "content": "Sunny, 21 C"},
     ]
-    second = chat(client, {"model": model, "messages": history, "tools": [TOOL], "max_tokens": 4})
+    second = chat(
+        client, {"model": model, "messages": history, "tools": [tool(model)], "max_tokens": 4}
+    )
     # The first turn's prompt is read from the cache (all of it but a last token that the
     # next turn's text may tokenize differently).
     cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
@@ -115,14 +139,14 @@ def test_a_template_that_allows_one_call_per_turn_gets_one(client: TestClient) -
     chat(client, {"model": "llama", "messages": history, "tools": [TOOL], "max_tokens": 4})
 
 
-@pytest.mark.parametrize("model", ["nemo", "oss"])
+@pytest.mark.parametrize("model", ["nemo", "oss", "coder"])
 def test_a_streamed_call_joins_to_a_whole_call_with_no_markup_in_content(
     client: TestClient, model: str
 ) -> None:
     body = {
         "model": model,
         "messages": QUESTION,
-        "tools": [TOOL],
+        "tools": [tool(model)],
         "tool_choice": FORCED,
         "max_tokens": 90,
         "temperature": 0,

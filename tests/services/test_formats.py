@@ -24,30 +24,43 @@ from server.services.templates import ChatTemplate, message_to_template_dict
 from server.settings import ChatFormatName
 from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 
-# The templates whose calls have JSON arguments, and the family each is read as. The others
-# (XML parameters: Qwen3-Coder, GLM, MiniMax-M2, DeepSeek V3.2's DSML, Seed-OSS; Python-style
-# calls: LFM2; Gemma 4's own syntax; templates that know no tools) keep the house format.
+# The templates whose call text is learned (arguments as JSON, or parameter by parameter),
+# and the family each is read as. The others keep the house format: Seed-OSS and MiniCPM5
+# (objects written as Python dicts), MiniMax-M3 (objects as XML trees), DeepSeek V4 (a call
+# without arguments written otherwise), LFM2 (Python-style calls), Gemma 4 (its own syntax),
+# templates without a `tools` variable or without tools at all.
 LEARNED = {
     "Apertus-8B-Instruct": "generic",
     "Apriel-1.6-15b-Thinker-fixed": "generic",
     "Bielik-11B-v3.0-Instruct": "hermes",
     "Cohere2MoE": "command_r",
     "CohereForAI-c4ai-command-r7b-12-2024-tool_use": "command_r",
+    "GLM-4.6": "glm",
+    "GLM-4.7-Flash": "glm",
     "GigaChat3-10B-A1.8B": "generic",
     "GigaChat3.1-10B-A1.8B": "generic",
     "Kimi-K2-Instruct": "kimi",
     "Kimi-K2-Thinking": "kimi",
+    "Kimi-K3": "generic",
     "MiMo-VL": "hermes",
     "MiniMax-M1": "generic",
+    "MiniMax-M2": "minimax",
     "Mistral-Small-3.2-24B-Instruct-2506": "mistral",
+    "NVIDIA-Nemotron-3-Nano-30B-A3B-BF16": "qwen3_coder",
     "NVIDIA-Nemotron-Nano-v2": "generic",
     "NousResearch-Hermes-2-Pro-Llama-3-8B-tool_use": "hermes",
     "NousResearch-Hermes-3-Llama-3.1-8B-tool_use": "hermes",
     "Qwen-QwQ-32B": "hermes",
     "Qwen-Qwen2.5-7B-Instruct": "hermes",
     "Qwen-Qwen3-0.6B": "hermes",
+    "Qwen3-Coder": "qwen3_coder",
+    "Qwen3.5-4B": "qwen3_coder",
+    "Spark2.5": "glm",
+    "StepFun3.5-Flash": "qwen3_coder",
+    "deepseek-ai-DeepSeek-V3.2": "deepseek",
     "ibm-granite-granite-4.0": "hermes",
     "ibm-granite-granite-4.1": "hermes",
+    "inclusionai-ling-3.0-flash": "glm",
     "llama-cpp-deepseek-r1": "deepseek",
     "meetkai-functionary-medium-v3.1": "functionary",
     "meetkai-functionary-medium-v3.2": "functionary",
@@ -57,7 +70,12 @@ LEARNED = {
     "mistralai-Ministral-3-14B-Reasoning-2512": "mistral",
     "mistralai-Mistral-Nemo-Instruct-2407": "mistral",
     "moonshotai-Kimi-K2": "kimi",
+    "muse-glimmer": "generic",
     "openai-gpt-oss-120b": "harmony",
+    "poolside-Laguna-S-2.1": "glm",
+    "poolside-Laguna-XS-2.1": "glm",
+    "poolside-Laguna-XS.2": "glm",
+    "tencent-Hy3": "glm",
     "unsloth-Apriel-1.5": "hermes",
     "unsloth-mistral-Devstral-Small-2507": "mistral",
     "upstage-Solar-Open-100B": "generic",
@@ -275,3 +293,28 @@ def test_text_that_only_looks_like_a_call_is_released_not_held() -> None:
         shown += parser.feed("b" * 10)[0]
     assert shown.startswith('Say {"name": "b') and len(shown) > 1900
     assert not parser.calls
+
+
+PARAMETERS = [n for n in NAMES if isinstance(n, str) and layout(n).params is not None]
+
+
+@pytest.mark.parametrize("name", PARAMETERS or [pytest.param("", marks=pytest.mark.skip)])
+def test_parameter_by_parameter_arguments_keep_their_types(name: str) -> None:
+    """XML-like arguments are read back by their kind: the marker before the value where the
+    template has one per kind (DeepSeek's string="false"), else the parameter's schema."""
+    arguments = {"s": "x <y> 7", "i": 3, "f": 2.5, "b": False, "n": None, "o": {"k": [1, "2"]},
+                 "t": "true"}  # fmt: skip
+    types = {"s": "string", "i": "integer", "f": "number", "b": "boolean", "n": "null",
+             "o": "object", "t": "string"}  # fmt: skip
+    function = FunctionSpec(
+        "typed", {"type": "object", "properties": {k: {"type": t} for k, t in types.items()}}
+    )
+    text = layout(name).text([("typed", "a1b2c3d4e", json.dumps(arguments))])
+    for step in (1, len(text)):
+        parser = LayoutCallParser(layout(name), [function])
+        content = "".join(parser.feed(text[i : i + step])[0] for i in range(0, len(text), step))
+        content += parser.finish()
+        assert content == ""
+        assert [json.loads(c.arguments) for c in parser.calls] == [arguments]
+    grammar = layout_grammar(layout(name), [function], "one", parallel=False)
+    validate_gbnf(grammar.gbnf)

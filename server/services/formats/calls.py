@@ -23,6 +23,7 @@ from server.services.formats.layout import (
     Piece,
     Slot,
 )
+from server.services.formats.params import ParamsScan, params_rules
 from server.services.tools import CallDelta, ParsedCall, partial_suffix
 
 # A layout whose calls are numbered in their text is unrolled this many calls deep.
@@ -82,11 +83,17 @@ def layout_grammar(
             lines.append(f"root ::= call-0 {nested} {end}")
         return "\n".join(lines)
 
+    params = layout.params
     return call_grammar(
         functions,
         compose,
         separators=layout.separators,
         triggers=(trigger_pattern(layout, functions),) if lazy else (),
+        arguments=(
+            None
+            if params is None
+            else lambda index, schema, visit: params_rules(params, index, schema, visit)
+        ),
     )
 
 
@@ -165,6 +172,7 @@ class LayoutCallParser:
     def __init__(self, layout: CallLayout, functions: Sequence[FunctionSpec]) -> None:
         self._layout = layout
         self._names = {f.name for f in functions}
+        self._schemas = {f.name: f.parameters for f in functions}
         self._buffer = ""
         self._start = True  # nothing released yet: the preamble may come
         self._pieces: Sequence[Piece] | None = None  # the call being read
@@ -172,6 +180,7 @@ class LayoutCallParser:
         self._raw = ""  # its text so far
         self._values: dict[str, str] = {}
         self._json = _JsonScan()
+        self._params: ParamsScan | None = None
         self._released = 0  # how much of its arguments went out
         self._head: CallDelta | None = None
         self._between = False  # after a call: another, or the end
@@ -291,6 +300,8 @@ class LayoutCallParser:
             pieces = (first[skip:], *pieces[1:])
         self._pieces, self._at, self._raw = pieces, 0, ""
         self._values, self._json, self._released, self._head = {}, _JsonScan(), 0, None
+        params = self._layout.params
+        self._params = ParamsScan(params, self._schemas) if params is not None else None
         self._start = False
 
     def _take(self, n: int) -> str:
@@ -301,6 +312,17 @@ class LayoutCallParser:
     def _slot(
         self, slot: Slot, content: list[str], deltas: list[CallDelta], finishing: bool
     ) -> bool:
+        if slot == ARGUMENTS and self._params is not None:
+            read = self._params.feed(self._buffer, finishing=finishing)
+            if read is None:
+                return self._abandon(content)
+            self._take(read)
+            if not self._params.done:
+                return False
+            self._values["arguments"] = self._params.arguments()
+            self._release(deltas)
+            self._at += 1
+            return True
         if slot == ARGUMENTS:
             if not self._values.get("arguments") and not self._buffer.startswith("{"):
                 return self._abandon(content) if self._buffer or finishing else False
@@ -320,6 +342,8 @@ class LayoutCallParser:
         if not value or (slot == NAME and value not in self._names):
             return self._abandon(content)
         self._values[slot.kind] = self._take(len(value))
+        if slot == NAME and self._params is not None:
+            self._params.function = value
         self._at += 1
         self._release(deltas)
         return True
@@ -377,7 +401,8 @@ class LayoutCallParser:
 
     def _abandon(self, content: list[str]) -> bool:
         """The text is not a call after all: what was read of it is content."""
-        if self._head is not None and "arguments" in self._values and self._json.done:
+        whole = self._json.done or (self._params is not None and self._params.done)
+        if self._head is not None and "arguments" in self._values and whole:
             self._close([])
             self._between = False
             return True

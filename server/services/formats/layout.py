@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from server.errors import ChatTemplateError
+from server.services.formats.params import ParamStyle, learn_params
 from server.services.templates import ChatTemplate, message_to_template_dict
 
 SlotKind = Literal["name", "id", "index", "arguments"]
@@ -67,6 +68,15 @@ class CallLayout:
     # The form of the ids Hearth gives calls whose id is not in their text: "call" (OpenAI's
     # call_ + 24 hex) or "short" (9 letters and digits, which Mistral's templates insist on).
     id_form: Literal["call", "short"] = "call"
+    # Arguments written parameter by parameter (XML-like), or None: as a JSON object.
+    params: ParamStyle | None = None
+
+    def arguments_text(self, arguments: str) -> str:
+        """A call's arguments (JSON text) as this layout writes them."""
+        if self.params is None:
+            return arguments
+        value = json.loads(arguments)
+        return self.params.text(value if isinstance(value, dict) else {})
 
     @property
     def opener(self) -> str:
@@ -88,7 +98,7 @@ class CallLayout:
                 "name": name,
                 "id": call_id,
                 "index": str(i + self.index_base),
-                "arguments": arguments,
+                "arguments": self.arguments_text(arguments),
             }
             out += [p if isinstance(p, str) else values[p.kind] for p in pieces]
         out.append(self.end)
@@ -158,13 +168,26 @@ def _learn(render: Render, end_of_turn: Callable[[str], str]) -> CallLayout | No
     region = one[start:stop]
     tail = end_of_turn(region)
     region = region[: len(region) - len(tail)]
+    params: ParamStyle | None = None
     if region.count(json.dumps(_ARGUMENTS[0])) == 1:
         separators = (", ", ": ")
     elif region.count(json.dumps(_ARGUMENTS[0], separators=(",", ":"))) == 1:
         separators = (",", ":")
-    else:
-        return None  # arguments not written as JSON (XML parameters, Python calls...)
-    pieces = _pieces(region, 0, separators)
+    else:  # written parameter by parameter, or in a form no layout describes
+        separators = (", ", ": ")
+
+        def call_region(arguments: dict[str, Any]) -> str | None:
+            try:
+                text = render([_user(), _assistant(calls=[(_NAMES[0], _IDS[0], arguments)])], False)
+            except ChatTemplateError:
+                return None
+            return text[start : len(text) - (len(one) - stop + len(tail))]
+
+        params = learn_params(call_region)
+        if params is None:
+            return None
+    write = _writer(separators, params)
+    pieces = _pieces(region, 0, write)
     if pieces is None or NAME not in pieces:
         return None
     # The first call runs through its last slot (Mistral Nemo writes the id after the
@@ -175,12 +198,12 @@ def _learn(render: Render, end_of_turn: Callable[[str], str]) -> CallLayout | No
     if isinstance(first[0], str):
         preamble = _PREAMBLE.match(first[0]).group(0)  # type: ignore[union-attr]
     cut = len(one) - stop + len(tail)
-    single = CallLayout(tuple(first), None, end_text, preamble, separators, 0, id_form)
-    several = _several(render, start, cut, first, end_text, separators)
+    single = CallLayout(tuple(first), None, end_text, preamble, separators, 0, id_form, params)
+    several = _several(render, start, cut, first, end_text, write)
     if several is not None:
         numbered_first, following, base = several
         layout = CallLayout(
-            numbered_first, following, end_text, preamble, separators, base, id_form
+            numbered_first, following, end_text, preamble, separators, base, id_form, params
         )
         if _predicts(render, layout, start, cut):
             return layout
@@ -193,7 +216,7 @@ def _several(
     cut: int,
     first: list[Piece],
     end: str,
-    separators: tuple[str, str],
+    write: Callable[[Any], str],
 ) -> tuple[tuple[Piece, ...], tuple[Piece, ...], int] | None:
     """How a turn holds several calls: the first call's pieces (with its index slot, where
     calls are numbered), the pieces from one call through the next, and the first index; None
@@ -203,11 +226,11 @@ def _several(
     except ChatTemplateError:
         return None
     region = two[start : len(two) - cut]
-    one_text = "".join(_fill(first, 0))
+    one_text = "".join(_fill(first, 0, write))
     if not region.startswith(one_text) or not region.endswith(end):
         return None
     middle = region[len(one_text) : len(region) - len(end)]
-    pieces = _pieces(middle, 1, separators)
+    pieces = _pieces(middle, 1, write)
     if pieces is None or not isinstance(pieces[-1], Slot) or NAME not in pieces:
         return None
     # The call's index, where the template writes one: a digit run that reads 0 (or 1) in
@@ -247,12 +270,19 @@ def _mark_index(pieces: Sequence[Piece], value: int) -> list[Piece]:
     return out
 
 
-def _pieces(text: str, i: int, separators: tuple[str, str]) -> list[Piece] | None:
+def _writer(separators: tuple[str, str], params: ParamStyle | None) -> Callable[[Any], str]:
+    """How the template writes a call's arguments (a dict)."""
+    if params is not None:
+        return params.text
+    return lambda arguments: _dumps(arguments, separators)
+
+
+def _pieces(text: str, i: int, write: Callable[[Any], str]) -> list[Piece] | None:
     """``text`` (holding sentinel call ``i``) as literal text and slots."""
     marks = {
         _NAMES[i]: NAME,
         _IDS[i]: ID,
-        json.dumps(_ARGUMENTS[i], separators=separators): ARGUMENTS,
+        write(_ARGUMENTS[i]): ARGUMENTS,
     }
     pattern = re.compile("|".join(re.escape(m) for m in marks))
     pieces: list[Piece] = []
@@ -269,19 +299,21 @@ def _pieces(text: str, i: int, separators: tuple[str, str]) -> list[Piece] | Non
     return pieces
 
 
-def _fill(pieces: Sequence[Piece], i: int) -> list[str]:
+def _fill(pieces: Sequence[Piece], i: int, write: Callable[[Any], str]) -> list[str]:
     values = {
         "name": _NAMES[i],
         "id": _IDS[i],
-        "arguments": json.dumps(_ARGUMENTS[i]),
+        "arguments": write(_ARGUMENTS[i]),
     }
     return [p if isinstance(p, str) else values.get(p.kind, "") for p in pieces]
 
 
 def _predicts(render: Render, layout: CallLayout, start: int, cut: int) -> bool:
     """Whether ``layout`` writes exactly what the template renders for other calls."""
-    for count in (1, 2) if layout.parallel else (1,):
-        calls = [(name, _IDS[i], arguments) for i, (name, arguments) in enumerate(_CHECKS[:count])]
+    # One call of each check alone (the second takes no arguments), then both together.
+    batches = [_CHECKS[:1], _CHECKS[1:], *([_CHECKS] if layout.parallel else [])]
+    for batch in batches:
+        calls = [(name, _IDS[i], arguments) for i, (name, arguments) in enumerate(batch)]
         try:
             text = render([_user(), _assistant(calls=calls)], False)
         except ChatTemplateError:

@@ -1,0 +1,355 @@
+"""Arguments written parameter by parameter (Qwen3-Coder's ``<parameter=city>\\nParis\\n
+</parameter>``, GLM's ``<arg_key>``/``<arg_value>``, MiniMax's and DeepSeek's ``<parameter
+name="city" ...>``): how a template writes them, learned by rendering, the grammar of one
+function's parameters in that form, and their reading back into JSON arguments.
+
+Each parameter is ``pre`` + its name + ``mid`` + its value + ``post``, where ``mid`` may depend
+on the value's kind (DeepSeek's ``string="true"``, Kimi K3's ``type="number"``). A string is
+written raw; numbers as JSON; booleans and null as JSON or as Python writes them (``True``,
+``None``: Qwen3-Coder); objects and arrays as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+Kind = str  # "string", "integer", "number", "boolean", "null", "object", "array"
+KINDS: tuple[Kind, ...] = ("string", "integer", "number", "boolean", "null", "object", "array")
+
+# The sentinel values each kind is learned from, under sentinel names.
+_SAMPLES: dict[Kind, Any] = {
+    "integer": 73519,
+    "number": 2.5,
+    "boolean": True,
+    "null": None,
+    "object": {"hearthkx": 1},
+    "array": [1, "hearthvx"],
+}
+
+
+@dataclass(frozen=True)
+class ParamStyle:
+    pre: str
+    post: str
+    mids: tuple[tuple[Kind, str], ...]
+    python: bool  # booleans and null as Python writes them
+
+    def mid(self, kind: Kind) -> str:
+        return dict(self.mids)[kind]
+
+    def value_text(self, value: Any) -> tuple[Kind, str]:
+        """A value's kind and how the template writes it."""
+        kind = kind_of(value)
+        if kind == "string":
+            return kind, str(value)
+        if self.python and kind in ("boolean", "null"):
+            return kind, str(value)
+        return kind, json.dumps(value, ensure_ascii=False)
+
+    def text(self, arguments: Mapping[str, Any]) -> str:
+        """``arguments`` as the template writes them."""
+        out = []
+        for key, value in arguments.items():
+            kind, written = self.value_text(value)
+            out.append(f"{self.pre}{key}{self.mid(kind)}{written}{self.post}")
+        return "".join(out)
+
+    def to_json(self, kind: Kind, written: str) -> str:
+        """A value as JSON text, from how it was written."""
+        if kind == "string":
+            return json.dumps(written, ensure_ascii=False)
+        if self.python:
+            written = {"True": "true", "False": "false", "None": "null"}.get(written, written)
+        return written
+
+
+def kind_of(value: Any) -> Kind:
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    return "string"
+
+
+def learn_params(region: Callable[[dict[str, Any]], str | None]) -> ParamStyle | None:
+    """The template's parameter style; ``region(arguments)`` is the text of a turn holding one
+    call with those arguments (None if the template refuses it)."""
+    two = region({"hearthka": "hearthva", "hearthkb": "hearthvb"})
+    if two is None:
+        return None
+    spots = [two.find(s) for s in ("hearthka", "hearthva", "hearthkb", "hearthvb")]
+    if min(spots) < 0 or spots != sorted(spots):
+        return None
+    ka, va, kb, vb = spots
+    mid = two[ka + 8 : va]
+    if two[kb + 8 : vb] != mid:
+        return None
+    before, glue, after = two[:ka], two[va + 8 : kb], two[vb + 8 :]
+    n = 0
+    while n < min(len(before), len(glue)) and before[-1 - n] == glue[-1 - n]:
+        n += 1
+    pre, post = glue[len(glue) - n :], glue[: len(glue) - n]
+    if not pre or not post or not after.startswith(post):
+        return None
+    tail = after[len(post) :]
+    samples = {f"hearthk{kind[:3]}": value for kind, value in _SAMPLES.items()}
+    kinds = region(samples)
+    if kinds is None or not kinds.endswith(post + tail):
+        return None
+    mids: dict[Kind, str] = {"string": mid}
+    python: bool | None = None
+    keys = list(samples)
+    for i, key in enumerate(keys):
+        at = kinds.find(pre + key)
+        end = (
+            kinds.find(pre + keys[i + 1]) - len(post)
+            if i + 1 < len(keys)
+            else len(kinds) - len(post + tail)
+        )
+        if at < 0 or end < at or kinds[end : end + len(post)] != post:
+            return None
+        segment = kinds[at + len(pre) + len(key) : end]
+        value = samples[key]
+        kind = kind_of(value)
+        forms = [json.dumps(value, ensure_ascii=False)]
+        if kind in ("boolean", "null"):
+            forms.append(str(value))
+        written = next((f for f in forms if segment.endswith(f)), None)
+        if written is None:
+            return None  # a Python dict or an XML tree for objects: not (yet) supported
+        if kind in ("boolean", "null"):
+            is_python = written == str(value)
+            if python is not None and python != is_python:
+                return None
+            python = is_python
+        mids[kind] = segment[: len(segment) - len(written)]
+    return ParamStyle(pre, post, tuple((k, mids[k]) for k in KINDS), bool(python))
+
+
+def without_rule(terminator: str, name: str) -> list[str]:
+    """GBNF rules (the first named ``name``) for text that does not contain ``terminator``:
+    a string parameter's value, which ends where the terminator begins. The rules are the
+    states of a matcher of the terminator (how much of it the text ends with)."""
+    n = len(terminator)
+
+    def step(k: int, c: str) -> int:
+        seen = terminator[:k] + c
+        for m in range(min(n, len(seen)), 0, -1):
+            if seen.endswith(terminator[:m]):
+                return m
+        return 0
+
+    chars = sorted(set(terminator))
+    rules = []
+    for k in range(n):
+        options = ['""']
+        for c in chars:
+            target = step(k, c)
+            if target < n and target > 0:
+                options.append(f"{_char(c)} {name}-{target}")
+        # Every other character sends the matcher back to its start.
+        others = "".join(_class_char(c) for c in chars if step(k, c) > 0)
+        options.append(f"[^{others}] {name}-0")
+        rules.append(f"{name}-{k} ::= " + " | ".join(options))
+    rules.insert(0, f"{name} ::= {name}-0")
+    return rules
+
+
+def _char(c: str) -> str:
+    return json.dumps(c, ensure_ascii=False)
+
+
+def _class_char(c: str) -> str:
+    if c in "]\\^-":
+        return "\\" + c
+    if c == "\n":
+        return "\\n"
+    if c == "\t":
+        return "\\t"
+    if c == "\r":
+        return "\\r"
+    return c
+
+
+def params_rules(
+    style: ParamStyle,
+    index: int,
+    schema: dict[str, Any],
+    visit: Callable[[dict[str, Any], str], str],
+) -> tuple[str, str]:
+    """The rules of one function's arguments in ``style``: its required parameters in order,
+    then each optional one or not; a schema without properties takes any parameters. Types,
+    enums and consts are enforced; a string's length and pattern are not (it is raw text)."""
+    head = f"params-{index}"
+    # A string value may not hold the marker that ends it, even without the whitespace the
+    # template puts before it: a model that writes "Paris</parameter>" has ended the value.
+    rules = without_rule(style.post.strip() or style.post, "param-text")
+    properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
+    if not properties:
+        kinds = " | ".join(
+            f"( {_literal(style.mid(k))} {_value(style, k, {}, f'{head}-any-{k}', visit, rules)} )"
+            for k in KINDS
+        )
+        rules.append(
+            f"{head} ::= ( {_literal(style.pre)} [A-Za-z0-9_.-]+ ( {kinds} ) "
+            f"{_literal(style.post)} )*"
+        )
+        return head, "\n".join(rules)
+    required = [k for k in schema.get("required") or () if k in properties]
+    parts = []
+    for j, (key, sub) in enumerate(properties.items()):
+        sub = sub if isinstance(sub, dict) else {}
+        options = []
+        for kind in _kinds(sub):
+            value = _value(style, kind, sub, f"{head}-{j}-{kind}", visit, rules)
+            options.append(
+                f"{_literal(style.pre + key + style.mid(kind))} {value} {_literal(style.post)}"
+            )
+        rules.append(f"{head}-{j} ::= " + " | ".join(f"( {o} )" for o in options))
+        parts.append((key, f"{head}-{j}"))
+    order = [r for k, r in parts if k in required] + [
+        f"{r}?" for k, r in parts if k not in required
+    ]
+    empty = '""'
+    rules.append(f"{head} ::= {' '.join(order) or empty}")
+    return head, "\n".join(rules)
+
+
+def _kinds(schema: dict[str, Any]) -> list[Kind]:
+    """The kinds of value a property's schema allows."""
+    values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
+    if "const" in schema:
+        values = [schema["const"]]
+    if values is not None:
+        return sorted({kind_of(v) for v in values}, key=KINDS.index)
+    declared = schema.get("type")
+    types = declared if isinstance(declared, list) else [declared] if declared else []
+    kinds = [t for t in types if t in KINDS]
+    if "number" in kinds and "integer" not in kinds:
+        kinds.append("integer")  # 2 is a number, and written as one
+    return sorted(set(kinds), key=KINDS.index) or list(KINDS)
+
+
+def _value(
+    style: ParamStyle,
+    kind: Kind,
+    schema: dict[str, Any],
+    name: str,
+    visit: Callable[[dict[str, Any], str], str],
+    rules: list[str],
+) -> str:
+    """The rule (or literal) for a value of ``kind`` under ``schema``."""
+    values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
+    if "const" in schema:
+        values = [schema["const"]]
+    if values is not None:
+        written = [style.value_text(v)[1] for v in values if kind_of(v) == kind]
+        return "( " + " | ".join(_literal(w) for w in written) + " )"
+    if kind == "string":
+        return "param-text"
+    if kind in ("boolean", "null") and style.python:
+        return '( "True" | "False" )' if kind == "boolean" else '"None"'
+    if kind in ("object", "array"):
+        sub = {k: v for k, v in schema.items() if k not in ("type", "enum", "const")}
+        return visit({**sub, "type": kind}, name)
+    return visit({"type": kind}, f"param-{kind}")
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+class ParamsScan:
+    """Reads arguments written in a :class:`ParamStyle` as they arrive, into JSON text."""
+
+    def __init__(self, style: ParamStyle, schemas: Mapping[str, Mapping[str, Any]]) -> None:
+        self._style = style
+        self._schemas = schemas  # each function's parameters, by name
+        self.function = ""  # the call's function, once its name is read
+        self._items: list[str] = []
+        self._key: str | None = None
+        self._kind: Kind = "string"
+        self.done = False
+
+    def feed(self, text: str, *, finishing: bool) -> int | None:
+        """How much of ``text`` the parameters take; None when the text leaves the style
+        (and the call is not one). ``done`` says whether the parameters have ended (the rest
+        of ``text`` belongs to what follows them)."""
+        style = self._style
+        at = 0
+        while True:
+            rest = text[at:]
+            if self._key is None:
+                if rest.startswith(style.pre):
+                    found = self._read_key(rest[len(style.pre) :])
+                    if found is None:
+                        if len(rest) > len(style.pre) + 200:
+                            return None  # no parameter name is that long
+                        return at
+                    at += len(style.pre) + found
+                    continue
+                if style.pre.startswith(rest) and not finishing:
+                    return at  # may still be a parameter, or what follows them
+                self.done = True
+                return at
+            end = rest.find(style.post)
+            if end < 0:
+                return at  # the value goes on
+            value = rest[:end]
+            self._items.append(
+                f"{json.dumps(self._key, ensure_ascii=False)}: "
+                f"{style.to_json(self._value_kind(value), value)}"
+            )
+            self._key = None
+            at += end + len(style.post)
+
+    def _read_key(self, text: str) -> int | None:
+        """The parameter's name and the marker after it: how much of ``text`` they take."""
+        best: tuple[int, int, Kind] | None = None
+        for kind, mid in self._style.mids:
+            found = text.find(mid)
+            if found >= 0 and (best is None or (found, -len(mid)) < (best[0], -best[1])):
+                best = (found, len(mid), kind)
+        if best is None:
+            return None
+        found, length, kind = best
+        self._key, self._kind = text[:found], kind
+        return found + length
+
+    def _value_kind(self, written: str) -> Kind:
+        """The kind of a value: told by the marker before it where kinds have their own
+        (DeepSeek's string="true"), else the first kind its parameter's schema allows that
+        reads it (a string last)."""
+        style = self._style
+        mid = style.mid(self._kind)
+        if [k for k, m in style.mids if m == mid] == [self._kind]:
+            return self._kind
+        properties = self._schemas.get(self.function, {}).get("properties")
+        schema = properties.get(self._key) if isinstance(properties, dict) else None
+        kinds = _kinds(schema if isinstance(schema, dict) else {})
+        for kind in kinds:
+            if kind != "string" and _reads_as(style, kind, written):
+                return kind
+        return "string" if "string" in kinds else self._kind
+
+    def arguments(self) -> str:
+        return "{" + ", ".join(self._items) + "}"
+
+
+def _reads_as(style: ParamStyle, kind: Kind, written: str) -> bool:
+    try:
+        value = json.loads(style.to_json(kind, written))
+    except ValueError:
+        return False
+    return kind_of(value) == kind or (kind == "number" and kind_of(value) == "integer")
