@@ -8,7 +8,11 @@ answered 200: an HTTP error is never the protocol working. The CLIs are installe
 cache folder (``HEARTH_AGENTS_DIR``, default ``~/.cache/hearth/agents``); where npm is
 missing, these tests skip and say so.
 
-A first turn reads some 9,000 to 12,000 prompt tokens, a minute or two on two cores.
+Each agent also runs against SmolLM2 served under two other families' chat templates from
+llama.cpp's corpus (issue 25): Llama 3.1's (a bare JSON call, one per turn) and gpt-oss's
+(Harmony), so that a turn finishes whatever format the model's template writes calls in.
+
+A first turn reads some 9,000 to 23,000 prompt tokens, a minute or two on two cores.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostile.conftest import ServerProcess
+from tests.services.test_template_corpus import corpus, corpus_dir
 
 CLAUDE_CODE = "@anthropic-ai/claude-code@2.1.332"
 CODEX = "@openai/codex@0.171.0"
@@ -33,6 +38,20 @@ AGENTS_DIR = Path(os.environ.get("HEARTH_AGENTS_DIR", "~/.cache/hearth/agents"))
 PROMPT = "Reply with one word: hello."
 TURN_TIMEOUT = 900
 ACCESS = re.compile(r"method=(\S+) path=(\S+) status=(\d+)")
+# The models the agents run against: the shipped one, and SmolLM2 under other templates.
+TEMPLATES = {
+    "smollm2-llama3": "meta-llama-Llama-3.1-8B-Instruct",
+    "smollm2-gpt-oss": "openai-gpt-oss-120b",
+}
+MODELS = ["smollm2"] + [
+    pytest.param(
+        name,
+        marks=pytest.mark.skipif(
+            template not in corpus(), reason="no chat template corpus: run `make templates`"
+        ),
+    )
+    for name, template in TEMPLATES.items()
+]
 
 
 def _installed(package: str) -> Path:
@@ -65,7 +84,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     own KV folder and response store."""
     tmp = tmp_path_factory.mktemp("agents-server")
     process = ServerProcess(tmp, {}, [])
-    process.config = REPO / "config" / "models.toml"
+    config = (REPO / "config" / "models.toml").read_text()
+    for name, template in TEMPLATES.items():
+        if template in corpus():
+            config += (
+                f'\n[[models]]\nname = "{name}"\npackage = "smollm2"\nn_ctx = 32768\n'
+                f"slots = 1\nthreads = 0\n"
+                f'chat_template_file = "{corpus_dir() / (template + ".jinja")}"\n'
+            )
+    process.config = tmp / "models.toml"
+    process.config.write_text(config)
     process.args = ["--max-tokens-cap", "64", "--kv-cache-dir", str(tmp / "kv")]
     process.args += ["--responses-db", str(tmp / "responses.sqlite3")]
     try:
@@ -90,10 +118,12 @@ def _run(command: list[str], home: Path, env: dict[str, str]) -> subprocess.Comp
     )
 
 
-def test_claude_code_finishes_a_turn(server: ServerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_claude_code_finishes_a_turn(server: ServerProcess, tmp_path: Path, model: str) -> None:
     claude = _installed(CLAUDE_CODE)
+    before = len(answered(server, "/v1/messages"))
     result = _run(
-        [str(claude), "-p", PROMPT, "--model", "smollm2", "--output-format", "json"],
+        [str(claude), "-p", PROMPT, "--model", model, "--output-format", "json"],
         tmp_path,
         {
             "ANTHROPIC_BASE_URL": server.base_url,
@@ -108,7 +138,7 @@ def test_claude_code_finishes_a_turn(server: ServerProcess, tmp_path: Path) -> N
     assert outcome["type"] == "result", said
     # Never an HTTP error: every request answered 200, and Claude Code saw none.
     assert outcome["api_error_status"] is None, outcome
-    statuses = answered(server, "/v1/messages")
+    statuses = answered(server, "/v1/messages")[before:]
     assert statuses and set(statuses) == {200}, statuses
     if outcome["is_error"]:
         # Every answer ran into the cap: Claude Code's own message for it, the protocol working.
@@ -119,12 +149,14 @@ def test_claude_code_finishes_a_turn(server: ServerProcess, tmp_path: Path) -> N
         assert isinstance(outcome["result"], str) and outcome["result"].strip()
 
 
-def test_codex_finishes_a_turn(server: ServerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", MODELS)
+def test_codex_finishes_a_turn(server: ServerProcess, tmp_path: Path, model: str) -> None:
     codex = _installed(CODEX)
+    before = len(answered(server, "/v1/responses"))
     settings = tmp_path / ".codex"
     settings.mkdir()
     (settings / "config.toml").write_text(
-        'model = "smollm2"\n'
+        f'model = "{model}"\n'
         'model_provider = "hearth"\n'
         "check_for_update_on_startup = false\n"
         "[analytics]\n"
@@ -142,7 +174,7 @@ def test_codex_finishes_a_turn(server: ServerProcess, tmp_path: Path) -> None:
     )
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     kinds = [event.get("type") for event in events]
-    statuses = answered(server, "/v1/responses")
+    statuses = answered(server, "/v1/responses")[before:]
     assert statuses and set(statuses) == {200}, f"{statuses}\n{result.stderr}"
     if "turn.failed" in kinds:
         # The answer ran into the cap: Codex's own message for an incomplete response.
