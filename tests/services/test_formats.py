@@ -19,7 +19,9 @@ from server.services.formats.calls import (
     layout_grammar,
     trigger_pattern,
 )
+from server.services.formats.families import harmony
 from server.services.formats.layout import ID, INDEX, CallLayout, learn_layout
+from server.services.reasoning import ThinkSplitter
 from server.services.templates import ChatTemplate, message_to_template_dict
 from server.settings import ChatFormatName
 from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
@@ -318,3 +320,29 @@ def test_parameter_by_parameter_arguments_keep_their_types(name: str) -> None:
         assert [json.loads(c.arguments) for c in parser.calls] == [arguments]
     grammar = layout_grammar(layout(name), [function], "one", parallel=False)
     validate_gbnf(grammar.gbnf)
+
+
+def test_gpt_oss_thinking_then_calling_gives_reasoning_and_a_call_only() -> None:
+    """gpt-oss thinks in the analysis channel, then calls in the commentary channel: the
+    reasoning splitter and the call parser leave no Harmony markup in the content."""
+    if not corpus():
+        pytest.skip(MISSING)
+    markers = harmony.FAMILY.reasoning
+    assert markers is not None
+    output = (
+        "<|channel|>analysis<|message|>The user wants weather.<|end|><|start|>assistant"
+        "<|channel|>commentary to=functions.get_weather<|channel|>commentary json<|message|>"
+        '{"city": "Paris"}'
+    )
+    splitter = ThinkSplitter(thinking=False, markers=markers)
+    parser = LayoutCallParser(layout("openai-gpt-oss-120b"), FUNCTIONS)
+    reasoning, content = "", ""
+    for ch in output:
+        thought, text = splitter.feed(ch)
+        reasoning += thought
+        content += parser.feed(text)[0]
+    thought, text = splitter.finish()
+    content += parser.feed(text)[0] + parser.finish()
+    assert reasoning == "The user wants weather."
+    assert content == ""
+    assert [(c.name, c.arguments) for c in parser.calls] == [("get_weather", '{"city": "Paris"}')]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from server.services.formats.families import harmony
 from server.services.reasoning import (
     THINK_TAGS,
     Markers,
@@ -56,11 +57,8 @@ def test_which_models_and_prompts_think() -> None:
     assert not opens_thinking("<|im_start|>assistant\n")
 
 
-HARMONY = Markers(
-    "<|channel|>analysis<|message|>",
-    "<|end|>",
-    ("<|start|>assistant<|channel|>final<|message|>", "<|channel|>final<|message|>"),
-)
+HARMONY = harmony.FAMILY.reasoning
+assert HARMONY is not None
 
 
 @pytest.mark.parametrize("step", [1, 2, 7, 100])
@@ -89,7 +87,14 @@ HARMONY = Markers(
             ("Think.", "Answer."),
         ),
         (HARMONY, "<|channel|>final<|message|>Just the answer.", False, ("", "Just the answer.")),
-        (HARMONY, "<|channel|>commentary", False, ("", "<|channel|>commentary")),
+        (
+            HARMONY,
+            "<|channel|>analysis<|message|>Call it.<|end|><|start|>assistant"
+            "<|channel|>commentary to=functions.f<|channel|>commentary json<|message|>{}",
+            False,
+            ("Call it.", " to=functions.f<|channel|>commentary json<|message|>{}"),
+        ),
+        (HARMONY, "<|channel|>commentar", False, ("", "<|channel|>commentar")),
     ],
 )
 def test_each_familys_markers_split_exactly(

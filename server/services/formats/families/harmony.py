@@ -11,7 +11,13 @@ FAMILY = Family(
     reasoning=Markers(
         "<|channel|>analysis<|message|>",
         "<|end|>",
-        # The answer follows in the final channel, in a message of its own or not.
-        ("<|start|>assistant<|channel|>final<|message|>", "<|channel|>final<|message|>"),
+        # The answer follows in the final channel, in a message of its own or not; a call in
+        # the commentary channel, whose recipient (" to=functions.NAME") starts the call.
+        (
+            "<|start|>assistant<|channel|>final<|message|>",
+            "<|channel|>final<|message|>",
+            "<|start|>assistant<|channel|>commentary",
+            "<|channel|>commentary",
+        ),
     ),
 )
