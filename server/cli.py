@@ -18,8 +18,9 @@ from typing import Any
 from server.access import key_digest
 from server.errors import HearthError, ModelSourceError
 from server.models.arguments import model_entries
+from server.models.config import ModelConfig
 from server.models.sources import CATALOG, copy_progress_to_terminal, pull_local, pull_package
-from server.settings import ModelConfig, Settings, load_settings
+from server.settings import Settings, load_settings
 
 # Settings that make no sense as flags: the model list lives in the config file, and the
 # config directory is derived from --config.

@@ -14,7 +14,7 @@ from server.engine.scheduler import Scheduler
 from server.engine.stream import GenerationStream, open_streams
 from server.engine.types import GenerationRequest, Grammar
 from server.errors import InvalidRequestError
-from server.settings import ModelConfig
+from server.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

@@ -34,9 +34,10 @@ from server.errors import (
     UnsupportedFeatureError,
 )
 from server.handle import Lease, ModelHandle
+from server.models.config import ModelConfig
 from server.models.gguf import GGUFError, read_metadata
 from server.models.sources import catalog_entry
-from server.settings import ModelConfig, Settings
+from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,8 @@ import re
 import typing
 from pathlib import Path
 
-from server.settings import ModelConfig, SamplingDefaults, Settings
+from server.models.config import ModelConfig, SamplingDefaults
+from server.settings import Settings
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 _NOT_SETTINGS = {"models", "config_dir"}

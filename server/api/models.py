@@ -6,9 +6,9 @@ from fastapi import APIRouter
 
 from server.api.deps import State
 from server.api.responses import ERROR_RESPONSES
+from server.models.config import ModelConfig
 from server.protocol.models import ModelCard, ModelList
 from server.registry import ModelRegistry
-from server.settings import ModelConfig
 
 router = APIRouter(tags=["models"])
 

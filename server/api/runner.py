@@ -18,8 +18,8 @@ from fastapi import Request, Response
 from server.api.cancellation import unless_disconnected
 from server.api.deps import caller_of, context_of
 from server.errors import InvalidRequestError
+from server.models.config import ModelConfig
 from server.services.generation import Caller, Run
-from server.settings import ModelConfig
 from server.state import AppState
 
 

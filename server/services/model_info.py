@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import ModelUnavailableError
+from server.models.config import ModelConfig
 from server.models.gguf import GGUFError, quantization, read_metadata
 from server.registry import ModelRegistry
 from server.services.formats import family_of
 from server.services.reasoning import reasoning_markers
-from server.settings import ModelConfig, Settings
+from server.settings import Settings
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 from server.engine.types import SamplingParams
 from server.errors import ContextLengthExceededError, InvalidRequestError
+from server.models.config import SamplingDefaults
 from server.services.spec import Sampling
-from server.settings import SamplingDefaults
 
 
 def sampling_params(request: Sampling, defaults: SamplingDefaults) -> SamplingParams:

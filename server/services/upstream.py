@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from server.errors import HearthError, UpstreamError
-from server.settings import ModelConfig
+from server.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

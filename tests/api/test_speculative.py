@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.settings import SpeculativeConfig
+from server.models.config import SpeculativeConfig
 from tests.conftest import (
     LiveServer,
     assert_close_runs,

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from server.models.config import ModelConfig
 from server.services.upstream import UpstreamService
-from server.settings import ModelConfig
 from tests.api.sse import sse_chunks
 from tests.conftest import LiveServer, make_settings
 

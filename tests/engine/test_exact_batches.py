@@ -9,7 +9,7 @@ import pytest
 
 from server.engine import exactness
 from server.engine.llama import LlamaBackend
-from server.settings import ModelConfig
+from server.models.config import ModelConfig
 from tests.conftest import model_file
 
 

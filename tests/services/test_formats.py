@@ -12,6 +12,7 @@ import pytest
 
 from server.engine.gbnf import validate_gbnf
 from server.engine.grammar import FunctionSpec
+from server.models.config import ChatFormatName
 from server.services.formats import CHAT_FORMATS, HOUSE, choose_format
 from server.services.formats.calls import (
     LayoutCallParser,
@@ -23,7 +24,6 @@ from server.services.formats.families import harmony
 from server.services.formats.layout import ID, INDEX, CallLayout, learn_layout
 from server.services.reasoning import ThinkSplitter
 from server.services.templates import ChatTemplate, message_to_template_dict
-from server.settings import ChatFormatName
 from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 
 # The templates whose call text is learned (arguments as JSON, or parameter by parameter),

@@ -1,9 +1,9 @@
 import pytest
 
 from server.errors import ContextLengthExceededError
+from server.models.config import SamplingDefaults
 from server.services.sampling import completion_budget, sampling_params
 from server.services.spec import Sampling
-from server.settings import SamplingDefaults
 
 
 def test_request_fields_override_model_defaults() -> None:

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from server.api.deps import caller_of, context_of
 from server.metrics import RunRecord
+from server.models.config import ModelConfig
 from server.services.generation import Caller
-from server.settings import ModelConfig
 from server.state import AppState
 
 # Hearth's own fields that only mean something here: never sent upstream.
