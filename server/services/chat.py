@@ -4,6 +4,7 @@ output back as content and tool calls (family-neutral; the adapters shape it).""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import uuid
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -17,7 +18,9 @@ from server.engine.types import Grammar, TokenEvent, TokenLogprob
 from server.errors import ChatTemplateMissingError, InvalidRequestError
 from server.handle import Lease, ModelHandle
 from server.registry import ModelRegistry
+from server.services.call_tokens import CallTokens, tokenize_with
 from server.services.formats import ChatFormat, choose_format
+from server.services.formats.layout import CallLayout
 from server.services.generation import (
     Caller,
     Run,
@@ -86,6 +89,7 @@ class ChatService:
         self._prep = prep
         self._templates: dict[str, ChatTemplate] = {}
         self._formats: dict[str, ChatFormat] = {}
+        self._call_tokens: dict[tuple[str, int], CallTokens] = {}
 
     async def prepare(self, spec: GenerationSpec, caller: Caller) -> Run:
         """Validate, render and tokenize; every error here is raised before any byte is sent."""
@@ -120,7 +124,8 @@ class ChatService:
         prompt = self.render(
             handle, spec.messages, tools, extra=spec.template_kwargs, param=spec.messages_param
         )
-        tokens = self._tokenize(handle, prompt)
+        fmt = self.format_for(handle)
+        tokens = self._tokenize(handle, prompt, spec.messages)
         budget = completion_budget(
             spec.max_tokens,
             handle.config.defaults.max_tokens,
@@ -162,6 +167,8 @@ class ChatService:
         )
         # A grammar that holds the output to its form from the first token leaves nothing
         # to split; a lazy one (tools with "auto") lets the model think first.
+        if tools is not None and fmt.layout is not None:
+            run.remember = functools.partial(self._remember, handle)
         free = grammar is None or bool(grammar.triggers)
         markers = reasoning_markers(
             handle.config.reasoning,
@@ -186,7 +193,7 @@ class ChatService:
         prompt = self.render(
             handle, messages, tools, add_generation_prompt=add_generation_prompt, extra=extra
         )
-        return self._tokenize(handle, prompt)
+        return self._tokenize(handle, prompt, messages)
 
     def render(
         self,
@@ -212,10 +219,39 @@ class ChatService:
         check_prompt_length(prompt, handle, param=param)
         return prompt
 
-    def _tokenize(self, handle: ModelHandle, prompt: str) -> list[int]:
+    def _tokenize(
+        self, handle: ModelHandle, prompt: str, messages: Sequence[Turn] = ()
+    ) -> list[int]:
+        """The prompt's tokens: earlier tool-call answers the model wrote as it wrote them
+        (:mod:`server.services.call_tokens`), the rest as the tokenizer splits it."""
         bos = self._template_for(handle).bos_token
         add_bos = handle.adds_bos and not (bos and prompt.startswith(bos))
-        return handle.tokenize(prompt, add_special=add_bos, markup=True)
+
+        def tokenize(text: str, first: bool) -> list[int]:
+            return handle.tokenize(text, add_special=add_bos and first, markup=True)
+
+        layout = self.format_for(handle).layout
+        calls = _past_calls(messages, layout) if layout is not None else []
+        if not calls:
+            return tokenize(prompt, True)
+        return tokenize_with(prompt, calls, self._call_tokens_of(handle), tokenize)
+
+    def _call_tokens_of(self, handle: ModelHandle) -> CallTokens:
+        # Per model instance: a model reloaded from another file has another vocabulary.
+        key = (handle.name, id(handle.backend))
+        memory = self._call_tokens.get(key)
+        if memory is None:
+            memory = self._call_tokens[key] = CallTokens()
+        return memory
+
+    def _remember(self, handle: ModelHandle, text: str, ids: Sequence[int]) -> None:
+        """Keep the tokens of an answer that is only tool calls, less its end-of-generation
+        tokens, when they are exactly its text."""
+        kept = list(ids)
+        while kept and handle.backend.is_end_of_generation(kept[-1]):
+            kept.pop()
+        if kept and all(0 <= t < handle.n_vocab for t in kept) and handle.detokenize(kept) == text:
+            self._call_tokens_of(handle).remember(text, kept)
 
     @staticmethod
     async def answers(run: Run) -> list[ChatAnswer]:
@@ -226,10 +262,12 @@ class ChatService:
         logprobs: list[list[TokenLogprob]] = [[] for _ in run.jobs]
         reasons: dict[int, str] = {}
         stops: dict[int, str | None] = {}
+        written: list[list[int]] = [[] for _ in run.jobs]
         async for index, event in run.events():
             thought, piece = splits.feed(index, event)
             thoughts[index].append(thought)
             texts[index].append(piece)
+            written[index] += event.token_ids
             logprobs[index] += event.logprobs
             if event.finish_reason is not None:
                 check_finish(event)
@@ -250,6 +288,8 @@ class ChatService:
                 if calls:
                     content = content if content.strip() else None
                     finish = "tool_calls" if finish == "stop" else finish
+                    if content is None and finish == "tool_calls" and run.remember is not None:
+                        run.remember(text, written[index])
             reasoning = "".join(thoughts[index]) if run.think_start is not None else None
             answers.append(
                 ChatAnswer(
@@ -270,12 +310,19 @@ class ChatService:
         tools = run.tools
         parsers = [tools.parser() if tools else None for _ in run.jobs]
         splits = _Splits(run)
+        written: list[list[str]] = [[] for _ in run.jobs]
+        ids: list[list[int]] = [[] for _ in run.jobs]
+        shown = [False for _ in run.jobs]  # content shown: the answer is not only calls
         async for index, event in run.events():
             reasoning, text = splits.feed(index, event)
             parser = parsers[index]
             content, calls = parser.feed(text) if parser else (text, [])
+            if run.remember is not None:
+                written[index].append(text)
+                ids[index] += event.token_ids
             if event.finish_reason is not None and parser is not None:
                 content += parser.finish(partial_as_content=False)
+            shown[index] = shown[index] or bool(content.strip())
             if content or reasoning or event.logprobs or calls:
                 yield ChatEvent(index, content, tuple(calls), event.logprobs, reasoning=reasoning)
             if event.finish_reason is not None:
@@ -283,6 +330,8 @@ class ChatService:
                 reason: ChatFinish = normal_finish(event.finish_reason)
                 if parser is not None and parser.calls and reason == "stop":
                     reason = "tool_calls"
+                    if run.remember is not None and not shown[index]:
+                        run.remember("".join(written[index]), ids[index])
                 yield ChatEvent(index, finish_reason=reason, stop_sequence=event.stop_sequence)
 
     def format_for(self, handle: ModelHandle) -> ChatFormat:
@@ -345,6 +394,36 @@ class _Splits:
         if event.token_ids and (was_thinking or reasoning):
             self._run.reasoning_tokens += len(event.token_ids)
         return reasoning, content
+
+
+def _past_calls(messages: Sequence[Turn], layout: CallLayout) -> list[str]:
+    """The text of each earlier answer that was only tool calls, as ``layout`` writes it."""
+    texts = []
+    for message in messages:
+        if message.role != "assistant" or not message.tool_calls:
+            continue
+        if message_to_template_dict("assistant", message.content, {})["content"]:
+            continue
+        try:
+            texts.append(
+                layout.text(
+                    [
+                        (c.name, c.id or "", _arguments_text(c.arguments, layout.separators))
+                        for c in message.tool_calls
+                    ]
+                )
+            )
+        except (ValueError, TypeError, AssertionError):
+            continue  # arguments that are not JSON, more calls than the layout writes
+    return texts
+
+
+def _arguments_text(arguments: Any, separators: tuple[str, str]) -> str:
+    """A past call's arguments as the JSON text the model wrote: as sent back, or the value
+    written as the grammar made the model write it."""
+    if isinstance(arguments, str):
+        return arguments
+    return json.dumps(arguments, ensure_ascii=False, separators=separators)
 
 
 def _end_of_turn(handle: ModelHandle, text: str) -> str:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -133,6 +133,8 @@ class Run:
         # inside a think block (set by the chat service, counted there).
         self.think_start: bool | None = None
         self.think_markers = THINK_TAGS  # what the thinking is written between
+        # Keeps the tokens of a choice that is only tool calls, for the next turn's prompt.
+        self.remember: Callable[[str, Sequence[int]], None] | None = None
         self.reasoning_tokens = 0
         self._streams: list[GenerationStream] | None = None
         self._metered: dict[int, int] = {}  # completion tokens of each choice metered so far

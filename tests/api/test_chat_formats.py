@@ -13,8 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from server.services.templates import ChatTemplate, message_to_template_dict
 from tests.api.sse import sse_chunks
 from tests.conftest import make_settings, model_file
+from tests.services.test_formats import LEARNED
 from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 
 TEMPLATES = {
@@ -184,3 +186,78 @@ def test_a_familys_own_thinking_markers_split_the_reasoning(client: TestClient) 
     )
     shown = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     assert streamed.strip() and shown == ""
+
+
+@pytest.fixture(scope="module")
+def corpus_client() -> Iterator[TestClient]:
+    """SmolLM2 under every template whose call layout is learned, one slot each."""
+    models = [
+        {
+            "name": name,
+            "path": str(model_file("smollm2")),
+            "n_ctx": 2048,
+            "slots": 1,
+            "threads": 2,
+            "chat_template_file": str(corpus_dir() / f"{name}.jinja"),
+        }
+        for name in LEARNED
+        if name in corpus()
+    ]
+    settings = make_settings(models=models)
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+def keeps_the_prompt(name: str, history: list[dict[str, Any]]) -> bool:
+    """Whether the template renders the first turn's prompt again as the start of the next
+    (some drop the thinking block their generation prompt opens, or write it otherwise)."""
+    template = ChatTemplate(
+        (corpus_dir() / f"{name}.jinja").read_text(), bos_token="<s>", eos_token="</s>"
+    )
+    turns = [
+        message_to_template_dict(m["role"], m.get("content"), {
+            "tool_calls": [
+                {**c, "function": {**c["function"],
+                                   "arguments": json.loads(c["function"]["arguments"])}}
+                for c in m.get("tool_calls") or []
+            ] or None,
+            "tool_call_id": m.get("tool_call_id"),
+        })
+        for m in history
+    ]  # fmt: skip
+    tools = [XML_TOOL]
+    prompt = template.render(turns[:1], add_generation_prompt=True, tools=tools)
+    return template.render(turns, add_generation_prompt=True, tools=tools).startswith(prompt)
+
+
+@pytest.mark.parametrize("name", [n for n in LEARNED if n in corpus()] or ["none"])
+def test_the_next_turn_reuses_the_whole_forced_call_from_the_cache(
+    corpus_client: TestClient, name: str
+) -> None:
+    """Issue 25: under each family's template, a forced call is what the template renders
+    for it in the next turn, and the next turn's prompt holds the tokens the model wrote, so
+    the whole first turn comes from the KV cache. (The city is one of a list: SmolLM2 ends
+    a raw XML string with markers of its own invention and writes on.)"""
+    first = chat(
+        corpus_client,
+        {"model": name, "messages": QUESTION, "tools": [XML_TOOL], "tool_choice": FORCED,
+         "max_tokens": 200},
+    )  # fmt: skip
+    (call,) = first["choices"][0]["message"]["tool_calls"]
+    assert json.loads(call["function"]["arguments"])["city"] in ("Paris", "London", "Tokyo")
+    history: list[dict[str, Any]] = [
+        *QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "Sunny"},
+    ]
+    second = chat(
+        corpus_client, {"model": name, "messages": history, "tools": [XML_TOOL], "max_tokens": 2}
+    )
+    cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
+    usage = first["usage"]
+    if keeps_the_prompt(name, history):
+        # All the prompt and every token written but the end-of-turn token, which the next
+        # turn's text may hold as text.
+        assert cached >= usage["prompt_tokens"] + usage["completion_tokens"] - 1
+    else:
+        assert cached < usage["prompt_tokens"]  # the template changed the prompt itself

@@ -157,9 +157,14 @@ def test_the_call_text_is_what_the_template_renders_for_the_call(name: str) -> N
         for n, i, a in CALLS[:count]
     ]
     prompt = template(name).render(user, add_generation_prompt=True, tools=tools)
+    results = [
+        message_to_template_dict("tool", "Sunny", {"tool_call_id": i, "name": n})
+        for n, i, _ in CALLS[:count]
+    ]
+    # The next turn's history: the calls, then their results (as an agent sends it).
     history = template(name).render(
-        [*user, message_to_template_dict("assistant", None, {"tool_calls": calls})],
-        add_generation_prompt=False,
+        [*user, message_to_template_dict("assistant", None, {"tool_calls": calls}), *results],
+        add_generation_prompt=True,
         tools=tools,
     )
     text = written(name, count)
@@ -259,8 +264,11 @@ def test_ids_numbers_and_preambles_where_templates_write_them() -> None:
     assert ID in layout("Mistral-Small-3.2-24B-Instruct-2506").first
     assert INDEX in layout("moonshotai-Kimi-K2").first  # functions.NAME:0
     assert INDEX in layout("CohereForAI-c4ai-command-r7b-12-2024-tool_use").first
-    assert layout("Qwen-Qwen3-0.6B").preamble == "<think>\n\n</think>\n\n"
-    assert layout("Qwen-Qwen3-0.6B").opener.startswith("<tool_call>")
+    # Qwen3 writes an empty thinking block before the calls of a turn that ends the
+    # conversation, and none once results follow: the layout is the latter's.
+    assert layout("Qwen-Qwen3-0.6B").preamble == ""
+    assert layout("Kimi-K2-Thinking").preamble == "<think></think>"
+    assert layout("Kimi-K2-Thinking").opener.startswith("<|tool_calls_section_begin|>")
     kimi = layout("moonshotai-Kimi-K2").text([("a", "", "{}"), ("b", "", "{}"), ("c", "", "{}")])
     assert "functions.a:0" in kimi and "functions.b:1" in kimi and "functions.c:2" in kimi
 

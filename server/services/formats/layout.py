@@ -148,26 +148,50 @@ def learn_layout(
         return template.render(messages, add_generation_prompt=generation, tools=tools)
 
     try:
-        return _learn(render, end_of_turn)
+        # A conversation goes on after calls with their results, and some templates write a
+        # turn's calls otherwise when results follow (Qwen3 drops the empty thinking block):
+        # learn from such conversations, or, where a template refuses a result after a plain
+        # answer, from turns that end the conversation.
+        # Where results hide how a template writes a second call (Kimi numbers results by
+        # the calls before them), the layout from turns that end the conversation is kept.
+        learned = []
+        for results in (True, False):
+            try:
+                learned.append(_learn(render, end_of_turn, results))
+            except ChatTemplateError:
+                learned.append(None)
+        followed, alone = learned
+        if followed is None or (alone is not None and alone.parallel and not followed.parallel):
+            return alone
+        return followed
     except ChatTemplateError:
         return None
 
 
-def _learn(render: Render, end_of_turn: Callable[[str], str]) -> CallLayout | None:
+def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> CallLayout | None:
     id_form: Literal["call", "short"] = "call"
     if not _accepts_id(render, _OPENAI_ID):
         if not _accepts_id(render, "a1b2c3d4e"):
             return None
         id_form = "short"
     prompt = render([_user()], True)
-    content = render([_user(), _assistant(content=_CONTENT)], False)
-    one = _calls_text(render, 1)
+    one = _calls_text(render, 1, results)
     start = _shared_start(prompt, one)
-    turn_end = content[content.rindex(_CONTENT) + len(_CONTENT) :]
-    stop = len(one) - _shared_end(one, turn_end)
-    region = one[start:stop]
-    tail = end_of_turn(region)
-    region = region[: len(region) - len(tail)]
+    ends: dict[tuple[tuple[str, str], ...], str] = {}
+
+    def region_of(text: str, calls: Sequence[tuple[str, str, Any]]) -> str:
+        """The turn's own text in ``text`` (a rendering of ``calls``): after the generation
+        prompt, before what the template writes after any answer (its end of turn, the
+        results), less the model's end-of-generation tokens."""
+        answered = tuple((name, call_id) for name, call_id, _ in calls)
+        if answered not in ends:
+            plain = render(_conversation(results, content=_CONTENT, answered=answered), False)
+            ends[answered] = plain[plain.rindex(_CONTENT) + len(_CONTENT) :]
+        region = text[start : len(text) - _shared_end(text, ends[answered])]
+        tail = end_of_turn(region)
+        return region[: len(region) - len(tail)]
+
+    region = region_of(one, _sentinels(1))
     params: ParamStyle | None = None
     if region.count(json.dumps(_ARGUMENTS[0])) == 1:
         separators = (", ", ": ")
@@ -177,11 +201,11 @@ def _learn(render: Render, end_of_turn: Callable[[str], str]) -> CallLayout | No
         separators = (", ", ": ")
 
         def call_region(arguments: dict[str, Any]) -> str | None:
+            calls = [(_NAMES[0], _IDS[0], arguments)]
             try:
-                text = render([_user(), _assistant(calls=[(_NAMES[0], _IDS[0], arguments)])], False)
+                return region_of(render(_conversation(results, calls=calls), False), calls)
             except ChatTemplateError:
                 return None
-            return text[start : len(text) - (len(one) - stop + len(tail))]
 
         params = learn_params(call_region)
         if params is None:
@@ -197,35 +221,37 @@ def _learn(render: Render, end_of_turn: Callable[[str], str]) -> CallLayout | No
     preamble = ""
     if isinstance(first[0], str):
         preamble = _PREAMBLE.match(first[0]).group(0)  # type: ignore[union-attr]
-    cut = len(one) - stop + len(tail)
     single = CallLayout(tuple(first), None, end_text, preamble, separators, 0, id_form, params)
-    several = _several(render, start, cut, first, end_text, write)
+    several = _several(render, region_of, first, end_text, write, results)
     if several is not None:
         numbered_first, following, base = several
         layout = CallLayout(
             numbered_first, following, end_text, preamble, separators, base, id_form, params
         )
-        if _predicts(render, layout, start, cut):
+        if _predicts(render, layout, region_of, results):
             return layout
-    return single if _predicts(render, single, start, cut) else None
+    return single if _predicts(render, single, region_of, results) else None
+
+
+Region = Callable[[str, Sequence[tuple[str, str, Any]]], str]
 
 
 def _several(
     render: Render,
-    start: int,
-    cut: int,
+    region_of: Region,
     first: list[Piece],
     end: str,
     write: Callable[[Any], str],
+    results: bool,
 ) -> tuple[tuple[Piece, ...], tuple[Piece, ...], int] | None:
     """How a turn holds several calls: the first call's pieces (with its index slot, where
     calls are numbered), the pieces from one call through the next, and the first index; None
     where the template refuses a second call (Llama 3.x) or drops it."""
     try:
-        two = _calls_text(render, 2)
+        two = _calls_text(render, 2, results)
+        region = region_of(two, _sentinels(2))
     except ChatTemplateError:
         return None
-    region = two[start : len(two) - cut]
     one_text = "".join(_fill(first, 0, write))
     if not region.startswith(one_text) or not region.endswith(end):
         return None
@@ -308,14 +334,14 @@ def _fill(pieces: Sequence[Piece], i: int, write: Callable[[Any], str]) -> list[
     return [p if isinstance(p, str) else values.get(p.kind, "") for p in pieces]
 
 
-def _predicts(render: Render, layout: CallLayout, start: int, cut: int) -> bool:
+def _predicts(render: Render, layout: CallLayout, region_of: Region, results: bool) -> bool:
     """Whether ``layout`` writes exactly what the template renders for other calls."""
     # One call of each check alone (the second takes no arguments), then both together.
     batches = [_CHECKS[:1], _CHECKS[1:], *([_CHECKS] if layout.parallel else [])]
     for batch in batches:
         calls = [(name, _IDS[i], arguments) for i, (name, arguments) in enumerate(batch)]
         try:
-            text = render([_user(), _assistant(calls=calls)], False)
+            region = region_of(render(_conversation(results, calls=calls), False), calls)
         except ChatTemplateError:
             return False
         expected = layout.text(
@@ -324,7 +350,7 @@ def _predicts(render: Render, layout: CallLayout, start: int, cut: int) -> bool:
                 for name, call_id, arguments in calls
             ]
         )
-        if text[start : len(text) - cut] != expected:
+        if region != expected:
             return False
     return True
 
@@ -333,9 +359,33 @@ def _dumps(value: Any, separators: tuple[str, str]) -> str:
     return json.dumps(value, ensure_ascii=False, separators=separators)
 
 
-def _calls_text(render: Render, count: int) -> str:
-    calls = [(_NAMES[i], _IDS[i], _ARGUMENTS[i]) for i in range(count)]
-    return render([_user(), _assistant(calls=calls)], False)
+def _sentinels(count: int) -> list[tuple[str, str, Any]]:
+    return [(_NAMES[i], _IDS[i], _ARGUMENTS[i]) for i in range(count)]
+
+
+def _calls_text(render: Render, count: int, results: bool) -> str:
+    return render(_conversation(results, calls=_sentinels(count)), False)
+
+
+def _conversation(
+    results: bool,
+    *,
+    content: str | None = None,
+    calls: Sequence[tuple[str, str, Any]] = (),
+    answered: Sequence[tuple[str, str]] = (),
+) -> list[dict[str, Any]]:
+    """A question, an answer (``content`` or ``calls``), and with ``results`` a tool result
+    after it for each call (or each of ``answered``, after a plain answer)."""
+    messages = [_user(), _assistant(content=content, calls=calls)]
+    if results:
+        answered = [(name, call_id) for name, call_id, _ in calls] or list(answered)
+        messages += [
+            message_to_template_dict(
+                "tool", "hearthresult", {"tool_call_id": call_id, "name": name}
+            )
+            for name, call_id in answered
+        ]
+    return messages
 
 
 def _accepts_id(render: Render, call_id: str) -> bool:
