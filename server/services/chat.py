@@ -413,8 +413,8 @@ def _past_calls(messages: Sequence[Turn], layout: CallLayout) -> list[str]:
                     ]
                 )
             )
-        except (ValueError, TypeError, AssertionError):
-            continue  # arguments that are not JSON, more calls than the layout writes
+        except (ValueError, TypeError, AssertionError, RecursionError):
+            continue  # arguments that are not JSON (or nest too deep), more calls than fit
     return texts
 
 

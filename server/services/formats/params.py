@@ -280,6 +280,7 @@ class ParamsScan:
         self._items: list[str] = []
         self._key: str | None = None
         self._kind: Kind = "string"
+        self._scanned = 0  # how far into the value its end was looked for
         self.done = False
 
     def feed(self, text: str, *, finishing: bool) -> int | None:
@@ -303,15 +304,18 @@ class ParamsScan:
                     return at  # may still be a parameter, or what follows them
                 self.done = True
                 return at
-            end = rest.find(style.post)
+            end = rest.find(style.post, self._scanned)
             if end < 0:
-                return at  # the value goes on
+                # The value goes on (arriving from the same place next time): look for its
+                # end only in what is new then.
+                self._scanned = max(0, len(rest) - len(style.post) + 1)
+                return at
             value = rest[:end]
             self._items.append(
                 f"{json.dumps(self._key, ensure_ascii=False)}: "
                 f"{style.to_json(self._value_kind(value), value)}"
             )
-            self._key = None
+            self._key, self._scanned = None, 0
             at += end + len(style.post)
 
     def _read_key(self, text: str) -> int | None:
