@@ -39,6 +39,26 @@ _SIMPLE_ESCAPES = frozenset('trn\\"[]-')
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
+def gbnf_literal(text: str) -> str:
+    """``text`` as a GBNF string literal (UTF-8 as it is; quotes, backslashes and control
+    characters escaped)."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
 def _is_word(char: str) -> bool:
     return char.isascii() and (char.isalnum() or char == "-")
 

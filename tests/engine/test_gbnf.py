@@ -14,6 +14,7 @@ from server.engine.gbnf import (
     MAX_GRAMMAR_BYTES,
     MAX_NESTING,
     GrammarRejected,
+    gbnf_literal,
     validate_gbnf,
 )
 from server.engine.grammar import json_object_grammar, json_schema_grammar
@@ -116,3 +117,8 @@ def test_the_mirror_agrees_with_llama_cpp(vocab: ctypes.c_void_p, gbnf: str) -> 
     except GrammarRejected:
         mirror = False
     assert mirror == bool(sampler)
+
+
+def test_a_literal_of_any_text_is_valid_gbnf() -> None:
+    for text in ['"', "\\", "a\nb\tc\r", "\x01\x1f", "<\uff5cDSML\uff5c>", "[TOOL_CALLS]", ""]:
+        validate_gbnf(f'root ::= {gbnf_literal(text)} | "x"')

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Literal
 
+from server.engine.gbnf import gbnf_literal
 from server.engine.grammar import FunctionSpec, call_grammar
 from server.engine.types import Grammar
 from server.services.formats.layout import (
@@ -52,20 +53,20 @@ def layout_grammar(
                     if isinstance(piece, str):
                         text = piece[len(skip) :] if i == 0 else piece
                         if text:
-                            parts.append(_literal(text))
+                            parts.append(gbnf_literal(text))
                     elif piece == NAME:
-                        parts.append(_literal(function.name))
+                        parts.append(gbnf_literal(function.name))
                     elif piece == ID:
                         parts.append(" ".join(["[a-zA-Z0-9]"] * TEXT_ID_LENGTH))
                     elif piece == INDEX:
-                        parts.append(_literal(str(layout.index_base + (index or 0))))
+                        parts.append(gbnf_literal(str(layout.index_base + (index or 0))))
                     else:
                         parts.append(rule)
                 options.append(" ".join(parts) or '""')
             return " | ".join(f"( {o} )" for o in options)
 
         skip = layout.preamble if lazy else ""
-        end = _literal(layout.end) if layout.end else '""'
+        end = gbnf_literal(layout.end) if layout.end else '""'
         numbered = INDEX in layout.first
         lines = [f"call-0 ::= {call(layout.first, 0, skip)}"]
         if not several:
@@ -118,25 +119,6 @@ def trigger_pattern(layout: CallLayout, functions: Sequence[FunctionSpec]) -> st
         return rf"{lead}({_regex(opener.lstrip())})"
     marker = re.match(r"\s*(<[^>]*>|\[[A-Z_]+\])", opener)
     return _regex(marker.group(1) if marker else opener.strip())
-
-
-def _literal(text: str) -> str:
-    """``text`` as a GBNF string literal."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
 
 
 def _regex(text: str) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from server.engine.gbnf import gbnf_literal
+
 Kind = str  # "string", "integer", "number", "boolean", "null", "object", "array"
 KINDS: tuple[Kind, ...] = ("string", "integer", "number", "boolean", "null", "object", "array")
 
@@ -157,17 +159,13 @@ def without_rule(terminator: str, name: str) -> list[str]:
         for c in chars:
             target = step(k, c)
             if target < n and target > 0:
-                options.append(f"{_char(c)} {name}-{target}")
+                options.append(f"{gbnf_literal(c)} {name}-{target}")
         # Every other character sends the matcher back to its start.
         others = "".join(_class_char(c) for c in chars if step(k, c) > 0)
         options.append(f"[^{others}] {name}-0")
         rules.append(f"{name}-{k} ::= " + " | ".join(options))
     rules.insert(0, f"{name} ::= {name}-0")
     return rules
-
-
-def _char(c: str) -> str:
-    return json.dumps(c, ensure_ascii=False)
 
 
 def _class_char(c: str) -> str:
@@ -198,12 +196,13 @@ def params_rules(
     properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
     if not properties:
         kinds = " | ".join(
-            f"( {_literal(style.mid(k))} {_value(style, k, {}, f'{head}-any-{k}', visit, rules)} )"
+            f"( {gbnf_literal(style.mid(k))} "
+            f"{_value(style, k, {}, f'{head}-any-{k}', visit, rules)} )"
             for k in KINDS
         )
         rules.append(
-            f"{head} ::= ( {_literal(style.pre)} [A-Za-z0-9_.-]+ ( {kinds} ) "
-            f"{_literal(style.post)} )*"
+            f"{head} ::= ( {gbnf_literal(style.pre)} [A-Za-z0-9_.-]+ ( {kinds} ) "
+            f"{gbnf_literal(style.post)} )*"
         )
         return head, "\n".join(rules)
     required = [k for k in schema.get("required") or () if k in properties]
@@ -213,9 +212,8 @@ def params_rules(
         options = []
         for kind in _kinds(sub):
             value = _value(style, kind, sub, f"{head}-{j}-{kind}", visit, rules)
-            options.append(
-                f"{_literal(style.pre + key + style.mid(kind))} {value} {_literal(style.post)}"
-            )
+            opening = gbnf_literal(style.pre + key + style.mid(kind))
+            options.append(f"{opening} {value} {gbnf_literal(style.post)}")
         rules.append(f"{head}-{j} ::= " + " | ".join(f"( {o} )" for o in options))
         parts.append((key, f"{head}-{j}"))
     order = [r for k, r in parts if k in required] + [
@@ -255,7 +253,7 @@ def _value(
         values = [schema["const"]]
     if values is not None:
         written = [style.value_text(v)[1] for v in values if kind_of(v) == kind]
-        return "( " + " | ".join(_literal(w) for w in written) + " )"
+        return "( " + " | ".join(gbnf_literal(w) for w in written) + " )"
     if kind == "string":
         return "param-text"
     if kind in ("boolean", "null") and style.python:
@@ -264,10 +262,6 @@ def _value(
         sub = {k: v for k, v in schema.items() if k not in ("type", "enum", "const")}
         return visit({**sub, "type": kind}, name)
     return visit({"type": kind}, f"param-{kind}")
-
-
-def _literal(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
 
 
 class ParamsScan:
