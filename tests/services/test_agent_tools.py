@@ -14,8 +14,12 @@ from server.api.anthropic.convert import function_tools as anthropic_tools
 from server.api.openai.response_items import function_tools as responses_tools
 from server.engine.gbnf import validate_gbnf
 from server.errors import InvalidRequestError
+from server.services.formats import choose_format
 from server.services.spec import FunctionTool, ToolChoice
+from server.services.templates import ChatTemplate
 from server.services.tools import plan_tools
+from tests.services.test_formats import LEARNED
+from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 
 DATA = Path(__file__).parent.parent / "data" / "agents"
 CLAUDE = json.loads((DATA / "claude_code_tools.json").read_text())
@@ -74,3 +78,18 @@ def test_anthropic_strict_tool_use_is_kept_strict() -> None:
     assert tool.strict is True
     with pytest.raises(InvalidRequestError, match="format 'uri'"):
         plan_tools([tool], None)
+
+
+@pytest.mark.parametrize("client", sorted(TOOL_LISTS))
+def test_every_agents_tools_get_a_grammar_in_every_learned_chat_format(client: str) -> None:
+    """Claude Code's and Codex's tools under each family's own call text (issue 25), the XML
+    families' included: within the bounds on grammars, never a 400."""
+    if not corpus():
+        pytest.skip(MISSING)
+    for name in LEARNED:
+        source = (corpus_dir() / f"{name}.jinja").read_text()
+        fmt = choose_format(ChatTemplate(source, bos_token="<s>", eos_token="</s>"), source)
+        for choice in (None, ToolChoice("required")):
+            plan = plan_tools(TOOL_LISTS[client](), choice, fmt=fmt)
+            assert plan is not None, name
+            validate_gbnf(plan.grammar.gbnf)

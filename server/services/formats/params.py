@@ -192,7 +192,8 @@ def params_rules(
     head = f"params-{index}"
     # A string value may not hold the marker that ends it, even without the whitespace the
     # template puts before it: a model that writes "Paris</parameter>" has ended the value.
-    rules = without_rule(style.post.strip() or style.post, "param-text")
+    # (Its rules are written once, with the first function's.)
+    rules = without_rule(style.post.strip() or style.post, "param-text") if index == 0 else []
     properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
     if not properties:
         kinds = " | ".join(
@@ -236,7 +237,9 @@ def _kinds(schema: dict[str, Any]) -> list[Kind]:
     kinds = [t for t in types if t in KINDS]
     if "number" in kinds and "integer" not in kinds:
         kinds.append("integer")  # 2 is a number, and written as one
-    return sorted(set(kinds), key=KINDS.index) or list(KINDS)
+    # A value of no declared type is written as text: a grammar that offered every kind for
+    # each such parameter would outgrow the bound on alternatives (Claude Code's 22 tools).
+    return sorted(set(kinds), key=KINDS.index) or ["string"]
 
 
 def _value(
