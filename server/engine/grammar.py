@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +138,11 @@ DUMPS_SEPARATORS = (", ", ": ")
 # A string's characters as json.dumps(ensure_ascii=False) writes them: unescaped but for the
 # quote, the backslash and control characters.
 _DUMPS_CHAR = r'char ::= [^"\\\x00-\x1F] | "\\" (["\\bfnrt] | "u00" [01] [0-9a-f])'
+# ... and with ensure_ascii=True: every character past ASCII as \uXXXX (a pair for those past
+# the Basic Multilingual Plane).
+_DUMPS_ASCII_CHAR = (
+    r'char ::= [^"\\\x00-\x1F\x80-\U0010FFFF] | "\\" (["\\bfnrt] | "u" [0-9a-f]{4})'
+)
 
 
 def call_grammar(
@@ -144,6 +150,8 @@ def call_grammar(
     compose: Callable[[list[str]], str],
     *,
     separators: tuple[str, str] = DUMPS_SEPARATORS,
+    ascii: bool = False,
+    python: bool = False,
     triggers: tuple[str, ...] = (),
     arguments: ArgumentsRules | None = None,
 ) -> Grammar:
@@ -173,7 +181,10 @@ def call_grammar(
             name, rules = arguments(i, parameters, visit)
             names.append(name)
             extra.append(rules)
-    rules = "\n".join([_exact_json(_format(converter), separators), *extra, compose(names)])
+    values = _exact_json(_format(converter), separators, ascii=ascii)
+    if python:
+        values = _python_spelling(values)
+    rules = "\n".join([values, *extra, compose(names)])
     return Grammar(_checked(rules), triggers=triggers)
 
 
@@ -183,20 +194,49 @@ ArgumentsRules = Callable[
 ]
 
 
-def _exact_json(rules: str, separators: tuple[str, str]) -> str:
+def _exact_json(rules: str, separators: tuple[str, str], *, ascii: bool = False) -> str:
     """The converter's rules, which allow one optional space after every token, rewritten to
-    allow exactly the separators given and no other whitespace."""
+    allow exactly the separators given and no other whitespace (and with ``ascii``, only
+    ASCII characters, the others escaped)."""
     item, key = (json.dumps(s) for s in separators)
     lines = []
     for line in rules.splitlines():
         if line.startswith("space ::= "):
             line = 'space ::= ""'
         elif line.startswith("char ::= "):
-            line = _DUMPS_CHAR
+            line = _DUMPS_ASCII_CHAR if ascii else _DUMPS_CHAR
         else:
             line = line.replace('"," space', item).replace('":" space', key)
             line = line.replace('"{" space', '"{"').replace('"[" space', '"["')
         lines.append(line)
+    return "\n".join(lines)
+
+
+# A string's characters as Python's repr writes them between single quotes (less the \x and
+# \u escapes of characters it deems unprintable).
+_REPR_CHAR = r"""char ::= [^'\\\x00-\x1F] | "\\" (['\\nrt] | "x" [0-9a-f]{2})"""
+_GBNF_LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_PYTHON_WORDS = {"true": "True", "false": "False", "null": "None"}
+
+
+def _python_spelling(rules: str) -> str:
+    """Exact-JSON rules (:func:`_exact_json`) rewritten to the values Python's repr writes:
+    strings in single quotes, ``True``, ``False`` and ``None`` (how a template's ``string``
+    filter writes a dict: Seed-OSS's parameters)."""
+
+    def literal(match: re.Match[str]) -> str:
+        text = match.group(1)
+        if text in _PYTHON_WORDS:
+            return f'"{_PYTHON_WORDS[text]}"'
+        return '"' + text.replace('\\"', "'") + '"'
+
+    lines = []
+    for line in rules.splitlines():
+        if line.startswith("char ::= "):
+            lines.append(_REPR_CHAR)
+            continue
+        head, sep, body = line.partition(" ::= ")
+        lines.append(head + sep + _GBNF_LITERAL.sub(literal, body) if sep else line)
     return "\n".join(lines)
 
 

@@ -208,7 +208,9 @@ class ChatService:
         """The conversation through the model's chat template, as text (blocking); ``param``
         names the request's field that holds it, in errors."""
         template = self._template_for(handle)
-        rendered, template_tools = _template_messages(messages, template, tools)
+        rendered, template_tools = _template_messages(
+            messages, template, tools, self.format_for(handle).layout
+        )
         # Everything the request put in is data: none of it may become a control token.
         prompt = template.render(
             escaped(rendered, handle.escape),
@@ -458,15 +460,21 @@ def _output_grammar(output: OutputFormat | None) -> Grammar | None:
 
 
 def _template_messages(
-    messages: Sequence[Turn], template: ChatTemplate, tools: ToolPlan | None
+    messages: Sequence[Turn],
+    template: ChatTemplate,
+    tools: ToolPlan | None,
+    layout: CallLayout | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages as the template receives them, and its ``tools`` variable.
 
     A template that knows tools gets the tool calls and results as they are (with arguments
     as values, as Hugging Face templates expect). For one that does not, calls in the history
     are written in Hearth's call format, tool results become user turns in
-    ``<tool_response>`` tags, and the tools are described in the system prompt."""
-    native = template.knows_tools
+    ``<tool_response>`` tags, and the tools are described in the system prompt. A template
+    that writes past calls in a format of its own (``layout``) but reads no ``tools``
+    (DeepSeek V3.1) gets the calls and results as they are and the tools in the system
+    prompt, with its own call form."""
+    native = template.knows_tools or (template.knows_calls and layout is not None)
     rendered: list[dict[str, Any]] = []
     for m in messages:
         content: Any = m.content
@@ -491,12 +499,16 @@ def _template_messages(
             text = message_to_template_dict(role, content, {})["content"]
             role, content = "user", f"<tool_response>\n{text}\n</tool_response>"
         rendered.append(message_to_template_dict(role, content, extra))
-    if tools is None or native:
+    if tools is None or template.knows_tools:
         return rendered, tools.tools if tools is not None else None
     descriptions = {
         t["function"]["name"]: t["function"].get("description", "") for t in tools.tools
     }
-    prompt = fallback_tools_prompt(tools.functions, descriptions)
+    form = None
+    if native and layout is not None:
+        example = layout.text([("FUNCTION_NAME", "call_0", '{"ARGUMENT": "VALUE"}')])
+        form = example[len(layout.preamble) :]
+    prompt = fallback_tools_prompt(tools.functions, descriptions, form)
     if rendered and rendered[0]["role"] in ("system", "developer"):
         rendered[0] = {**rendered[0], "content": f"{rendered[0]['content']}\n\n{prompt}"}
     else:

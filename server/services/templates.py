@@ -45,8 +45,11 @@ class ChatTemplate:
         # Templates written for tool use read a `tools` variable; others ignore it, and get
         # Hearth's fallback tool prompt instead (services/tools.py).
         self.knows_tools = "tools" in source
+        # Some write the calls of past turns in their own format but read no `tools` (DeepSeek
+        # V3.1, R1's distills): their tools are described in the system prompt.
+        self.knows_calls = self.knows_tools or "tool_calls" in source
         self.arguments_as_text = False  # while the probe renders
-        self.arguments_as_text = self.knows_tools and self._wants_text_arguments()
+        self.arguments_as_text = self.knows_calls and self._wants_text_arguments()
 
     def render(
         self,

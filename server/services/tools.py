@@ -44,6 +44,11 @@ FALLBACK_TOOLS_PROMPT = """You can call functions. To call one, answer with exac
 {close}
 Available functions (JSON schema of each one's arguments):
 {functions}"""
+OWN_FORM_TOOLS_PROMPT = """You can call functions. To call one, answer with exactly
+{form}
+with the function's name for FUNCTION_NAME and its arguments as the JSON object.
+Available functions (JSON schema of each one's arguments):
+{functions}"""
 
 EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 # A non-strict tool whose relaxed parameters still make no usable grammar (a property name
@@ -178,7 +183,11 @@ def _call_grammar(
     return tool_call_grammar(functions, parallel=parallel and mode != "one", lazy=mode == "auto")
 
 
-def fallback_tools_prompt(functions: Sequence[FunctionSpec], descriptions: dict[str, str]) -> str:
+def fallback_tools_prompt(
+    functions: Sequence[FunctionSpec], descriptions: dict[str, str], form: str | None = None
+) -> str:
+    """The system prompt that describes the tools to a model whose template reads none:
+    calls in Hearth's format, or in ``form`` (the model's own, shown for one call)."""
     listing = "\n".join(
         json.dumps(
             {
@@ -190,6 +199,8 @@ def fallback_tools_prompt(functions: Sequence[FunctionSpec], descriptions: dict[
         )
         for f in functions
     )
+    if form is not None:
+        return OWN_FORM_TOOLS_PROMPT.format(form=form, functions=listing)
     return FALLBACK_TOOLS_PROMPT.format(
         open=TOOL_CALL_OPEN, close=TOOL_CALL_CLOSE, functions=listing
     )

@@ -89,6 +89,8 @@ def layout_grammar(
         functions,
         compose,
         separators=layout.separators,
+        ascii=layout.ascii,
+        python=params is not None and params.python_objects,
         triggers=(trigger_pattern(layout, functions),) if lazy else (),
         arguments=(
             None

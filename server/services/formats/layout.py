@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from server.errors import ChatTemplateError
@@ -70,6 +70,8 @@ class CallLayout:
     id_form: Literal["call", "short"] = "call"
     # Arguments written parameter by parameter (XML-like), or None: as a JSON object.
     params: ParamStyle | None = None
+    # JSON arguments with every character past ASCII escaped (``tojson(ensure_ascii=True)``).
+    ascii: bool = False
 
     def arguments_text(self, arguments: str) -> str:
         """A call's arguments (JSON text) as this layout writes them."""
@@ -140,7 +142,7 @@ def learn_layout(
     ``end_of_turn(text)`` is the tail of ``text`` made of the model's end-of-generation
     tokens (``<|call|>`` for gpt-oss, ``<|eom_id|>`` for Llama): the model ends its turn with
     those tokens, so they are not part of the text it is made to write."""
-    if not template.knows_tools:
+    if not template.knows_calls:
         return None
     tools = [_tool(name) for name in (*_NAMES, *(n for n, _ in _CHECKS))]
 
@@ -218,19 +220,34 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
     # arguments); what follows it is literal text.
     last = max(i for i, p in enumerate(pieces) if isinstance(p, Slot))
     first, end_text = pieces[: last + 1], "".join(str(p) for p in pieces[last + 1 :])
+    # A template that ends the turn after the calls (as it ends a plain answer) and writes on,
+    # a new header (R1's distills): what follows the end of the turn is not the model's.
+    turn_end = render(_conversation(False, content=_CONTENT), False).rpartition(_CONTENT)[2]
+    marker = turn_end.strip()
+    if marker and marker in end_text and end_text.rpartition(marker)[2].strip():
+        return None
     preamble = ""
     if isinstance(first[0], str):
         preamble = _PREAMBLE.match(first[0]).group(0)  # type: ignore[union-attr]
-    single = CallLayout(tuple(first), None, end_text, preamble, separators, 0, id_form, params)
+    candidates = []
     several = _several(render, region_of, first, end_text, write, results)
     if several is not None:
         numbered_first, following, base = several
-        layout = CallLayout(
-            numbered_first, following, end_text, preamble, separators, base, id_form, params
+        candidates.append(
+            CallLayout(
+                numbered_first, following, end_text, preamble, separators, base, id_form, params
+            )
         )
-        if _predicts(render, layout, region_of, results):
-            return layout
-    return single if _predicts(render, single, region_of, results) else None
+    candidates.append(
+        CallLayout(tuple(first), None, end_text, preamble, separators, 0, id_form, params)
+    )
+    for layout in candidates:
+        # The sentinels are ASCII: whether the template escapes the rest shows in the checks.
+        for ascii in (False, True) if params is None else (False,):
+            layout = replace(layout, ascii=ascii)
+            if _predicts(render, layout, region_of, results):
+                return layout
+    return None
 
 
 Region = Callable[[str, Sequence[tuple[str, str, Any]]], str]
@@ -346,7 +363,7 @@ def _predicts(render: Render, layout: CallLayout, region_of: Region, results: bo
             return False
         expected = layout.text(
             [
-                (name, call_id, _dumps(arguments, layout.separators))
+                (name, call_id, _dumps(arguments, layout.separators, ascii=layout.ascii))
                 for name, call_id, arguments in calls
             ]
         )
@@ -355,8 +372,8 @@ def _predicts(render: Render, layout: CallLayout, region_of: Region, results: bo
     return True
 
 
-def _dumps(value: Any, separators: tuple[str, str]) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=separators)
+def _dumps(value: Any, separators: tuple[str, str], *, ascii: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ascii, separators=separators)
 
 
 def _sentinels(count: int) -> list[tuple[str, str, Any]]:

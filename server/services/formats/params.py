@@ -11,6 +11,7 @@ written raw; numbers as JSON; booleans and null as JSON or as Python writes them
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,9 @@ class ParamStyle:
     post: str
     mids: tuple[tuple[Kind, str], ...]
     python: bool  # booleans and null as Python writes them
+    empty: str = ""  # what the template writes for a call without parameters
+    # Objects and arrays as Python writes them ({'a': [1, True, None]}: Seed-OSS), not JSON.
+    python_objects: bool = False
 
     def mid(self, kind: Kind) -> str:
         return dict(self.mids)[kind]
@@ -49,10 +53,14 @@ class ParamStyle:
             return kind, str(value)
         if self.python and kind in ("boolean", "null"):
             return kind, str(value)
+        if self.python_objects and kind in ("object", "array"):
+            return kind, repr(value)
         return kind, json.dumps(value, ensure_ascii=False)
 
     def text(self, arguments: Mapping[str, Any]) -> str:
         """``arguments`` as the template writes them."""
+        if not arguments:
+            return self.empty
         out = []
         for key, value in arguments.items():
             kind, written = self.value_text(value)
@@ -63,6 +71,8 @@ class ParamStyle:
         """A value as JSON text, from how it was written."""
         if kind == "string":
             return json.dumps(written, ensure_ascii=False)
+        if self.python_objects and kind in ("object", "array"):
+            return _python_to_json(written)
         if self.python:
             written = {"True": "true", "False": "false", "None": "null"}.get(written, written)
         return written
@@ -105,12 +115,14 @@ def learn_params(region: Callable[[dict[str, Any]], str | None]) -> ParamStyle |
     if not pre or not post or not after.startswith(post):
         return None
     tail = after[len(post) :]
+    pre, post, tail, empty = _rotated(region({}), two[: ka - len(pre)], pre, post, tail)
     samples = {f"hearthk{kind[:3]}": value for kind, value in _SAMPLES.items()}
     kinds = region(samples)
     if kinds is None or not kinds.endswith(post + tail):
         return None
     mids: dict[Kind, str] = {"string": mid}
     python: bool | None = None
+    python_objects: bool | None = None
     keys = list(samples)
     for i, key in enumerate(keys):
         at = kinds.find(pre + key)
@@ -125,18 +137,65 @@ def learn_params(region: Callable[[dict[str, Any]], str | None]) -> ParamStyle |
         value = samples[key]
         kind = kind_of(value)
         forms = [json.dumps(value, ensure_ascii=False)]
-        if kind in ("boolean", "null"):
-            forms.append(str(value))
+        if kind in ("boolean", "null", "object", "array"):
+            forms.append(repr(value))
         written = next((f for f in forms if segment.endswith(f)), None)
         if written is None:
-            return None  # a Python dict or an XML tree for objects: not (yet) supported
+            return None  # an XML tree for objects: not (yet) supported
         if kind in ("boolean", "null"):
-            is_python = written == str(value)
+            is_python = written == repr(value)
             if python is not None and python != is_python:
                 return None
             python = is_python
+        if kind in ("object", "array"):
+            is_python = written == repr(value)
+            if python_objects is not None and python_objects != is_python:
+                return None
+            python_objects = is_python
         mids[kind] = segment[: len(segment) - len(written)]
-    return ParamStyle(pre, post, tuple((k, mids[k]) for k in KINDS), bool(python))
+    return ParamStyle(
+        pre, post, tuple((k, mids[k]) for k in KINDS), bool(python), empty, bool(python_objects)
+    )
+
+
+def _python_to_json(written: str) -> str:
+    """An object or array Python wrote (``{'a': [1, True, None]}``) as JSON text; text that
+    is no such value stays a string."""
+    try:
+        value = ast.literal_eval(written)
+        return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return json.dumps(written, ensure_ascii=False)
+
+
+def _rotated(
+    none: str | None, head: str, pre: str, post: str, tail: str
+) -> tuple[str, str, str, str]:
+    """Where the parameters begin and end, and what the template writes for none at all.
+
+    Two parameters render as ``head pre k1 mid v1 post pre k2 mid v2 post tail``, and the
+    split between ``post`` and ``pre`` is not fixed by them: the start of ``pre`` may as well
+    end ``post`` (DeepSeek V4's ``>\n`` closes the name's tag and each parameter's line).
+    ``none`` (the rendering without parameters) fixes it: DeepSeek V4 writes an empty line
+    where a call has none, ``head + "\n" + tail`` once ``>\n`` ends the head. The split
+    chosen is the one that says least for no parameters (the longest ``pre`` on a tie)."""
+    best = (pre, post, tail, "")
+    if none is None:
+        return best
+    found: tuple[int, int] | None = None
+    for r in range(len(pre)):
+        if not tail.startswith(pre[:r]):
+            break
+        start, end = head + pre[:r], tail[r:]
+        if none.startswith(start) and none.endswith(end) and len(none) >= len(start + end):
+            written = len(none) - len(start) - len(end)
+            if found is None or written < found[0]:
+                found = (written, r)
+    if found is None:
+        return best
+    written, r = found
+    end = tail[r:]
+    return pre[r:], post + pre[:r], end, none[len(head) + r : len(none) - len(end)]
 
 
 def without_rule(terminator: str, name: str) -> list[str]:
@@ -201,10 +260,11 @@ def params_rules(
             f"{_value(style, k, {}, f'{head}-any-{k}', visit, rules)} )"
             for k in KINDS
         )
-        rules.append(
-            f"{head} ::= ( {gbnf_literal(style.pre)} [A-Za-z0-9_.-]+ ( {kinds} ) "
-            f"{gbnf_literal(style.post)} )*"
-        )
+        item = f"( {gbnf_literal(style.pre)} [A-Za-z0-9_.-]+ ( {kinds} ) {gbnf_literal(style.post)} )"
+        if style.empty:
+            rules.append(f"{head} ::= {item}+ | {gbnf_literal(style.empty)}")
+        else:
+            rules.append(f"{head} ::= {item}*")
         return head, "\n".join(rules)
     required = [k for k in schema.get("required") or () if k in properties]
     parts = []
@@ -217,6 +277,21 @@ def params_rules(
             options.append(f"{opening} {value} {gbnf_literal(style.post)}")
         rules.append(f"{head}-{j} ::= " + " | ".join(f"( {o} )" for o in options))
         parts.append((key, f"{head}-{j}"))
+    if style.empty and not required:
+        # A template that writes something else for no parameters (DeepSeek V4's empty
+        # line): that, or at least one parameter.
+        names = [r for _, r in parts]
+        for j, rule in enumerate(names):
+            rest = f"{head}-opt-{j + 1}" if j + 1 < len(names) else ""
+            later = f" | {head}-from-{j + 1}" if j + 1 < len(names) else ""
+            rules.append(f"{head}-from-{j} ::= {rule} {rest}{later}".replace("  ", " "))
+            if j + 1 < len(names):
+                rules.append(
+                    f"{head}-opt-{j + 1} ::= {names[j + 1]}? "
+                    + (f"{head}-opt-{j + 2}" if j + 2 < len(names) else '""')
+                )
+        rules.append(f"{head} ::= {head}-from-0 | {gbnf_literal(style.empty)}")
+        return head, "\n".join(rules)
     order = [r for k, r in parts if k in required] + [
         f"{r}?" for k, r in parts if k not in required
     ]
@@ -278,6 +353,7 @@ class ParamsScan:
         self._key: str | None = None
         self._kind: Kind = "string"
         self._scanned = 0  # how far into the value its end was looked for
+        self._none_read = False
         self.done = False
 
     def feed(self, text: str, *, finishing: bool) -> int | None:
@@ -289,6 +365,14 @@ class ParamsScan:
         while True:
             rest = text[at:]
             if self._key is None:
+                if style.empty and not self._items and not self._none_read:
+                    # What the template writes for no parameters (unless a parameter opens).
+                    if rest.startswith(style.empty) and not rest.startswith(style.pre):
+                        if style.pre.startswith(rest) and not finishing:
+                            return at
+                        self._none_read = True
+                        self.done = True
+                        return at + len(style.empty)
                 if rest.startswith(style.pre):
                     found = self._read_key(rest[len(style.pre) :])
                     if found is None:
