@@ -140,9 +140,7 @@ DUMPS_SEPARATORS = (", ", ": ")
 _DUMPS_CHAR = r'char ::= [^"\\\x00-\x1F] | "\\" (["\\bfnrt] | "u00" [01] [0-9a-f])'
 # ... and with ensure_ascii=True: every character past ASCII as \uXXXX (a pair for those past
 # the Basic Multilingual Plane).
-_DUMPS_ASCII_CHAR = (
-    r'char ::= [^"\\\x00-\x1F\x80-\U0010FFFF] | "\\" (["\\bfnrt] | "u" [0-9a-f]{4})'
-)
+_DUMPS_ASCII_CHAR = r'char ::= [^"\\\x00-\x1F\x80-\U0010FFFF] | "\\" (["\\bfnrt] | "u" [0-9a-f]{4})'
 
 
 def call_grammar(
@@ -151,7 +149,7 @@ def call_grammar(
     *,
     separators: tuple[str, str] = DUMPS_SEPARATORS,
     ascii: bool = False,
-    python: bool = False,
+    spell: Callable[[str], str] | None = None,
     triggers: tuple[str, ...] = (),
     arguments: ArgumentsRules | None = None,
 ) -> Grammar:
@@ -164,7 +162,8 @@ def call_grammar(
 
     ``arguments`` writes the arguments' rules instead (a format that writes them parameter by
     parameter): it gets each function's index and parameters and a ``visit(schema, name)``
-    that makes JSON rules for a value, and returns the rule's name and its rules' text."""
+    that makes JSON rules for a value, and returns the rule's name and its rules' text.
+    ``spell`` rewrites the values' rules to another spelling of them (Python's, Gemma's)."""
     converter = _converter()
     names = []
     extra = []
@@ -182,8 +181,8 @@ def call_grammar(
             names.append(name)
             extra.append(rules)
     values = _exact_json(_format(converter), separators, ascii=ascii)
-    if python:
-        values = _python_spelling(values)
+    if spell is not None:
+        values = spell(values)
     rules = "\n".join([values, *extra, compose(names)])
     return Grammar(_checked(rules), triggers=triggers)
 
@@ -219,7 +218,7 @@ _GBNF_LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _PYTHON_WORDS = {"true": "True", "false": "False", "null": "None"}
 
 
-def _python_spelling(rules: str) -> str:
+def python_spelling(rules: str) -> str:
     """Exact-JSON rules (:func:`_exact_json`) rewritten to the values Python's repr writes:
     strings in single quotes, ``True``, ``False`` and ``None`` (how a template's ``string``
     filter writes a dict: Seed-OSS's parameters)."""

@@ -410,7 +410,7 @@ def _past_calls(messages: Sequence[Turn], layout: CallLayout) -> list[str]:
             texts.append(
                 layout.text(
                     [
-                        (c.name, c.id or "", _arguments_text(c.arguments, layout.separators))
+                        (c.name, c.id or "", _arguments_text(c.arguments, layout))
                         for c in message.tool_calls
                     ]
                 )
@@ -420,12 +420,12 @@ def _past_calls(messages: Sequence[Turn], layout: CallLayout) -> list[str]:
     return texts
 
 
-def _arguments_text(arguments: Any, separators: tuple[str, str]) -> str:
+def _arguments_text(arguments: Any, layout: CallLayout) -> str:
     """A past call's arguments as the JSON text the model wrote: as sent back, or the value
     written as the grammar made the model write it."""
     if isinstance(arguments, str):
         return arguments
-    return json.dumps(arguments, ensure_ascii=False, separators=separators)
+    return json.dumps(arguments, ensure_ascii=layout.ascii, separators=layout.separators)
 
 
 def _end_of_turn(handle: ModelHandle, text: str) -> str:

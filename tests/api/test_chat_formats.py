@@ -253,6 +253,13 @@ def test_the_next_turn_reuses_the_whole_forced_call_from_the_cache(
     second = chat(
         corpus_client, {"model": name, "messages": history, "tools": [XML_TOOL], "max_tokens": 2}
     )
+    assert_reused(name, history, first, second)
+
+
+def assert_reused(
+    name: str, history: list[dict[str, Any]], first: dict[str, Any], second: dict[str, Any]
+) -> None:
+    """The next turn (``second``, answering ``history``) reused the whole of the first."""
     cached = second["usage"]["prompt_tokens_details"]["cached_tokens"]
     usage = first["usage"]
     if keeps_the_prompt(name, history):
@@ -261,3 +268,80 @@ def test_the_next_turn_reuses_the_whole_forced_call_from_the_cache(
         assert cached >= usage["prompt_tokens"] + usage["completion_tokens"] - 1
     else:
         assert cached < usage["prompt_tokens"]  # the template changed the prompt itself
+
+
+NESTED_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_forecast",
+        "description": "Get the forecast for a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "enum": ["Paris", "London", "Tokyo"]},
+                "options": {
+                    "type": "object",
+                    "properties": {
+                        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                        "hourly": {"type": "boolean"},
+                    },
+                    "required": ["unit", "hourly"],
+                },
+            },
+            "required": ["city", "options"],
+        },
+    },
+}
+NO_ARGUMENTS_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The time now.",
+        "parameters": {"type": "object", "properties": {}},
+    },
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ByteDance-Seed-OSS",  # an object parameter as Python writes it: {'unit': 'celsius'}
+        "google-gemma-4-31B-it",  # Gemma's syntax: {city:<|"|>Paris<|"|>,options:{...}}
+        "deepseek-ai-DeepSeek-V4",  # DSML parameters, an empty line for a call without any
+        "deepseek-ai-DeepSeek-V3.1",  # no `tools` in the template: described in the prompt
+    ],
+)
+def test_calls_in_syntaxes_other_than_json_come_back_as_json_and_are_reused(
+    corpus_client: TestClient, name: str
+) -> None:
+    """Issue 25: arguments the template writes in a syntax of its own come back as JSON
+    arguments of the right types, and the next turn, whose history the template writes in
+    that syntax again, reuses the first turn from the cache (Gemma's history drops the empty
+    thought channel its prompt opens: there the prompt itself changes). A call without
+    arguments too."""
+    for tool_spec, check in (
+        (NESTED_TOOL, lambda a: a["city"] in ("Paris", "London", "Tokyo")
+            and a["options"]["unit"] in ("celsius", "fahrenheit")
+            and isinstance(a["options"]["hourly"], bool)),
+        (NO_ARGUMENTS_TOOL, lambda a: a == {}),
+    ):  # fmt: skip
+        function = tool_spec["function"]["name"]  # type: ignore[index]
+        forced = {"type": "function", "function": {"name": function}}
+        first = chat(
+            corpus_client,
+            {"model": name, "messages": QUESTION, "tools": [tool_spec], "tool_choice": forced,
+             "max_tokens": 200},
+        )  # fmt: skip
+        (call,) = first["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["name"] == function
+        assert check(json.loads(call["function"]["arguments"])), call
+        history: list[dict[str, Any]] = [
+            *QUESTION,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "Sunny"},
+        ]
+        second = chat(
+            corpus_client,
+            {"model": name, "messages": history, "tools": [tool_spec], "max_tokens": 2},
+        )
+        assert_reused(name, history, first, second)

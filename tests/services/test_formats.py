@@ -13,7 +13,15 @@ import pytest
 from server.engine.gbnf import validate_gbnf
 from server.engine.grammar import FunctionSpec
 from server.models.config import ChatFormatName
-from server.services.formats import CHAT_FORMATS, HOUSE, choose_format
+from server.services.chat import _template_messages
+from server.services.formats import (
+    CHAT_FORMATS,
+    FAMILIES,
+    HOUSE,
+    ChatFormat,
+    choose_format,
+    gemma_args,
+)
 from server.services.formats.calls import (
     LayoutCallParser,
     Mode,
@@ -23,17 +31,21 @@ from server.services.formats.calls import (
 from server.services.formats.families import harmony
 from server.services.formats.layout import ID, INDEX, CallLayout, learn_layout
 from server.services.reasoning import ThinkSplitter
+from server.services.spec import FunctionTool, PastCall, ToolChoice, Turn
 from server.services.templates import ChatTemplate, message_to_template_dict
+from server.services.tools import plan_tools
 from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 
 # The templates whose call text is learned (arguments as JSON, or parameter by parameter),
 # and the family each is read as. The others keep the house format: MiniCPM5 (strings in
 # CDATA where they hold markup), MiniMax-M3 (objects as XML trees), LFM2 (Python-style calls,
-# or none in the history), Gemma 4 (its own syntax), Granite 3.3 (no calls in the history),
+# or none in the history), Granite 3.3 (no calls in the history),
 # R1's distills (a new header after the calls), templates that need tools in a form of their
 # own (Command R+, Firefunction) or know none.
 LEARNED = {
     "ByteDance-Seed-OSS": "seed",
+    "google-gemma-4-31B-it": "gemma",
+    "google-gemma-4-31B-it-interleaved": "gemma",
     "Reka-Edge": "hermes",
     "deepseek-ai-DeepSeek-V3.1": "deepseek",
     "deepseek-ai-DeepSeek-V4": "deepseek",
@@ -364,3 +376,64 @@ def test_gpt_oss_thinking_then_calling_gives_reasoning_and_a_call_only() -> None
     assert reasoning == "The user wants weather."
     assert content == ""
     assert [(c.name, c.arguments) for c in parser.calls] == [("get_weather", '{"city": "Paris"}')]
+
+
+def test_gemma_arguments_read_back_as_json_and_bad_ones_are_refused() -> None:
+    value = {"q": 'Zürich "old" {x}', "n": [1, 2.5, {"a": None}], "b": True, "e": {}}
+    written = gemma_args.write(value)
+    assert written == '{b:true,e:{},n:[1,2.5,{a:None}],q:<|"|>Zürich "old" {x}<|"|>}'
+    assert json.loads(gemma_args.to_json(written)) == value
+    for bad in ('{q:<|"|>open', "{q:1}x", "{q 1}", "{:1}", "[1,,2]", "{q:nope}", ""):
+        with pytest.raises(ValueError):
+            gemma_args.to_json(bad)
+    deep = "[" * 5000 + "]" * 5000  # refused, not a RecursionError
+    with pytest.raises(ValueError):
+        gemma_args.to_json(deep)
+
+
+def test_gemma_arguments_that_break_the_syntax_are_content_not_a_call() -> None:
+    chosen = layout("google-gemma-4-31B-it")
+    text = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,,}<tool_call|>'
+    parser = LayoutCallParser(chosen, FUNCTIONS)
+    content = "".join(parser.feed(ch)[0] for ch in text) + parser.finish()
+    assert parser.calls == []
+    assert content.startswith('<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,,}')
+
+
+def test_python_written_objects_read_back_as_json_and_other_text_stays_text() -> None:
+    style = layout("ByteDance-Seed-OSS").params
+    assert style is not None and style.python_objects
+    assert json.loads(style.to_json("object", "{'a': [1, True, None], 'b': 'x\\'y'}")) == {
+        "a": [1, True, None],
+        "b": "x'y",
+    }
+    for text in ("__import__('os')", "{'a': {1, 2}}", "{'a': b'x'}", "[" * 400 + "]" * 400):
+        assert json.loads(style.to_json("object", text)) == text
+
+
+def test_a_template_that_writes_calls_but_reads_no_tools_gets_them_in_its_own_form() -> None:
+    """DeepSeek V3.1's template writes past calls in DeepSeek's text but has no ``tools``:
+    the tools go in the system prompt, which shows the call in that text; the history keeps
+    its calls and results for the template to write."""
+    name = "deepseek-ai-DeepSeek-V3.1"
+    chosen = layout(name)
+    plan = plan_tools(
+        [FunctionTool("get_weather", "Weather.", FUNCTIONS[0].parameters)],
+        ToolChoice("auto"),
+        fmt=ChatFormat(FAMILIES["deepseek"], chosen),
+    )
+    history = [
+        Turn("user", "Weather in Paris?"),
+        Turn("assistant", None, tool_calls=(PastCall("get_weather", '{"city": "Paris"}', "c1"),)),
+        Turn("tool", "Sunny", tool_call_id="c1"),
+    ]
+    messages, tools = _template_messages(history, template(name), plan, chosen)
+    assert tools is None  # the template reads none
+    assert messages[0]["role"] == "system"
+    form = chosen.text([("FUNCTION_NAME", "c0", '{"ARGUMENT": "VALUE"}')])
+    assert form.startswith(chosen.opener) and chosen.opener.strip()  # DeepSeek's own markers
+    assert form in messages[0]["content"]
+    assert '"name": "get_weather"' in messages[0]["content"]
+    prompt = template(name).render(messages, add_generation_prompt=True)
+    call = chosen.text([("get_weather", "c1", '{"city": "Paris"}')])
+    assert call in prompt and "Sunny" in prompt

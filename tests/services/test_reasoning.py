@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.services.formats.families import harmony
+from server.services.formats.families import gemma, harmony
 from server.services.reasoning import (
     THINK_TAGS,
     Markers,
@@ -58,7 +58,8 @@ def test_which_models_and_prompts_think() -> None:
 
 
 HARMONY = harmony.FAMILY.reasoning
-assert HARMONY is not None
+GEMMA = gemma.FAMILY.reasoning
+assert HARMONY is not None and GEMMA is not None
 
 
 @pytest.mark.parametrize("step", [1, 2, 7, 100])
@@ -95,6 +96,12 @@ assert HARMONY is not None
             ("Call it.", " to=functions.f<|channel|>commentary json<|message|>{}"),
         ),
         (HARMONY, "<|channel|>commentar", False, ("", "<|channel|>commentar")),
+        (
+            GEMMA,
+            "<|channel>thought\nSunny?<channel|>It is sunny.",
+            False,
+            ("Sunny?", "It is sunny."),
+        ),
     ],
 )
 def test_each_familys_markers_split_exactly(

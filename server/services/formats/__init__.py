@@ -22,6 +22,7 @@ from server.services.formats.families import (
     command_r,
     deepseek,
     functionary,
+    gemma,
     generic,
     glm,
     harmony,
@@ -40,6 +41,7 @@ from server.services.tools import ToolCallParser
 # In the order they are tried: the first family whose pattern the template holds.
 _MODULES: tuple[ModuleType, ...] = (
     harmony,
+    gemma,
     seed,
     mistral,
     deepseek,

@@ -8,12 +8,13 @@ import random
 import re
 import string
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from server.engine.gbnf import gbnf_literal
-from server.engine.grammar import FunctionSpec, call_grammar
+from server.engine.grammar import FunctionSpec, call_grammar, python_spelling
 from server.engine.types import Grammar
+from server.services.formats import gemma_args
 from server.services.formats.layout import (
     ARGUMENTS,
     ID,
@@ -90,7 +91,7 @@ def layout_grammar(
         compose,
         separators=layout.separators,
         ascii=layout.ascii,
-        python=params is not None and params.python_objects,
+        spell=_spelling(layout),
         triggers=(trigger_pattern(layout, functions),) if lazy else (),
         arguments=(
             None
@@ -98,6 +99,16 @@ def layout_grammar(
             else lambda index, schema, visit: params_rules(params, index, schema, visit)
         ),
     )
+
+
+def _spelling(layout: CallLayout) -> Callable[[str], str] | None:
+    """How the layout spells values other than as JSON: as Python writes them (Seed-OSS's
+    object parameters), in Gemma's syntax, or None."""
+    if layout.dialect == "gemma":
+        return gemma_args.spelled
+    if layout.params is not None and layout.params.python_objects:
+        return python_spelling
+    return None
 
 
 def trigger_pattern(layout: CallLayout, functions: Sequence[FunctionSpec]) -> str:
@@ -163,7 +174,8 @@ class LayoutCallParser:
         self._at = 0  # its next piece
         self._raw = ""  # its text so far
         self._values: dict[str, str] = {}
-        self._json = _JsonScan()
+        self._json: _JsonScan | gemma_args.Scan = _JsonScan()
+        self._written = ""  # arguments in a dialect, as written (read once whole)
         self._params: ParamsScan | None = None
         self._released = 0  # how much of its arguments went out
         self._head: CallDelta | None = None
@@ -283,7 +295,9 @@ class LayoutCallParser:
         if isinstance(first, str) and skip:
             pieces = (first[skip:], *pieces[1:])
         self._pieces, self._at, self._raw = pieces, 0, ""
-        self._values, self._json, self._released, self._head = {}, _JsonScan(), 0, None
+        self._values, self._released, self._head = {}, 0, None
+        self._json = gemma_args.Scan() if self._layout.dialect == "gemma" else _JsonScan()
+        self._written = ""
         params = self._layout.params
         self._params = ParamsScan(params, self._schemas) if params is not None else None
         self._start = False
@@ -304,6 +318,21 @@ class LayoutCallParser:
             if not self._params.done:
                 return False
             self._values["arguments"] = self._params.arguments()
+            self._release(deltas)
+            self._at += 1
+            return True
+        if slot == ARGUMENTS and self._layout.dialect is not None:
+            # Arguments in a syntax of their own go out as JSON once whole.
+            if not self._written and not self._buffer.startswith("{"):
+                return self._abandon(content) if self._buffer or finishing else False
+            done = self._json.feed(self._buffer)
+            self._written += self._take(len(self._buffer) if done < 0 else done)
+            if done < 0:
+                return False
+            try:
+                self._values["arguments"] = gemma_args.to_json(self._written)
+            except ValueError:
+                return self._abandon(content)
             self._release(deltas)
             self._at += 1
             return True

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from server.errors import ChatTemplateError
+from server.services.formats import gemma_args
 from server.services.formats.params import ParamStyle, learn_params
 from server.services.templates import ChatTemplate, message_to_template_dict
 
@@ -72,13 +73,18 @@ class CallLayout:
     params: ParamStyle | None = None
     # JSON arguments with every character past ASCII escaped (``tojson(ensure_ascii=True)``).
     ascii: bool = False
+    # Arguments in a syntax of their own, not JSON: "gemma" (:mod:`.gemma_args`), or None.
+    dialect: Literal["gemma"] | None = None
 
     def arguments_text(self, arguments: str) -> str:
         """A call's arguments (JSON text) as this layout writes them."""
-        if self.params is None:
+        if self.params is None and self.dialect is None:
             return arguments
         value = json.loads(arguments)
-        return self.params.text(value if isinstance(value, dict) else {})
+        value = value if isinstance(value, dict) else {}
+        if self.params is None:
+            return gemma_args.write(value)
+        return self.params.text(value)
 
     @property
     def opener(self) -> str:
@@ -195,10 +201,13 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
 
     region = region_of(one, _sentinels(1))
     params: ParamStyle | None = None
+    dialect: Literal["gemma"] | None = None
     if region.count(json.dumps(_ARGUMENTS[0])) == 1:
         separators = (", ", ": ")
     elif region.count(json.dumps(_ARGUMENTS[0], separators=(",", ":"))) == 1:
         separators = (",", ":")
+    elif region.count(gemma_args.write(_ARGUMENTS[0])) == 1:
+        separators, dialect = gemma_args.SEPARATORS, "gemma"
     else:  # written parameter by parameter, or in a form no layout describes
         separators = (", ", ": ")
 
@@ -212,7 +221,7 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
         params = learn_params(call_region)
         if params is None:
             return None
-    write = _writer(separators, params)
+    write = _writer(separators, params) if dialect is None else gemma_args.write
     pieces = _pieces(region, 0, write)
     if pieces is None or NAME not in pieces:
         return None
@@ -243,8 +252,8 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
     )
     for layout in candidates:
         # The sentinels are ASCII: whether the template escapes the rest shows in the checks.
-        for ascii in (False, True) if params is None else (False,):
-            layout = replace(layout, ascii=ascii)
+        for ascii in (False, True) if params is None and dialect is None else (False,):
+            layout = replace(layout, ascii=ascii, dialect=dialect)
             if _predicts(render, layout, region_of, results):
                 return layout
     return None

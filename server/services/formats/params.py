@@ -246,7 +246,8 @@ def params_rules(
     visit: Callable[[dict[str, Any], str], str],
 ) -> tuple[str, str]:
     """The rules of one function's arguments in ``style``: its required parameters in order,
-    then each optional one or not; a schema without properties takes any parameters. Types,
+    then each optional one or not; a schema that declares no properties takes any parameters
+    (one that declares none, ``{}``, takes none). Types,
     enums and consts are enforced; a string's length and pattern are not (it is raw text)."""
     head = f"params-{index}"
     # A string value may not hold the marker that ends it, even without the whitespace the
@@ -254,18 +255,21 @@ def params_rules(
     # (Its rules are written once, with the first function's.)
     rules = without_rule(style.post.strip() or style.post, "param-text") if index == 0 else []
     properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
-    if not properties:
+    if properties is None:  # no properties declared: any (declared none: none)
         kinds = " | ".join(
             f"( {gbnf_literal(style.mid(k))} "
             f"{_value(style, k, {}, f'{head}-any-{k}', visit, rules)} )"
             for k in KINDS
         )
-        item = f"( {gbnf_literal(style.pre)} [A-Za-z0-9_.-]+ ( {kinds} ) {gbnf_literal(style.post)} )"
+        item = (
+            f"( {gbnf_literal(style.pre)} [A-Za-z0-9_.-]+ ( {kinds} ) {gbnf_literal(style.post)} )"
+        )
         if style.empty:
             rules.append(f"{head} ::= {item}+ | {gbnf_literal(style.empty)}")
         else:
             rules.append(f"{head} ::= {item}*")
         return head, "\n".join(rules)
+    empty = '""'
     required = [k for k in schema.get("required") or () if k in properties]
     parts = []
     for j, (key, sub) in enumerate(properties.items()):
@@ -277,6 +281,9 @@ def params_rules(
             options.append(f"{opening} {value} {gbnf_literal(style.post)}")
         rules.append(f"{head}-{j} ::= " + " | ".join(f"( {o} )" for o in options))
         parts.append((key, f"{head}-{j}"))
+    if not parts:
+        rules.append(f"{head} ::= {gbnf_literal(style.empty) if style.empty else empty}")
+        return head, "\n".join(rules)
     if style.empty and not required:
         # A template that writes something else for no parameters (DeepSeek V4's empty
         # line): that, or at least one parameter.
@@ -295,7 +302,6 @@ def params_rules(
     order = [r for k, r in parts if k in required] + [
         f"{r}?" for k, r in parts if k not in required
     ]
-    empty = '""'
     rules.append(f"{head} ::= {' '.join(order) or empty}")
     return head, "\n".join(rules)
 
@@ -353,7 +359,6 @@ class ParamsScan:
         self._key: str | None = None
         self._kind: Kind = "string"
         self._scanned = 0  # how far into the value its end was looked for
-        self._none_read = False
         self.done = False
 
     def feed(self, text: str, *, finishing: bool) -> int | None:
@@ -365,14 +370,15 @@ class ParamsScan:
         while True:
             rest = text[at:]
             if self._key is None:
-                if style.empty and not self._items and not self._none_read:
-                    # What the template writes for no parameters (unless a parameter opens).
-                    if rest.startswith(style.empty) and not rest.startswith(style.pre):
-                        if style.pre.startswith(rest) and not finishing:
-                            return at
-                        self._none_read = True
-                        self.done = True
-                        return at + len(style.empty)
+                # What the template writes for no parameters (unless a parameter opens).
+                none = style.empty and not self._items and not rest.startswith(style.pre)
+                if none and rest.startswith(style.empty):
+                    if style.pre.startswith(rest) and not finishing:
+                        return at
+                    self.done = True
+                    return at + len(style.empty)
+                if none and style.empty.startswith(rest) and not finishing:
+                    return at
                 if rest.startswith(style.pre):
                     found = self._read_key(rest[len(style.pre) :])
                     if found is None:

@@ -1,5 +1,5 @@
-"""ByteDance Seed-OSS: thinking in ``<seed:think>``; its calls (XML parameters) are still the
-house format."""
+"""ByteDance Seed-OSS: thinking in ``<seed:think>``; calls as ``<function=NAME>`` with
+``<parameter=...>`` XML, objects in them as Python writes them."""
 
 import re
 
