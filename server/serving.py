@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from server.api.limits import UPLOAD_PREFIX
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,7 +61,19 @@ class GuardedProtocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        if self._body_timer is not None and self._uploading():
+            # A model's blob takes longer than any deadline for a whole body: its deadline
+            # is for a pause (no byte for body_timeout seconds).
+            self._disarm_body_timer()
         self._follow_request()
+
+    def _uploading(self) -> bool:
+        scope = getattr(self, "scope", None)
+        return (
+            isinstance(scope, dict)
+            and scope.get("method") == "POST"
+            and str(scope.get("path", "")).startswith(UPLOAD_PREFIX)
+        )
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

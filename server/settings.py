@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import ByteSize, Field, field_validator, model_validator
+from pydantic import AliasChoices, ByteSize, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -61,6 +61,22 @@ class Settings(BaseSettings):
     models_dir: Path = Field(
         default_factory=_default_models_dir, description="Where pulled models are stored."
     )
+    hf_token: str | None = Field(
+        None,
+        validation_alias=AliasChoices("hf_token", "HEARTH_HF_TOKEN", "HF_TOKEN"),
+        description="Hugging Face token, for pulling gated and private repos (env HF_TOKEN too).",
+    )
+    ollama_registry: str = Field(
+        "https://registry.ollama.ai",
+        description="Ollama's registry, for `ollama:name:tag` (and `name:tag`) pulls: a "
+        "mirror's address instead.",
+    )
+    hf_endpoint: str = Field(
+        "https://huggingface.co",
+        validation_alias=AliasChoices("hf_endpoint", "HEARTH_HF_ENDPOINT", "HF_ENDPOINT"),
+        description="The Hugging Face hub to pull from: a mirror's address instead (env "
+        "HF_ENDPOINT too).",
+    )
     header_timeout: float = Field(
         10.0,
         gt=0,
@@ -86,6 +102,13 @@ class Settings(BaseSettings):
     )
     max_body_bytes: ByteSize = Field(
         ByteSize(8 * 1024 * 1024), ge=1024, description="Largest request body (413 above)."
+    )
+    max_upload_bytes: ByteSize = Field(
+        ByteSize(256 << 30),
+        ge=1024,
+        description="Largest model blob an admin may upload (POST /api/blobs/:digest, for "
+        "/api/create); its body must keep arriving (`body_timeout` seconds without a byte "
+        "ends it).",
     )
     max_queue: int = Field(
         64, ge=1, description="Jobs (choices times prompts) waiting per model before 429."

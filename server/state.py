@@ -12,6 +12,7 @@ from server.services.completions import CompletionService
 from server.services.embeddings import EmbeddingService
 from server.services.generation import RunLimits
 from server.services.model_info import ModelInfo
+from server.services.model_store import ModelStore
 from server.services.prep import PrepExecutor
 from server.services.response_store import ResponseStore
 from server.services.tokens import TokenService
@@ -37,6 +38,7 @@ class AppState:
     prep: PrepExecutor
     responses: ResponseStore
     model_info: ModelInfo
+    model_store: ModelStore
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -62,6 +64,7 @@ class AppState:
             prep,
             open_response_store(settings),
             ModelInfo(registry, settings),
+            ModelStore(settings, registry),
         )
 
     def begin_shutdown(self) -> None:

@@ -61,6 +61,11 @@ def make_settings(**overrides: object) -> Settings:
         "responses_db": Path(tempfile.mkdtemp(prefix="hearth-responses-")) / "responses.sqlite3",
         # TestClient's requests name "testserver"; live servers are reached at 127.0.0.1.
         "allowed_hosts": ["testserver", "127.0.0.1", "localhost"],
+        # Pulls go to a folder of the test's own, and never out of this machine: the hub and
+        # the registry are a port where nothing listens.
+        "models_dir": Path(tempfile.mkdtemp(prefix="hearth-models-")),
+        "hf_endpoint": "http://127.0.0.1:9",
+        "ollama_registry": "http://127.0.0.1:9",
     }
     data.update(overrides)
     return Settings.model_validate(data)

@@ -75,7 +75,7 @@ def test_the_shipped_config_registers_smollm2_first() -> None:
 @pytest.mark.parametrize(
     "body, message",
     [
-        ('[[models]]\nname = "a"\n', "exactly one of `path`, `package` or `upstream`"),
+        ('[[models]]\nname = "a"\n', "exactly one of `path`, `package`, `source` or"),
         ('[[models]]\nname = "a"\npath = "x"\npackage = "smollm2"\n', "exactly one"),
         (
             '[[models]]\nname = "a"\npath = "x"\n[[models]]\nname = "b"\naliases = ["a"]\npath = "y"\n',

@@ -1,6 +1,6 @@
 """Models named on the command line (``hearth serve ./my-model.gguf``, ``hearth chat
-gemma3-270m``) instead of in a config file: GGUF files, each named after its file, and the
-packaged models Hearth can pull."""
+gemma3-270m``, ``hearth serve hf:user/repo:Q4_K_M``) instead of in a config file: GGUF files,
+each named after its file, models to pull, and the packaged models."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from server.errors import ModelSourceError
+from server.models.pull import is_reference, reference_name
 from server.models.sources import CATALOG
 
 
@@ -21,14 +22,17 @@ def model_entries(arguments: list[str]) -> list[dict[str, Any]]:
         path = Path(argument).expanduser()
         if argument in CATALOG and not path.is_file():
             entry: dict[str, Any] = {"name": argument, "package": argument}
+        elif is_reference(argument) and not path.is_file():
+            entry = {"name": reference_name(argument), "source": argument}
         elif path.is_file():
             entry = {"name": _name_for(path), "path": str(path.resolve())}
-        elif path.suffix.lower() == ".gguf" or "/" in argument:
+        elif path.suffix.lower() == ".gguf" or argument.startswith((".", "/", "~")):
             raise ModelSourceError(f"{argument}: no such file")
         else:
             known = ", ".join(sorted(CATALOG))
             raise ModelSourceError(
-                f"'{argument}' is neither a GGUF file nor a packaged model ({known})"
+                f"'{argument}' is neither a GGUF file, a model to pull (hf:user/repo:QUANT, "
+                f"https://.../model.gguf) nor a packaged model ({known})"
             )
         name, n = entry["name"], 2
         while entry["name"] in taken:  # two files called model.gguf: model, model-2

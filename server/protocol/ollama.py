@@ -146,3 +146,40 @@ class ShowRequest(OpenAIRequest):
     model: str | None = None
     name: str | None = None
     verbose: bool = False
+
+
+class PullRequest(OpenAIRequest):
+    """POST /api/pull: ``model`` (older clients send ``name``); ``insecure`` is accepted and
+    ignored (Hearth verifies every layer's digest whatever it says)."""
+
+    model: str | None = Field(None, max_length=512)
+    name: str | None = Field(None, max_length=512)
+    insecure: bool = False
+    stream: bool = True
+
+
+class DeleteRequest(OpenAIRequest):
+    """DELETE /api/delete."""
+
+    model: str | None = Field(None, max_length=512)
+    name: str | None = Field(None, max_length=512)
+
+
+class CopyRequest(OpenAIRequest):
+    """POST /api/copy: serve ``source`` under ``destination`` too."""
+
+    source: str = Field(..., min_length=1, max_length=512)
+    destination: str = Field(..., min_length=1, max_length=512, pattern=r"^[A-Za-z0-9._:/-]+$")
+
+
+class CreateRequest(OpenAIRequest):
+    """POST /api/create from an uploaded GGUF: ``files`` maps its name to its blob's digest;
+    ``parameters`` become the model's sampling defaults (as an Ollama params layer)."""
+
+    model: str | None = Field(None, max_length=512, pattern=r"^[A-Za-z0-9._:/-]+$")
+    name: str | None = Field(None, max_length=512, pattern=r"^[A-Za-z0-9._:/-]+$")
+    files: dict[str, str] | None = Field(None, max_length=16)
+    parameters: dict[str, Any] | None = Field(None, max_length=64)
+    template: str | None = None
+    system: str | None = None
+    stream: bool = True

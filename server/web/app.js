@@ -1,4 +1,5 @@
-// Hearth's page: a chat playground over /v1/chat/completions and a status view over /status.
+// Hearth's page: a chat playground over /v1/chat/completions, a status view over /status, and
+// a model manager over Ollama's /api/pull, /api/tags and /api/delete.
 // No build step and no dependencies. Text from the model or the user only ever reaches the
 // page through textContent or elements built here (answers through markdown.js): never as HTML.
 "use strict";
@@ -373,10 +374,100 @@ async function refreshStatus() {
   }
 }
 
+// -- the models view: pull, list, delete (Ollama's /api/pull, /api/tags, /api/delete) --------
+
+function megabytes(bytes) {
+  return (bytes / 1e6).toFixed(1) + " MB";
+}
+
+async function refreshManaged() {
+  let tags;
+  try {
+    tags = await (await api("/api/tags")).json();
+  } catch (error) {
+    if (!(error instanceof NeedsKey)) $("manage-note").textContent = "Could not list the models: " + error.message;
+    return;
+  }
+  const rows = $("manage-table").querySelector("tbody");
+  rows.replaceChildren();
+  for (const model of tags.models) {
+    const row = document.createElement("tr");
+    cell(row, model.name);
+    cell(row, megabytes(model.size));
+    cell(row, (model.details && model.details.quantization_level) || "");
+    const actions = document.createElement("td");
+    const remove = document.createElement("button");
+    remove.textContent = "Delete";
+    remove.addEventListener("click", () => deleteModel(model.name));
+    actions.append(remove);
+    row.append(actions);
+    rows.append(row);
+  }
+}
+
+async function deleteModel(name) {
+  if (!confirm("Delete " + name + "?")) return;
+  try {
+    await api("/api/delete", { method: "DELETE", body: JSON.stringify({ model: name }) });
+    $("manage-note").textContent = "Deleted " + name + ".";
+  } catch (error) {
+    if (!(error instanceof NeedsKey)) $("manage-note").textContent = "Could not delete " + name + ": " + error.message;
+  }
+  refreshManaged();
+  loadModels();
+}
+
+async function pullModel(reference) {
+  const bar = $("pull-bar");
+  const text = $("pull-text");
+  $("pull-progress").hidden = false;
+  $("pull-button").disabled = true;
+  bar.removeAttribute("value"); // indeterminate until sizes are known
+  text.textContent = "Starting…";
+  try {
+    const response = await api("/api/pull", { method: "POST", body: JSON.stringify({ model: reference, stream: true }) });
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffered = "";
+    let last = null;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffered += decoder.decode(value, { stream: true });
+      let newline;
+      while ((newline = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, newline).trim();
+        buffered = buffered.slice(newline + 1);
+        if (!line) continue;
+        last = JSON.parse(line);
+        if (last.error) throw new Error(last.error);
+        if (last.total) {
+          bar.max = last.total;
+          bar.value = last.completed || 0;
+          text.textContent = `${last.status}: ${megabytes(last.completed || 0)} of ${megabytes(last.total)}`;
+        } else {
+          text.textContent = last.status;
+        }
+      }
+    }
+    if (!last || last.status !== "success") throw new Error("the pull ended before it was done");
+    bar.max = 1;
+    bar.value = 1;
+    text.textContent = "Pulled " + reference + ".";
+    $("pull-ref").value = "";
+  } catch (error) {
+    if (!(error instanceof NeedsKey)) text.textContent = "Could not pull " + reference + ": " + error.message;
+  } finally {
+    $("pull-button").disabled = false;
+  }
+  refreshManaged();
+  loadModels();
+}
+
 // -- wiring ----------------------------------------------------------------------------------
 
 function showView(name) {
-  for (const view of ["chat", "status"]) {
+  for (const view of ["chat", "status", "models"]) {
     $("view-" + view).hidden = view !== name;
     $("tab-" + view).classList.toggle("active", view === name);
   }
@@ -384,6 +475,7 @@ function showView(name) {
     state.lastTotals = null;
     refreshStatus();
   }
+  if (name === "models") refreshManaged();
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -396,6 +488,11 @@ document.addEventListener("DOMContentLoaded", () => {
     $("key-dialog").hidden = true;
     loadModels();
     refreshStatus();
+  });
+  $("pull-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const reference = $("pull-ref").value.trim();
+    if (reference) pullModel(reference);
   });
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();

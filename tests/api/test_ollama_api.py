@@ -90,8 +90,11 @@ def assert_ollama_error(response: Any, status: int) -> str:
         ("/api/chat", {**CHAT, "keep_alive": "1" + " " * 50_000 + "x"}, "keep_alive"),
         ("/api/generate", {"model": MODEL, "prompt": "x", "raw": True, "think": "zzz"}, "think"),
         ("/api/generate", {"model": MODEL, "prompt": "x", "format": 7}, "format"),
-        ("/api/pull", {"model": "llama3"}, "hearth models pull"),
-        ("/api/create", {"model": "x"}, "hearth models pull"),
+        ("/api/pull", {"model": "not a model!"}, "not a model to pull"),
+        ("/api/pull", {}, "model"),
+        ("/api/create", {"model": "x"}, "files"),
+        ("/api/create", {"model": "x", "files": {"x.gguf": "sha256:zz"}}, "digest"),
+        ("/api/push", {"model": "x"}, "does not push"),
     ],
 )
 def test_bad_requests_are_ollama_400s(
@@ -106,7 +109,11 @@ def test_unknown_models_and_routes_are_ollama_404s(client: TestClient) -> None:
     )
     assert_ollama_error(client.post("/api/show", json={"model": "llama3"}), 404)
     assert_ollama_error(client.get("/api/nothing-here"), 404)
-    assert_ollama_error(client.request("DELETE", "/api/delete", json={"model": MODEL}), 400)
+    # A model of the config file is not Hearth's to delete; an unknown one is a 404.
+    assert "config file" in assert_ollama_error(
+        client.request("DELETE", "/api/delete", json={"model": MODEL}), 400
+    )
+    assert_ollama_error(client.request("DELETE", "/api/delete", json={"model": "llama3"}), 404)
 
 
 def test_num_ctx_limits_the_answer_and_num_predict_minus_one_is_unlimited(

@@ -241,9 +241,12 @@ def test_errors_are_ollama_errors(client: ollama.Client, live_server: LiveServer
     assert missing.value.status_code == 404
     assert "no-such-model" in missing.value.error
     with pytest.raises(ollama.ResponseError) as pull:
-        client.pull("llama3")
-    assert pull.value.status_code == 400
-    assert "hearth models pull" in pull.value.error
+        client.pull("llama3")  # the registry (a closed port here) cannot be reached
+    assert pull.value.status_code == 502
+    assert "cannot reach the registry" in pull.value.error
+    with pytest.raises(ollama.ResponseError) as push:
+        client.push("llama3")
+    assert push.value.status_code == 400
     response = httpx.post(
         live_server.base_url + "/api/chat",
         json={"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]},

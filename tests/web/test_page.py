@@ -327,3 +327,48 @@ def test_a_streamed_answer_renders_its_open_block_not_the_whole_answer(
     expect(body.locator("h3, ul li, pre code")).to_have_count(4)
     assert body.inner_text().startswith("A long answer")
     assert watched.errors == []
+
+
+def test_the_models_view_pulls_with_a_progress_bar_lists_and_deletes(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """Issue 26: the page's model manager pulls from a registry (a local one speaking Ollama's
+    protocol, serving our real GGUF), shows the pull's progress, lists the model, chats with it,
+    and deletes it; a reference nothing answers for says why."""
+    from tests.conftest import model_file
+    from tests.models.fake_hub import FakeHub, serve_hub
+
+    hub = FakeHub()
+    hub.manifests["library/smollm2:135m"] = [
+        ("application/vnd.ollama.image.model", model_file("smollm2").read_bytes())
+    ]
+    with serve_hub(hub):
+        settings = make_settings(models=[], models_dir=tmp_path, ollama_registry=hub.url)
+        with LiveServer(create_app(settings), settings) as live:
+            watched = Watched(browser)
+            page = watched.page
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(live.base_url + "/")
+            page.click("#tab-models")
+            expect(page.locator("#manage-table tbody tr")).to_have_count(0)
+            page.fill("#pull-ref", "nothing:1b")
+            page.click("#pull-button")
+            expect(page.locator("#pull-text")).to_contain_text("not in the registry")
+            page.fill("#pull-ref", "smollm2:135m")
+            page.click("#pull-button")
+            expect(page.locator("#pull-text")).to_have_text("Pulled smollm2:135m.", timeout=60_000)
+            assert page.locator("#pull-bar").evaluate("bar => bar.value === bar.max")
+            row = page.locator("#manage-table tbody tr")
+            expect(row).to_have_count(1)
+            expect(row.locator("td").first).to_have_text("smollm2:135m")
+            screenshot(page, "web-models")
+            # It is in the chat's model list at once.
+            page.click("#tab-chat")
+            expect(page.locator("#model option")).to_have_text(["smollm2:135m"])
+            page.click("#tab-models")
+            row.locator("button").click()
+            expect(page.locator("#manage-table tbody tr")).to_have_count(0)
+            expect(page.locator("#manage-note")).to_have_text("Deleted smollm2:135m.")
+            assert not list(tmp_path.glob("blobs/sha256-*"))
+            assert watched.errors == []
+            watched.close()

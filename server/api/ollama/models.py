@@ -1,5 +1,5 @@
-"""Ollama's model routes: version, tags, show, ps, embeddings, and the management routes
-Hearth leaves to its own command line (pull, push, create, copy, delete)."""
+"""Ollama's model routes: version, tags, show, ps, embeddings (pull, create, copy, delete:
+:mod:`server.api.ollama.manage`; push is refused)."""
 
 from __future__ import annotations
 
@@ -170,24 +170,12 @@ async def embeddings(
     return {"embedding": result.vectors[0]}
 
 
-_MANAGEMENT = {
-    "/api/pull": "pull",
-    "/api/push": "push",
-    "/api/create": "create",
-    "/api/copy": "copy",
-    "/api/delete": "delete",
-}
-
-
-async def _refuse(request: Request) -> None:
-    what = _MANAGEMENT[request.url.path]
+async def _refuse_push() -> None:
     raise InvalidRequestError(
-        f"Hearth does not {what} models over the API: models are files named in its config. "
-        "Use `hearth models pull NAME_OR_PATH` on the server, then add the model to the config "
-        "file (see the README's Models section).",
+        "Hearth does not push models: it pulls them (POST /api/pull, `hearth pull`) and "
+        "creates them from uploaded GGUFs (POST /api/create)",
         code="unsupported_feature",
     )
 
 
-for _path in _MANAGEMENT:
-    router.add_api_route(_path, _refuse, methods=["DELETE"] if _path == "/api/delete" else ["POST"])
+router.add_api_route("/api/push", _refuse_push, methods=["POST"])

@@ -1,0 +1,192 @@
+"""Models in Ollama's registry: ``ollama:name[:tag]``, ``ollama:user/name:tag``, or a bare
+``name:tag`` (``qwen3:4b``, ``llama3.2:latest``).
+
+The manifest comes from ``GET {registry}/v2/{namespace}/{name}/manifests/{tag}`` (``library``
+is the namespace of Ollama's own models); each layer from ``GET {registry}/v2/{namespace}/
+{name}/blobs/{digest}`` (which may redirect), stored as ``blobs/sha256-<hex>`` in the models
+folder, as Ollama stores them, and verified against its digest. The model layer
+(``application/vnd.ollama.image.model``) is the GGUF; the parameters layer
+(``...image.params``, JSON) becomes the model's sampling defaults and context.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from server.errors import ModelSourceError
+from server.models.download import ProgressFor, RemoteFile, describe_status, fetch
+
+DEFAULT_REGISTRY = "https://registry.ollama.ai"
+MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+MODEL_LAYER = "application/vnd.ollama.image.model"
+PARAMS_LAYER = "application/vnd.ollama.image.params"
+# A manifest or parameters layer is small; more is not one.
+MAX_SMALL = 1 << 20
+
+_PART = r"[a-z0-9][a-z0-9._-]{0,79}"
+_REFERENCE = re.compile(
+    rf"^(?:ollama:)?(?:(?P<namespace>{_PART})/)?(?P<name>{_PART})(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9._-]{{0,79}}))?$"
+)
+_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
+# Ollama's parameter names, and the sampling default each sets.
+_SAMPLING = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repeat_penalty": "repeat_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "num_predict": "max_tokens",
+}
+
+
+@dataclass(frozen=True)
+class OllamaReference:
+    namespace: str
+    model: str
+    tag: str
+
+    @property
+    def name(self) -> str:
+        """The model's name, as Ollama lists it (``qwen3:4b``, ``user/model:tag``)."""
+        prefix = "" if self.namespace == "library" else f"{self.namespace}/"
+        return f"{prefix}{self.model}:{self.tag}"
+
+
+def parse_reference(text: str) -> OllamaReference | None:
+    """``ollama:...`` always; a bare ``name:tag`` (with its tag) too."""
+    text = text.strip()
+    explicit = text.startswith("ollama:")
+    if not explicit and ":" not in text:
+        return None
+    match = _REFERENCE.match(text)
+    if match is None:
+        return None
+    return OllamaReference(
+        match.group("namespace") or "library", match.group("name"), match.group("tag") or "latest"
+    )
+
+
+@dataclass(frozen=True)
+class OllamaModel:
+    reference: OllamaReference
+    gguf: Path
+    settings: dict[str, Any]  # ModelConfig fields from the parameters layer
+
+
+class Registry:
+    """Ollama's registry (or a mirror of it), through ``client``."""
+
+    def __init__(self, client: httpx.Client, url: str = DEFAULT_REGISTRY) -> None:
+        self._client = client
+        self._url = url.rstrip("/")
+
+    def manifest(self, ref: OllamaReference) -> dict[str, Any]:
+        url = f"{self._url}/v2/{ref.namespace}/{ref.model}/manifests/{ref.tag}"
+        try:
+            response = self._client.get(url, headers={"Accept": MANIFEST_TYPE})
+        except httpx.HTTPError as exc:
+            raise ModelSourceError(f"{self._url}: cannot reach the registry: {exc}") from exc
+        if response.status_code == 404:
+            raise ModelSourceError(f"{ref.name} is not in the registry at {self._url}")
+        if response.status_code != 200:
+            raise ModelSourceError(describe_status(response, url))
+        if len(response.content) > MAX_SMALL:
+            raise ModelSourceError(f"{url}: a manifest larger than {MAX_SMALL} bytes")
+        try:
+            manifest = response.json()
+            layers = manifest["layers"]
+            assert isinstance(layers, list)
+            for layer in layers:
+                _digest(layer)
+        except (ValueError, KeyError, TypeError, AssertionError) as exc:
+            raise ModelSourceError(f"{url}: not a model manifest ({exc})") from exc
+        return dict(manifest)
+
+    def pull(
+        self, ref: OllamaReference, models_dir: Path, *, progress: ProgressFor | None = None
+    ) -> OllamaModel:
+        layers = self.manifest(ref)["layers"]
+        model = [layer for layer in layers if layer.get("mediaType") == MODEL_LAYER]
+        if len(model) != 1:
+            raise ModelSourceError(f"{ref.name}: the manifest has {len(model)} model layers")
+        gguf = self._blob(ref, model[0], models_dir, progress)
+        settings: dict[str, Any] = {}
+        params = next((layer for layer in layers if layer.get("mediaType") == PARAMS_LAYER), None)
+        if params is not None and int(params.get("size", 0)) <= MAX_SMALL:
+            path = self._blob(ref, params, models_dir, None)
+            settings = settings_from_params(path.read_bytes())
+        return OllamaModel(ref, gguf, settings)
+
+    def _blob(
+        self,
+        ref: OllamaReference,
+        layer: dict[str, Any],
+        models_dir: Path,
+        progress: ProgressFor | None,
+    ) -> Path:
+        sha = _digest(layer)
+        size = layer.get("size")
+        target = blob_path(models_dir, sha)
+        url = f"{self._url}/v2/{ref.namespace}/{ref.model}/blobs/sha256:{sha}"
+        remote = RemoteFile(url, size if isinstance(size, int) else None, sha)
+        fetch(
+            self._client, remote, target, progress=progress(f"sha256:{sha}") if progress else None
+        )
+        return target
+
+
+def blob_path(models_dir: Path, sha: str) -> Path:
+    return models_dir / "blobs" / f"sha256-{sha}"
+
+
+def _digest(layer: Any) -> str:
+    match = _DIGEST.match(str(layer.get("digest", ""))) if isinstance(layer, dict) else None
+    if match is None:
+        raise ValueError(f"a layer without a sha256 digest: {layer!r}"[:200])
+    return match.group(1)
+
+
+def settings_from_params(data: bytes) -> dict[str, Any]:
+    """An Ollama parameters layer (JSON) as model settings: sampling defaults and
+    ``num_ctx``. Values that are not numbers, or out of range, are left out."""
+    try:
+        params = json.loads(data)
+    except ValueError:
+        return {}
+    if not isinstance(params, dict):
+        return {}
+    defaults: dict[str, Any] = {}
+    for key, field in _SAMPLING.items():
+        value = params.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            defaults[field] = value
+    settings: dict[str, Any] = {}
+    if defaults:
+        settings["defaults"] = _valid_defaults(defaults)
+    num_ctx = params.get("num_ctx")
+    if isinstance(num_ctx, int) and not isinstance(num_ctx, bool) and num_ctx >= 64:
+        settings["n_ctx"] = num_ctx
+    return settings
+
+
+def _valid_defaults(defaults: dict[str, Any]) -> dict[str, Any]:
+    from pydantic import ValidationError
+
+    from server.models.config import SamplingDefaults
+
+    kept: dict[str, Any] = {}
+    for key, value in defaults.items():
+        try:
+            SamplingDefaults.model_validate({key: value})
+        except ValidationError:
+            continue
+        kept[key] = int(value) if key in ("top_k", "max_tokens") else value
+    return kept

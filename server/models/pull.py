@@ -1,0 +1,151 @@
+"""A model reference, pulled: ``hf:user/repo[:QUANT][@revision]`` (or ``hf.co/user/repo:QUANT``),
+``ollama:name[:tag]`` (or ``name:tag``), ``https://.../file.gguf``; fetched into the models
+folder and recorded in the pulled models' table (:mod:`server.models.pulled`), where the
+registry finds it by its name.
+
+Where the files go, under ``models_dir``: ``hf/<user>/<repo>/<revision>/<path in the repo>``
+(split parts keep their names, which llama.cpp needs to find the parts from the first),
+``blobs/sha256-<hex>`` (Ollama's layers, as Ollama stores them) and ``url/<host>/<path>``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from server.errors import ModelSourceError
+from server.models.download import ProgressFor, RemoteFile, fetch
+from server.models.gguf import GGUFError, read_metadata
+from server.models.hub import Hub, parse_reference
+from server.models.ollama_registry import DEFAULT_REGISTRY, Registry
+from server.models.ollama_registry import parse_reference as parse_ollama_reference
+from server.models.pulled import PulledModel, PulledModels
+from server.models.sources import GGUF_MAGIC
+
+# Seconds a transfer may go without a byte before it is given up (and can be resumed).
+READ_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    """Where models come from: the hub's address and token."""
+
+    hf_endpoint: str = "https://huggingface.co"
+    hf_token: str | None = None
+    ollama_registry: str = DEFAULT_REGISTRY
+    timeout: float = READ_TIMEOUT
+
+
+def is_reference(text: str) -> bool:
+    """Whether ``text`` names a model to pull (not a file, not a packaged model)."""
+    return (
+        parse_reference(text) is not None
+        or _is_url(text)
+        or parse_ollama_reference(text) is not None
+    )
+
+
+def reference_name(text: str) -> str:
+    """The name a pulled model is served under."""
+    hub = parse_reference(text)
+    if hub is not None:
+        return hub.name
+    if _is_url(text):
+        return _url_name(text)
+    ollama = parse_ollama_reference(text)
+    if ollama is not None:
+        return ollama.name
+    raise ModelSourceError(
+        f"'{text}' is not a model reference (hf:user/repo:QUANT, hf.co/user/repo:QUANT, "
+        "ollama:name:tag or https://.../model.gguf)"
+    )
+
+
+def pull(
+    text: str,
+    models_dir: Path,
+    options: PullOptions = PullOptions(),
+    *,
+    progress: ProgressFor | None = None,
+    client: httpx.Client | None = None,
+) -> PulledModel:
+    """Fetch what ``text`` names (or find it already there) and record it; returns its row."""
+    name = reference_name(text)
+    own = client is None
+    client = client or httpx.Client(
+        follow_redirects=True, timeout=httpx.Timeout(options.timeout, connect=30.0)
+    )
+    try:
+        hub_ref = parse_reference(text)
+        ollama_ref = parse_ollama_reference(text) if not _is_url(text) else None
+        settings: dict[str, Any] = {}
+        if hub_ref is None and ollama_ref is not None:
+            registry = Registry(client, options.ollama_registry)
+            model = registry.pull(ollama_ref, models_dir, progress=progress)
+            files, template = [model.gguf.relative_to(models_dir).as_posix()], None
+            settings = model.settings
+        elif hub_ref is not None:
+            folder = models_dir / "hf" / hub_ref.repo / hub_ref.revision
+            hub = Hub(client, options.hf_endpoint, options.hf_token)
+            got = hub.pull(hub_ref, folder, progress=progress)
+            files = [p.relative_to(models_dir).as_posix() for p in got.files]
+            template = None
+            if got.template is not None and not _has_template(got.gguf):
+                template = got.template.relative_to(models_dir).as_posix()
+        else:
+            target = _url_target(models_dir, text)
+            fetch(
+                client,
+                RemoteFile(text),
+                target,
+                progress=progress(target.name) if progress else None,
+            )
+            _check_gguf(target, text)
+            files, template = [target.relative_to(models_dir).as_posix()], None
+    finally:
+        if own:
+            client.close()
+    size = sum((models_dir / f).stat().st_size for f in files)
+    return PulledModels(models_dir).put(
+        PulledModel(name, text, tuple(files), template, settings, size)
+    )
+
+
+def _has_template(path: Path) -> bool:
+    try:
+        return bool(read_metadata(path).get("tokenizer.chat_template"))
+    except (GGUFError, OSError):
+        return False
+
+
+def _check_gguf(path: Path, url: str) -> None:
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != GGUF_MAGIC:
+        path.unlink()
+        raise ModelSourceError(f"{url} is not a GGUF file")
+
+
+def _is_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and bool(parts.path.strip("/"))
+
+
+def _url_target(models_dir: Path, url: str) -> Path:
+    parts = urlsplit(url)
+    segments = [unquote(s) for s in parts.path.split("/") if s]
+    if any(s in (".", "..") or "\\" in s for s in segments):
+        raise ModelSourceError(f"{url}: a path that climbs out of its folder")
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", parts.netloc)
+    return models_dir.joinpath("url", host, *segments)
+
+
+def _url_name(url: str) -> str:
+    stem = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+    stem = stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
+    return re.sub(r"[^A-Za-z0-9._:-]+", "-", stem).strip("-.:") or "model"

@@ -1,0 +1,305 @@
+"""Pulling models from Hugging Face and URLs, against a local server that speaks the hub's
+protocol (tests/models/fake_hub.py) and serves our real GGUF: a pull, a pull cut half way and
+resumed, a corrupted byte, a gated repo, an ambiguous quantization, two pulls of one file at
+once, and the pulled model answering a chat without a config entry."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.errors import ChecksumMismatchError, ModelSourceError
+from server.models.arguments import model_entries
+from server.models.download import RemoteFile, fetch
+from server.models.hub import HubReference, RepoFile, choose_gguf, parse_reference, quant_of
+from server.models.pull import PullOptions, pull, reference_name
+from server.models.pulled import PulledModels
+from tests.conftest import make_settings, model_file
+from tests.models.fake_hub import FakeHub, Repo, serve_hub
+from tests.models.gguf_split import split_gguf
+
+REAL = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def gguf() -> bytes:
+    return model_file("smollm2").read_bytes()
+
+
+@pytest.fixture
+def hub(gguf: bytes) -> Iterator[FakeHub]:
+    repos = {
+        "team/SmolLM2-GGUF": Repo(
+            {
+                REAL: gguf,
+                "SmolLM2-135M-Instruct.Q8_0.gguf": b"GGUF" + b"\0" * 100,
+                "README.md": b"# SmolLM2\n",
+            }
+        ),
+        "team/gated-GGUF": Repo({REAL: gguf}, token="hf_secret"),
+        "team/twice-GGUF": Repo({REAL: gguf, f"sub/{REAL}": gguf}),
+    }
+    with serve_hub(FakeHub(repos)) as running:
+        yield running
+
+
+def options(hub: FakeHub, token: str | None = None) -> PullOptions:
+    return PullOptions(hf_endpoint=hub.url, hf_token=token, timeout=10)
+
+
+def test_references_are_read_as_hugging_face_and_ollama_write_them() -> None:
+    assert parse_reference("hf:team/repo") == HubReference("team/repo")
+    assert parse_reference("hf:team/repo:Q4_K_M@v1.0") == HubReference(
+        "team/repo", "Q4_K_M", "v1.0"
+    )
+    assert parse_reference("hf.co/team/repo:q8_0") == HubReference("team/repo", "q8_0")
+    assert parse_reference("https://huggingface.co/team/repo:Q4_1") == HubReference(
+        "team/repo", "Q4_1"
+    )
+    for text in ("team/repo", "hf:../etc", "hf:team", "qwen3:4b", "hf:team/repo:Q4 x"):
+        assert parse_reference(text) is None
+    assert reference_name("hf:team/repo:Q4_1") == "hf.co/team/repo:Q4_1"
+    assert reference_name("https://example.com/x/My%20Model.Q4_0.gguf") == "My-Model.Q4_0"
+    assert quant_of("Qwen3-4B-Instruct-2507-UD-Q4_K_XL.gguf") == "Q4_K_XL"
+    assert quant_of("llama-3.2-1b-instruct-f16.gguf") == "F16"
+
+
+def test_a_split_model_is_chosen_whole_and_in_order() -> None:
+    files = [
+        RepoFile(f"Q4_K_M/model-Q4_K_M-0000{i}-of-00003.gguf", 10, None) for i in (3, 1, 2)
+    ] + [RepoFile("model-Q8_0.gguf", 10, None), RepoFile("mmproj-model-f16.gguf", 1, None)]
+    chosen = choose_gguf(files, HubReference("a/b"))
+    assert [f.path.rsplit("-", 3)[1] for f in chosen] == ["00001", "00002", "00003"]
+    with pytest.raises(ModelSourceError, match="parts \\[1, 3\\] of 3"):
+        choose_gguf([files[0], files[1]], HubReference("a/b"))
+
+
+def test_a_pull_fetches_verifies_and_records_the_model(
+    hub: FakeHub, gguf: bytes, tmp_path: Path
+) -> None:
+    pulled = pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    assert pulled.name == "hf.co/team/SmolLM2-GGUF:Q4_1"
+    path = tmp_path / pulled.gguf
+    assert path.read_bytes() == gguf
+    assert PulledModels(tmp_path).get(pulled.name) == pulled
+    assert not list(tmp_path.rglob("*.partial"))
+    # Again: nothing is downloaded.
+    sent = hub.sent
+    pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    assert hub.sent == sent
+
+
+def test_a_pull_cut_half_way_resumes_where_it_stopped(
+    hub: FakeHub, gguf: bytes, tmp_path: Path
+) -> None:
+    hub.cut_after = len(gguf) // 2
+    with pytest.raises(ModelSourceError, match="run the pull again to resume"):
+        pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    (partial,) = tmp_path.rglob("*.partial")
+    kept = partial.stat().st_size  # what arrived before the cut
+    assert len(gguf) // 4 < kept <= len(gguf) // 2
+    assert not (partial.parent / REAL).exists()  # nothing under the final name
+    first = hub.sent
+    pulled = pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    assert hub.sent - first == len(gguf) - kept  # only the rest
+    assert (tmp_path / pulled.gguf).read_bytes() == gguf
+    assert hub.ranges == [None, f"bytes={kept}-"]
+
+
+def test_a_server_that_ignores_the_range_sends_it_all_and_the_file_is_still_whole(
+    hub: FakeHub, gguf: bytes, tmp_path: Path
+) -> None:
+    hub.cut_after = 1000
+    with pytest.raises(ModelSourceError):
+        pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    hub.ignore_range = True
+    pulled = pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    assert (tmp_path / pulled.gguf).read_bytes() == gguf
+
+
+def test_a_corrupted_byte_is_refused_and_nothing_is_left(hub: FakeHub, tmp_path: Path) -> None:
+    hub.corrupt = True
+    with pytest.raises(ChecksumMismatchError):
+        pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    # No file, and no partial one to resume from.
+    assert not [*tmp_path.rglob("*.gguf"), *tmp_path.rglob("*.partial")]
+    assert PulledModels(tmp_path).all() == []
+
+
+def test_a_gated_repo_needs_the_token(hub: FakeHub, gguf: bytes, tmp_path: Path) -> None:
+    with pytest.raises(ModelSourceError, match=r"gated or private.*HF_TOKEN"):
+        pull("hf:team/gated-GGUF:Q4_1", tmp_path, options(hub))
+    with pytest.raises(ModelSourceError, match="gated or private"):
+        pull("hf:team/gated-GGUF:Q4_1", tmp_path, options(hub, "hf_wrong"))
+    pulled = pull("hf:team/gated-GGUF:Q4_1", tmp_path, options(hub, "hf_secret"))
+    assert (tmp_path / pulled.gguf).read_bytes() == gguf
+
+
+def test_a_missing_or_ambiguous_quantization_lists_the_choices(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    with pytest.raises(ModelSourceError, match="no Q4_K_M GGUF; choose one of: Q4_1, Q8_0"):
+        pull("hf:team/SmolLM2-GGUF", tmp_path, options(hub))
+    with pytest.raises(ModelSourceError, match="no Q2_K GGUF"):
+        pull("hf:team/SmolLM2-GGUF:Q2_K", tmp_path, options(hub))
+    with pytest.raises(ModelSourceError, match="several Q4_1 GGUFs"):
+        pull("hf:team/twice-GGUF:Q4_1", tmp_path, options(hub))
+    with pytest.raises(ModelSourceError, match="is not on"):
+        pull("hf:team/nothing-GGUF:Q4_1", tmp_path, options(hub))
+    assert hub.sent == 0
+
+
+def test_the_file_list_is_read_across_pages(hub: FakeHub, tmp_path: Path) -> None:
+    hub.page_size = 1
+    pulled = pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    assert pulled.gguf.endswith(REAL)
+    assert sum("/tree/" in r for r in hub.requests) == 4  # a directory and three files
+
+
+def test_two_pulls_of_one_file_download_it_once(hub: FakeHub, gguf: bytes, tmp_path: Path) -> None:
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert hub.sent == len(gguf)
+
+
+def test_not_enough_disk_space_is_said_before_any_byte(hub: FakeHub, tmp_path: Path) -> None:
+    remote = RemoteFile(f"{hub.url}/cdn/{'0' * 64}", size=1 << 60)
+    with httpx.Client() as client, pytest.raises(ModelSourceError, match="not enough disk"):
+        fetch(client, remote, tmp_path / "huge.gguf")
+    assert hub.sent == 0
+
+
+def test_a_url_is_pulled_and_a_file_that_is_not_gguf_is_refused(
+    hub: FakeHub, gguf: bytes, tmp_path: Path
+) -> None:
+    import hashlib
+
+    sha = hashlib.sha256(gguf).hexdigest()
+    pulled = pull(f"{hub.url}/cdn/{sha}", tmp_path, options(hub))
+    assert (tmp_path / pulled.gguf).read_bytes() == gguf
+    readme = hashlib.sha256(b"# SmolLM2\n").hexdigest()
+    hub.repos["team/SmolLM2-GGUF"].files["README.md"] = b"# SmolLM2\n"
+    with pytest.raises(ModelSourceError, match="not a GGUF"):
+        pull(f"{hub.url}/cdn/{readme}", tmp_path / "other", options(hub))
+
+
+def test_a_pulled_model_is_served_by_its_name_without_a_config_entry(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    pulled = pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    settings = make_settings(models_dir=tmp_path)
+    with TestClient(create_app(settings)) as client:
+        names = [m["id"] for m in client.get("/v1/models").json()["data"]]
+        assert pulled.name in names
+        answer = client.post(
+            "/v1/chat/completions",
+            json={
+                "model": pulled.name,
+                "messages": [{"role": "user", "content": "Say hi."}],
+                "max_tokens": 4,
+            },
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["completion_tokens"] > 0
+
+
+def test_a_model_named_on_the_command_line_by_reference_is_pulled_from_its_source() -> None:
+    (entry,) = model_entries(["hf:team/SmolLM2-GGUF:Q4_1"])
+    assert entry["source"] == "hf:team/SmolLM2-GGUF:Q4_1"
+    assert entry["name"] == "hf.co/team/SmolLM2-GGUF:Q4_1"
+
+
+def test_a_model_from_ollamas_registry_is_pulled_with_its_parameters(
+    hub: FakeHub, gguf: bytes, tmp_path: Path
+) -> None:
+    params = (
+        b'{"temperature": 0.6, "top_k": 20, "num_ctx": 4096, "stop": ["<|im_end|>"],'
+        b' "num_predict": -1, "top_p": "high"}'
+    )
+    hub.manifests["library/smollm2:135m"] = [
+        ("application/vnd.ollama.image.model", gguf),
+        ("application/vnd.ollama.image.template", b"{{ .Prompt }}"),
+        ("application/vnd.ollama.image.params", params),
+    ]
+    for reference in ("ollama:smollm2:135m", "smollm2:135m"):
+        pulled = pull(reference, tmp_path, PullOptions(ollama_registry=hub.url, timeout=10))
+        assert pulled.name == "smollm2:135m"
+    assert hub.sent == len(gguf) + len(params)  # the second pull found the blobs in place
+    import hashlib
+
+    assert pulled.gguf == f"blobs/sha256-{hashlib.sha256(gguf).hexdigest()}"
+    assert (tmp_path / pulled.gguf).read_bytes() == gguf
+    # Numbers in range become defaults; -1 (no limit) and text do not.
+    assert pulled.settings == {"defaults": {"temperature": 0.6, "top_k": 20}, "n_ctx": 4096}
+    with pytest.raises(ModelSourceError, match="not in the registry"):
+        pull("ollama:nothing:1b", tmp_path, PullOptions(ollama_registry=hub.url, timeout=10))
+
+
+def test_a_split_model_is_pulled_whole_and_answers_from_its_first_part(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    """llama.cpp's split format (tests/models/gguf_split.py writes it as llama-gguf-split
+    does): every part is fetched and verified, and llama.cpp loads them from the first."""
+    parts = split_gguf(model_file("smollm2"), tmp_path, "SmolLM2-135M-Instruct-Q4_1", 3)
+    hub.repos["team/split-GGUF"] = Repo(
+        {f"Q4_1/{p.name}": p.read_bytes() for p in parts}
+        | {"SmolLM2-135M-Instruct-Q8_0.gguf": b"GGUF" + b"\0" * 64}
+    )
+    models = tmp_path / "models"
+    pulled = pull("hf:team/split-GGUF:Q4_1", models, options(hub))
+    assert [f.rsplit("/", 1)[1] for f in pulled.files] == [p.name for p in parts]
+    assert pulled.gguf.endswith("-00001-of-00003.gguf")
+    assert pulled.size == sum(p.stat().st_size for p in parts)
+    settings = make_settings(models=[], models_dir=models)
+    with TestClient(create_app(settings)) as client:
+        answer = client.post(
+            "/v1/completions",
+            json={"model": pulled.name, "prompt": "Once upon a time", "max_tokens": 4},
+        )
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["usage"]["completion_tokens"] > 0
+
+
+def test_the_command_line_pulls_lists_and_removes(
+    hub: FakeHub,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from server.cli import main
+
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HEARTH_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no config/models.toml here: the built-in entry only
+    common = ["--models-dir", str(tmp_path / "models")]
+    assert main(["pull", "hf:team/SmolLM2-GGUF:Q4_1", *common]) == 0
+    assert "pulled: hf.co/team/SmolLM2-GGUF:Q4_1" in capsys.readouterr().out
+    assert main(["models", "list", *common]) == 0
+    listing = capsys.readouterr().out
+    assert "hf.co/team/SmolLM2-GGUF:Q4_1" in listing
+    assert "pulled hf:team/SmolLM2-GGUF:Q4_1" in listing
+    assert main(["pull", "hf:team/SmolLM2-GGUF", *common]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("hearth: ") and error.count("\n") == 1
+    assert "choose one of: Q4_1, Q8_0" in error
+    assert main(["models", "rm", "hf.co/team/SmolLM2-GGUF:Q4_1", *common]) == 0
+    assert "removed: hf.co/team/SmolLM2-GGUF:Q4_1" in capsys.readouterr().out
+    assert not list((tmp_path / "models").rglob("*.gguf"))
