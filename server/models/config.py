@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 from server.models.context import ContextChoice, choose_context
 
@@ -34,6 +34,18 @@ class SamplingDefaults(BaseModel):
     max_tokens: int | None = Field(
         None, ge=1, description="Default completion length; unset means up to the context end."
     )
+    stop: list[str] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Stop strings for requests that set none (an Ollama model's `stop`).",
+    )
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: list[str]) -> list[str]:
+        if any(not s or len(s) > 256 for s in value):
+            raise ValueError("stop strings must be 1 to 256 characters")
+        return value
 
 
 class SpeculativeConfig(BaseModel):
@@ -153,6 +165,11 @@ class ModelConfig(BaseModel):
         "auto",
         description="Split the model's thinking in <think>...</think> from its answer "
         "(reasoning_content, reasoning items): auto when its chat template knows the tags.",
+    )
+    system: str | None = Field(
+        None,
+        max_length=65536,
+        description="A system prompt for conversations that bring none (an Ollama model's SYSTEM).",
     )
     chat_template_file: Path | None = Field(
         None, description="A file holding the chat template (relative to the config file)."

@@ -154,3 +154,11 @@ def gguf_size(path: Path) -> int:
         if other.is_file():
             size += other.stat().st_size
     return size
+
+
+def has_chat_template(path: Path) -> bool:
+    """Whether the GGUF at ``path`` carries a chat template (False when it cannot be read)."""
+    try:
+        return bool(read_metadata(path).get("tokenizer.chat_template"))
+    except (GGUFError, OSError):
+        return False

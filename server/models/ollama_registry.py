@@ -6,11 +6,15 @@ is the namespace of Ollama's own models); each layer from ``GET {registry}/v2/{n
 {name}/blobs/{digest}`` (which may redirect), stored as ``blobs/sha256-<hex>`` in the models
 folder, as Ollama stores them, and verified against its digest. The model layer
 (``application/vnd.ollama.image.model``) is the GGUF; the parameters layer
-(``...image.params``, JSON) becomes the model's sampling defaults and context.
+(``...image.params``, JSON) becomes the model's sampling defaults, stop strings and context;
+the system layer its default system prompt; the template layer (Go's text/template) its chat
+template where the GGUF has none and the template is one Hearth reads
+(:mod:`server.models.ollama_template`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -21,11 +25,15 @@ import httpx
 
 from server.errors import ModelSourceError
 from server.models.download import ProgressFor, RemoteFile, describe_status, fetch
+from server.models.gguf import has_chat_template
+from server.models.ollama_template import to_jinja
 
 DEFAULT_REGISTRY = "https://registry.ollama.ai"
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 MODEL_LAYER = "application/vnd.ollama.image.model"
 PARAMS_LAYER = "application/vnd.ollama.image.params"
+TEMPLATE_LAYER = "application/vnd.ollama.image.template"
+SYSTEM_LAYER = "application/vnd.ollama.image.system"
 # A manifest or parameters layer is small; more is not one.
 MAX_SMALL = 1 << 20
 
@@ -78,7 +86,8 @@ def parse_reference(text: str) -> OllamaReference | None:
 class OllamaModel:
     reference: OllamaReference
     gguf: Path
-    settings: dict[str, Any]  # ModelConfig fields from the parameters layer
+    settings: dict[str, Any]  # ModelConfig fields from the parameters and system layers
+    template: Path | None = None  # the template layer as a chat template, where it is one
 
 
 class Registry:
@@ -118,12 +127,26 @@ class Registry:
         if len(model) != 1:
             raise ModelSourceError(f"{ref.name}: the manifest has {len(model)} model layers")
         gguf = self._blob(ref, model[0], models_dir, progress)
-        settings: dict[str, Any] = {}
-        params = next((layer for layer in layers if layer.get("mediaType") == PARAMS_LAYER), None)
-        if params is not None and int(params.get("size", 0)) <= MAX_SMALL:
-            path = self._blob(ref, params, models_dir, None)
-            settings = settings_from_params(path.read_bytes())
-        return OllamaModel(ref, gguf, settings)
+        small = {
+            layer.get("mediaType"): self._blob(ref, layer, models_dir, None).read_bytes()
+            for layer in layers
+            if layer.get("mediaType") in (PARAMS_LAYER, TEMPLATE_LAYER, SYSTEM_LAYER)
+            and isinstance(layer.get("size"), int)
+            and layer["size"] <= MAX_SMALL
+        }
+        settings = settings_from_params(small[PARAMS_LAYER]) if PARAMS_LAYER in small else {}
+        system = small.get(SYSTEM_LAYER, b"").decode("utf-8", errors="replace").strip()
+        if system:
+            settings["system"] = system
+        template = None
+        go = small.get(TEMPLATE_LAYER)
+        if go is not None and not has_chat_template(gguf):
+            jinja = to_jinja(go.decode("utf-8", errors="replace"))
+            if jinja is not None:
+                template = models_dir / "templates" / f"{_digest_of(go)}.jinja"
+                template.parent.mkdir(parents=True, exist_ok=True)
+                template.write_text(jinja)
+        return OllamaModel(ref, gguf, settings, template)
 
     def _blob(
         self,
@@ -154,6 +177,10 @@ def _digest(layer: Any) -> str:
     return match.group(1)
 
 
+def _digest_of(data: bytes) -> str:
+    return "sha256-" + hashlib.sha256(data).hexdigest()
+
+
 def settings_from_params(data: bytes) -> dict[str, Any]:
     """An Ollama parameters layer (JSON) as model settings: sampling defaults and
     ``num_ctx``. Values that are not numbers, or out of range, are left out."""
@@ -168,6 +195,9 @@ def settings_from_params(data: bytes) -> dict[str, Any]:
         value = params.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             defaults[field] = value
+    stop = params.get("stop")
+    if isinstance(stop, list) and stop and all(isinstance(s, str) for s in stop):
+        defaults["stop"] = stop
     settings: dict[str, Any] = {}
     if defaults:
         settings["defaults"] = _valid_defaults(defaults)

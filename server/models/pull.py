@@ -20,7 +20,7 @@ import httpx
 
 from server.errors import ModelSourceError
 from server.models.download import ProgressFor, RemoteFile, fetch
-from server.models.gguf import GGUFError, read_metadata
+from server.models.gguf import has_chat_template
 from server.models.hub import Hub, parse_reference
 from server.models.ollama_registry import DEFAULT_REGISTRY, Registry
 from server.models.ollama_registry import parse_reference as parse_ollama_reference
@@ -87,7 +87,8 @@ def pull(
         if hub_ref is None and ollama_ref is not None:
             registry = Registry(client, options.ollama_registry)
             model = registry.pull(ollama_ref, models_dir, progress=progress)
-            files, template = [model.gguf.relative_to(models_dir).as_posix()], None
+            files = [model.gguf.relative_to(models_dir).as_posix()]
+            template = model.template.relative_to(models_dir).as_posix() if model.template else None
             settings = model.settings
         elif hub_ref is not None:
             folder = models_dir / "hf" / hub_ref.repo / hub_ref.revision
@@ -95,7 +96,7 @@ def pull(
             got = hub.pull(hub_ref, folder, progress=progress)
             files = [p.relative_to(models_dir).as_posix() for p in got.files]
             template = None
-            if got.template is not None and not _has_template(got.gguf):
+            if got.template is not None and not has_chat_template(got.gguf):
                 template = got.template.relative_to(models_dir).as_posix()
         else:
             target = _url_target(models_dir, text)
@@ -114,13 +115,6 @@ def pull(
     return PulledModels(models_dir).put(
         PulledModel(name, text, tuple(files), template, settings, size)
     )
-
-
-def _has_template(path: Path) -> bool:
-    try:
-        return bool(read_metadata(path).get("tokenizer.chat_template"))
-    except (GGUFError, OSError):
-        return False
 
 
 def _check_gguf(path: Path, url: str) -> None:

@@ -155,6 +155,7 @@ class ChatService:
             spec,
             owner=caller.owner,
             deadline=self._limits.deadline(),
+            default_stop=handle.config.defaults.stop,
             cache_scope=caller.cache_scope,
         )
         run = Run(
@@ -208,6 +209,9 @@ class ChatService:
         """The conversation through the model's chat template, as text (blocking); ``param``
         names the request's field that holds it, in errors."""
         template = self._template_for(handle)
+        system = handle.config.system
+        if system and not any(m.role in ("system", "developer") for m in messages):
+            messages = [Turn("system", system), *messages]  # the model's own (Ollama's SYSTEM)
         rendered, template_tools = _template_messages(
             messages, template, tools, self.format_for(handle).layout
         )

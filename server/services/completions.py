@@ -83,6 +83,7 @@ class CompletionService:
                 spec,
                 owner=caller.owner,
                 deadline=deadline,
+                default_stop=handle.config.defaults.stop,
                 cache_scope=caller.cache_scope,
             )
             echoes += [prompt.text if spec.echo else ""] * spec.n

@@ -392,16 +392,18 @@ def choice_jobs(
     owner: str,
     deadline: float | None,
     cache_scope: str = "",
+    default_stop: Sequence[str] = (),
 ) -> list[GenerationRequest]:
     """The ``spec.n`` jobs for one prompt. Choices sharing a seed must still differ, as
-    OpenAI's do: choice *i* samples with ``seed + i``."""
+    OpenAI's do: choice *i* samples with ``seed + i``. ``default_stop``: the model's stop
+    strings, for a request that sets none."""
     return [
         GenerationRequest(
             request_id=f"{request_id}-{first_index + i}",
             prompt_tokens=prompt_tokens,
             max_tokens=max_tokens,
             sampling=replace(sampling, seed=None if sampling.seed is None else sampling.seed + i),
-            stop=list(spec.sampling.stop),
+            stop=list(spec.sampling.stop or default_stop),
             owner=owner,
             priority=spec.priority,
             deadline=deadline,

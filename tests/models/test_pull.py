@@ -242,13 +242,18 @@ def test_a_model_from_ollamas_registry_is_pulled_with_its_parameters(
     for reference in ("ollama:smollm2:135m", "smollm2:135m"):
         pulled = pull(reference, tmp_path, PullOptions(ollama_registry=hub.url, timeout=10))
         assert pulled.name == "smollm2:135m"
-    assert hub.sent == len(gguf) + len(params)  # the second pull found the blobs in place
+    # Every layer once: the second pull found them in place.
+    assert hub.sent == len(gguf) + len(b"{{ .Prompt }}") + len(params)
     import hashlib
 
     assert pulled.gguf == f"blobs/sha256-{hashlib.sha256(gguf).hexdigest()}"
     assert (tmp_path / pulled.gguf).read_bytes() == gguf
-    # Numbers in range become defaults; -1 (no limit) and text do not.
-    assert pulled.settings == {"defaults": {"temperature": 0.6, "top_k": 20}, "n_ctx": 4096}
+    # Numbers in range become defaults, and the stop strings; -1 (no limit) and text do not.
+    assert pulled.settings == {
+        "defaults": {"temperature": 0.6, "top_k": 20, "stop": ["<|im_end|>"]},
+        "n_ctx": 4096,
+    }
+    assert pulled.template is None  # the GGUF has its own chat template
     with pytest.raises(ModelSourceError, match="not in the registry"):
         pull("ollama:nothing:1b", tmp_path, PullOptions(ollama_registry=hub.url, timeout=10))
 
@@ -303,3 +308,105 @@ def test_the_command_line_pulls_lists_and_removes(
     assert main(["models", "rm", "hf.co/team/SmolLM2-GGUF:Q4_1", *common]) == 0
     assert "removed: hf.co/team/SmolLM2-GGUF:Q4_1" in capsys.readouterr().out
     assert not list((tmp_path / "models").rglob("*.gguf"))
+
+
+GO_TEMPLATE = b"""{{ if .System }}<start_of_turn>system
+{{ .System }}<end_of_turn>
+{{ end }}{{ if .Prompt }}<start_of_turn>user
+{{ .Prompt }}<end_of_turn>
+{{ end }}<start_of_turn>model
+{{ .Response }}<end_of_turn>
+"""
+
+
+def test_an_ollama_models_template_system_and_stop_become_its_settings(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    """Gemma 3 270M's GGUF has no chat template: the registry's Go template (the part Hearth
+    reads) becomes one, its SYSTEM the default system prompt, its stop strings the default
+    stop strings; the model then chats, which it could not before."""
+    hub.manifests["library/gemma3:270m"] = [
+        ("application/vnd.ollama.image.model", model_file("gemma3-270m").read_bytes()),
+        ("application/vnd.ollama.image.template", GO_TEMPLATE),
+        ("application/vnd.ollama.image.system", b"You answer briefly."),
+        ("application/vnd.ollama.image.params", b'{"stop": [" "], "temperature": 0}'),
+    ]
+    pulled = pull("gemma3:270m", tmp_path, PullOptions(ollama_registry=hub.url, timeout=10))
+    assert pulled.template is not None and pulled.template.startswith("templates/")
+    assert pulled.settings["system"] == "You answer briefly."
+    settings = make_settings(models=[], models_dir=tmp_path)
+    with TestClient(create_app(settings)) as client:
+
+        def chat(messages: list[dict[str, str]]) -> dict[str, object]:
+            answer = client.post(
+                "/api/chat",
+                json={"model": "gemma3:270m", "messages": messages, "stream": False,
+                      "options": {"num_predict": 24}},
+            )  # fmt: skip
+            assert answer.status_code == 200, answer.text
+            result: dict[str, object] = answer.json()
+            return result
+
+        question = [{"role": "user", "content": "Name a colour."}]
+        default = chat(question)
+        none = chat([{"role": "system", "content": ""}, *question])
+        # The default system prompt is in the first prompt, not in one that brings its own.
+        assert default["prompt_eval_count"] > none["prompt_eval_count"]  # type: ignore[operator]
+        # The default stop string (a space) ends the answer at its first space.
+        content = default["message"]["content"]  # type: ignore[index]
+        assert " " not in content.strip() and default["done_reason"] == "stop"
+
+
+def test_a_repos_chat_template_is_used_only_where_the_gguf_has_none(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    template = (
+        "{% for m in messages %}<start_of_turn>{{ m.role }}\n{{ m.content }}<end_of_turn>\n"
+        "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+    hub.repos["team/gemma-GGUF"] = Repo(
+        {
+            "gemma-3-270m-Q4_K_M.gguf": model_file("gemma3-270m").read_bytes(),
+            "chat_template.jinja": template.encode(),
+        }
+    )
+    hub.repos["team/SmolLM2-GGUF"].files["chat_template.jinja"] = template.encode()
+    gemma = pull("hf:team/gemma-GGUF", tmp_path, options(hub))  # one GGUF: no quant needed
+    assert gemma.template is not None
+    assert (tmp_path / gemma.template).read_text() == template
+    smol = pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    assert smol.template is None  # its GGUF carries its own
+    with TestClient(create_app(make_settings(models=[], models_dir=tmp_path))) as client:
+        answer = client.post(
+            "/v1/chat/completions",
+            json={"model": gemma.name, "messages": [{"role": "user", "content": "Hi"}],
+                  "max_tokens": 3},
+        )  # fmt: skip
+        assert answer.status_code == 200, answer.text
+
+
+def test_the_terminal_progress_shows_the_bar_speed_and_time_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+    import sys
+
+    from server.models.download import terminal_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    show = terminal_progress("pull x")
+    assert show is not None
+    show(10_000_000, 100_000_000)
+    show(100_000_000, 100_000_000)
+    lines = screen.getvalue().split("\r")[1:]
+    assert lines[0].startswith("pull x [##------------------] 10.0/100.0 MB ")
+    assert "MB/s" in lines[0] and lines[0].endswith(" left")
+    assert lines[-1].startswith("pull x [####################] 100.0/100.0 MB")
+    assert lines[-1].endswith("\n")
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: no bar
+    assert terminal_progress("pull x") is None
