@@ -25,6 +25,7 @@ from server.errors import (
     ModelNotFoundError,
     ModelSourceError,
     ModelUnavailableError,
+    QueueFullError,
 )
 from server.models.download import Progress
 from server.models.gguf import GGUFError, read_metadata
@@ -37,6 +38,8 @@ from server.settings import Settings
 
 # How often a pull's progress is sent (seconds), at most.
 PROGRESS_INTERVAL = 0.25
+# Pulls running at once, at most (each is a thread and a download); beyond, 429.
+MAX_PULLS = 4
 
 
 class PullCancelled(ModelSourceError):
@@ -50,6 +53,7 @@ class ModelStore:
         self._options = PullOptions(
             settings.hf_endpoint, settings.hf_token, settings.ollama_registry
         )
+        self._pulling = 0
 
     @property
     def models_dir(self) -> Path:
@@ -90,13 +94,22 @@ class ModelStore:
             try:
                 pulled = pull(reference, self.models_dir, self._options, progress=progress_for)
                 send({"status": "verifying sha256 digest"})
-                send({"status": "writing manifest", "_pulled": pulled})
+                send({"status": "writing manifest"})
+                # Served from now, whether or not the client is still there to hear it.
+                loop.call_soon_threadsafe(self._registry.add_pulled, pulled)
                 send(None)
             except BaseException as exc:  # any failure crosses to the event loop
                 send(exc)
+            finally:
+                loop.call_soon_threadsafe(self._pull_ended)
 
-        yield {"status": "pulling manifest"}
+        if self._pulling >= MAX_PULLS:
+            raise QueueFullError(
+                f"{MAX_PULLS} pulls are running; try again when one ends", retry_after=10
+            )
         thread = threading.Thread(target=work, name=f"pull {reference}", daemon=True)
+        yield {"status": "pulling manifest"}
+        self._pulling += 1  # until the thread ends (after the client, if it leaves)
         thread.start()
         try:
             while True:
@@ -105,13 +118,13 @@ class ModelStore:
                     break
                 if isinstance(event, BaseException):
                     raise event
-                pulled = event.pop("_pulled", None)
-                if isinstance(pulled, PulledModel):
-                    self._registry.add_pulled(pulled)
                 yield event
         finally:
-            stop.set()
+            stop.set()  # if the client left, the pull stops at its next block
         yield {"status": "success"}
+
+    def _pull_ended(self) -> None:
+        self._pulling -= 1
 
     async def delete(self, name: str) -> None:
         """Forget a pulled model and delete its files (those no other model uses)."""

@@ -149,3 +149,17 @@ def test_only_an_admin_key_manages_models(registry: FakeHub, tmp_path: Path) -> 
             user.pull("smollm2:135m")
         assert refused.value.status_code == 403
         assert boss.pull("smollm2:135m").status == "success"
+
+
+def test_pulls_beyond_the_bound_wait_their_turn(client: ollama.Client, server: LiveServer) -> None:
+    from server.services.model_store import MAX_PULLS
+
+    store = server.app.state.hearth.model_store
+    store._pulling = MAX_PULLS  # as if that many were running
+    try:
+        with pytest.raises(ollama.ResponseError) as busy:
+            client.pull("smollm2:135m")
+        assert busy.value.status_code == 429
+    finally:
+        store._pulling = 0
+    assert client.pull("smollm2:135m").status == "success"
