@@ -83,6 +83,9 @@ class ModelRegistry:
     def add_pulled(self, pulled: PulledModel) -> ModelConfig | None:
         """Serve a pulled model by its name (at once: no restart); None when a configured
         model already has the name or pulls the same reference."""
+        existing = self._by_name.get(pulled.name)
+        if existing is not None and existing not in self._settings.models:
+            self._forget(existing)  # pulled again: the new files from now on
         if pulled.name in self._by_name or any(
             c.source is not None and reference_name(c.source) == pulled.name for c in self._configs
         ):
@@ -110,10 +113,18 @@ class ModelRegistry:
             return False
         if config.name in self._loaded:
             raise ModelUnavailableError(f"model '{config.name}' is loaded; it cannot be removed")
+        self._forget(config)
+        return True
+
+    def is_pulled(self, name: str) -> bool:
+        """Whether ``name`` is served as a pulled model (not one of the config file's)."""
+        config = self._by_name.get(name)
+        return config is not None and config not in self._settings.models
+
+    def _forget(self, config: ModelConfig) -> None:
         self._configs.remove(config)
         for alias in config.names:
             self._by_name.pop(alias, None)
-        return True
 
     @property
     def pulled(self) -> PulledModels:

@@ -68,11 +68,16 @@ class GuardedProtocol(H11Protocol):
         self._follow_request()
 
     def _uploading(self) -> bool:
+        """A model's blob being read by the app: not one it has already answered (a 401,
+        a 413), which a client could otherwise trickle forever."""
         scope = getattr(self, "scope", None)
+        cycle = getattr(self, "cycle", None)
         return (
             isinstance(scope, dict)
             and scope.get("method") == "POST"
             and str(scope.get("path", "")).startswith(UPLOAD_PREFIX)
+            and cycle is not None
+            and not cycle.response_started
         )
 
     def on_response_complete(self) -> None:

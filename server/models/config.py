@@ -117,6 +117,7 @@ class ModelConfig(BaseModel):
     n_ctx: int | None = Field(
         None,
         ge=64,
+        le=1 << 22,
         description="Context length of each sequence (prompt plus completion). Unset: the "
         "context the GGUF was trained for, capped so that the KV cache of all slots fits "
         "`kv_budget`.",

@@ -38,16 +38,21 @@ ProgressFor = Callable[[str], Progress | None]
 _CHUNK = 1 << 20
 # Room left on the disk beyond the file itself.
 DISK_MARGIN = 64 << 20
+# A file whose size is not announced: the free space is checked again after each of these.
+SPACE_CHECK_BYTES = 256 << 20
+MAX_REDIRECTS = 10
 
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file to fetch: where, how big, and the sha256 its source publishes (if any)."""
+    """A file to fetch: where, how big, the sha256 its source publishes (if any), and the
+    bytes it must begin with (a GGUF's magic, where nothing else can vouch for it)."""
 
     url: str
     size: int | None = None
     sha256: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    magic: bytes = b""
 
 
 def fetch(
@@ -65,10 +70,16 @@ def fetch(
             return False
         partial = target.with_name(target.name + ".partial")
         digest = hashlib.sha256()
-        have = _resume_from(partial, remote, digest)
+        # Without a digest nothing shows that a resumed file's two halves are one file's.
+        have = _resume_from(partial, remote, digest) if remote.sha256 else 0
         if remote.size is not None:
-            _check_space(target.parent, remote.size - have, target.name)
-        total, digest = _download(client, remote, partial, have, digest, progress)
+            check_space(target.parent, remote.size - have, target.name)
+        try:
+            total, digest = _download(client, remote, partial, have, digest, progress)
+        except BaseException:
+            if remote.sha256 is None:  # not resumable: nothing to keep
+                partial.unlink(missing_ok=True)
+            raise
         if remote.size is not None and total != remote.size:
             partial.unlink(missing_ok=True)
             raise ModelSourceError(
@@ -106,13 +117,51 @@ def _resume_from(partial: Path, remote: RemoteFile, digest: hashlib._Hash) -> in
     return have
 
 
-def _check_space(folder: Path, needed: int, name: str) -> None:
+def check_space(folder: Path, needed: int, name: str) -> None:
     free = shutil.disk_usage(folder).free
     if needed + DISK_MARGIN > free:
         raise ModelSourceError(
             f"{name}: not enough disk space in {folder}: {needed / 1e9:.2f} GB to fetch, "
             f"{free / 1e9:.2f} GB free"
         )
+
+
+@contextmanager
+def open_stream(
+    client: httpx.Client, url: str, headers: Mapping[str, str]
+) -> Iterator[httpx.Response]:
+    """``GET url``, following redirects here (httpx would read each redirect's body whole,
+    however long): at most :data:`MAX_REDIRECTS`, and ``Authorization`` only to the host it
+    was meant for."""
+    sent = dict(headers)
+    origin = httpx.URL(url).host
+    for _ in range(MAX_REDIRECTS + 1):
+        request = client.build_request("GET", url, headers=sent)
+        response = client.send(request, stream=True, follow_redirects=False)
+        location = response.headers.get("location")
+        if response.status_code in (301, 302, 303, 307, 308) and location:
+            response.close()
+            url = str(request.url.join(location))
+            if httpx.URL(url).host != origin:
+                sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
+            continue
+        try:
+            yield response
+        finally:
+            response.close()
+        return
+    raise ModelSourceError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def read_limited(response: httpx.Response, limit: int, what: str) -> bytes:
+    """A response's body, refused when longer than ``limit`` bytes (a listing, a manifest,
+    an error's text: none is large)."""
+    body = bytearray()
+    for block in response.iter_bytes():
+        body += block
+        if len(body) > limit:
+            raise ModelSourceError(f"{what}: an answer longer than {limit} bytes")
+    return bytes(body)
 
 
 def _download(
@@ -128,19 +177,28 @@ def _download(
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        with client.stream("GET", remote.url, headers=headers) as response:
+        with open_stream(client, remote.url, headers) as response:
             if have and response.status_code == 416 and remote.size == have:
                 return have, digest  # it was all there
             if response.status_code not in (200, 206):
-                response.read()
                 raise ModelSourceError(describe_status(response, remote.url))
-            if response.status_code == 200 and have:
+            if response.status_code == 206 and not _resumes_at(response, have):
+                partial.unlink(missing_ok=True)
+                raise ModelSourceError(f"{remote.url}: the server resumed at another byte")
+            if response.status_code == 200:
                 have = 0  # the range was ignored: the whole file comes again
                 digest = hashlib.sha256()
             total = remote.size or _length(response, have)
+            if remote.size is None and total:
+                check_space(partial.parent, total - have, partial.name)
             done = have
+            checked = done
             with partial.open("ab" if have else "wb") as out:
                 for block in response.iter_bytes():
+                    if done < len(remote.magic):
+                        head = remote.magic[done : done + len(block)]
+                        if not block.startswith(head) and not head.startswith(block):
+                            raise ModelSourceError(f"{remote.url} is not a GGUF file")
                     out.write(block)
                     digest.update(block)
                     done += len(block)
@@ -148,6 +206,9 @@ def _download(
                         raise ModelSourceError(
                             f"{partial.name}: the server sent more than {remote.size} bytes"
                         )
+                    if done - checked >= SPACE_CHECK_BYTES:  # a file of no announced size
+                        check_space(partial.parent, 0, partial.name)
+                        checked = done
                     if progress is not None:
                         progress(done, total)
                 out.flush()
@@ -157,6 +218,12 @@ def _download(
         raise ModelSourceError(
             f"{remote.url}: {_reason(exc)} (run the pull again to resume)"
         ) from exc
+
+
+def _resumes_at(response: httpx.Response, have: int) -> bool:
+    """Whether a 206 answer continues at byte ``have`` (its ``Content-Range`` says so)."""
+    value: str = response.headers.get("content-range", "")
+    return value.startswith(f"bytes {have}-")
 
 
 def _length(response: httpx.Response, have: int) -> int:

@@ -15,6 +15,7 @@ repos; ``HF_ENDPOINT`` points at a mirror instead of https://huggingface.co.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,19 +25,21 @@ from urllib.parse import quote
 import httpx
 
 from server.errors import ModelSourceError
-from server.models.download import ProgressFor, RemoteFile, describe_status, fetch
+from server.models.download import ProgressFor, RemoteFile, fetch, open_stream, read_limited
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # The quantization picked when a reference names none (llama.cpp's and Ollama's choice).
 DEFAULT_QUANT = "Q4_K_M"
 TEMPLATE_FILE = "chat_template.jinja"
-# Pages of the tree API followed at most (1,000 files each).
+# Pages of the tree API followed at most (1,000 files each), and the bytes of one.
 MAX_PAGES = 50
+MAX_LISTING = 16 << 20
 
 _REPO = r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
 _REFERENCE = re.compile(
     rf"^(?:hf:|(?:https?://)?(?:hf\.co|huggingface\.co)/)(?P<repo>{_REPO})"
-    r"(?::(?P<quant>[A-Za-z0-9_.-]+))?(?:@(?P<revision>[A-Za-z0-9._/-]+))?$"
+    r"(?::(?P<quant>[A-Za-z0-9_.-]+))?(?:@(?P<revision>[A-Za-z0-9_-][A-Za-z0-9._-]*"
+    r"(?:/[A-Za-z0-9_-][A-Za-z0-9._-]*)*))?$"
 )
 # A quantization in a file's name: Q4_K_M, IQ4_XS, Q8_0, BF16, F16, Q4_0_4_4, TQ1_0...
 _QUANT = re.compile(
@@ -55,8 +58,10 @@ class HubReference:
 
     @property
     def name(self) -> str:
-        """The model's name, as Ollama calls models from the hub."""
-        return f"hf.co/{self.repo}:{self.quant or DEFAULT_QUANT}"
+        """The model's name, as Ollama calls models from the hub (``:latest`` where no
+        quantization is named), with the revision where it is not ``main``."""
+        name = f"hf.co/{self.repo}:{self.quant or 'latest'}"
+        return name if self.revision == "main" else f"{name}@{self.revision}"
 
 
 def parse_reference(text: str) -> HubReference | None:
@@ -103,29 +108,34 @@ class Hub:
             "?recursive=true"
         )
         out: list[RepoFile] = []
+        home = httpx.URL(self._endpoint).host
         for _ in range(MAX_PAGES):
             if url is None:
                 return out
+            # The token goes to the hub only, not to a host a Link header names.
+            headers = self._headers if httpx.URL(url).host == home else {}
             try:
-                response = self._client.get(url, headers=self._headers)
+                with open_stream(self._client, url, headers) as response:
+                    status, links = response.status_code, response.links
+                    body = read_limited(response, MAX_LISTING, url) if status == 200 else b""
             except httpx.HTTPError as exc:
                 raise ModelSourceError(f"{self._endpoint}: cannot list {ref.repo}: {exc}") from exc
-            if response.status_code in (401, 403):
+            if status in (401, 403):
                 raise ModelSourceError(
                     f"{ref.repo} is gated or private: accept its terms on the hub and set "
                     "HF_TOKEN (or --hf-token)"
                 )
-            if response.status_code == 404:
+            if status == 404:
                 raise ModelSourceError(
                     f"{ref.repo} (revision {ref.revision}) is not on {self._endpoint}"
                 )
-            if response.status_code != 200:
-                raise ModelSourceError(describe_status(response, url))
+            if status != 200:
+                raise ModelSourceError(f"{url}: HTTP {status}")
             try:
-                out += [_repo_file(entry) for entry in response.json() if _is_file(entry)]
+                out += [_repo_file(entry) for entry in json.loads(body) if _is_file(entry)]
             except (ValueError, TypeError, KeyError) as exc:
                 raise ModelSourceError(f"{url}: not a file listing ({exc})") from exc
-            url = response.links.get("next", {}).get("url")
+            url = links.get("next", {}).get("url")
         raise ModelSourceError(f"{ref.repo} lists more than {MAX_PAGES} pages of files")
 
     def pull(
@@ -166,14 +176,17 @@ def _repo_file(entry: dict[str, object]) -> RepoFile:
     if (
         not isinstance(path, str)
         or not isinstance(size, int)
-        or path.startswith(("/", "\\"))
-        or any(part in ("", ".", "..") for part in path.split("/"))
+        or path.startswith("/")
+        or any(c in path for c in "\\\x00")
+        or any(part in ("", ".", "..") or len(part) > 255 for part in path.split("/"))
     ):
         raise ValueError(f"a bad entry: {entry!r}"[:200])
-    sha = lfs.get("oid") if isinstance(lfs, dict) else None
-    if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha):
-        return RepoFile(path, size, sha)
-    return RepoFile(path, size, None)
+    if not isinstance(lfs, dict):
+        return RepoFile(path, size, None)  # kept in git itself: checked by its size
+    sha = lfs.get("oid")
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        raise ValueError(f"an LFS file without a sha256: {entry!r}"[:200])
+    return RepoFile(path, size, sha.lower())
 
 
 def quant_of(path: str) -> str | None:
@@ -192,15 +205,15 @@ def choose_gguf(files: Sequence[RepoFile], ref: HubReference) -> list[RepoFile]:
         if not name.lower().endswith(".gguf") or name.lower().startswith("mmproj"):
             continue
         split = _SPLIT.match(f.path)
-        key = split.group("stem") if split else f.path
+        key = f"{split.group('stem')} (in parts)" if split else f.path
         groups.setdefault(key, []).append(f)
     if not groups:
         raise ModelSourceError(f"{ref.repo} holds no GGUF file")
     wanted = (ref.quant or DEFAULT_QUANT).upper()
-    matching = {k: g for k, g in groups.items() if quant_of(k + ".gguf") == wanted}
+    matching = {k: g for k, g in groups.items() if quant_of(_stem(k)) == wanted}
     if not matching and ref.quant is None and len(groups) == 1:
         matching = groups
-    choices = sorted({quant_of(k + ".gguf") or k for k in groups})
+    choices = sorted({quant_of(_stem(k)) or k for k in groups})
     if not matching:
         raise ModelSourceError(
             f"{ref.repo} has no {wanted} GGUF; choose one of: {', '.join(choices)} "
@@ -215,14 +228,25 @@ def choose_gguf(files: Sequence[RepoFile], ref: HubReference) -> list[RepoFile]:
     return _parts_in_order(group)
 
 
+def _stem(key: str) -> str:
+    return key.removesuffix(" (in parts)").removesuffix(".gguf") + ".gguf"
+
+
 def _parts_in_order(group: list[RepoFile]) -> list[RepoFile]:
-    if len(group) == 1 and not _SPLIT.match(group[0].path):
+    matches = [_SPLIT.match(f.path) for f in group]
+    if len(group) == 1 and matches[0] is None:
         return group
-    numbered = sorted(group, key=lambda f: int(_SPLIT.match(f.path).group("part")))  # type: ignore[union-attr]
-    count = int(_SPLIT.match(numbered[0].path).group("count"))  # type: ignore[union-attr]
-    parts = [int(_SPLIT.match(f.path).group("part")) for f in numbered]  # type: ignore[union-attr]
-    if parts != list(range(1, count + 1)):
+    numbered = sorted(
+        (int(m.group("part")), int(m.group("count")), f)
+        for m, f in zip(matches, group, strict=True)
+        if m is not None
+    )
+    counts = {count for _, count, _ in numbered}
+    parts = [part for part, _, _ in numbered]
+    count = max(counts)
+    if len(counts) != 1 or parts != list(range(1, count + 1)):
         raise ModelSourceError(
-            f"{numbered[0].path}: the repo holds parts {parts} of {count}, not all of them"
+            f"{numbered[0][2].path}: the repo holds parts {parts} of {sorted(counts)}, not "
+            "one whole model"
         )
-    return numbered
+    return [f for _, _, f in numbered]

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from server.errors import ModelSourceError
-from server.models.download import ProgressFor, RemoteFile, describe_status, fetch
+from server.models.download import ProgressFor, RemoteFile, fetch, open_stream, read_limited
 from server.models.gguf import has_chat_template
 from server.models.ollama_template import to_jinja
 
@@ -36,6 +36,9 @@ TEMPLATE_LAYER = "application/vnd.ollama.image.template"
 SYSTEM_LAYER = "application/vnd.ollama.image.system"
 # A manifest or parameters layer is small; more is not one.
 MAX_SMALL = 1 << 20
+# The most context a params layer's num_ctx sets, and the longest SYSTEM taken.
+MAX_NUM_CTX = 32768
+MAX_SYSTEM = 65536
 
 _PART = r"[a-z0-9][a-z0-9._-]{0,79}"
 _REFERENCE = re.compile(
@@ -100,17 +103,17 @@ class Registry:
     def manifest(self, ref: OllamaReference) -> dict[str, Any]:
         url = f"{self._url}/v2/{ref.namespace}/{ref.model}/manifests/{ref.tag}"
         try:
-            response = self._client.get(url, headers={"Accept": MANIFEST_TYPE})
+            with open_stream(self._client, url, {"Accept": MANIFEST_TYPE}) as response:
+                status = response.status_code
+                body = read_limited(response, MAX_SMALL, url) if status == 200 else b""
         except httpx.HTTPError as exc:
             raise ModelSourceError(f"{self._url}: cannot reach the registry: {exc}") from exc
-        if response.status_code == 404:
+        if status == 404:
             raise ModelSourceError(f"{ref.name} is not in the registry at {self._url}")
-        if response.status_code != 200:
-            raise ModelSourceError(describe_status(response, url))
-        if len(response.content) > MAX_SMALL:
-            raise ModelSourceError(f"{url}: a manifest larger than {MAX_SMALL} bytes")
+        if status != 200:
+            raise ModelSourceError(f"{url}: HTTP {status}")
         try:
-            manifest = response.json()
+            manifest = json.loads(body)
             layers = manifest["layers"]
             assert isinstance(layers, list)
             for layer in layers:
@@ -136,7 +139,7 @@ class Registry:
         }
         settings = settings_from_params(small[PARAMS_LAYER]) if PARAMS_LAYER in small else {}
         system = small.get(SYSTEM_LAYER, b"").decode("utf-8", errors="replace").strip()
-        if system:
+        if system and len(system) <= MAX_SYSTEM:
             settings["system"] = system
         template = None
         go = small.get(TEMPLATE_LAYER)
@@ -202,7 +205,8 @@ def settings_from_params(data: bytes) -> dict[str, Any]:
     if defaults:
         settings["defaults"] = _valid_defaults(defaults)
     num_ctx = params.get("num_ctx")
-    if isinstance(num_ctx, int) and not isinstance(num_ctx, bool) and num_ctx >= 64:
+    # A remote layer may not size the KV cache past what a local default would.
+    if isinstance(num_ctx, int) and not isinstance(num_ctx, bool) and 64 <= num_ctx <= MAX_NUM_CTX:
         settings["n_ctx"] = num_ctx
     return settings
 

@@ -45,6 +45,7 @@ def to_jinja(template: str) -> str | None:
         return None
     out: list[str] = []
     depth = 0
+    elses: list[bool] = []  # whether each open if has had its else
     position = 0
     trim_next = False
 
@@ -77,11 +78,14 @@ def to_jinja(template: str) -> str | None:
             depth += 1
             if depth > _MAX_DEPTH:
                 return None
+            elses.append(False)
             out.append("{%- if " + _CONDITIONS[action] + " -%}")
-        elif action == "else" and depth:
+        elif action == "else" and depth and not elses[-1]:
+            elses[-1] = True
             out.append("{%- else -%}")
         elif action == "end" and depth:
             depth -= 1
+            elses.pop()
             out.append("{%- endif -%}")
         else:
             return None

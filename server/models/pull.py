@@ -10,6 +10,7 @@ Where the files go, under ``models_dir``: ``hf/<user>/<repo>/<revision>/<path in
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,29 +101,22 @@ def pull(
                 template = got.template.relative_to(models_dir).as_posix()
         else:
             target = _url_target(models_dir, text)
-            fetch(
-                client,
-                RemoteFile(text),
-                target,
-                progress=progress(target.name) if progress else None,
-            )
-            _check_gguf(target, text)
+            remote = RemoteFile(text, magic=GGUF_MAGIC)
+            fetch(client, remote, target, progress=progress(target.name) if progress else None)
             files, template = [target.relative_to(models_dir).as_posix()], None
     finally:
         if own:
             client.close()
-    size = sum((models_dir / f).stat().st_size for f in files)
-    return PulledModels(models_dir).put(
-        PulledModel(name, text, tuple(files), template, settings, size)
-    )
-
-
-def _check_gguf(path: Path, url: str) -> None:
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic != GGUF_MAGIC:
-        path.unlink()
-        raise ModelSourceError(f"{url} is not a GGUF file")
+    try:
+        size = sum((models_dir / f).stat().st_size for f in files)
+    except OSError as exc:  # deleted under this pull (another model's delete): not whole
+        raise ModelSourceError(f"{name}: a file went missing during the pull; pull again") from exc
+    table = PulledModels(models_dir)
+    earlier = table.get(name)
+    pulled = table.put(PulledModel(name, text, tuple(files), template, settings, size))
+    if earlier is not None:  # pulled again (a tag that moved): what it no longer uses goes
+        table.delete_unused(earlier)
+    return pulled
 
 
 def _is_url(text: str) -> bool:
@@ -131,15 +125,17 @@ def _is_url(text: str) -> bool:
 
 
 def _url_target(models_dir: Path, url: str) -> Path:
+    """Where a URL's file goes: ``url/<host>/<hash of the URL>/<its file name>``, every part
+    made here, so that no URL reaches outside its folder, and two URLs never share a file."""
     parts = urlsplit(url)
-    segments = [unquote(s) for s in parts.path.split("/") if s]
-    if any(s in (".", "..") or "\\" in s for s in segments):
-        raise ModelSourceError(f"{url}: a path that climbs out of its folder")
-    host = re.sub(r"[^A-Za-z0-9._-]", "_", parts.netloc)
-    return models_dir.joinpath("url", host, *segments)
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", parts.hostname or "host").strip(".") or "host"
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return models_dir / "url" / host / key / f"{_url_name(url)}.gguf"
 
 
 def _url_name(url: str) -> str:
+    """A URL's model name: its file's name, in letters, digits, ``.``, ``_`` and ``-`` (no
+    ``:``, which would make it an Ollama name or a tag)."""
     stem = unquote(urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
     stem = stem[: -len(".gguf")] if stem.lower().endswith(".gguf") else stem
-    return re.sub(r"[^A-Za-z0-9._:-]+", "-", stem).strip("-.:") or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip("-.")[:120] or "model"

@@ -113,16 +113,23 @@ class PulledModels:
         return model
 
     def remove(self, name: str) -> PulledModel | None:
-        """Forget ``name`` and delete its files in the models folder that no other pulled
-        model uses (a copy shares its original's)."""
+        """Forget ``name`` and delete its files that no other pulled model uses."""
         model = self.delete(name)
-        if model is None:
-            return None
-        for path in (*model.files, model.template):
-            if path is None or Path(path).is_absolute() or self.in_use(path):
-                continue
-            (self._dir / path).unlink(missing_ok=True)
+        if model is not None:
+            self.delete_unused(model)
         return model
+
+    def delete_unused(self, model: PulledModel) -> None:
+        """Delete ``model``'s files that no pulled model uses (a copy shares its original's;
+        a re-pull may keep some) and that lie in the models folder (a copy of a configured
+        model names a file elsewhere: never deleted)."""
+        root = self._dir.resolve()
+        for path in (*model.files, model.template):
+            if path is None or self.in_use(path):
+                continue
+            full = (self._dir / path).resolve()
+            if full.is_relative_to(root) and full != root:
+                full.unlink(missing_ok=True)
 
     def in_use(self, path: str) -> bool:
         """Whether any pulled model uses the file ``path`` (relative to the models folder)."""

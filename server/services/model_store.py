@@ -25,9 +25,10 @@ from server.errors import (
     ModelNotFoundError,
     ModelSourceError,
     ModelUnavailableError,
+    PayloadTooLargeError,
     QueueFullError,
 )
-from server.models.download import Progress
+from server.models.download import Progress, check_space
 from server.models.gguf import GGUFError, read_metadata
 from server.models.ollama_registry import blob_path, settings_from_params
 from server.models.ollama_registry import parse_reference as ollama_name
@@ -84,7 +85,7 @@ class ModelStore:
                 if stop.is_set():
                     raise PullCancelled("the pull was cancelled (it resumes when asked again)")
                 now = time.monotonic()
-                if now - last[0] >= PROGRESS_INTERVAL or done >= total:
+                if now - last[0] >= PROGRESS_INTERVAL or (total and done >= total):
                     last[0] = now
                     send(_pulling(label, done, total))
 
@@ -107,11 +108,11 @@ class ModelStore:
             raise QueueFullError(
                 f"{MAX_PULLS} pulls are running; try again when one ends", retry_after=10
             )
+        self._pulling += 1  # from here until the thread ends (after the client, if it leaves)
         thread = threading.Thread(target=work, name=f"pull {reference}", daemon=True)
-        yield {"status": "pulling manifest"}
-        self._pulling += 1  # until the thread ends (after the client, if it leaves)
-        thread.start()
         try:
+            yield {"status": "pulling manifest"}
+            thread.start()
             while True:
                 event = await events.get()
                 if event is None:
@@ -121,6 +122,8 @@ class ModelStore:
                 yield event
         finally:
             stop.set()  # if the client left, the pull stops at its next block
+            if thread.ident is None:  # it left before the pull began
+                self._pulling -= 1
         yield {"status": "success"}
 
     def _pull_ended(self) -> None:
@@ -128,7 +131,7 @@ class ModelStore:
 
     async def delete(self, name: str) -> None:
         """Forget a pulled model and delete its files (those no other model uses)."""
-        model = self._registry.pulled.get(name)
+        model = await asyncio.to_thread(self._registry.pulled.get, name)
         if model is None:
             if any(name in c.names for c in self._registry.configs):
                 raise InvalidRequestError(
@@ -137,10 +140,11 @@ class ModelStore:
                     param="model",
                 )
             raise ModelNotFoundError(name)
-        if not await self._registry.unload_if_idle(name):
-            raise ModelUnavailableError(f"model '{name}' is in use; try again when it is idle")
-        self._registry.remove_pulled(name)
-        self._registry.pulled.remove(name)
+        if self._registry.is_pulled(name):  # served (not shadowed by a configured model)
+            if not await self._registry.unload_if_idle(name):
+                raise ModelUnavailableError(f"model '{name}' is in use; try again when idle")
+            self._registry.remove_pulled(name)
+        await asyncio.to_thread(self._registry.pulled.remove, name)
 
     def copy(self, source: str, destination: str) -> None:
         """Serve the model ``source`` under the name ``destination`` too."""
@@ -171,11 +175,19 @@ class ModelStore:
     def has_blob(self, digest: str) -> bool:
         return blob_path(self.models_dir, _sha(digest)).is_file()
 
-    async def put_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> None:
-        """Store an uploaded blob under its digest, once its bytes have that digest."""
+    async def put_blob(
+        self, digest: str, chunks: AsyncIterator[bytes], size: int | None = None
+    ) -> None:
+        """Store an uploaded blob under its digest, once its bytes have that digest; ``size``
+        (the announced length) is checked against the free disk space first."""
         sha = _sha(digest)
         target = blob_path(self.models_dir, sha)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if size is not None:
+            try:
+                check_space(target.parent, size, target.name)
+            except ModelSourceError as exc:
+                raise PayloadTooLargeError(exc.message) from None
         partial = target.with_name(f"{target.name}.upload-{os.getpid()}-{id(chunks)}")
         hasher = hashlib.sha256()
         try:
@@ -217,16 +229,23 @@ class ModelStore:
             raise InvalidRequestError(f"the blob is not a GGUF file: {exc}", param="files") from exc
         yield {"status": f"using existing layer sha256:{sha}"}
         settings = settings_from_params(_json_bytes(parameters)) if parameters else {}
-        if self._registry.pulled.get(name) is not None:
-            await self.delete(name)
-        elif any(name in c.names for c in self._registry.configs):
+        if any(name in c.names for c in self._registry.configs) and not self._registry.is_pulled(
+            name
+        ):
             raise InvalidRequestError(f"model '{name}' is in the config file", param="model")
+        if self._registry.is_pulled(name) and not await self._registry.unload_if_idle(name):
+            raise ModelUnavailableError(f"model '{name}' is in use; try again when idle")
         yield {"status": "writing manifest"}
         model = PulledModel(
             name, f"created from sha256:{sha}", (path.relative_to(self.models_dir).as_posix(),),
             None, settings, path.stat().st_size,
         )  # fmt: skip
-        self._registry.add_pulled(self._registry.pulled.put(model))
+        table = self._registry.pulled
+        earlier = await asyncio.to_thread(table.get, name)
+        # The new row first: a file both use (the same blob, created again) is kept.
+        self._registry.add_pulled(await asyncio.to_thread(table.put, model))
+        if earlier is not None:
+            await asyncio.to_thread(table.delete_unused, earlier)
         yield {"status": "success"}
 
 

@@ -163,3 +163,77 @@ def test_pulls_beyond_the_bound_wait_their_turn(client: ollama.Client, server: L
     finally:
         store._pulling = 0
     assert client.pull("smollm2:135m").status == "success"
+
+
+def test_a_blob_upload_trickled_after_its_401_does_not_hold_the_connection(
+    tmp_path: Path,
+) -> None:
+    """Red-team finding: an upload's deadline (a pause, not the whole body) was re-armed by
+    every byte even once the request had its 401, so a keyless client trickling bytes held
+    a connection for good. Now only a body the app is reading gets that deadline."""
+    import socket
+    import time
+
+    settings = make_settings(models=[], models_dir=tmp_path, api_keys=["sk-edge"], body_timeout=1)
+    with LiveServer(create_app(settings), settings) as live:
+        sock = socket.create_connection(("127.0.0.1", live.port), timeout=10)
+        head = (
+            f"POST /api/blobs/sha256:{'0' * 64} HTTP/1.1\r\nHost: 127.0.0.1:{live.port}\r\n"
+            "Content-Length: 100000000\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        answer = b""
+        started = time.monotonic()
+        closed = False
+        try:
+            while time.monotonic() - started < 8:
+                sock.settimeout(0.25)
+                try:
+                    data = sock.recv(65536)
+                except TimeoutError:
+                    data = None
+                except ConnectionResetError:
+                    data = b""
+                if data == b"":
+                    closed = True
+                    break
+                if data:
+                    answer += data
+                try:
+                    sock.send(b"x")
+                except OSError:
+                    closed = True
+                    break
+        finally:
+            sock.close()
+        assert answer.startswith(b"HTTP/1.1 401 ")
+        assert closed and time.monotonic() - started < 6
+
+
+def test_another_sites_page_may_not_manage_models(server: LiveServer) -> None:
+    """Keys off: a browser sends a plain-text POST from any page without asking first, and
+    /api/ bodies are read as JSON whatever their type; so another site's Origin is refused."""
+    cross = httpx.post(
+        f"{server.base_url}/api/pull",
+        content='{"model": "smollm2:135m"}',
+        headers={"Content-Type": "text/plain", "Origin": "https://evil.example"},
+    )
+    assert cross.status_code == 403
+    assert "another site" in cross.json()["error"]
+    same = httpx.post(
+        f"{server.base_url}/api/pull",
+        json={"model": "nothing:1b", "stream": False},
+        headers={"Origin": server.base_url},
+    )
+    assert same.status_code == 502  # past the check (the registry has no such model)
+
+
+def test_creating_a_model_again_keeps_its_blob(client: ollama.Client) -> None:
+    """Red-team finding: creating a model again from the same blob deleted the blob with the
+    old model (a 500, then neither model nor blob)."""
+    digest = client.create_blob(model_file("smollm2"))
+    for _ in range(2):
+        assert client.create(model="again:v1", files={"model.gguf": digest}).status == "success"
+    answer = client.generate(model="again:v1", prompt="Hi", options={"num_predict": 2})
+    assert answer.done
+    client.delete("again:v1")

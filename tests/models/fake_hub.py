@@ -36,6 +36,7 @@ class FakeHub:
     ignore_range: bool = False
     sent: int = 0  # bytes of file content sent, all transfers together
     requests: list[str] = field(default_factory=list)
+    any_file: bytes = b""  # what /files/<any path> serves
     # The registry: "namespace/name:tag" -> [(media type, bytes)], and blobs by sha256.
     manifests: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)
     ranges: list[str | None] = field(default_factory=list)  # each transfer's Range header
@@ -159,6 +160,17 @@ class _Handler(BaseHTTPRequestHandler):
         blob = re.fullmatch(r"/v2/([^/]+)/([^/]+)/blobs/sha256:([0-9a-f]{64})", path)
         if blob:
             self._send(307, b"", "text/plain", {"Location": f"{hub.url}/cdn/{blob.group(3)}"})
+            return
+        if parts.path.startswith("/files/"):  # any path (still encoded): one file
+            self._file(hub.any_file, hashlib.sha256(hub.any_file).hexdigest())
+            return
+        failing = re.fullmatch(r"/fail/(\d{3})", path)
+        if failing:  # an error that claims a gigabyte of body and sends a few bytes
+            self.send_response(int(failing.group(1)))
+            self.send_header("Content-Length", str(1 << 30))
+            self.end_headers()
+            self.wfile.write(b"x" * 100)
+            self.close_connection = True
             return
         cdn = re.fullmatch(r"/cdn/([0-9a-f]{64})", path)
         if cdn:

@@ -65,7 +65,13 @@ def test_references_are_read_as_hugging_face_and_ollama_write_them() -> None:
     for text in ("team/repo", "hf:../etc", "hf:team", "qwen3:4b", "hf:team/repo:Q4 x"):
         assert parse_reference(text) is None
     assert reference_name("hf:team/repo:Q4_1") == "hf.co/team/repo:Q4_1"
+    assert reference_name("hf:team/repo") == "hf.co/team/repo:latest"
+    assert reference_name("hf:team/repo:Q4_1@v2") == "hf.co/team/repo:Q4_1@v2"
     assert reference_name("https://example.com/x/My%20Model.Q4_0.gguf") == "My-Model.Q4_0"
+    # A URL's name never looks like an Ollama name:tag (it would take that model's place).
+    assert reference_name("https://example.com/qwen3:4b.gguf") == "qwen3-4b"
+    for climbing in ("hf:a/b@../../x", "hf:a/b@/tmp/x", "hf:a/b@v1/../../x"):
+        assert parse_reference(climbing) is None
     assert quant_of("Qwen3-4B-Instruct-2507-UD-Q4_K_XL.gguf") == "Q4_K_XL"
     assert quant_of("llama-3.2-1b-instruct-f16.gguf") == "F16"
 
@@ -76,8 +82,22 @@ def test_a_split_model_is_chosen_whole_and_in_order() -> None:
     ] + [RepoFile("model-Q8_0.gguf", 10, None), RepoFile("mmproj-model-f16.gguf", 1, None)]
     chosen = choose_gguf(files, HubReference("a/b"))
     assert [f.path.rsplit("-", 3)[1] for f in chosen] == ["00001", "00002", "00003"]
-    with pytest.raises(ModelSourceError, match="parts \\[1, 3\\] of 3"):
+    with pytest.raises(ModelSourceError, match="parts \\[1, 3\\] of \\[3\\]"):
         choose_gguf([files[0], files[1]], HubReference("a/b"))
+    # Parts of different cuts, or one file beside parts of the same name: an error that says
+    # so, not a crash.
+    mixed = [
+        RepoFile("m-Q4_K_M-00001-of-00002.gguf", 1, None),
+        RepoFile("m-Q4_K_M-00002-of-00003.gguf", 1, None),
+    ]
+    with pytest.raises(ModelSourceError, match="not one whole model"):
+        choose_gguf(mixed, HubReference("a/b"))
+    beside = [
+        RepoFile("m-Q4_K_M.gguf", 1, None),
+        RepoFile("m-Q4_K_M.gguf-00001-of-00001.gguf", 1, None),
+    ]
+    with pytest.raises(ModelSourceError, match="several Q4_K_M GGUFs"):
+        choose_gguf(beside, HubReference("a/b"))
 
 
 def test_a_pull_fetches_verifies_and_records_the_model(
@@ -410,3 +430,65 @@ def test_the_terminal_progress_shows_the_bar_speed_and_time_left(
     assert lines[-1].endswith("\n")
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # not a terminal: no bar
     assert terminal_progress("pull x") is None
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "%2Ftmp%2Fhearth-escape%2Fevil.gguf",  # an absolute path, once decoded
+        "..%2F..%2F..%2F..%2Fhearth-escape.gguf",  # a climb, once decoded
+        "a%2F%2E%2E%2F%2E%2E%2Fhearth-escape.gguf",
+        "nul%00byte.gguf",
+        "x" * 600 + ".gguf",
+    ],
+)
+def test_a_urls_path_never_reaches_outside_the_models_folder(
+    hub: FakeHub, gguf: bytes, tmp_path: Path, path: str
+) -> None:
+    """Red-team finding: a percent-encoded slash once let a URL write (and delete) files
+    anywhere the server could."""
+    hub.any_file = gguf
+    models = tmp_path / "models"
+    pulled = pull(f"{hub.url}/files/{path}", models, options(hub))
+    written = (models / pulled.gguf).resolve()
+    assert written.is_relative_to(models.resolve()) and written.read_bytes() == gguf
+    assert [p for p in tmp_path.rglob("*.gguf") if not p.is_relative_to(models)] == []
+    assert not Path("/tmp/hearth-escape").exists()
+
+
+def test_an_error_answer_is_not_read_whole(hub: FakeHub, tmp_path: Path) -> None:
+    """An error that claims a gigabyte of body is answered at once from its status."""
+    with pytest.raises(ModelSourceError, match="HTTP 500"):
+        pull(f"{hub.url}/fail/500", tmp_path, options(hub))
+
+
+def test_a_url_that_is_not_a_gguf_is_refused_from_its_first_bytes(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    hub.any_file = b"<html>" + b"x" * (8 << 20)
+    with pytest.raises(ModelSourceError, match="not a GGUF"):
+        pull(f"{hub.url}/files/model.gguf", tmp_path, options(hub))
+    size, sent = len(hub.any_file), hub.sent
+    assert sent < size  # the pull stopped reading: the server could not send it all
+    assert not [*tmp_path.rglob("*.gguf"), *tmp_path.rglob("*.partial")]
+
+
+def test_a_params_layer_cannot_size_the_kv_cache_past_the_bound() -> None:
+    from server.models.ollama_registry import MAX_NUM_CTX, settings_from_params
+
+    assert settings_from_params(b'{"num_ctx": 8192}') == {"n_ctx": 8192}
+    assert settings_from_params(f'{{"num_ctx": {MAX_NUM_CTX + 1}}}'.encode()) == {}
+    assert settings_from_params(b'{"num_ctx": 4294967296}') == {}
+    assert settings_from_params(b"[1, 2]") == {} and settings_from_params(b"{nope") == {}
+
+
+def test_a_pulled_file_that_is_no_model_does_not_hide_the_others(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    broken = pull("hf:team/SmolLM2-GGUF:Q8_0", tmp_path, options(hub))  # "GGUF" and zeros
+    with TestClient(create_app(make_settings(models=[], models_dir=tmp_path))) as client:
+        tags = client.get("/api/tags")
+        assert tags.status_code == 200
+        names = [m["name"] for m in tags.json()["models"]]
+        assert "hf.co/team/SmolLM2-GGUF:Q4_1" in names and broken.name not in names

@@ -1,12 +1,14 @@
 """Ollama's model management: ``POST /api/pull`` (streamed progress, as Ollama writes it),
 ``DELETE /api/delete``, ``POST /api/copy``, ``HEAD``/``POST /api/blobs/:digest`` and ``POST
-/api/create`` from an uploaded GGUF. With API keys on, only an admin key may use them. The
-work is :class:`server.services.model_store.ModelStore`'s."""
+/api/create`` from an uploaded GGUF. With API keys on, only an admin key may use them; with
+keys off, no other site's page may. The work is
+:class:`server.services.model_store.ModelStore`'s."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Request, Response
 
@@ -20,9 +22,17 @@ router = APIRouter(tags=["ollama"])
 
 
 def _admin_only(request: Request) -> None:
+    """With keys on, an admin key. With keys off (one user's machine), no request a web page
+    of another site sent: its ``Origin`` must be this server (a browser sends a plain-text
+    POST from any page without asking first, and these bodies are read as JSON whatever
+    their type)."""
     key = context_of(request).api_key
     if key is not None and not key.admin:
         raise PermissionDeniedError("managing models needs an admin key")
+    origin = request.headers.get("origin")
+    host = request.headers.get("host", "").lower()
+    if key is None and origin is not None and urlsplit(origin).netloc.lower() != host:
+        raise PermissionDeniedError("another site's page may not manage models")
 
 
 def _model_of(body: PullRequest | DeleteRequest | CreateRequest) -> str:
@@ -83,7 +93,9 @@ async def put_blob(digest: str, request: Request, state: State) -> Response:
     _admin_only(request)
     if state.model_store.has_blob(digest):
         return Response(status_code=200)
-    await state.model_store.put_blob(digest, request.stream())
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isdigit() else None
+    await state.model_store.put_blob(digest, request.stream(), size)
     return Response(status_code=201)
 
 

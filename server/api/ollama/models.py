@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,13 @@ from fastapi import APIRouter, Request, Response
 from server.api.cancellation import unless_disconnected
 from server.api.deps import Context, State, caller_of
 from server.api.responses import OLLAMA_ERROR_RESPONSES
-from server.errors import InvalidRequestError
+from server.errors import HearthError, InvalidRequestError
 from server.protocol.common import KEEP_ALIVE_FOREVER
 from server.protocol.ollama import EmbeddingsRequest, EmbedRequest, ShowRequest
 from server.services.embeddings import EmbeddingSpec
 from server.services.model_info import ModelFacts
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["ollama"])
 
@@ -53,7 +56,11 @@ async def tags(state: State) -> dict[str, Any]:
     for config in state.registry.configs:
         if config.upstream is not None or not state.registry.can_load(config):
             continue
-        facts = await state.model_info.facts(config)
+        try:
+            facts = await state.model_info.facts(config)
+        except HearthError as exc:  # one unreadable file does not hide the others
+            logger.warning("not listing model %s: %s", config.name, exc.message)
+            continue
         models.append(
             {
                 "name": facts.name,
