@@ -20,6 +20,7 @@ from server.errors import HearthError, ModelSourceError
 from server.models.arguments import model_entries
 from server.models.config import ModelConfig
 from server.models.download import terminal_progress
+from server.models.ollama_registry import parse_reference as ollama_name
 from server.models.pull import PullOptions, is_reference
 from server.models.pull import pull as pull_reference
 from server.models.sources import CATALOG, copy_progress_to_terminal, pull_local, pull_package
@@ -364,6 +365,14 @@ def models_pull(settings: Settings, name: str) -> None:
     configured = next((m for m in settings.models if name in m.names), None)
     if configured is not None and configured.source is not None:
         name = configured.source
+    elif (
+        configured is None
+        and name not in CATALOG
+        and not as_path.exists()
+        and not is_reference(name)
+        and ollama_name(f"ollama:{name}") is not None
+    ):
+        name = f"ollama:{name}"  # an Ollama name without its tag: `llama3.2` is :latest
     if is_reference(name) and not as_path.exists():
         options = PullOptions(settings.hf_endpoint, settings.hf_token, settings.ollama_registry)
         pulled = pull_reference(

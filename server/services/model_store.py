@@ -146,14 +146,14 @@ class ModelStore:
             self._registry.remove_pulled(name)
         await asyncio.to_thread(self._registry.pulled.remove, name)
 
-    def copy(self, source: str, destination: str) -> None:
+    async def copy(self, source: str, destination: str) -> None:
         """Serve the model ``source`` under the name ``destination`` too."""
         config = self._registry.resolve(source)
         if any(destination in c.names for c in self._registry.configs):
             raise InvalidRequestError(f"model '{destination}' exists", param="destination")
         if config.upstream is not None:
             raise InvalidRequestError(f"model '{source}' is remote", param="source")
-        original = self._registry.pulled.get(config.name)
+        original = await asyncio.to_thread(self._registry.pulled.get, config.name)
         if original is not None:
             copied = PulledModel(
                 destination, original.reference, original.files, original.template,
@@ -170,7 +170,7 @@ class ModelStore:
                 destination, f"copy of {config.name}", (str(path),), None, settings,
                 path.stat().st_size if path.is_file() else 0,
             )  # fmt: skip
-        self._registry.add_pulled(self._registry.pulled.put(copied))
+        self._registry.add_pulled(await asyncio.to_thread(self._registry.pulled.put, copied))
 
     def has_blob(self, digest: str) -> bool:
         return blob_path(self.models_dir, _sha(digest)).is_file()

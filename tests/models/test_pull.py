@@ -492,3 +492,18 @@ def test_a_pulled_file_that_is_no_model_does_not_hide_the_others(
         assert tags.status_code == 200
         names = [m["name"] for m in tags.json()["models"]]
         assert "hf.co/team/SmolLM2-GGUF:Q4_1" in names and broken.name not in names
+
+
+def test_a_config_entrys_source_is_served_once_pulled(hub: FakeHub, tmp_path: Path) -> None:
+    entry = {"name": "mine", "source": "hf:team/SmolLM2-GGUF:Q4_1", "n_ctx": 512, "threads": 2}
+    settings = make_settings(models=[entry], models_dir=tmp_path)
+    body = {"model": "mine", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+    with TestClient(create_app(settings)) as client:
+        missing = client.post("/v1/chat/completions", json=body)
+        assert missing.status_code == 503
+        assert "hearth pull hf:team/SmolLM2-GGUF:Q4_1" in missing.json()["error"]["message"]
+    pull("hf:team/SmolLM2-GGUF:Q4_1", tmp_path, options(hub))
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/chat/completions", json=body).status_code == 200
+        # Served under the entry's name only: the pulled row is the same model.
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["mine"]

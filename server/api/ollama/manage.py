@@ -78,7 +78,7 @@ async def delete(body: DeleteRequest, request: Request, state: State) -> Respons
 @router.post("/api/copy", response_model=None, responses=OLLAMA_ERROR_RESPONSES)
 async def copy(body: CopyRequest, request: Request, state: State) -> Response:
     _admin_only(request)
-    state.model_store.copy(body.source, body.destination)
+    await state.model_store.copy(body.source, body.destination)
     return Response(status_code=200)
 
 
