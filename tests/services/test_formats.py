@@ -37,14 +37,15 @@ from server.services.tools import plan_tools
 from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 
 # The templates whose call text is learned (arguments as JSON, or parameter by parameter),
-# and the family each is read as. The others keep the house format: MiniCPM5 (strings in
-# CDATA where they hold markup), MiniMax-M3 (objects as XML trees), LFM2 (Python-style calls,
+# and the family each is read as. The others keep the house format: MiniMax-M3 (objects as
+# XML trees), LFM2 (Python-style calls,
 # or none in the history), Granite 3.3 (no calls in the history),
 # R1's distills (a new header after the calls), templates that need tools in a form of their
 # own (Command R+, Firefunction) or know none.
 LEARNED = {
     "ByteDance-Seed-OSS": "seed",
     "google-gemma-4-31B-it": "gemma",
+    "openbmb-MiniCPM5-1B": "generic",
     "google-gemma-4-31B-it-interleaved": "gemma",
     "Reka-Edge": "hermes",
     "deepseek-ai-DeepSeek-V3.1": "deepseek",
@@ -437,3 +438,17 @@ def test_a_template_that_writes_calls_but_reads_no_tools_gets_them_in_its_own_fo
     prompt = template(name).render(messages, add_generation_prompt=True)
     call = chosen.text([("get_weather", "c1", '{"city": "Paris"}')])
     assert call in prompt and "Sunny" in prompt
+
+
+def test_a_string_the_template_wraps_in_cdata_reads_back_even_holding_the_end_marker() -> None:
+    chosen = layout("openbmb-MiniCPM5-1B")
+    assert chosen.params is not None and chosen.params.wrap == ("<![CDATA[", "]]>", "<&\n")
+    value = 'a</param>b & <c>\nd "e"'
+    text = chosen.text([("get_weather", "c1", json.dumps({"city": value}))])
+    assert "<![CDATA[" + value + "]]></param>" in text
+    for step in (1, 4, 1000):
+        parser = LayoutCallParser(chosen, FUNCTIONS)
+        content = "".join(parser.feed(text[i : i + step])[0] for i in range(0, len(text), step))
+        content += parser.finish()
+        assert content == ""
+        assert [json.loads(c.arguments) for c in parser.calls] == [{"city": value}]

@@ -42,6 +42,14 @@ class ParamStyle:
     empty: str = ""  # what the template writes for a call without parameters
     # Objects and arrays as Python writes them ({'a': [1, True, None]}: Seed-OSS), not JSON.
     python_objects: bool = False
+    # A string holding any of ``wrap[2]`` is written between ``wrap[0]`` and ``wrap[1]``
+    # (MiniCPM5's <![CDATA[...]]> for text with <, & or a newline); None: always raw.
+    wrap: tuple[str, str, str] | None = None
+
+    def string_text(self, value: str) -> str:
+        if self.wrap is not None and any(c in value for c in self.wrap[2]):
+            return f"{self.wrap[0]}{value}{self.wrap[1]}"
+        return value
 
     def mid(self, kind: Kind) -> str:
         return dict(self.mids)[kind]
@@ -50,7 +58,7 @@ class ParamStyle:
         """A value's kind and how the template writes it."""
         kind = kind_of(value)
         if kind == "string":
-            return kind, str(value)
+            return kind, self.string_text(str(value))
         if self.python and kind in ("boolean", "null"):
             return kind, str(value)
         if self.python_objects and kind in ("object", "array"):
@@ -70,6 +78,9 @@ class ParamStyle:
     def to_json(self, kind: Kind, written: str) -> str:
         """A value as JSON text, from how it was written."""
         if kind == "string":
+            wrap = self.wrap
+            if wrap is not None and written.startswith(wrap[0]) and written.endswith(wrap[1]):
+                written = written[len(wrap[0]) : len(written) - len(wrap[1])]
             return json.dumps(written, ensure_ascii=False)
         if self.python_objects and kind in ("object", "array"):
             return _python_to_json(written)
@@ -153,9 +164,57 @@ def learn_params(region: Callable[[dict[str, Any]], str | None]) -> ParamStyle |
                 return None
             python_objects = is_python
         mids[kind] = segment[: len(segment) - len(written)]
+    wrap = _wrapping(region, mid, post)
+    if wrap is False:
+        return None
     return ParamStyle(
-        pre, post, tuple((k, mids[k]) for k in KINDS), bool(python), empty, bool(python_objects)
+        pre,
+        post,
+        tuple((k, mids[k]) for k in KINDS),
+        bool(python),
+        empty,
+        bool(python_objects),
+        wrap if isinstance(wrap, tuple) else None,
     )
+
+
+# Characters a template may wrap a string for (CDATA for XML's <, & and line breaks).
+_WRAP_PROBES = "<>&\n\"'"
+
+
+def _wrapping(
+    region: Callable[[dict[str, Any]], str | None], mid: str, post: str
+) -> tuple[str, str, str] | bool | None:
+    """How the template wraps a string holding certain characters: (opening, closing, those
+    characters), None when it writes every string raw, False when it does something else
+    (or wraps around text that could hold the parameter's end marker)."""
+    found: tuple[str, str] | None = None
+    triggers = ""
+    for ch in _WRAP_PROBES:
+        value = f"hearthvq{ch}hearthvz"
+        text = region({"hearthka": value})
+        if text is None:
+            return False
+        start = text.find("hearthka" + mid)
+        end = text.rfind(post)
+        if start < 0 or end < 0:
+            return False
+        written = text[start + len("hearthka" + mid) : end]
+        if written == value:
+            continue
+        at = written.find(value)
+        if at < 0:
+            return False
+        wrap = (written[:at], written[at + len(value) :])
+        if not wrap[0] or not wrap[1] or (found is not None and wrap != found):
+            return False
+        found, triggers = wrap, triggers + ch
+    if found is None:
+        return None
+    # A raw string may not hold a trigger; it must then be unable to hold the end marker.
+    if post.strip()[:1] not in triggers:
+        return False
+    return found[0], found[1], triggers
 
 
 def _python_to_json(written: str) -> str:
@@ -253,7 +312,7 @@ def params_rules(
     # A string value may not hold the marker that ends it, even without the whitespace the
     # template puts before it: a model that writes "Paris</parameter>" has ended the value.
     # (Its rules are written once, with the first function's.)
-    rules = without_rule(style.post.strip() or style.post, "param-text") if index == 0 else []
+    rules = _string_rules(style) if index == 0 else []
     properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else None
     if properties is None:  # no properties declared: any (declared none: none)
         kinds = " | ".join(
@@ -304,6 +363,20 @@ def params_rules(
     ]
     rules.append(f"{head} ::= {' '.join(order) or empty}")
     return head, "\n".join(rules)
+
+
+def _string_rules(style: ParamStyle) -> list[str]:
+    """The rules of a string value (``param-text``): raw text that cannot hold the marker that
+    ends it, or where the template wraps some strings (CDATA), raw text without the
+    characters that make it wrap them, or a wrapped text that cannot hold the wrap's end."""
+    if style.wrap is None:
+        return without_rule(style.post.strip() or style.post, "param-text")
+    opening, closing, triggers = style.wrap
+    raw = "".join(_class_char(c) for c in triggers)
+    return [
+        f"param-text ::= [^{raw}]* | {gbnf_literal(opening)} param-wrapped {gbnf_literal(closing)}",
+        *without_rule(closing, "param-wrapped"),
+    ]
 
 
 def _kinds(schema: dict[str, Any]) -> list[Kind]:
@@ -391,12 +464,19 @@ class ParamsScan:
                     return at  # may still be a parameter, or what follows them
                 self.done = True
                 return at
-            end = rest.find(style.post, self._scanned)
+            terminator = style.post
+            if style.wrap is not None:  # a wrapped string may hold the marker: its end first
+                if rest.startswith(style.wrap[0]):
+                    terminator = style.wrap[1] + style.post
+                elif style.wrap[0].startswith(rest) and not finishing:
+                    return at
+            end = rest.find(terminator, self._scanned)
             if end < 0:
                 # The value goes on (arriving from the same place next time): look for its
                 # end only in what is new then.
-                self._scanned = max(0, len(rest) - len(style.post) + 1)
+                self._scanned = max(0, len(rest) - len(terminator) + 1)
                 return at
+            end += len(terminator) - len(style.post)
             value = rest[:end]
             self._items.append(
                 f"{json.dumps(self._key, ensure_ascii=False)}: "
