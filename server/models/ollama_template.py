@@ -12,6 +12,8 @@ the GGUF's own chat template is used, or none.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 MAX_TEMPLATE_CHARS = 64 * 1024
 _MAX_DEPTH = 16
 _FIELDS = {".System": "system", ".Prompt": "prompt"}
@@ -38,6 +40,29 @@ _LOOP = """
 """
 
 
+def actions(template: str) -> Iterator[tuple[str, str | None]]:
+    """``template`` read once from left to right (no regular expression that could
+    backtrack): the text before each ``{{ action }}`` (with the ``{{-``/``-}}`` trims done)
+    and the action, then the text after the last one with None. ValueError for a ``{{``
+    without its ``}}``."""
+    position = 0
+    trim_next = False
+    while (start := template.find("{{", position)) >= 0:
+        end = template.find("}}", start + 2)
+        if end < 0:
+            raise ValueError("a {{ without its }}")
+        text = template[position:start]
+        inner = template[start + 2 : end]
+        if trim_next:
+            text = text.lstrip()
+        if inner.startswith("-"):
+            text = text.rstrip()
+        yield text, inner.removeprefix("-").removesuffix("-").strip()
+        position, trim_next = end + 2, inner.endswith("-")
+    tail = template[position:]
+    yield (tail.lstrip() if trim_next else tail), None
+
+
 def to_jinja(template: str) -> str | None:
     """The chat template (Jinja) that renders conversations as ``template`` does, or None when
     it uses more of Go's templates than this part."""
@@ -46,53 +71,42 @@ def to_jinja(template: str) -> str | None:
     out: list[str] = []
     depth = 0
     elses: list[bool] = []  # whether each open if has had its else
-    position = 0
-    trim_next = False
 
     def text(piece: str) -> None:
         if piece:
             out.append("{%- if not ns.cut -%}{{- " + _literal(piece) + " -}}{%- endif -%}")
 
-    while (start := template.find("{{", position)) >= 0:
-        end = template.find("}}", start + 2)
-        if end < 0:
-            return None
-        piece = template[position:start]
-        inner = template[start + 2 : end]
-        trim_before, trim_after = inner.startswith("-"), inner.endswith("-")
-        action = inner.removeprefix("-").removesuffix("-").strip()
-        if trim_next:
-            piece = piece.lstrip()
-        if trim_before:
-            piece = piece.rstrip()
-        text(piece)
-        position, trim_next = end + 2, trim_after
-        if action == ".Response":
-            out.append(
-                "{%- if not ns.cut -%}{{- response -}}{%- endif -%}"
-                "{%- if last -%}{%- set ns.cut = true -%}{%- endif -%}"
-            )
-        elif action in _FIELDS:
-            out.append("{%- if not ns.cut -%}{{- " + _FIELDS[action] + " -}}{%- endif -%}")
-        elif action in _CONDITIONS:
-            depth += 1
-            if depth > _MAX_DEPTH:
+    try:
+        for piece, action in actions(template):
+            text(piece)
+            if action is None:
+                break
+            if action == ".Response":
+                out.append(
+                    "{%- if not ns.cut -%}{{- response -}}{%- endif -%}"
+                    "{%- if last -%}{%- set ns.cut = true -%}{%- endif -%}"
+                )
+            elif action in _FIELDS:
+                out.append("{%- if not ns.cut -%}{{- " + _FIELDS[action] + " -}}{%- endif -%}")
+            elif action in _CONDITIONS:
+                depth += 1
+                if depth > _MAX_DEPTH:
+                    return None
+                elses.append(False)
+                out.append("{%- if " + _CONDITIONS[action] + " -%}")
+            elif action == "else" and depth and not elses[-1]:
+                elses[-1] = True
+                out.append("{%- else -%}")
+            elif action == "end" and depth:
+                depth -= 1
+                elses.pop()
+                out.append("{%- endif -%}")
+            else:
                 return None
-            elses.append(False)
-            out.append("{%- if " + _CONDITIONS[action] + " -%}")
-        elif action == "else" and depth and not elses[-1]:
-            elses[-1] = True
-            out.append("{%- else -%}")
-        elif action == "end" and depth:
-            depth -= 1
-            elses.pop()
-            out.append("{%- endif -%}")
-        else:
-            return None
+    except ValueError:
+        return None
     if depth:
         return None
-    tail = template[position:]
-    text(tail.lstrip() if trim_next else tail)
     body = "".join(out)
     macro = (
         "{%- macro ollama_round(ns, system, prompt, response, last) -%}" + body + "{%- endmacro -%}"

@@ -14,6 +14,7 @@ at most ``max_chars``, checked before each piece is added, so that a template re
 from __future__ import annotations
 
 from server.errors import InvalidRequestError, UnsupportedFeatureError
+from server.models.ollama_template import actions
 
 MAX_TEMPLATE_CHARS = 64 * 1024
 _MAX_DEPTH = 16
@@ -33,8 +34,6 @@ def render(template: str, *, system: str, prompt: str, max_chars: int) -> str:
     # Each open {{ if }}: whether the text around it is written, and whether it had an else.
     stack: list[tuple[bool, bool]] = []
     writing = True
-    position = 0
-    trim_next = False
 
     def write(text: str) -> None:
         nonlocal size
@@ -45,45 +44,35 @@ def render(template: str, *, system: str, prompt: str, max_chars: int) -> str:
             )
         out.append(text)
 
-    while (start := template.find("{{", position)) >= 0:
-        end = template.find("}}", start + 2)
-        if end < 0:
-            raise _unsupported("a {{ without its }}")
-        text = template[position:start]
-        inner = template[start + 2 : end]
-        trim_before, trim_after = inner.startswith("-"), inner.endswith("-")
-        action = inner.removeprefix("-").removesuffix("-").strip()
-        if trim_next:
-            text = text.lstrip()
-        if trim_before:
-            text = text.rstrip()
-        if writing:
-            write(text)
-        position, trim_next = end + 2, trim_after
-        if action == ".Response":
-            if writing:  # the answer starts here
-                return "".join(out)
-        elif action in _FIELDS:
+    try:
+        for text, action in actions(template):
             if writing:
-                write(values[_FIELDS[action]])
-        elif action in _CONDITIONS:
-            if len(stack) >= _MAX_DEPTH:
-                raise _unsupported(f"more than {_MAX_DEPTH} nested ifs")
-            stack.append((writing, False))
-            writing = writing and bool(values[_CONDITIONS[action]])
-        elif action == "else" and stack and not stack[-1][1]:
-            outer, _ = stack[-1]
-            stack[-1] = (outer, True)
-            writing = outer and not writing
-        elif action == "end" and stack:
-            writing, _ = stack.pop()
-        else:
-            raise _unsupported(f"{{{{ {action[:40]} }}}}")
+                write(text)
+            if action is None:
+                break
+            if action == ".Response":
+                if writing:  # the answer starts here
+                    return "".join(out)
+            elif action in _FIELDS:
+                if writing:
+                    write(values[_FIELDS[action]])
+            elif action in _CONDITIONS:
+                if len(stack) >= _MAX_DEPTH:
+                    raise _unsupported(f"more than {_MAX_DEPTH} nested ifs")
+                stack.append((writing, False))
+                writing = writing and bool(values[_CONDITIONS[action]])
+            elif action == "else" and stack and not stack[-1][1]:
+                outer, _ = stack[-1]
+                stack[-1] = (outer, True)
+                writing = outer and not writing
+            elif action == "end" and stack:
+                writing, _ = stack.pop()
+            else:
+                raise _unsupported(f"{{{{ {action[:40]} }}}}")
+    except ValueError as exc:  # a {{ without its }}
+        raise _unsupported(str(exc)) from None
     if stack:
         raise _unsupported("an {{ if }} without its {{ end }}")
-    tail = template[position:]
-    if writing:
-        write(tail.lstrip() if trim_next else tail)
     return "".join(out)
 
 
