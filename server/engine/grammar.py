@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from llama_cpp.llama_grammar import SchemaConverter
 
@@ -165,11 +165,16 @@ def call_grammar(
     that makes JSON rules for a value, and returns the rule's name and its rules' text.
     ``spell`` rewrites the values' rules to another spelling of them (Python's, Gemma's)."""
     converter = _converter()
+    python_converter: list[SchemaConverter] = []  # made when a format asks for one
     names = []
     extra = []
 
-    def visit(schema: dict[str, Any], name: str) -> str:
-        return _visit(converter, schema, name, checked=True)
+    def visit(schema: dict[str, Any], name: str, *, python: bool = False) -> str:
+        if not python:
+            return _visit(converter, schema, name, checked=True)
+        if not python_converter:
+            python_converter.append(_converter())
+        return _PYTHON_PREFIX + _visit(python_converter[0], schema, name, checked=True)
 
     for i, function in enumerate(functions):
         parameters = function.parameters or {}
@@ -183,14 +188,42 @@ def call_grammar(
     values = _exact_json(_format(converter), separators, ascii=ascii)
     if spell is not None:
         values = spell(values)
+    if python_converter:  # values written as Python's repr writes them, beside JSON ones
+        pythonic = python_spelling(_exact_json(_format(python_converter[0]), DUMPS_SEPARATORS))
+        values += "\n" + _prefixed(pythonic, _PYTHON_PREFIX)
     rules = "\n".join([values, *extra, compose(names)])
     return Grammar(_checked(rules), triggers=triggers)
 
 
+class Visit(Protocol):
+    """Rules for a value under ``schema``, named ``name``: JSON, or (``python``) as Python's
+    repr writes it."""
+
+    def __call__(self, schema: dict[str, Any], name: str, *, python: bool = False) -> str: ...
+
+
 # (function index, its parameters, visit) -> (the arguments' rule name, rules text)
-ArgumentsRules = Callable[
-    [int, dict[str, Any], Callable[[dict[str, Any], str], str]], tuple[str, str]
-]
+ArgumentsRules = Callable[[int, dict[str, Any], Visit], tuple[str, str]]
+
+_PYTHON_PREFIX = "py-"
+_IDENTIFIER = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z][A-Za-z0-9-]*')
+
+
+def _prefixed(rules: str, prefix: str) -> str:
+    """``rules`` with every rule they define renamed ``prefix`` + name (its references too),
+    so that they sit beside rules of the same names; literals and classes are left as are."""
+    lines = rules.splitlines()
+    defined = {line.split(" ::= ", 1)[0] for line in lines if " ::= " in line}
+
+    def rename(match: re.Match[str]) -> str:
+        token = match.group(0)
+        return prefix + token if token in defined else token
+
+    out = []
+    for line in lines:
+        head, sep, body = line.partition(" ::= ")
+        out.append(prefix + head + sep + _IDENTIFIER.sub(rename, body) if sep else line)
+    return "\n".join(out)
 
 
 def _exact_json(rules: str, separators: tuple[str, str], *, ascii: bool = False) -> str:

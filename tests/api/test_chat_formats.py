@@ -310,6 +310,7 @@ NO_ARGUMENTS_TOOL = {
         "deepseek-ai-DeepSeek-V4",  # DSML parameters, an empty line for a call without any
         "deepseek-ai-DeepSeek-V3.1",  # no `tools` in the template: described in the prompt
         "openbmb-MiniCPM5-1B",  # XML parameters, objects as Python writes them
+        "LFM2.5-8B-A1B",  # Python-style calls: get_forecast(city='Paris', options={...})
     ],
 )
 def test_calls_in_syntaxes_other_than_json_come_back_as_json_and_are_reused(

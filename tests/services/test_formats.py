@@ -21,6 +21,7 @@ from server.services.formats import (
     ChatFormat,
     choose_format,
     gemma_args,
+    pythonic_args,
 )
 from server.services.formats.calls import (
     LayoutCallParser,
@@ -38,14 +39,14 @@ from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 
 # The templates whose call text is learned (arguments as JSON, or parameter by parameter),
 # and the family each is read as. The others keep the house format: MiniMax-M3 (objects as
-# XML trees), LFM2 (Python-style calls,
-# or none in the history), Granite 3.3 (no calls in the history),
-# R1's distills (a new header after the calls), templates that need tools in a form of their
-# own (Command R+, Firefunction) or know none.
+# XML trees), LFM2, LFM2.5 Instruct and Granite 3.3 (no calls in the history), R1's distills
+# (a new header after the calls), Command R+ (indented JSON), Firefunction (its tools as
+# `functions`), templates that know no tools.
 LEARNED = {
     "ByteDance-Seed-OSS": "seed",
     "google-gemma-4-31B-it": "gemma",
     "openbmb-MiniCPM5-1B": "generic",
+    "LFM2.5-8B-A1B": "generic",
     "google-gemma-4-31B-it-interleaved": "gemma",
     "Reka-Edge": "hermes",
     "deepseek-ai-DeepSeek-V3.1": "deepseek",
@@ -452,3 +453,16 @@ def test_a_string_the_template_wraps_in_cdata_reads_back_even_holding_the_end_ma
         content += parser.finish()
         assert content == ""
         assert [json.loads(c.arguments) for c in parser.calls] == [{"city": value}]
+
+
+def test_python_style_arguments_read_back_as_json_and_bad_ones_are_refused() -> None:
+    value = {"q": 'a "b" {c}', "n": [1, 2.5, {"a": None, "s": "it's"}], "o": {"k": [True]}}
+    written = pythonic_args.write(value)
+    assert written == ("""(q='a "b" {c}', n=[1, 2.5, {'a': None, 's': "it's"}], o={"k": [true]})""")
+    assert json.loads(pythonic_args.to_json(written)) == value
+    for bad in (
+        "(q='open)", "(q=1 x=2)", "(=1)", "(q=nope)", "q=1", "(q={1, 2})", "(q=[b'x'])",
+        "(q=[__import__('os')])", "(q=" + "[" * 5000 + "]" * 5000 + ")",
+    ):  # fmt: skip
+        with pytest.raises(ValueError):
+            pythonic_args.to_json(bad)

@@ -14,9 +14,10 @@ from typing import Literal
 from server.engine.gbnf import gbnf_literal
 from server.engine.grammar import FunctionSpec, call_grammar, python_spelling
 from server.engine.types import Grammar
-from server.services.formats import gemma_args
+from server.services.formats import gemma_args, pythonic_args
 from server.services.formats.layout import (
     ARGUMENTS,
+    DIALECTS,
     ID,
     INDEX,
     NAME,
@@ -94,7 +95,9 @@ def layout_grammar(
         spell=_spelling(layout),
         triggers=(trigger_pattern(layout, functions),) if lazy else (),
         arguments=(
-            None
+            pythonic_args.rules
+            if layout.dialect == "pythonic"
+            else None
             if params is None
             else lambda index, schema, visit: params_rules(params, index, schema, visit)
         ),
@@ -174,7 +177,7 @@ class LayoutCallParser:
         self._at = 0  # its next piece
         self._raw = ""  # its text so far
         self._values: dict[str, str] = {}
-        self._json: _JsonScan | gemma_args.Scan = _JsonScan()
+        self._json: _JsonScan | gemma_args.Scan | pythonic_args.Scan = _JsonScan()
         self._written = ""  # arguments in a dialect, as written (read once whole)
         self._params: ParamsScan | None = None
         self._released = 0  # how much of its arguments went out
@@ -296,7 +299,8 @@ class LayoutCallParser:
             pieces = (first[skip:], *pieces[1:])
         self._pieces, self._at, self._raw = pieces, 0, ""
         self._values, self._released, self._head = {}, 0, None
-        self._json = gemma_args.Scan() if self._layout.dialect == "gemma" else _JsonScan()
+        dialect = self._layout.dialect
+        self._json = DIALECTS[dialect].Scan() if dialect is not None else _JsonScan()
         self._written = ""
         params = self._layout.params
         self._params = ParamsScan(params, self._schemas) if params is not None else None
@@ -323,14 +327,14 @@ class LayoutCallParser:
             return True
         if slot == ARGUMENTS and self._layout.dialect is not None:
             # Arguments in a syntax of their own go out as JSON once whole.
-            if not self._written and not self._buffer.startswith("{"):
+            if not self._written and not self._buffer.startswith(("{", "(")):
                 return self._abandon(content) if self._buffer or finishing else False
             done = self._json.feed(self._buffer)
             self._written += self._take(len(self._buffer) if done < 0 else done)
             if done < 0:
                 return False
             try:
-                self._values["arguments"] = gemma_args.to_json(self._written)
+                self._values["arguments"] = DIALECTS[self._layout.dialect].to_json(self._written)
             except ValueError:
                 return self._abandon(content)
             self._release(deltas)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from server.errors import ChatTemplateError
-from server.services.formats import gemma_args
+from server.services.formats import gemma_args, pythonic_args
 from server.services.formats.params import ParamStyle, learn_params
 from server.services.templates import ChatTemplate, message_to_template_dict
 
@@ -73,8 +73,9 @@ class CallLayout:
     params: ParamStyle | None = None
     # JSON arguments with every character past ASCII escaped (``tojson(ensure_ascii=True)``).
     ascii: bool = False
-    # Arguments in a syntax of their own, not JSON: "gemma" (:mod:`.gemma_args`), or None.
-    dialect: Literal["gemma"] | None = None
+    # Arguments in a syntax of their own, not JSON: "gemma" (:mod:`.gemma_args`), "pythonic"
+    # (LFM2's ``(city='Paris')``: :mod:`.pythonic_args`), or None.
+    dialect: Literal["gemma", "pythonic"] | None = None
 
     def arguments_text(self, arguments: str) -> str:
         """A call's arguments (JSON text) as this layout writes them."""
@@ -83,7 +84,8 @@ class CallLayout:
         value = json.loads(arguments)
         value = value if isinstance(value, dict) else {}
         if self.params is None:
-            return gemma_args.write(value)
+            written: str = DIALECTS[str(self.dialect)].write(value)
+            return written
         return self.params.text(value)
 
     @property
@@ -112,6 +114,9 @@ class CallLayout:
         out.append(self.end)
         return "".join(out)
 
+
+# The argument syntaxes that are not JSON, by name: each writes, scans and reads its own.
+DIALECTS: dict[str, Any] = {"gemma": gemma_args, "pythonic": pythonic_args}
 
 # Sentinels: words no template writes of its own.
 _NAMES = ("hearthfnone", "hearthfntwo")
@@ -201,13 +206,15 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
 
     region = region_of(one, _sentinels(1))
     params: ParamStyle | None = None
-    dialect: Literal["gemma"] | None = None
+    dialect: Literal["gemma", "pythonic"] | None = None
     if region.count(json.dumps(_ARGUMENTS[0])) == 1:
         separators = (", ", ": ")
     elif region.count(json.dumps(_ARGUMENTS[0], separators=(",", ":"))) == 1:
         separators = (",", ":")
     elif region.count(gemma_args.write(_ARGUMENTS[0])) == 1:
         separators, dialect = gemma_args.SEPARATORS, "gemma"
+    elif region.count(pythonic_args.write(_ARGUMENTS[0])) == 1:
+        separators, dialect = (", ", ": "), "pythonic"
     else:  # written parameter by parameter, or in a form no layout describes
         separators = (", ", ": ")
 
@@ -221,7 +228,7 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
         params = learn_params(call_region)
         if params is None:
             return None
-    write = _writer(separators, params) if dialect is None else gemma_args.write
+    write = _writer(separators, params) if dialect is None else DIALECTS[dialect].write
     pieces = _pieces(region, 0, write)
     if pieces is None or NAME not in pieces:
         return None
