@@ -191,6 +191,11 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
     one = _calls_text(render, 1, results)
     start = _shared_start(prompt, one)
     ends: dict[tuple[tuple[str, str], ...], str] = {}
+    # How the template ends a plain answer's turn (its end-of-sentence marker): a template
+    # that ends a turn of calls the same way and then writes on (R1's distills write a new
+    # assistant header) has the model stop at the marker; what follows is the template's.
+    turn_end = render(_conversation(False, content=_CONTENT), False).rpartition(_CONTENT)[2]
+    marker = turn_end.strip()
 
     def region_of(text: str, calls: Sequence[tuple[str, str, Any]]) -> str:
         """The turn's own text in ``text`` (a rendering of ``calls``): after the generation
@@ -201,6 +206,11 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
             plain = render(_conversation(results, content=_CONTENT, answered=answered), False)
             ends[answered] = plain[plain.rindex(_CONTENT) + len(_CONTENT) :]
         region = text[start : len(text) - _shared_end(text, ends[answered])]
+        if marker and marker in region:
+            head, found, after = region.rpartition(marker)
+            # (GigaChat ends a turn with the marker and writes its calls in a turn after it.)
+            if after.strip() and not any(name in after for name, _, _ in calls):
+                region = head + found
         tail = end_of_turn(region)
         return region[: len(region) - len(tail)]
 
@@ -236,12 +246,6 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
     # arguments); what follows it is literal text.
     last = max(i for i, p in enumerate(pieces) if isinstance(p, Slot))
     first, end_text = pieces[: last + 1], "".join(str(p) for p in pieces[last + 1 :])
-    # A template that ends the turn after the calls (as it ends a plain answer) and writes on,
-    # a new header (R1's distills): what follows the end of the turn is not the model's.
-    turn_end = render(_conversation(False, content=_CONTENT), False).rpartition(_CONTENT)[2]
-    marker = turn_end.strip()
-    if marker and marker in end_text and end_text.rpartition(marker)[2].strip():
-        return None
     preamble = ""
     if isinstance(first[0], str):
         preamble = _PREAMBLE.match(first[0]).group(0)  # type: ignore[union-attr]
