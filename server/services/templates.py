@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jinja2
+from jinja2 import meta
 
 from server.errors import ChatTemplateError, UnsupportedFeatureError
 from server.services.template_sandbox import RenderLimits, TemplateSandbox
@@ -42,9 +44,16 @@ class ChatTemplate:
             ) from exc
         self.bos_token = bos_token
         self.eos_token = eos_token
+        try:
+            reads = meta.find_undeclared_variables(self._env.parse(source))
+        except jinja2.TemplateSyntaxError:
+            reads = set()
+        # Firefunction's reads its tools as `functions` (JSON text) and the date as `datetime`.
+        self._functions = "functions" in reads and "tools" not in reads
+        self._datetime = "datetime" in reads
         # Templates written for tool use read a `tools` variable; others ignore it, and get
         # Hearth's fallback tool prompt instead (services/tools.py).
-        self.knows_tools = "tools" in source
+        self.knows_tools = "tools" in source or self._functions
         # Some write the calls of past turns in their own format but read no `tools` (DeepSeek
         # V3.1, R1's distills): their tools are described in the system prompt.
         self.knows_calls = self.knows_tools or "tool_calls" in source
@@ -81,6 +90,7 @@ class ChatTemplate:
                     # No tools: `tools` stays undefined, as llama.cpp leaves it, so that a
                     # template's `for tool in tools` loops over nothing instead of failing.
                     **({"tools": tools} if tools is not None else {}),
+                    **self._extra_variables(tools),
                 }
             )
             if self.arguments_as_text:
@@ -94,6 +104,17 @@ class ChatTemplate:
                 f"the model's chat template could not render these messages: {_describe(exc)}",
                 param="messages",
             ) from exc
+
+    def _extra_variables(self, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """What a template reads under other names: its tools as ``functions`` (a JSON list
+        of their specs, empty without tools), today's date as ``datetime``."""
+        extra: dict[str, Any] = {}
+        if self._functions:
+            specs = [t.get("function", t) for t in tools or []]
+            extra["functions"] = json.dumps(specs, ensure_ascii=False)
+        if self._datetime:
+            extra["datetime"] = time.strftime("%B %d, %Y")
+        return extra
 
     def _wants_text_arguments(self) -> bool:
         """Whether the template can only write tool-call arguments given as a JSON string.

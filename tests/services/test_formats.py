@@ -41,13 +41,14 @@ from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 # and the family each is read as. The others keep the house format: MiniMax-M3 (objects as
 # XML trees), LFM2, LFM2.5 Instruct and Granite 3.3 (no calls in the history), R1's Llama
 # distill (it writes no call given as OpenAI sends it), Command R+ (indented JSON),
-# Firefunction (its tools as `functions`), templates that know no tools.
+# templates that know no tools.
 LEARNED = {
     "ByteDance-Seed-OSS": "seed",
     "google-gemma-4-31B-it": "gemma",
     "openbmb-MiniCPM5-1B": "generic",
     "LFM2.5-8B-A1B": "generic",
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": "deepseek",
+    "fireworks-ai-llama-3-firefunction-v2": "generic",
     "google-gemma-4-31B-it-interleaved": "gemma",
     "Reka-Edge": "hermes",
     "deepseek-ai-DeepSeek-V3.1": "deepseek",
