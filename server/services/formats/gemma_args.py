@@ -72,7 +72,7 @@ def to_json(text: str) -> str:
     value, at = _read(text, 0, 0)
     if at != len(text):
         raise ValueError("text after the arguments")
-    return json.dumps(value, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")

@@ -88,7 +88,7 @@ def to_json(text: str) -> str:
         if key is None or not text.startswith("=", key.end()):
             raise ValueError("a parameter name and '=' were expected")
         out[key.group(0)], at = _read(text, key.end() + 1)
-    return json.dumps(out, ensure_ascii=False)
+    return json.dumps(out, ensure_ascii=False, allow_nan=False)
 
 
 def _read(text: str, at: int) -> tuple[Any, int]:
