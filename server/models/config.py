@@ -76,7 +76,8 @@ class SpeculativeConfig(BaseModel):
 # The values of a model's chat_format (server/services/formats: its families' names).
 ChatFormatName = Literal[
     "auto", "house", "hermes", "llama3", "mistral", "harmony", "deepseek", "kimi",
-    "command_r", "functionary", "qwen3_coder", "glm", "minimax", "seed", "gemma", "generic",
+    "command_r", "functionary", "qwen3_coder", "glm", "minimax", "seed", "gemma", "granite",
+    "lfm2", "generic",
 ]  # fmt: skip
 
 
@@ -180,7 +181,8 @@ class ModelConfig(BaseModel):
         description="How the model writes tool calls: auto (the family its chat template "
         "shows, the call text learned from the template), a family (hermes, llama3, mistral, "
         "harmony, deepseek, kimi, command_r, functionary, qwen3_coder, glm, minimax, seed, "
-        "gemma, generic), or house (Hearth's <tool_call> JSON whatever the template).",
+        "gemma, granite, lfm2, generic), or house (Hearth's <tool_call> JSON whatever the "
+        "template).",
     )
     max_queue: int | None = Field(
         None, ge=1, description="Queue bound for this model; defaults to the server's max_queue."

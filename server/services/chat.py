@@ -212,8 +212,9 @@ class ChatService:
         system = handle.config.system
         if system and not any(m.role in ("system", "developer") for m in messages):
             messages = [Turn("system", system), *messages]  # the model's own (Ollama's SYSTEM)
+        fmt = self.format_for(handle)
         rendered, template_tools = _template_messages(
-            messages, template, tools, self.format_for(handle).layout
+            messages, template, tools, fmt.layout, in_content=fmt.in_content
         )
         # Everything the request put in is data: none of it may become a control token.
         prompt = template.render(
@@ -468,6 +469,8 @@ def _template_messages(
     template: ChatTemplate,
     tools: ToolPlan | None,
     layout: CallLayout | None = None,
+    *,
+    in_content: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages as the template receives them, and its ``tools`` variable.
 
@@ -477,14 +480,21 @@ def _template_messages(
     ``<tool_response>`` tags, and the tools are described in the system prompt. A template
     that writes past calls in a format of its own (``layout``) but reads no ``tools``
     (DeepSeek V3.1) gets the calls and results as they are and the tools in the system
-    prompt, with its own call form."""
+    prompt, with its own call form. With ``in_content`` (a template that leaves past calls
+    out: LFM2, Granite 3.3) a turn's calls are written into its text, in ``layout``."""
     native = template.knows_tools or (template.knows_calls and layout is not None)
     rendered: list[dict[str, Any]] = []
     for m in messages:
         content: Any = m.content
         role = m.role
         extra: dict[str, Any] = {"name": m.name, "tool_call_id": m.tool_call_id}
-        if native:
+        if in_content and m.tool_calls and layout is not None:
+            text = message_to_template_dict(role, content, {})["content"]
+            written = layout.text(
+                [(c.name, c.id or "", _arguments_text(c.arguments, layout)) for c in m.tool_calls]
+            )
+            content = f"{text}{written}" if text else written
+        elif native:
             extra["tool_calls"] = [
                 {
                     **({"id": c.id} if c.id is not None else {}),

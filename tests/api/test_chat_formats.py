@@ -16,7 +16,7 @@ from server.app import create_app
 from server.services.templates import ChatTemplate, message_to_template_dict
 from tests.api.sse import sse_chunks
 from tests.conftest import make_settings, model_file
-from tests.services.test_formats import LEARNED
+from tests.services.test_formats import DECLARED, LEARNED
 from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 
 TEMPLATES = {
@@ -200,7 +200,7 @@ def corpus_client() -> Iterator[TestClient]:
             "threads": 2,
             "chat_template_file": str(corpus_dir() / f"{name}.jinja"),
         }
-        for name in LEARNED
+        for name in (*LEARNED, *DECLARED)
         if name in corpus()
     ]
     settings = make_settings(models=models)
@@ -230,7 +230,7 @@ def keeps_the_prompt(name: str, history: list[dict[str, Any]]) -> bool:
     return template.render(turns, add_generation_prompt=True, tools=tools).startswith(prompt)
 
 
-@pytest.mark.parametrize("name", [n for n in LEARNED if n in corpus()] or ["none"])
+@pytest.mark.parametrize("name", [n for n in (*LEARNED, *DECLARED) if n in corpus()] or ["none"])
 def test_the_next_turn_reuses_the_whole_forced_call_from_the_cache(
     corpus_client: TestClient, name: str
 ) -> None:

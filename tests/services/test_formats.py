@@ -39,14 +39,13 @@ from tests.services.test_template_corpus import MISSING, corpus, corpus_dir
 
 # The templates whose call text is learned (arguments as JSON, or parameter by parameter),
 # and the family each is read as. The others keep the house format: MiniMax-M3 (objects as
-# XML trees), LFM2, LFM2.5 Instruct and Granite 3.3 (no calls in the history), R1's Llama
-# distill (it writes no call given as OpenAI sends it), Command R+ (indented JSON),
+# XML trees), R1's Llama distill (it writes no call given as OpenAI sends it), Command R+ (indented JSON),
 # templates that know no tools.
 LEARNED = {
     "ByteDance-Seed-OSS": "seed",
     "google-gemma-4-31B-it": "gemma",
     "openbmb-MiniCPM5-1B": "generic",
-    "LFM2.5-8B-A1B": "generic",
+    "LFM2.5-8B-A1B": "lfm2",
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": "deepseek",
     "fireworks-ai-llama-3-firefunction-v2": "generic",
     "google-gemma-4-31B-it-interleaved": "gemma",
@@ -105,6 +104,13 @@ LEARNED = {
     "upstage-Solar-Open-100B": "generic",
 }
 # Templates that refuse (Llama 3.x) or drop (gpt-oss, GigaChat) a second call in a turn.
+# Templates that leave past calls out of the history: their family's declared call text,
+# written into the turn (DECLARED[name] is the family).
+DECLARED = {
+    "LFM2-8B-A1B": "lfm2",
+    "LFM2.5-Instruct": "lfm2",
+    "ibm-granite-granite-3.3-2B-Instruct": "granite",
+}
 SINGLE = {
     "GigaChat3-10B-A1.8B",
     "GigaChat3.1-10B-A1.8B",
@@ -153,13 +159,14 @@ def written(name: str, count: int) -> str:
 
 @pytest.mark.skipif(not corpus(), reason=MISSING)
 def test_exactly_the_templates_with_json_calls_get_a_learned_layout() -> None:
-    learned = {}
+    learned, declared = {}, {}
     for name in corpus():
         source = (corpus_dir() / f"{name}.jinja").read_text()
         fmt = choose_format(template(name), source)
         if fmt.layout is not None:
-            learned[name] = fmt.family.name
+            (declared if fmt.in_content else learned)[name] = fmt.family.name
     assert learned == LEARNED
+    assert declared == DECLARED
     assert {n for n in LEARNED if not layout(n).parallel} == SINGLE
 
 
@@ -468,3 +475,36 @@ def test_python_style_arguments_read_back_as_json_and_bad_ones_are_refused() -> 
     ):  # fmt: skip
         with pytest.raises(ValueError):
             pythonic_args.to_json(bad)
+
+
+@pytest.mark.parametrize("name", [n for n in corpus() if n in DECLARED] or ["none"])
+def test_a_template_that_leaves_calls_out_gets_them_in_the_turns_text(name: str) -> None:
+    """LFM2's and Granite 3.3's templates write no call of a past turn: the turn's text holds
+    it, in the family's call text, as the model wrote it; so the next turn's prompt holds the
+    first turn's prompt and then exactly what the model wrote."""
+    if name == "none":
+        pytest.skip(MISSING)
+    source = (corpus_dir() / f"{name}.jinja").read_text()
+    fmt = choose_format(template(name), source)
+    assert fmt.in_content and fmt.layout is not None
+    function = FunctionTool("get_weather", "Weather.", FUNCTIONS[0].parameters)
+    plan = plan_tools([function], ToolChoice("auto"), fmt=fmt)
+    question = [Turn("user", "Weather in Paris?")]
+    first, tools = _template_messages(question, template(name), plan, fmt.layout, in_content=True)
+    prompt = template(name).render(first, add_generation_prompt=True, tools=tools)
+    call = fmt.layout.text([("get_weather", "c1", '{"city": "Paris"}')])
+    history = [
+        *question,
+        Turn("assistant", None, tool_calls=(PastCall("get_weather", '{"city": "Paris"}', "c1"),)),
+        Turn("tool", "Sunny", tool_call_id="c1"),
+    ]
+    messages, tools = _template_messages(history, template(name), plan, fmt.layout, in_content=True)
+    following = template(name).render(messages, add_generation_prompt=True, tools=tools)
+    assert following.startswith(prompt + call)
+    assert "Sunny" in following[len(prompt + call) :]
+    # The parser reads the declared text back.
+    parser = fmt.parser(plan.functions)
+    assert parser.feed(call)[0] + parser.finish() == ""
+    assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]

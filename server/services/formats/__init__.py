@@ -26,9 +26,11 @@ from server.services.formats.families import (
     gemma,
     generic,
     glm,
+    granite,
     harmony,
     hermes,
     kimi,
+    lfm2,
     llama3,
     minimax,
     mistral,
@@ -53,6 +55,8 @@ _MODULES: tuple[ModuleType, ...] = (
     glm,
     minimax,
     llama3,
+    granite,
+    lfm2,
     hermes,
     generic,
 )
@@ -68,6 +72,8 @@ class ChatFormat:
 
     family: Family
     layout: CallLayout | None
+    # The calls of past turns go into their turn's text (the template leaves them out).
+    in_content: bool = False
 
     @property
     def name(self) -> str:
@@ -109,4 +115,7 @@ def choose_format(
     if setting == "house":
         return HOUSE
     family = FAMILIES[setting] if setting != "auto" else family_of(source)
-    return ChatFormat(family, learn_layout(template, end_of_turn=end_of_turn))
+    layout = learn_layout(template, end_of_turn=end_of_turn)
+    if layout is None and family.declared is not None and template.knows_tools:
+        return ChatFormat(family, family.declared, in_content=True)
+    return ChatFormat(family, layout)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from server.services.reasoning import THINK_TAGS, Markers
 
@@ -19,6 +20,10 @@ class Family:
     detect: re.Pattern[str]
     reasoning: Markers | None = None
     notes: str = ""
+    # The call text of a family whose templates leave past calls out of the history (LFM2,
+    # Granite 3.3): there is nothing to learn it from, so it is declared, and a past call is
+    # written into its turn's text, as the model wrote it.
+    declared: Any = None  # CallLayout (formats/layout.py imports this module)
 
     def matches(self, source: str) -> bool:
         return self.detect.search(source) is not None
