@@ -159,7 +159,8 @@ def written(name: str, count: int) -> str:
 
 @pytest.mark.skipif(not corpus(), reason=MISSING)
 def test_exactly_the_templates_with_json_calls_get_a_learned_layout() -> None:
-    learned, declared = {}, {}
+    learned: dict[str, str] = {}
+    declared: dict[str, str] = {}
     for name in corpus():
         source = (corpus_dir() / f"{name}.jinja").read_text()
         fmt = choose_format(template(name), source)
@@ -489,6 +490,7 @@ def test_a_template_that_leaves_calls_out_gets_them_in_the_turns_text(name: str)
     assert fmt.in_content and fmt.layout is not None
     function = FunctionTool("get_weather", "Weather.", FUNCTIONS[0].parameters)
     plan = plan_tools([function], ToolChoice("auto"), fmt=fmt)
+    assert plan is not None
     question = [Turn("user", "Weather in Paris?")]
     first, tools = _template_messages(question, template(name), plan, fmt.layout, in_content=True)
     prompt = template(name).render(first, add_generation_prompt=True, tools=tools)
