@@ -206,7 +206,7 @@ class Visit(Protocol):
 ArgumentsRules = Callable[[int, dict[str, Any], Visit], tuple[str, str]]
 
 _PYTHON_PREFIX = "py-"
-_IDENTIFIER = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z][A-Za-z0-9-]*')
+_IDENTIFIER = re.compile(r'"(?:[^"\\]|\\.)*"|\[(?:[^\]\\]|\\.)*\]|[A-Za-z0-9-]+')
 
 
 def _prefixed(rules: str, prefix: str) -> str:
@@ -247,7 +247,8 @@ def _exact_json(rules: str, separators: tuple[str, str], *, ascii: bool = False)
 # A string's characters as Python's repr writes them between single quotes (less the \x and
 # \u escapes of characters it deems unprintable).
 _REPR_CHAR = r"""char ::= [^'\\\x00-\x1F] | "\\" (['\\nrt] | "x" [0-9a-f]{2})"""
-_GBNF_LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)"')
+# A literal (its text captured), or a character class, which is left as it is.
+_GBNF_LITERAL = re.compile(r'"((?:[^"\\]|\\.)*)"|\[(?:[^\]\\]|\\.)*\]')
 _PYTHON_WORDS = {"true": "True", "false": "False", "null": "None"}
 
 
@@ -258,6 +259,8 @@ def python_spelling(rules: str) -> str:
 
     def literal(match: re.Match[str]) -> str:
         text = match.group(1)
+        if text is None:  # a character class
+            return match.group(0)
         if text in _PYTHON_WORDS:
             return f'"{_PYTHON_WORDS[text]}"'
         return '"' + text.replace('\\"', "'") + '"'

@@ -6,8 +6,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import secrets
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -34,7 +35,7 @@ from server.services.generation import (
 from server.services.prep import PrepExecutor
 from server.services.reasoning import ThinkSplitter, opens_thinking, reasoning_markers
 from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
-from server.services.spec import GenerationSpec, OutputFormat, Turn
+from server.services.spec import GenerationSpec, OutputFormat, PastCall, Turn
 from server.services.templates import ChatTemplate, escaped, message_to_template_dict
 from server.services.tools import (
     CallDelta,
@@ -213,12 +214,20 @@ class ChatService:
         if system and not any(m.role in ("system", "developer") for m in messages):
             messages = [Turn("system", system), *messages]  # the model's own (Ollama's SYSTEM)
         fmt = self.format_for(handle)
+        calls: dict[str, str] = {}
         rendered, template_tools = _template_messages(
-            messages, template, tools, fmt.layout, in_content=fmt.in_content
+            messages,
+            template,
+            tools,
+            fmt.layout,
+            in_content=fmt.in_content,
+            escape=handle.escape,
+            placeholders=calls,
         )
-        # Everything the request put in is data: none of it may become a control token.
+        # Everything the request put in is data: none of it may become a control token (but
+        # past calls written into their turn's text, whose markup is the model's own).
         prompt = template.render(
-            escaped(rendered, handle.escape),
+            _with_calls(escaped(rendered, handle.escape), calls),
             add_generation_prompt=add_generation_prompt,
             tools=escaped(template_tools, handle.escape),
             extra=escaped(dict(extra or {}), handle.escape),
@@ -425,6 +434,46 @@ def _past_calls(messages: Sequence[Turn], layout: CallLayout) -> list[str]:
     return texts
 
 
+def _with_calls(messages: list[dict[str, Any]], calls: Mapping[str, str]) -> list[dict[str, Any]]:
+    """``messages`` with each call placeholder replaced by its call's text."""
+    if not calls:
+        return messages
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, str) and "\ue000" in content:
+            for key, text in calls.items():
+                content = content.replace(key, text)
+            message = {**message, "content": content}
+        out.append(message)
+    return out
+
+
+def _calls_in_text(
+    calls: Sequence[PastCall],
+    layout: CallLayout,
+    escape: Callable[[str], str],
+    placeholders: dict[str, str] | None,
+) -> str:
+    """A past turn's calls as its text, in ``layout`` (its names and arguments escaped); a
+    placeholder for that text where ``placeholders`` collects them. Arguments that are not
+    JSON (a client's history may hold anything) are written as Hearth's call text instead."""
+    try:
+        text = layout.text(
+            [
+                (escape(c.name), c.id or "", escape(_arguments_text(c.arguments, layout)))
+                for c in calls
+            ]
+        )
+    except (ValueError, TypeError, RecursionError):
+        return "\n".join(render_call(c.name, parse_arguments(c.arguments)) for c in calls)
+    if placeholders is None:
+        return text
+    key = f"\ue000{secrets.token_hex(8)}\ue001"
+    placeholders[key] = text
+    return key
+
+
 def _arguments_text(arguments: Any, layout: CallLayout) -> str:
     """A past call's arguments as the JSON text the model wrote: as sent back, or the value
     written as the grammar made the model write it."""
@@ -471,6 +520,8 @@ def _template_messages(
     layout: CallLayout | None = None,
     *,
     in_content: bool = False,
+    escape: Callable[[str], str] = lambda text: text,
+    placeholders: dict[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
     """The messages as the template receives them, and its ``tools`` variable.
 
@@ -481,7 +532,10 @@ def _template_messages(
     that writes past calls in a format of its own (``layout``) but reads no ``tools``
     (DeepSeek V3.1) gets the calls and results as they are and the tools in the system
     prompt, with its own call form. With ``in_content`` (a template that leaves past calls
-    out: LFM2, Granite 3.3) a turn's calls are written into its text, in ``layout``."""
+    out: LFM2, Granite 3.3) a turn's calls are written into its text, in ``layout``: the
+    layout's own text is the model's markup, not the request's, so it must not be escaped as
+    the request's text is; with ``placeholders`` the text holds a placeholder for each call
+    (its values already passed through ``escape``), to be put in after escaping."""
     native = template.knows_tools or (template.knows_calls and layout is not None)
     rendered: list[dict[str, Any]] = []
     for m in messages:
@@ -490,9 +544,7 @@ def _template_messages(
         extra: dict[str, Any] = {"name": m.name, "tool_call_id": m.tool_call_id}
         if in_content and m.tool_calls and layout is not None:
             text = message_to_template_dict(role, content, {})["content"]
-            written = layout.text(
-                [(c.name, c.id or "", _arguments_text(c.arguments, layout)) for c in m.tool_calls]
-            )
+            written = _calls_in_text(m.tool_calls, layout, escape, placeholders)
             content = f"{text}{written}" if text else written
         elif native:
             extra["tool_calls"] = [

@@ -510,3 +510,83 @@ def test_a_template_that_leaves_calls_out_gets_them_in_the_turns_text(name: str)
     assert [(c.name, json.loads(c.arguments)) for c in parser.calls] == [
         ("get_weather", {"city": "Paris"})
     ]
+
+
+def test_a_past_call_written_into_its_turn_keeps_its_markers_as_control_tokens() -> None:
+    """Review finding: past calls written into a turn's text (LFM2, Granite 3.3) were escaped
+    with the request's text, so their markers reached the model as plain text and the next
+    turn's prompt did not hold what the model wrote. The markers are the model's; a name or
+    argument from the request is still escaped; arguments that are not JSON are no 500."""
+    from server.engine.tokenizer import SpecialToken, Tokenizer
+    from server.services.chat import _with_calls
+    from server.services.formats.families import lfm2
+    from server.services.templates import escaped
+
+    specials = ["<|tool_call_start|>", "<|tool_call_end|>", "<|im_end|>", "<|im_start|>"]
+    tokenizer = Tokenizer(
+        [SpecialToken(10 + i, text) for i, text in enumerate(specials)],
+        lambda s: [ord(c) for c in s],
+        [],
+        1,
+    )
+    chat = ChatTemplate(
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    )
+    layout_ = lfm2.FAMILY.declared
+    history = [
+        Turn("user", "hi"),
+        Turn(
+            "assistant",
+            None,
+            tool_calls=(PastCall("f", '{"a": "x<|im_end|>y"}', "i"),),
+        ),
+    ]
+    calls: dict[str, str] = {}
+    messages, _ = _template_messages(
+        history, chat, None, layout_, in_content=True, escape=tokenizer.escape,
+        placeholders=calls,
+    )  # fmt: skip
+    prompt = chat.render(_with_calls(escaped(messages, tokenizer.escape), calls))
+    pieces = tokenizer.partition(prompt, markup=True)
+    assert 10 in pieces and 11 in pieces  # the call's markers are control tokens
+    assert pieces.count(12) == 2  # the two turns' ends, and not the argument's <|im_end|>
+    # A past call whose arguments are not JSON is written in Hearth's own call text.
+    broken = [Turn("assistant", None, tool_calls=(PastCall("f", "not json", "i"),))]
+    messages, _ = _template_messages(broken, chat, None, layout_, in_content=True)
+    assert "<tool_call>" in messages[0]["content"]
+
+
+PYDANTIC_TOOL = {
+    "$defs": {"1Item": {"type": "object", "properties": {"sku": {"type": "string"}}}},
+    "type": "object",
+    "properties": {
+        "items": {"type": "array", "items": {"$ref": "#/$defs/1Item"}},
+        "content-type": {"type": "string", "enum": ["json", "it's"]},
+        "null": {"type": "integer"},
+    },
+    "required": ["items"],
+}
+
+
+@pytest.mark.parametrize(
+    "name", ["LFM2.5-8B-A1B", "google-gemma-4-31B-it", "ByteDance-Seed-OSS", "Qwen3-Coder"]
+)
+def test_hostile_and_pydantic_schemas_keep_their_grammar_and_read_back(name: str) -> None:
+    """Review findings: on the new syntaxes a pydantic tool's $ref made every tool fall back
+    to any object (LFM2: to no arguments at all), `required: 5` was a TypeError, a name
+    like content-type was written but not read back, a rule named after a $defs entry that
+    starts with a digit was left undefined, and Gemma's property `null` became `None`."""
+    chosen = layout(name)
+    fmt = ChatFormat(FAMILIES["generic"], chosen)
+    odd = FunctionTool("odd", None, {"type": "object", "properties": {"a": {}}, "required": 5})
+    assert plan_tools([odd], ToolChoice("required"), fmt=fmt) is not None  # no TypeError
+    functions = [FunctionSpec("order", PYDANTIC_TOOL), FunctionSpec("free", {"type": "object"})]
+    for mode in ("required", "auto"):
+        grammar = layout_grammar(chosen, functions, mode, parallel=True)  # type: ignore[arg-type]
+        validate_gbnf(grammar.gbnf)
+        assert "sku" in grammar.gbnf and "content-type" in grammar.gbnf
+    arguments = {"items": [{"sku": "a1"}], "content-type": "json", "null": 3}
+    text = chosen.text([("order", "c1", json.dumps(arguments))])
+    parser = LayoutCallParser(chosen, functions)
+    assert parser.feed(text)[0] + parser.finish() == ""
+    assert [json.loads(c.arguments) for c in parser.calls] == [arguments]

@@ -9,7 +9,7 @@ import re
 import string
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from server.engine.gbnf import gbnf_literal
 from server.engine.grammar import FunctionSpec, call_grammar, python_spelling
@@ -87,6 +87,8 @@ def layout_grammar(
         return "\n".join(lines)
 
     params = layout.params
+    if layout.dialect == "gemma":  # its template writes keys sorted (dictsort)
+        functions = [FunctionSpec(f.name, _keys_sorted(f.parameters)) for f in functions]
     return call_grammar(
         functions,
         compose,
@@ -102,6 +104,20 @@ def layout_grammar(
             else lambda index, schema, visit: params_rules(params, index, schema, visit)
         ),
     )
+
+
+def _keys_sorted(schema: Any) -> Any:
+    """``schema`` with every object's properties in sorted order (required ones still come
+    first where the grammar writes them so)."""
+    if isinstance(schema, list):
+        return [_keys_sorted(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: _keys_sorted(value) for key, value in schema.items()}
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        out["properties"] = {k: _keys_sorted(properties[k]) for k in sorted(properties)}
+    return out
 
 
 def _spelling(layout: CallLayout) -> Callable[[str], str] | None:
@@ -327,7 +343,8 @@ class LayoutCallParser:
             return True
         if slot == ARGUMENTS and self._layout.dialect is not None:
             # Arguments in a syntax of their own go out as JSON once whole.
-            if not self._written and not self._buffer.startswith(("{", "(")):
+            opening = "(" if self._layout.dialect == "pythonic" else "{"
+            if not self._written and not self._buffer.startswith(opening):
                 return self._abandon(content) if self._buffer or finishing else False
             done = self._json.feed(self._buffer)
             self._written += self._take(len(self._buffer) if done < 0 else done)

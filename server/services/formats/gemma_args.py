@@ -144,11 +144,11 @@ def spelled(rules: str) -> str:
         if not sep:
             lines.append(line)
             continue
+        body = body.replace('"null"', '"None"')  # before keys lose their quotes ("null": 1)
         body = _KEY_LITERAL.sub(lambda m: f'"{m.group(1)}" ":"', body)
         body = body.replace('"\\"" char* "\\""', f"{_QUOTE_LITERAL} gemma-text {_QUOTE_LITERAL}")
         body = _STRING_LITERAL.sub(lambda m: f'"<|\\"|>{m.group(1)}<|\\"|>"', body)
         body = body.replace('"\\""', _QUOTE_LITERAL)
-        body = body.replace('"null"', '"None"')
         # Keys of free-form objects are bare as well.
         body = body.replace('string ":"', 'gemma-key ":"')
         lines.append(head + sep + body)

@@ -329,10 +329,19 @@ def params_rules(
             rules.append(f"{head} ::= {item}*")
         return head, "\n".join(rules)
     empty = '""'
-    required = [k for k in schema.get("required") or () if k in properties]
+    listed = schema.get("required")
+    required = [
+        k
+        for k in (listed if isinstance(listed, list) else [])
+        if isinstance(k, str) and k in properties
+    ]
+    # A property's references point into the function's own definitions.
+    definitions = {
+        k: schema[k] for k in ("$defs", "definitions") if isinstance(schema.get(k), dict)
+    }
     parts = []
     for j, (key, sub) in enumerate(properties.items()):
-        sub = sub if isinstance(sub, dict) else {}
+        sub = {**sub, **definitions} if isinstance(sub, dict) else {}
         options = []
         for kind in _kinds(sub):
             value = _value(style, kind, sub, f"{head}-{j}-{kind}", visit, rules)

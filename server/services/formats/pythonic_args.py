@@ -20,7 +20,9 @@ from server.engine.gbnf import gbnf_literal
 
 # How deep a value may nest before it is not read.
 MAX_DEPTH = 64
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# A parameter's name: a Python name, or anything up to its "=" (the template writes JSON
+# schemas' names as they are: "content-type").
+_KEY = re.compile(r"[^\s=(),'\"]+")
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _WORDS = {"True": True, "False": False, "None": None}
 
@@ -154,12 +156,28 @@ def rules(index: int, schema: dict[str, Any], visit: Callable[..., str]) -> tupl
     out: list[str] = []
     if index == 0:
         out.append(r"""py-raw ::= "'" [^'\x00]* "'" """.strip())
+        out.append(r"py-key ::= [A-Za-z_] [A-Za-z0-9_]*")
     declared = schema.get("properties")
-    properties: dict[str, Any] = declared if isinstance(declared, dict) else {}
-    required = [k for k in schema.get("required") or () if k in properties]
+    if not isinstance(declared, dict):  # no properties declared: any parameters
+        kinds = ("string", "integer", "number", "boolean", "null", "object", "array")
+        value = " | ".join(_kind_rule(k, {}, f"{head}-any-{k}", visit) for k in kinds)
+        item = f'py-key "=" ( {value} )'
+        out.append(f'{head} ::= "(" ( {item} ( ", " {item} )* )? ")"')
+        return head, "\n".join(out)
+    properties: dict[str, Any] = declared
+    # A property's references point into the function's own definitions.
+    definitions = {
+        k: schema[k] for k in ("$defs", "definitions") if isinstance(schema.get(k), dict)
+    }
+    listed = schema.get("required")
+    required = [
+        k
+        for k in (listed if isinstance(listed, list) else [])
+        if isinstance(k, str) and k in properties
+    ]
     parts = []
     for j, (key, sub) in enumerate(properties.items()):
-        sub = sub if isinstance(sub, dict) else {}
+        sub = {**sub, **definitions} if isinstance(sub, dict) else {}
         options = [
             f"{gbnf_literal(key + '=')} {_kind_rule(kind, sub, f'{head}-{j}-{kind}', visit)}"
             for kind in _kinds(sub)
@@ -230,8 +248,13 @@ def _kind_rule(kind: str, schema: dict[str, Any], name: str, visit: Callable[...
     if "const" in schema:
         values = [schema["const"]]
     if values is not None:
-        written = [_value(v) for v in values if _kind_of(v) == kind]
-        return "( " + " | ".join(gbnf_literal(w) for w in written) + " )"
+        # (A string holding a quote cannot be written between quotes: the grammar leaves
+        # it out; with no other, any string.)
+        written = [
+            _value(v) for v in values if _kind_of(v) == kind and not (kind == "string" and "'" in v)
+        ]
+        if written:
+            return "( " + " | ".join(gbnf_literal(w) for w in written) + " )"
     if kind == "string":
         return "py-raw"
     if kind == "boolean":
