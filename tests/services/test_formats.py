@@ -582,7 +582,7 @@ def test_hostile_and_pydantic_schemas_keep_their_grammar_and_read_back(name: str
     assert plan_tools([odd], ToolChoice("required"), fmt=fmt) is not None  # no TypeError
     functions = [FunctionSpec("order", PYDANTIC_TOOL), FunctionSpec("free", {"type": "object"})]
     for mode in ("required", "auto"):
-        grammar = layout_grammar(chosen, functions, mode, parallel=True)  # type: ignore[arg-type]
+        grammar = layout_grammar(chosen, functions, mode, parallel=True)
         validate_gbnf(grammar.gbnf)
         assert "sku" in grammar.gbnf and "content-type" in grammar.gbnf
     arguments = {"items": [{"sku": "a1"}], "content-type": "json", "null": 3}
