@@ -109,7 +109,13 @@ def _read(text: str, at: int, depth: int) -> tuple[Any, int]:
             item, at = _read(text, at, depth + 1)
             items.append(item)
         return items, at + 1
-    for word, value in _WORDS.items():
+    return read_scalar(text, at, _WORDS)
+
+
+def read_scalar(text: str, at: int, words: dict[str, Any]) -> tuple[Any, int]:
+    """A word (``true``, ``None``: ``words`` says which) or a JSON number at ``at``, and
+    where it ends; ValueError for anything else."""
+    for word, value in words.items():
         if text.startswith(word, at):
             return value, at + len(word)
     number = _NUMBER.match(text, at)

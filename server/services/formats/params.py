@@ -343,7 +343,7 @@ def params_rules(
     for j, (key, sub) in enumerate(properties.items()):
         sub = {**sub, **definitions} if isinstance(sub, dict) else {}
         options = []
-        for kind in _kinds(sub):
+        for kind in value_kinds(sub):
             value = _value(style, kind, sub, f"{head}-{j}-{kind}", visit, rules)
             opening = gbnf_literal(style.pre + key + style.mid(kind))
             options.append(f"{opening} {value} {gbnf_literal(style.post)}")
@@ -388,7 +388,7 @@ def _string_rules(style: ParamStyle) -> list[str]:
     ]
 
 
-def _kinds(schema: dict[str, Any]) -> list[Kind]:
+def value_kinds(schema: dict[str, Any]) -> list[Kind]:
     """The kinds of value a property's schema allows."""
     values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
     if "const" in schema:
@@ -517,7 +517,7 @@ class ParamsScan:
             return self._kind
         properties = self._schemas.get(self.function, {}).get("properties")
         schema = properties.get(self._key) if isinstance(properties, dict) else None
-        kinds = _kinds(schema if isinstance(schema, dict) else {})
+        kinds = value_kinds(schema if isinstance(schema, dict) else {})
         for kind in kinds:
             if kind != "string" and _reads_as(style, kind, written):
                 return kind

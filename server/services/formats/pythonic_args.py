@@ -17,13 +17,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from server.engine.gbnf import gbnf_literal
+from server.services.formats.gemma_args import read_scalar
+from server.services.formats.params import kind_of, value_kinds
 
 # How deep a value may nest before it is not read.
 MAX_DEPTH = 64
 # A parameter's name: a Python name, or anything up to its "=" (the template writes JSON
 # schemas' names as they are: "content-type").
 _KEY = re.compile(r"[^\s=(),'\"]+")
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _WORDS = {"True": True, "False": False, "None": None}
 
 
@@ -111,13 +112,7 @@ def _read(text: str, at: int) -> tuple[Any, int]:
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
             raise ValueError(f"not a value: {piece[:40]!r}") from exc
         return value, closing
-    for word, value in _WORDS.items():
-        if text.startswith(word, at):
-            return value, at + len(word)
-    number = _NUMBER.match(text, at)
-    if number is None or not number.group(0):
-        raise ValueError("a value was expected")
-    return json.loads(number.group(0)), number.end()
+    return read_scalar(text, at, _WORDS)
 
 
 def _value_end(text: str, at: int) -> int | None:
@@ -180,7 +175,7 @@ def rules(index: int, schema: dict[str, Any], visit: Callable[..., str]) -> tupl
         sub = {**sub, **definitions} if isinstance(sub, dict) else {}
         options = [
             f"{gbnf_literal(key + '=')} {_kind_rule(kind, sub, f'{head}-{j}-{kind}', visit)}"
-            for kind in _kinds(sub)
+            for kind in value_kinds(sub)
         ]
         out.append(f"{head}-{j} ::= " + " | ".join(f"( {o} )" for o in options))
         parts.append((key in required, f"{head}-{j}"))
@@ -214,35 +209,6 @@ def _sequence(rules_: list[str], optional_from: int, sep: str, head: str, out: l
     return f"{head}-from-0"
 
 
-def _kinds(schema: dict[str, Any]) -> list[str]:
-    values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
-    if "const" in schema:
-        values = [schema["const"]]
-    if values is not None:
-        return sorted({_kind_of(v) for v in values})
-    declared = schema.get("type")
-    types = declared if isinstance(declared, list) else [declared] if declared else []
-    kinds = [t for t in types if t in ("string", "integer", "number", "boolean", "null",
-                                        "object", "array")]  # fmt: skip
-    return sorted(set(kinds)) or ["string"]
-
-
-def _kind_of(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, dict):
-        return "object"
-    if isinstance(value, list):
-        return "array"
-    return "string"
-
-
 def _kind_rule(kind: str, schema: dict[str, Any], name: str, visit: Callable[..., str]) -> str:
     values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
     if "const" in schema:
@@ -251,7 +217,7 @@ def _kind_rule(kind: str, schema: dict[str, Any], name: str, visit: Callable[...
         # (A string holding a quote cannot be written between quotes: the grammar leaves
         # it out; with no other, any string.)
         written = [
-            _value(v) for v in values if _kind_of(v) == kind and not (kind == "string" and "'" in v)
+            _value(v) for v in values if kind_of(v) == kind and not (kind == "string" and "'" in v)
         ]
         if written:
             return "( " + " | ".join(gbnf_literal(w) for w in written) + " )"
