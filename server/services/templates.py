@@ -76,6 +76,8 @@ class ChatTemplate:
             # its own copy, so the caller's messages and tools come back as they went in.
             variables = copy.deepcopy(
                 {
+                    # Today's date where the template reads one (a request may set its own).
+                    **({"datetime": time.strftime("%b %d %Y")} if self._datetime else {}),
                     **{
                         k: v
                         for k, v in (extra or {}).items()
@@ -106,15 +108,12 @@ class ChatTemplate:
             ) from exc
 
     def _extra_variables(self, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
-        """What a template reads under other names: its tools as ``functions`` (a JSON list
-        of their specs, empty without tools), today's date as ``datetime``."""
-        extra: dict[str, Any] = {}
-        if self._functions:
-            specs = [t.get("function", t) for t in tools or []]
-            extra["functions"] = json.dumps(specs, ensure_ascii=False)
-        if self._datetime:
-            extra["datetime"] = time.strftime("%B %d, %Y")
-        return extra
+        """What a template reads under another name: its tools as ``functions`` (a JSON list
+        of their specs, empty without tools; Firefunction's)."""
+        if not self._functions:
+            return {}
+        specs = [t.get("function", t) for t in tools or []]
+        return {"functions": json.dumps(specs, ensure_ascii=False)}
 
     def _wants_text_arguments(self) -> bool:
         """Whether the template can only write tool-call arguments given as a JSON string.

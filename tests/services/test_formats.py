@@ -590,3 +590,19 @@ def test_hostile_and_pydantic_schemas_keep_their_grammar_and_read_back(name: str
     parser = LayoutCallParser(chosen, functions)
     assert parser.feed(text)[0] + parser.finish() == ""
     assert [json.loads(c.arguments) for c in parser.calls] == [arguments]
+
+
+def test_a_template_reading_functions_and_datetime_gets_them() -> None:
+    """Firefunction's template reads its tools as `functions` and the date as `datetime`
+    (before, without them, it refused every conversation); a request may set its own date."""
+    import time
+
+    chat = template("fireworks-ai-llama-3-firefunction-v2")
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
+    user = [message_to_template_dict("user", "Hi", {})]
+    prompt = chat.render(user, tools=tools)
+    assert '"name": "get_weather"' in prompt
+    assert f"Today is {time.strftime('%b %d %Y')}." in prompt
+    assert "Today is Jun 01 2025." in chat.render(
+        user, tools=tools, extra={"datetime": "Jun 01 2025"}
+    )

@@ -98,7 +98,8 @@ EXTRA_VARIABLES: dict[str, tuple[dict[str, Any], str]] = {
     "fireworks-ai-llama-3-firefunction-v2": (
         {"functions": json.dumps([t["function"] for t in TOOLS]), "datetime": "Jun 01 2025"},
         "reads its tool list from `functions` (JSON text) and the date from `datetime`, "
-        "whatever the conversation; llama-server fills in `datetime` itself",
+        "whatever the conversation; Hearth and llama-server fill both in themselves, the date "
+        "as today's: fixed here so that renderings compare",
     ),
 }
 
