@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from llama_cpp.llama_grammar import SchemaConverter
 
-from server.engine.gbnf import GrammarRejected, validate_gbnf
+from server.engine.gbnf import GrammarRejected, gbnf_literal, validate_gbnf
 from server.engine.grammar_limits import GrammarLimitError, check_keyword_bounds, check_schema_size
 from server.engine.types import Grammar
 
@@ -363,8 +363,17 @@ def _format(converter: SchemaConverter) -> str:
     return str(converter.format_grammar())  # type: ignore[no-untyped-call]
 
 
+class _Converter(SchemaConverter):
+    """llama-cpp-python's converter, with literals written by :func:`gbnf_literal`: its own
+    leaves backslashes as they are, so an enum value or a property name holding a quote made
+    a grammar llama.cpp refuses, and one holding a backslash admitted text that is not JSON."""
+
+    def _format_literal(self, literal: str) -> str:
+        return gbnf_literal(literal)
+
+
 def _converter() -> SchemaConverter:
-    return SchemaConverter(  # type: ignore[no-untyped-call]
+    return _Converter(  # type: ignore[no-untyped-call]
         prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False
     )
 

@@ -368,3 +368,29 @@ def test_a_forced_call_cut_off_by_max_tokens_is_length_with_no_call_and_no_marku
     finals = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     assert finals[-1] == "length"
     assert "<tool_call>" not in stream_text(chunks)
+
+
+def test_enum_values_and_names_holding_quotes_and_backslashes_are_held_exactly(
+    client: TestClient,
+) -> None:
+    """Review finding: llama-cpp-python's schema converter left backslashes in literals as
+    they were, so an enum value or a property name holding a quote made a grammar llama.cpp
+    refused (a 400), and one holding a backslash admitted text that is not JSON."""
+    schema = {
+        "type": "object",
+        "properties": {'say "hi"': {"type": "string", "enum": ['a "quoted" word', "C:\\path"]}},
+        "required": ['say "hi"'],
+        "additionalProperties": False,
+    }
+    data = chat(
+        client,
+        messages=[{"role": "user", "content": "Pick one."}],
+        max_tokens=40,
+        temperature=0,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "Pick", "schema": schema, "strict": True},
+        },
+    )
+    value = json.loads(data["choices"][0]["message"]["content"])
+    assert value['say "hi"'] in ('a "quoted" word', "C:\\path")

@@ -87,12 +87,21 @@ def test_tool_call_grammar_forced_lazy_and_parallel() -> None:
         ({"enum": list(range(257))}, "enum"),
         ({"oneOf": [{"const": i} for i in range(257)]}, "oneOf"),
         ({"anyOf": []}, "grammar"),
-        ({"type": "object", "properties": {'a"b': {"type": "string"}}}, "grammar"),
     ],
 )
 def test_schemas_beyond_the_bounds_are_refused_by_name(schema: dict[str, Any], named: str) -> None:
     with pytest.raises(SchemaNotSupported, match=named):
         json_schema_grammar(schema)
+
+
+def test_names_and_values_holding_quotes_and_backslashes_make_a_grammar() -> None:
+    """(llama-cpp-python's converter wrote them unescaped: a grammar llama.cpp refused.)"""
+    grammar = json_schema_grammar(
+        {"type": "object", "properties": {'a"b\\c': {"enum": ['x"y', "p\\q"]}}}
+    )
+    # The key, as JSON writes it ("a\"b\\c"), in a GBNF literal.
+    assert r'"\"a\\\"b\\\\c\""' in grammar.gbnf
+    assert r'"\"x\\\"y\""' in grammar.gbnf
 
 
 def test_the_bounds_themselves_are_accepted() -> None:
