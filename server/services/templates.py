@@ -57,8 +57,14 @@ class ChatTemplate:
         # Some write the calls of past turns in their own format but read no `tools` (DeepSeek
         # V3.1, R1's distills): their tools are described in the system prompt.
         self.knows_calls = self.knows_tools or "tool_calls" in source
-        self.arguments_as_text = False  # while the probe renders
-        self.arguments_as_text = self.knows_calls and self._wants_text_arguments()
+        self.describes_parameters = False  # set at the first tool list that needs it
+        self.arguments_as_text = False  # while the probes render
+        self.content_as_text = False
+        if self.knows_calls:
+            self.content_as_text = self._wants_text_content()
+            self.arguments_as_text = self._wants_text_arguments()
+        else:
+            self.content_as_text = True
 
     def render(
         self,
@@ -97,8 +103,25 @@ class ChatTemplate:
             )
             if self.arguments_as_text:
                 _arguments_to_text(variables["messages"])
+            if self.content_as_text:
+                for message in variables["messages"]:
+                    if isinstance(message, dict) and message.get("content", "") is None:
+                        message["content"] = ""
+            if self.describes_parameters and "tools" in variables:
+                _describe_parameters(variables["tools"])
             with self._env.budget():
-                return self._template.render(**variables)
+                try:
+                    return self._template.render(**variables)
+                except jinja2.UndefinedError as exc:
+                    # Command R+'s writes every parameter's description, and fails on a
+                    # tool whose parameters have none (as clients often send them): from
+                    # then on, such a parameter gets an empty one.
+                    if "description" not in str(exc) or self.describes_parameters or not tools:
+                        raise
+                self.describes_parameters = True
+            return self.render(
+                messages, add_generation_prompt=add_generation_prompt, tools=tools, extra=extra
+            )
         except ChatTemplateError:
             raise
         except Exception as exc:  # a template's bug or budget, whatever it raised
@@ -115,35 +138,67 @@ class ChatTemplate:
         specs = [t.get("function", t) for t in tools or []]
         return {"functions": json.dumps(specs, ensure_ascii=False)}
 
+    def _wants_text_content(self) -> bool:
+        """Whether a turn of calls without content must get its content as "" instead of
+        None (null, as OpenAI clients send it, and as some templates need to write the calls
+        at all: R1's distills). Like llama.cpp: where None fails or is written as "None"."""
+        for arguments in _PROBE_ARGUMENTS:
+            answers = [
+                (self._probe(None, arguments, result), self._probe("", arguments, result))
+                for result in (False, True)
+            ]
+            if all(none is None and empty is None for none, empty in answers):
+                continue
+            return any(
+                empty is not None and (none is None or none.count("None") > empty.count("None"))
+                for none, empty in answers
+            )
+        return True  # it writes no call either way: null content is not known to be safe
+
     def _wants_text_arguments(self) -> bool:
         """Whether the template can only write tool-call arguments given as a JSON string.
 
         Hearth passes arguments as a dict, as Hugging Face templates expect; a few (functionary
-        v3.2) concatenate them as text. Like llama.cpp, find out by rendering a call both ways."""
-        arguments: dict[str, str] | str
-        for arguments in ({"arg": "value"}, '{"arg": "value"}'):
-            probe: list[dict[str, Any]] = [
-                {"role": "user", "content": "question"},
-                {
-                    "role": "assistant",
-                    "content": "",
-                    "tool_calls": [
-                        {
-                            "id": "call00001",
-                            "type": "function",
-                            "function": {"name": "tool1", "arguments": arguments},
-                        }
-                    ],
-                },
-            ]
-            try:
-                self.render(probe, add_generation_prompt=False, tools=_PROBE_TOOLS)
-            except ChatTemplateError:
-                continue
-            return isinstance(arguments, str)
+        v3.2, R1's distills) concatenate them as text. Like llama.cpp, find out by rendering a
+        call both ways."""
+        content = "" if self.content_as_text else None
+        for arguments in _PROBE_ARGUMENTS:
+            if self._probe(content, arguments) is not None:
+                return isinstance(arguments, str)
         return False
 
+    def _probe(
+        self, content: str | None, arguments: dict[str, str] | str, result: bool = False
+    ) -> str | None:
+        """A call with these content and arguments rendered (as given; with ``result``,
+        followed by its result), or None if refused or written without the call."""
+        probe: list[dict[str, Any]] = [
+            {"role": "user", "content": "question"},
+            {
+                "role": "assistant",
+                "content": content,
+                "tool_calls": [
+                    {
+                        "id": "call00001",
+                        "type": "function",
+                        "function": {"name": "tool1", "arguments": arguments},
+                    }
+                ],
+            },
+        ]
+        if result:
+            probe.append({"role": "tool", "content": "result", "tool_call_id": "call00001"})
+        try:
+            text = self.render(probe, add_generation_prompt=False, tools=_PROBE_TOOLS)
+        except ChatTemplateError:
+            return None
+        return text if "hearthprobe" in text[text.find("question") :] else None
 
+
+_PROBE_ARGUMENTS: tuple[dict[str, str] | str, ...] = (
+    {"arg": "hearthprobe"},
+    '{"arg": "hearthprobe"}',
+)
 _PROBE_TOOLS = [
     {
         "type": "function",
@@ -154,6 +209,20 @@ _PROBE_TOOLS = [
         },
     }
 ]
+
+
+def _describe_parameters(tools: Any) -> None:
+    """Give every tool and parameter without a description an empty one."""
+    for tool in tools if isinstance(tools, list) else []:
+        function = tool.get("function", tool) if isinstance(tool, dict) else None
+        if not isinstance(function, dict):
+            continue
+        function.setdefault("description", "")
+        parameters = function.get("parameters")
+        properties = parameters.get("properties") if isinstance(parameters, dict) else None
+        for spec in properties.values() if isinstance(properties, dict) else []:
+            if isinstance(spec, dict):
+                spec.setdefault("description", "")
 
 
 def _arguments_to_text(messages: list[dict[str, Any]]) -> None:
@@ -196,7 +265,11 @@ def message_to_template_dict(role: str, content: Any, extra: dict[str, Any]) -> 
                 )
             texts.append(part["text"])
         content = "".join(texts)
-    message: dict[str, Any] = {"role": role, "content": content if content is not None else ""}
+    if content is None or (content == "" and role == "assistant" and extra.get("tool_calls")):
+        # A turn of calls keeps null content, as OpenAI clients send it (a template that
+        # cannot take it gets "": ChatTemplate.content_as_text).
+        content = None if extra.get("tool_calls") and role == "assistant" else ""
+    message: dict[str, Any] = {"role": role, "content": content}
     message.update({k: v for k, v in extra.items() if v is not None})
     return message
 

@@ -133,11 +133,7 @@ OMISSIONS: dict[str, tuple[set[str], str]] = {
     ),
     "LFM2-8B-A1B": ({"tool call"}, "writes an assistant turn's content only"),
     "LFM2.5-Instruct": ({"tool call"}, "writes an assistant turn's content only"),
-    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": (
-        {"tool list", "tool call"},
-        "no tool list; writes tool calls only for an assistant turn whose content is null, "
-        "and Hearth passes null content as ''",
-    ),
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": ({"tool list"}, "no tool list"),
     "deepseek-ai-DeepSeek-R1-Distill-Qwen-32B": ({"tool list"}, "no tool list"),
     "deepseek-ai-DeepSeek-V3.1": ({"tool list"}, "no tool list"),
     "ibm-granite-granite-3.3-2B-Instruct": (
@@ -156,7 +152,31 @@ OMISSIONS: dict[str, tuple[set[str], str]] = {
 
 # Templates that concatenate tool-call arguments as text: ChatTemplate finds that out by
 # rendering a call both ways, and hands them JSON text instead of a dict.
-ARGUMENTS_AS_TEXT = {"meetkai-functionary-medium-v3.2"}
+ARGUMENTS_AS_TEXT = {
+    "meetkai-functionary-medium-v3.2",
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B",
+}
+# Templates that cannot take a turn of calls with null content (as OpenAI clients send it):
+# ChatTemplate finds that out the same way, and hands them "" instead.
+# (Most test `content is string`, or look for `</think>` in it; Command R+ writes "None";
+# LFM2 and Granite 3.3 write no calls, so nothing shows null is safe; nor in templates that
+# know no calls.)
+CONTENT_AS_TEXT = {
+    "Bielik-11B-v3.0-Instruct",
+    "CohereForAI-c4ai-command-r-plus-tool_use",
+    "LFM2-8B-A1B",
+    "LFM2.5-Instruct",
+    "ibm-granite-granite-3.3-2B-Instruct",
+    "GLM-4.6",
+    "GLM-4.7-Flash",
+    "LFM2.5-8B-A1B",
+    "MiniMax-M2",
+    "Qwen-QwQ-32B",
+    "Qwen-Qwen3-0.6B",
+    "mistralai-Ministral-3-14B-Reasoning-2512",
+    "openai-gpt-oss-120b",
+    "unsloth-mistral-Devstral-Small-2507",
+}
 
 
 @functools.cache
@@ -199,10 +219,38 @@ def test_every_template_renders_a_single_user_message(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_arguments_go_as_text_only_where_the_template_needs_it(name: str) -> None:
     assert load(name).arguments_as_text == (name in ARGUMENTS_AS_TEXT)
+    expected = name in CONTENT_AS_TEXT or not load(name).knows_calls
+    assert load(name).content_as_text == expected
 
 
 @pytest.mark.skipif(not corpus(), reason=MISSING)
 def test_the_tables_name_only_templates_of_the_corpus() -> None:
-    tables = (EXTRA_VARIABLES, REFUSALS, OMISSIONS, dict.fromkeys(ARGUMENTS_AS_TEXT))
+    tables = (
+        EXTRA_VARIABLES,
+        REFUSALS,
+        OMISSIONS,
+        dict.fromkeys(ARGUMENTS_AS_TEXT),
+        dict.fromkeys(CONTENT_AS_TEXT),
+    )
     assert {name for table in tables for name in table} <= set(corpus())
     assert not set(REFUSALS) & set(OMISSIONS)
+
+
+@pytest.mark.skipif("CohereForAI-c4ai-command-r-plus-tool_use" not in corpus(), reason=MISSING)
+def test_a_template_that_writes_every_parameters_description_takes_tools_without_one() -> None:
+    """Command R+'s template writes each parameter's description and failed (a 400) on a
+    tool whose parameters have none, as agents often send them: they get an empty one."""
+    name = "CohereForAI-c4ai-command-r-plus-tool_use"
+    template = ChatTemplate((corpus_dir() / f"{name}.jinja").read_text(), bos_token=BOS)
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    user = [message_to_template_dict("user", "Weather?", {})]
+    prompt = template.render(user, tools=[tool])
+    assert "city (Optional[str]): \n" in prompt and template.describes_parameters
+    assert "description" not in tool["function"]["parameters"]["properties"]["city"]  # type: ignore[index]

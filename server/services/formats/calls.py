@@ -15,9 +15,9 @@ from server.engine.gbnf import gbnf_literal
 from server.engine.grammar import FunctionSpec, call_grammar, python_spelling
 from server.engine.types import Grammar
 from server.services.formats import gemma_args, pythonic_args
+from server.services.formats.indented_args import JsonScan
 from server.services.formats.layout import (
     ARGUMENTS,
-    DIALECTS,
     ID,
     INDEX,
     NAME,
@@ -99,6 +99,8 @@ def layout_grammar(
         arguments=(
             pythonic_args.rules
             if layout.dialect == "pythonic"
+            else layout.syntax.rules
+            if layout.dialect == "indented"
             else None
             if params is None
             else lambda index, schema, visit: params_rules(params, index, schema, visit)
@@ -193,7 +195,7 @@ class LayoutCallParser:
         self._at = 0  # its next piece
         self._raw = ""  # its text so far
         self._values: dict[str, str] = {}
-        self._json: _JsonScan | gemma_args.Scan | pythonic_args.Scan = _JsonScan()
+        self._json: JsonScan | gemma_args.Scan | pythonic_args.Scan = JsonScan()
         self._written = ""  # arguments in a dialect, as written (read once whole)
         self._params: ParamsScan | None = None
         self._released = 0  # how much of its arguments went out
@@ -316,7 +318,7 @@ class LayoutCallParser:
         self._pieces, self._at, self._raw = pieces, 0, ""
         self._values, self._released, self._head = {}, 0, None
         dialect = self._layout.dialect
-        self._json = DIALECTS[dialect].Scan() if dialect is not None else _JsonScan()
+        self._json = self._layout.syntax.Scan() if dialect is not None else JsonScan()
         self._written = ""
         params = self._layout.params
         self._params = ParamsScan(params, self._schemas) if params is not None else None
@@ -351,7 +353,7 @@ class LayoutCallParser:
             if done < 0:
                 return False
             try:
-                self._values["arguments"] = DIALECTS[self._layout.dialect].to_json(self._written)
+                self._values["arguments"] = self._layout.syntax.to_json(self._written)
             except ValueError:
                 return self._abandon(content)
             self._release(deltas)
@@ -444,34 +446,3 @@ class LayoutCallParser:
         self._pieces = None
         self._start = False
         return True  # what follows is read again (it may hold an opener)
-
-
-class _JsonScan:
-    """Finds where a JSON object ends, as its text arrives."""
-
-    def __init__(self) -> None:
-        self.depth = 0
-        self.in_string = False
-        self.escaped = False
-        self.done = False
-
-    def feed(self, text: str) -> int:
-        """How much of ``text`` the object takes to its end, or -1: all, and more to come."""
-        for i, ch in enumerate(text):
-            if self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif ch == "\\":
-                    self.escaped = True
-                elif ch == '"':
-                    self.in_string = False
-            elif ch == '"':
-                self.in_string = True
-            elif ch in "{[":
-                self.depth += 1
-            elif ch in "}]":
-                self.depth -= 1
-                if self.depth == 0:
-                    self.done = True
-                    return i + 1
-        return -1

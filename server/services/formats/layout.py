@@ -25,10 +25,12 @@ from typing import Any, Literal
 
 from server.errors import ChatTemplateError
 from server.services.formats import gemma_args, pythonic_args
+from server.services.formats.indented_args import Indented
 from server.services.formats.params import ParamStyle, learn_params
 from server.services.templates import ChatTemplate, message_to_template_dict
 
 SlotKind = Literal["name", "id", "index", "arguments"]
+Dialect = Literal["gemma", "pythonic", "indented"]
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,19 @@ class CallLayout:
     params: ParamStyle | None = None
     # JSON arguments with every character past ASCII escaped (``tojson(ensure_ascii=True)``).
     ascii: bool = False
-    # Arguments in a syntax of their own, not JSON: "gemma" (:mod:`.gemma_args`), "pythonic"
-    # (LFM2's ``(city='Paris')``: :mod:`.pythonic_args`), or None.
-    dialect: Literal["gemma", "pythonic"] | None = None
+    # Arguments in a syntax of their own, not compact JSON: "gemma" (:mod:`.gemma_args`),
+    # "pythonic" (LFM2's ``(city='Paris')``: :mod:`.pythonic_args`), "indented" (JSON over
+    # several lines, Command R+'s: ``indent`` is its (step, base), :mod:`.indented_args`),
+    # or None.
+    dialect: Dialect | None = None
+    indent: tuple[int, int] = (0, 0)
+
+    @property
+    def syntax(self) -> Any:
+        """The dialect's writer, scanner and reader (None for JSON or parameters)."""
+        if self.dialect == "indented":
+            return Indented(*self.indent)
+        return DIALECTS[self.dialect] if self.dialect is not None else None
 
     def arguments_text(self, arguments: str) -> str:
         """A call's arguments (JSON text) as this layout writes them."""
@@ -84,7 +96,7 @@ class CallLayout:
         value = json.loads(arguments)
         value = value if isinstance(value, dict) else {}
         if self.params is None:
-            written: str = DIALECTS[str(self.dialect)].write(value)
+            written: str = self.syntax.write(value)
             return written
         return self.params.text(value)
 
@@ -216,7 +228,8 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
 
     region = region_of(one, _sentinels(1))
     params: ParamStyle | None = None
-    dialect: Literal["gemma", "pythonic"] | None = None
+    dialect: Dialect | None = None
+    indented = _indented(region)
     if region.count(json.dumps(_ARGUMENTS[0])) == 1:
         separators = (", ", ": ")
     elif region.count(json.dumps(_ARGUMENTS[0], separators=(",", ":"))) == 1:
@@ -225,6 +238,8 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
         separators, dialect = gemma_args.SEPARATORS, "gemma"
     elif region.count(pythonic_args.write(_ARGUMENTS[0])) == 1:
         separators, dialect = (", ", ": "), "pythonic"
+    elif indented is not None:
+        separators, dialect = (", ", ": "), "indented"
     else:  # written parameter by parameter, or in a form no layout describes
         separators = (", ", ": ")
 
@@ -238,7 +253,13 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
         params = learn_params(call_region)
         if params is None:
             return None
-    write = _writer(separators, params) if dialect is None else DIALECTS[dialect].write
+    write = (
+        _writer(separators, params)
+        if dialect is None
+        else (indented or Indented(0, 0)).write
+        if dialect == "indented"
+        else DIALECTS[dialect].write
+    )
     pieces = _pieces(region, 0, write)
     if pieces is None or NAME not in pieces:
         return None
@@ -265,12 +286,25 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
         # The sentinels are ASCII: whether the template escapes the rest shows in the checks.
         for ascii in (False, True) if params is None and dialect is None else (False,):
             layout = replace(layout, ascii=ascii, dialect=dialect)
+            if indented is not None and dialect == "indented":
+                layout = replace(layout, indent=(indented.step, indented.base))
             if _predicts(render, layout, region_of, results):
                 return layout
     return None
 
 
 Region = Callable[[str, Sequence[tuple[str, str, Any]]], str]
+
+
+def _indented(region: str) -> Indented | None:
+    """The indented JSON form the sentinel arguments are written in, if any: ``tojson`` with
+    an indent of 2 or 4, the lines after the first indented further (``|indent(n)``)."""
+    for step in (2, 4):
+        for base in range(0, 17):
+            form = Indented(step, base)
+            if region.count(form.write(_ARGUMENTS[0])) == 1:
+                return form
+    return None
 
 
 def _several(
@@ -455,6 +489,12 @@ def _shared_start(prompt: str, turn: str) -> int:
         return n
     while n > 0 and turn[n - 1] not in _BOUNDARY:
         n -= 1
+    # Where the history writes the prompt's end later than the prompt did (Command R+ moves
+    # its instructions to the end of the conversation, before its assistant header): the
+    # turn's text starts after that header.
+    for k in range(min(len(turn) - n, 256), 0, -1):
+        if turn[n + k - 1] in _BOUNDARY and prompt.endswith(turn[n : n + k]):
+            return n + k
     return n
 
 
