@@ -192,7 +192,7 @@ class ChatTemplate:
             text = self.render(probe, add_generation_prompt=False, tools=_PROBE_TOOLS)
         except ChatTemplateError:
             return None
-        return text if "hearthprobe" in text[text.find("question") :] else None
+        return text if "hearthprobe" in text else None
 
 
 _PROBE_ARGUMENTS: tuple[dict[str, str] | str, ...] = (

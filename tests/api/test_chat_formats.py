@@ -313,6 +313,7 @@ NO_ARGUMENTS_TOOL = {
         "openbmb-MiniCPM5-1B",  # XML parameters, objects as Python writes them
         "LFM2.5-8B-A1B",  # Python-style calls: get_forecast(city='Paris', options={...})
         "CohereForAI-c4ai-command-r-plus-tool_use",  # indented JSON, several lines deep
+        "MiniMax-M3",  # an XML tree: ]<]minimax[>[<options>]<]minimax[>[<unit>celsius...
     ],
 )
 def test_calls_in_syntaxes_other_than_json_come_back_as_json_and_are_reused(

@@ -91,7 +91,7 @@ def accepts(vocab: tuple[llama_cpp.Llama, Any], gbnf: str, text: str) -> bool:
 
 def test_the_template_writes_arguments_indented() -> None:
     chosen = layout(NAME)
-    assert (chosen.dialect, chosen.indent) == ("indented", (4, 8))
+    assert (chosen.dialect, chosen.form) == ("indented", Indented(4, 8))
     assert (
         chosen.syntax.write({"a": [1]})
         == '{\n            "a": [\n                1\n            ]\n        }'

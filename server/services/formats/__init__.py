@@ -4,10 +4,11 @@ its model is made to write them (a grammar) and how they are read back (a parser
 A model's format is chosen once, when its template is first used: the family from the
 template's text (or the model's ``chat_format`` setting), the call layout learned from the
 template itself (:mod:`.layout`): arguments as JSON, parameter by parameter
-(:mod:`.params`), or in Gemma's syntax (:mod:`.gemma_args`). A template that knows nothing of
-tools, or writes calls in a form no layout describes yet (LFM2's Python-style calls, nested
-XML), gets Hearth's house format: Hermes' ``<tool_call>`` JSON (in the system prompt where
-the template reads no tools)."""
+(:mod:`.params`), in Gemma's syntax (:mod:`.gemma_args`), Python-style (:mod:`.pythonic_args`),
+as indented JSON (:mod:`.indented_args`) or as an XML tree (:mod:`.xml_tree_args`). A
+template that knows nothing of tools, or writes calls in a form no layout describes, gets
+Hearth's house format: Hermes' ``<tool_call>`` JSON (in the system prompt where the template
+reads no tools)."""
 
 from __future__ import annotations
 

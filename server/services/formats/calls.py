@@ -100,7 +100,7 @@ def layout_grammar(
             pythonic_args.rules
             if layout.dialect == "pythonic"
             else layout.syntax.rules
-            if layout.dialect == "indented"
+            if layout.dialect in ("indented", "xmltree")
             else None
             if params is None
             else lambda index, schema, visit: params_rules(params, index, schema, visit)
@@ -195,7 +195,7 @@ class LayoutCallParser:
         self._at = 0  # its next piece
         self._raw = ""  # its text so far
         self._values: dict[str, str] = {}
-        self._json: JsonScan | gemma_args.Scan | pythonic_args.Scan = JsonScan()
+        self._json: Any = JsonScan()
         self._written = ""  # arguments in a dialect, as written (read once whole)
         self._params: ParamsScan | None = None
         self._released = 0  # how much of its arguments went out
@@ -345,15 +345,21 @@ class LayoutCallParser:
             return True
         if slot == ARGUMENTS and self._layout.dialect is not None:
             # Arguments in a syntax of their own go out as JSON once whole.
-            opening = "(" if self._layout.dialect == "pythonic" else "{"
+            syntax = self._layout.syntax
+            opening = syntax.opening
             if not self._written and not self._buffer.startswith(opening):
+                if opening.startswith(self._buffer) and not finishing:
+                    return False
                 return self._abandon(content) if self._buffer or finishing else False
             done = self._json.feed(self._buffer)
-            self._written += self._take(len(self._buffer) if done < 0 else done)
+            # (A scanner may hold back the end of the text, which may begin a marker.)
+            held = getattr(self._json, "held", 0)
+            self._written += self._take(len(self._buffer) - held if done < 0 else done)
             if done < 0:
                 return False
             try:
-                self._values["arguments"] = self._layout.syntax.to_json(self._written)
+                schema = self._schemas.get(str(self._values.get("name")))
+                self._values["arguments"] = syntax.to_json(self._written, schema)
             except ValueError:
                 return self._abandon(content)
             self._release(deltas)

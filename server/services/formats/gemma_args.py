@@ -20,6 +20,9 @@ SEPARATORS = (",", ":")
 # How deep a value may nest before it is not read (the JSON reader's bound is as tight).
 MAX_DEPTH = 64
 
+# What the arguments' text starts with.
+opening = "{"
+
 
 def write(value: Any) -> str:
     """``value`` as the template writes a call's arguments."""
@@ -67,7 +70,7 @@ class Scan:
         return -1
 
 
-def to_json(text: str) -> str:
+def to_json(text: str, schema: Any = None) -> str:
     """Arguments written in this form as JSON text; ValueError if they are not."""
     value, at = _read(text, 0, 0)
     if at != len(text):

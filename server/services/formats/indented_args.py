@@ -66,12 +66,13 @@ class Indented:
     base: int
 
     Scan = JsonScan
+    opening = "{"
 
     def write(self, value: Any) -> str:
         text = json.dumps(value, ensure_ascii=False, indent=self.step)
         return text.replace("\n", "\n" + " " * self.base)
 
-    def to_json(self, text: str) -> str:
+    def to_json(self, text: str, schema: Any = None) -> str:
         """The arguments as compact JSON text; ValueError if they are not a JSON object."""
         try:
             value = json.loads(text)
@@ -102,7 +103,8 @@ class _Rules:
         self.definitions = {
             k: root[k] for k in ("$defs", "definitions") if isinstance(root.get(k), dict)
         }
-        self.done: dict[tuple[int, int], str] = {}  # (id(schema), depth) -> its rule
+        self.done: dict[tuple[int, int], str] = {}
+        self.kept: list[Any] = []  # (id(schema), depth) -> its rule
 
     def rule(self, body: str) -> str:
         name = f"{self.prefix}-{self.count}"
@@ -126,6 +128,9 @@ class _Rules:
             return self.any(depth)
         key = (id(schema), depth)
         if key not in self.done:
+            # (The schema is kept with its rule: a schema made on the way, freed, could
+            # leave its id to another.)
+            self.kept.append(schema)
             self.done[key] = self.rule(self.body(schema, depth, refs))
         return self.done[key]
 

@@ -27,10 +27,11 @@ from server.errors import ChatTemplateError
 from server.services.formats import gemma_args, pythonic_args
 from server.services.formats.indented_args import Indented
 from server.services.formats.params import ParamStyle, learn_params
+from server.services.formats.xml_tree_args import XmlTree
 from server.services.templates import ChatTemplate, message_to_template_dict
 
 SlotKind = Literal["name", "id", "index", "arguments"]
-Dialect = Literal["gemma", "pythonic", "indented"]
+Dialect = Literal["gemma", "pythonic", "indented", "xmltree"]
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,16 @@ class CallLayout:
     ascii: bool = False
     # Arguments in a syntax of their own, not compact JSON: "gemma" (:mod:`.gemma_args`),
     # "pythonic" (LFM2's ``(city='Paris')``: :mod:`.pythonic_args`), "indented" (JSON over
-    # several lines, Command R+'s: ``indent`` is its (step, base), :mod:`.indented_args`),
-    # or None.
+    # several lines, Command R+'s: :mod:`.indented_args`), "xmltree" (MiniMax-M3's XML
+    # elements: :mod:`.xml_tree_args`), or None. ``form``: the last two's settings.
     dialect: Dialect | None = None
-    indent: tuple[int, int] = (0, 0)
+    form: Indented | XmlTree | None = None
 
     @property
     def syntax(self) -> Any:
         """The dialect's writer, scanner and reader (None for JSON or parameters)."""
-        if self.dialect == "indented":
-            return Indented(*self.indent)
+        if self.form is not None:
+            return self.form
         return DIALECTS[self.dialect] if self.dialect is not None else None
 
     def arguments_text(self, arguments: str) -> str:
@@ -229,7 +230,7 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
     region = region_of(one, _sentinels(1))
     params: ParamStyle | None = None
     dialect: Dialect | None = None
-    indented = _indented(region)
+    form = _indented(region) or _xml_tree(region)
     if region.count(json.dumps(_ARGUMENTS[0])) == 1:
         separators = (", ", ": ")
     elif region.count(json.dumps(_ARGUMENTS[0], separators=(",", ":"))) == 1:
@@ -238,8 +239,8 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
         separators, dialect = gemma_args.SEPARATORS, "gemma"
     elif region.count(pythonic_args.write(_ARGUMENTS[0])) == 1:
         separators, dialect = (", ", ": "), "pythonic"
-    elif indented is not None:
-        separators, dialect = (", ", ": "), "indented"
+    elif form is not None:
+        separators, dialect = (", ", ": "), "indented" if isinstance(form, Indented) else "xmltree"
     else:  # written parameter by parameter, or in a form no layout describes
         separators = (", ", ": ")
 
@@ -256,8 +257,8 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
     write = (
         _writer(separators, params)
         if dialect is None
-        else (indented or Indented(0, 0)).write
-        if dialect == "indented"
+        else form.write
+        if form is not None and dialect in ("indented", "xmltree")
         else DIALECTS[dialect].write
     )
     pieces = _pieces(region, 0, write)
@@ -286,8 +287,8 @@ def _learn(render: Render, end_of_turn: Callable[[str], str], results: bool) -> 
         # The sentinels are ASCII: whether the template escapes the rest shows in the checks.
         for ascii in (False, True) if params is None and dialect is None else (False,):
             layout = replace(layout, ascii=ascii, dialect=dialect)
-            if indented is not None and dialect == "indented":
-                layout = replace(layout, indent=(indented.step, indented.base))
+            if dialect in ("indented", "xmltree"):
+                layout = replace(layout, form=form)
             if _predicts(render, layout, region_of, results):
                 return layout
     return None
@@ -305,6 +306,20 @@ def _indented(region: str) -> Indented | None:
             if region.count(form.write(_ARGUMENTS[0])) == 1:
                 return form
     return None
+
+
+def _xml_tree(region: str) -> XmlTree | None:
+    """The XML tree the sentinel arguments are written as, if any: each element's tags
+    preceded by a marker of the template's own (MiniMax-M3's ``]<]minimax[>[``)."""
+    value = _ARGUMENTS[0]["hearthka"]
+    at = region.find(value)
+    end = region.find("</hearthka>", at)
+    if at < 0 or end < 0:
+        return None
+    form = XmlTree(region[at + len(value) : end])
+    if not form.marker or "\n" in form.marker or region.count(form.write(_ARGUMENTS[0])) != 1:
+        return None
+    return form
 
 
 def _several(

@@ -27,6 +27,9 @@ MAX_DEPTH = 64
 _KEY = re.compile(r"[^\s=(),'\"]+")
 _WORDS = {"True": True, "False": False, "None": None}
 
+# What the arguments' text starts with.
+opening = "("
+
 
 def write(arguments: Mapping[str, Any]) -> str:
     return "(" + ", ".join(f"{k}={_value(v)}" for k, v in arguments.items()) + ")"
@@ -76,7 +79,7 @@ class Scan:
         return -1
 
 
-def to_json(text: str) -> str:
+def to_json(text: str, schema: Any = None) -> str:
     """Arguments written in this form, as a JSON object's text; ValueError if they are not."""
     if not text.startswith("(") or not text.endswith(")"):
         raise ValueError("arguments are written between parentheses")

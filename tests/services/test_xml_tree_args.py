@@ -1,0 +1,124 @@
+"""MiniMax-M3's arguments, written as an XML tree behind its marker: the grammar takes the
+template's text for nested schemas (checked by llama.cpp's own sampler), the schema types
+the leaves when they are read back, and text that is not such a tree is refused."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import llama_cpp
+import pytest
+
+from server.engine.grammar import FunctionSpec
+from server.services.formats.calls import layout_grammar
+from server.services.formats.xml_tree_args import TreeScan, XmlTree
+from tests.services.test_formats import layout
+from tests.services.test_indented_args import SCHEMA, accepts, vocab  # noqa: F401 (fixture)
+from tests.services.test_template_corpus import MISSING, corpus
+
+NAME = "MiniMax-M3"
+M = "]<]minimax[>["
+FORM = XmlTree(M)
+pytestmark = pytest.mark.skipif(NAME not in corpus(), reason=MISSING)
+
+
+def test_the_template_writes_arguments_as_a_tree() -> None:
+    chosen = layout(NAME)
+    assert (chosen.dialect, chosen.form) == ("xmltree", FORM)
+    assert FORM.write({"a": [1, {"b": None, "c": True}], "d": None, "e": "x"}) == (
+        f"{M}<a>{M}<item>1{M}</item>{M}<item>{M}<c>true{M}</c>{M}</item>{M}</a>{M}<e>x{M}</e>"
+    )
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"city": "Zürich"},
+        {"city": "7", "options": {"unit": "celsius", "hourly": True}, "tags": []},
+        {
+            "city": 'a "b" <c>\n',
+            "options": {"unit": "fahrenheit", "hourly": False, "note": "日本"},
+            "tags": ["x", "y"],
+            "choice": {"x": 3},
+        },
+    ],
+)
+def test_the_grammar_takes_the_templates_text_and_the_schema_types_it_back(
+    vocab: tuple[llama_cpp.Llama, Any],  # noqa: F811 (the fixture)
+    arguments: dict[str, Any],
+) -> None:
+    chosen = layout(NAME)
+    functions = [FunctionSpec("get_forecast", SCHEMA)]
+    grammar = layout_grammar(chosen, functions, "one", parallel=False).gbnf
+    text = chosen.text([("get_forecast", "", json.dumps(arguments))])
+    assert accepts(vocab, grammar, text)
+    # A closing tag that closes another element, or a boolean spelled as Python, is not.
+    assert not accepts(vocab, grammar, text.replace(f"{M}</city>", f"{M}</town>", 1))
+    if "options" in arguments:
+        wrong = text.replace(f">true{M}", f">True{M}").replace(f">false{M}", f">False{M}")
+        assert wrong != text
+        assert not accepts(vocab, grammar, wrong)
+    # Read back: "7" stays a string where the schema says string; 3 is an integer.
+    written = FORM.write(arguments)
+    assert json.loads(FORM.to_json(written, SCHEMA)) == arguments
+
+
+def test_empty_elements_and_untyped_leaves_read_as_the_schema_says() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "o": {"type": "object"},
+            "l": {"type": "array"},
+            "s": {"type": "string"},
+            "n": {"type": ["integer", "string"]},
+            "free": {},
+        },
+    }
+    text = f"{M}<o>{M}</o>{M}<l>{M}</l>{M}<s>{M}</s>{M}<n>x{M}</n>{M}<free>2.5{M}</free>"
+    assert json.loads(FORM.to_json(text, schema)) == {
+        "o": {},
+        "l": [],
+        "s": "",
+        "n": "x",
+        "free": 2.5,
+    }
+    assert FORM.to_json("", schema) == "{}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{M}<a>1{M}</b>",  # closes another element
+        f"text{M}<a>1{M}</a>",  # text beside the elements
+        f"{M}<a>1",  # never closed
+        f"{M}<n>seven{M}</n>",  # not an integer
+        f"{M}<flag>yes{M}</flag>",  # not a boolean
+        "".join(f"{M}<a>" for _ in range(50)) + "".join(f"{M}</a>" for _ in range(50)),
+    ],
+)
+def test_text_that_is_not_such_a_tree_is_refused(text: str) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}, "flag": {"type": "boolean"}},
+    }
+    with pytest.raises(ValueError):
+        FORM.to_json(text, schema)
+
+
+def test_the_scan_ends_at_the_calls_own_closing_tag_in_every_split() -> None:
+    text = f"{M}<a>{M}<item>1{M}</item>{M}</a>{M}<b>x{M}</b>"
+    after = f"{M}</invoke>\n"
+    for step in (1, 2, 5, 13, 1000):
+        scan = TreeScan(M)
+        buffer, taken = "", ""
+        stream = text + after
+        for i in range(0, len(stream), step):
+            buffer += stream[i : i + step]
+            done = scan.feed(buffer)
+            if done >= 0:
+                taken += buffer[:done]
+                break
+            keep = len(buffer) - scan.held
+            taken, buffer = taken + buffer[:keep], buffer[keep:]
+        assert scan.done and taken == text, step
