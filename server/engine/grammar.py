@@ -182,7 +182,15 @@ def call_grammar(
         if arguments is None:
             names.append(visit(parameters, f"arguments-{i}"))
         else:
-            name, rules = arguments(i, parameters, visit)
+            try:
+                name, rules = arguments(i, parameters, visit)
+            except (RecursionError, TypeError, AttributeError) as exc:
+                # A format's own writer met a schema it cannot follow (nested past Python's
+                # stack, or a keyword of the wrong kind): a refusal, not a server error.
+                raise SchemaNotSupported(
+                    f"the parameters of '{function.name}' cannot be written in this model's "
+                    f"call format ({type(exc).__name__})"
+                ) from None
             names.append(name)
             extra.append(rules)
     values = _exact_json(_format(converter), separators, ascii=ascii)
@@ -360,7 +368,15 @@ def _subschemas(schema: dict[str, Any]) -> Iterator[tuple[str, Any]]:
 
 
 def _format(converter: SchemaConverter) -> str:
-    return str(converter.format_grammar())  # type: ignore[no-untyped-call]
+    rules = str(converter.format_grammar())  # type: ignore[no-untyped-call]
+    return _ADDITIONAL_REST.sub(r'\1 ::= ( "," space \2additional-kv )*', rules)
+
+
+# llama-cpp-python's converter writes the additional members that follow declared ones
+# (``properties`` with ``additionalProperties``) as ``a-rest ::= additional-kvs``: at least
+# one more member, and no comma before it, so the only objects it admits are not JSON.
+# They are optional, each after a comma.
+_ADDITIONAL_REST = re.compile(r"^(\S*-rest) ::= (\S*?)additional-kvs$", re.MULTILINE)
 
 
 class _Converter(SchemaConverter):

@@ -107,7 +107,8 @@ class ChatTemplate:
                 for message in variables["messages"]:
                     if isinstance(message, dict) and message.get("content", "") is None:
                         message["content"] = ""
-            if self.describes_parameters and "tools" in variables:
+            described = self.describes_parameters
+            if described and "tools" in variables:
                 _describe_parameters(variables["tools"])
             with self._env.budget():
                 try:
@@ -116,7 +117,7 @@ class ChatTemplate:
                     # Command R+'s writes every parameter's description, and fails on a
                     # tool whose parameters have none (as clients often send them): from
                     # then on, such a parameter gets an empty one.
-                    if "description" not in str(exc) or self.describes_parameters or not tools:
+                    if "description" not in str(exc) or described or not tools:
                         raise
                 self.describes_parameters = True
             return self.render(
@@ -139,21 +140,20 @@ class ChatTemplate:
         return {"functions": json.dumps(specs, ensure_ascii=False)}
 
     def _wants_text_content(self) -> bool:
-        """Whether a turn of calls without content must get its content as "" instead of
-        None (null, as OpenAI clients send it, and as some templates need to write the calls
-        at all: R1's distills). Like llama.cpp: where None fails or is written as "None"."""
+        """Whether a turn of calls without content gets "" rather than None (null, as OpenAI
+        clients send it). "" wherever it writes the calls: some templates take None but
+        write the conversation around it otherwise (Apertus leaves a result's bracket open),
+        others fail on it or write "None". None only where "" leaves the calls out and None
+        writes them (R1's distills write calls only for null content)."""
         for arguments in _PROBE_ARGUMENTS:
-            answers = [
-                (self._probe(None, arguments, result), self._probe("", arguments, result))
-                for result in (False, True)
-            ]
-            if all(none is None and empty is None for none, empty in answers):
-                continue
-            return any(
-                empty is not None and (none is None or none.count("None") > empty.count("None"))
-                for none, empty in answers
-            )
-        return True  # it writes no call either way: null content is not known to be safe
+            for result in (False, True):
+                if self._probe("", arguments, result) is not None:
+                    return True
+        return not any(
+            self._probe(None, arguments, result) is not None
+            for arguments in _PROBE_ARGUMENTS
+            for result in (False, True)
+        )
 
     def _wants_text_arguments(self) -> bool:
         """Whether the template can only write tool-call arguments given as a JSON string.

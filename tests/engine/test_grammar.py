@@ -14,6 +14,7 @@ from server.engine.grammar import (
     json_schema_grammar,
     tool_call_grammar,
 )
+from tests.grammar_accepts import Vocab, accepts, vocab  # noqa: F401 (a fixture)
 
 
 class Person(BaseModel):
@@ -140,3 +141,20 @@ def test_each_functions_references_resolve_within_its_own_parameters() -> None:
     )
     # Two different "Item" definitions, each reached from its own function.
     assert "integer" in grammar.gbnf and "boolean" in grammar.gbnf
+
+
+def test_declared_and_additional_members_make_json(vocab: Vocab) -> None:  # noqa: F811
+    """llama-cpp-python's converter wrote the members after declared ones as one or more
+    with no comma before them: an object with `properties` and `additionalProperties` could
+    only be written as text that is not JSON (checked by llama.cpp's own sampler)."""
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+        "required": ["a"],
+        "additionalProperties": {"type": "integer"},
+    }
+    grammar = json_schema_grammar(schema).gbnf
+    for text in ('{"a": "x"}', '{"a": "x", "b": 1}', '{"a": "x", "b": 1, "c": 2, "d": 3}'):
+        assert accepts(vocab, grammar, text), text
+    assert not accepts(vocab, grammar, '{"a": "x" "c": 2}')
+    assert not accepts(vocab, grammar, '{"a": "x", "c": "y"}')

@@ -4,18 +4,15 @@ the text reads back as compact JSON. The grammar is checked by llama.cpp's own s
 
 from __future__ import annotations
 
-import ctypes
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import llama_cpp
 import pytest
 
 from server.engine.grammar import FunctionSpec
 from server.services.formats.calls import LayoutCallParser, layout_grammar
 from server.services.formats.indented_args import Indented
-from tests.conftest import model_file
+from tests.grammar_accepts import Vocab, accepts, vocab  # noqa: F401 (a fixture)
 from tests.services.test_formats import layout
 from tests.services.test_template_corpus import MISSING, corpus
 
@@ -62,33 +59,6 @@ ARGUMENTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def vocab() -> Iterator[tuple[llama_cpp.Llama, Any]]:
-    llm = llama_cpp.Llama(str(model_file("smollm2")), vocab_only=True, verbose=False)
-    yield llm, llama_cpp.llama_model_get_vocab(llm._model.model)
-    llm.close()
-
-
-def accepts(vocab: tuple[llama_cpp.Llama, Any], gbnf: str, text: str) -> bool:
-    """Whether llama.cpp's grammar sampler lets the model write ``text`` and then stop."""
-    llm, handle = vocab
-    sampler = llama_cpp.llama_sampler_init_grammar(handle, gbnf.encode(), b"root")
-    assert sampler, "llama.cpp refused the grammar"
-    try:
-        tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
-        for token in [*tokens, llm.token_eos()]:
-            data = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(token, 1.0, 0.0))
-            array = llama_cpp.llama_token_data_array(data, 1, -1, False)
-            llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
-            if data[0].logit == float("-inf"):
-                return False
-            if token != llm.token_eos():
-                llama_cpp.llama_sampler_accept(sampler, token)
-        return True
-    finally:
-        llama_cpp.llama_sampler_free(sampler)
-
-
 def test_the_template_writes_arguments_indented() -> None:
     chosen = layout(NAME)
     assert (chosen.dialect, chosen.form) == ("indented", Indented(4, 8))
@@ -100,7 +70,8 @@ def test_the_template_writes_arguments_indented() -> None:
 
 @pytest.mark.parametrize("arguments", ARGUMENTS)
 def test_the_grammar_takes_the_templates_text_and_no_other_spelling(
-    vocab: tuple[llama_cpp.Llama, Any], arguments: dict[str, Any]
+    vocab: Vocab,  # noqa: F811 (the fixture)
+    arguments: dict[str, Any],
 ) -> None:
     chosen = layout(NAME)
     grammar = layout_grammar(chosen, FUNCTIONS, "one", parallel=False).gbnf
@@ -129,3 +100,29 @@ def test_arguments_that_are_not_an_object_or_nest_too_deep_are_refused() -> None
         with pytest.raises(ValueError):
             form.to_json(text)
     assert form.to_json('{\n    "a": 1\n}') == '{"a": 1}'
+
+
+# Review findings, each failing before its fix.
+
+
+def test_the_grammar_grows_with_the_members_not_their_square() -> None:
+    chosen = layout(NAME)
+    many = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(500)}}
+    # (Before, the rules for 500 optional members passed the grammar's size bound, 256 KB,
+    # and 8,000 took a gigabyte on the way to that refusal.)
+    grammar = layout_grammar(chosen, [FunctionSpec("f", many)], "one", parallel=False).gbnf
+    assert len(grammar) < 150_000
+
+
+def test_options_beside_properties_keep_the_arguments_an_object(vocab: Vocab) -> None:  # noqa: F811
+    chosen = layout(NAME)
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "string"}},
+        "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+    }
+    grammar = layout_grammar(chosen, [FunctionSpec("f", schema)], "one", parallel=False).gbnf
+    text = chosen.text([("f", "", json.dumps({"a": "x"}))])
+    assert accepts(vocab, grammar, text)
+    written = chosen.syntax.write({"a": "x"})
+    assert not accepts(vocab, grammar, text.replace(written, '"hello"'))

@@ -156,27 +156,9 @@ ARGUMENTS_AS_TEXT = {
     "meetkai-functionary-medium-v3.2",
     "deepseek-ai-DeepSeek-R1-Distill-Llama-8B",
 }
-# Templates that cannot take a turn of calls with null content (as OpenAI clients send it):
-# ChatTemplate finds that out the same way, and hands them "" instead.
-# (Most test `content is string`, or look for `</think>` in it; Command R+ writes "None";
-# LFM2 and Granite 3.3 write no calls, so nothing shows null is safe; nor in templates that
-# know no calls.)
-CONTENT_AS_TEXT = {
-    "Bielik-11B-v3.0-Instruct",
-    "CohereForAI-c4ai-command-r-plus-tool_use",
-    "LFM2-8B-A1B",
-    "LFM2.5-Instruct",
-    "ibm-granite-granite-3.3-2B-Instruct",
-    "GLM-4.6",
-    "GLM-4.7-Flash",
-    "LFM2.5-8B-A1B",
-    "MiniMax-M2",
-    "Qwen-QwQ-32B",
-    "Qwen-Qwen3-0.6B",
-    "mistralai-Ministral-3-14B-Reasoning-2512",
-    "openai-gpt-oss-120b",
-    "unsloth-mistral-Devstral-Small-2507",
-}
+# Templates whose turn of calls gets null content (as OpenAI clients send it) instead of "":
+# only where "" leaves the calls out (ChatTemplate finds that out by rendering both).
+CONTENT_AS_NULL = {"deepseek-ai-DeepSeek-R1-Distill-Llama-8B"}
 
 
 @functools.cache
@@ -219,8 +201,7 @@ def test_every_template_renders_a_single_user_message(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_arguments_go_as_text_only_where_the_template_needs_it(name: str) -> None:
     assert load(name).arguments_as_text == (name in ARGUMENTS_AS_TEXT)
-    expected = name in CONTENT_AS_TEXT or not load(name).knows_calls
-    assert load(name).content_as_text == expected
+    assert load(name).content_as_text == (name not in CONTENT_AS_NULL)
 
 
 @pytest.mark.skipif(not corpus(), reason=MISSING)
@@ -230,7 +211,7 @@ def test_the_tables_name_only_templates_of_the_corpus() -> None:
         REFUSALS,
         OMISSIONS,
         dict.fromkeys(ARGUMENTS_AS_TEXT),
-        dict.fromkeys(CONTENT_AS_TEXT),
+        dict.fromkeys(CONTENT_AS_NULL),
     )
     assert {name for table in tables for name in table} <= set(corpus())
     assert not set(REFUSALS) & set(OMISSIONS)

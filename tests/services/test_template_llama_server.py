@@ -211,6 +211,12 @@ DIFFERENCES: dict[str, Difference] = {
         ),
         THINKING,
     ),
+    "deepseek-ai-DeepSeek-R1-Distill-Llama-8B": Difference(
+        "differ",
+        "the template writes a turn's calls only when its content is null; Hearth passes null "
+        'there (as OpenAI clients send it) where "" would leave them out, llama-server '
+        'passes "" and the call is missing from its prompt',
+    ),
     "google-gemma-4-31B-it-interleaved": Difference(
         "differ",
         "llama-server rewrites the tool results of this older Gemma 4 template into the "

@@ -7,14 +7,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import llama_cpp
 import pytest
 
-from server.engine.grammar import FunctionSpec
-from server.services.formats.calls import layout_grammar
+from server.engine.grammar import FunctionSpec, SchemaNotSupported
+from server.services.formats.calls import LayoutCallParser, layout_grammar
 from server.services.formats.xml_tree_args import TreeScan, XmlTree
+from tests.grammar_accepts import Vocab, accepts, vocab  # noqa: F401 (a fixture)
 from tests.services.test_formats import layout
-from tests.services.test_indented_args import SCHEMA, accepts, vocab  # noqa: F401 (fixture)
+from tests.services.test_indented_args import SCHEMA
 from tests.services.test_template_corpus import MISSING, corpus
 
 NAME = "MiniMax-M3"
@@ -45,7 +45,7 @@ def test_the_template_writes_arguments_as_a_tree() -> None:
     ],
 )
 def test_the_grammar_takes_the_templates_text_and_the_schema_types_it_back(
-    vocab: tuple[llama_cpp.Llama, Any],  # noqa: F811 (the fixture)
+    vocab: Vocab,  # noqa: F811 (the fixture)
     arguments: dict[str, Any],
 ) -> None:
     chosen = layout(NAME)
@@ -122,3 +122,99 @@ def test_the_scan_ends_at_the_calls_own_closing_tag_in_every_split() -> None:
             keep = len(buffer) - scan.held
             taken, buffer = taken + buffer[:keep], buffer[keep:]
         assert scan.done and taken == text, step
+
+
+# Review findings, each failing before its fix.
+
+S = {"type": "string"}
+
+
+def test_options_keep_the_keywords_beside_them_and_the_arguments_stay_an_object() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": S, "b": S, "item": S},
+        "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+    }
+    text = FORM.write({"a": "5", "b": "true"})
+    assert json.loads(FORM.to_json(text, schema)) == {"a": "5", "b": "true"}
+    text = FORM.write({"item": "5"})
+    assert json.loads(FORM.to_json(text, schema)) == {"item": "5"}  # was [5]
+
+
+def test_reading_back_under_nested_options_is_bounded() -> None:
+    """anyOf tried option by option, deep in a tree, took exponentially long (a stalled
+    server): now a bounded number of steps, then a refusal."""
+    k = 64
+
+    def obj(ref: str) -> dict[str, Any]:
+        return {"type": "object", "properties": {"x": {"$ref": ref}}}
+
+    schema = {
+        "type": "object",
+        "properties": {"a": {"anyOf": [{"$ref": "#/$defs/n"}, {"$ref": "#/$defs/s"}]}},
+        "$defs": {
+            "n": {"anyOf": [obj("#/$defs/n")] * k + [{"type": "integer"}]},
+            "s": {"anyOf": [obj("#/$defs/s"), S]},
+        },
+    }
+    text = f"{M}<a>" + f"{M}<x>" * 5 + "abc" + f"{M}</x>" * 5 + f"{M}</a>"
+    try:
+        value = json.loads(FORM.to_json(text, schema))
+    except ValueError:
+        return
+    assert value == {"a": {"x": {"x": {"x": {"x": {"x": "abc"}}}}}}
+
+
+def test_undeclared_members_and_null_members_read_as_the_schema_says() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"e": {"type": ["string", "null"]}},
+        "required": ["e"],
+        "additionalProperties": S,
+    }
+    assert json.loads(FORM.to_json(FORM.write({"k": "5", "t": "true"}), schema)) == {
+        "k": "5",
+        "t": "true",
+        "e": None,  # left out by the template: null
+    }
+
+
+def test_a_required_nullable_member_may_be_left_out_by_the_grammar(vocab: Vocab) -> None:  # noqa: F811
+    chosen = layout(NAME)
+    schema = {
+        "type": "object",
+        "properties": {"city": S, "e": {"type": ["string", "null"]}},
+        "required": ["city", "e"],
+    }
+    grammar = layout_grammar(chosen, [FunctionSpec("f", schema)], "one", parallel=False).gbnf
+    for arguments in ({"city": "x", "e": None}, {"city": "x", "e": "y"}):
+        assert accepts(vocab, grammar, chosen.text([("f", "", json.dumps(arguments))]))
+
+
+def test_schemas_the_tree_cannot_hold_are_refused_not_a_server_error() -> None:
+    chosen = layout(NAME)
+    for schema in (
+        {"type": "object", "properties": {"a/b": S}},
+        {"type": "object", "properties": {"x" * 300: S}},
+    ):
+        with pytest.raises(SchemaNotSupported):
+            layout_grammar(chosen, [FunctionSpec("f", schema)], "one", parallel=False)
+    # A keyword of the wrong kind is ignored (no TypeError), a name with a space is fine.
+    odd = {"type": "object", "properties": {"a": {"anyOf": 5}, "first name": S}}
+    layout_grammar(chosen, [FunctionSpec("f", odd)], "one", parallel=False)
+    text = FORM.write({"first name": "Ada"})
+    assert json.loads(FORM.to_json(text, odd)) == {"first name": "Ada"}
+
+
+def test_a_tag_too_long_to_be_one_ends_the_call_as_content() -> None:
+    """The scanner gave up on a 250-character tag by saying the arguments were done: the
+    call was closed with what came before, and its markup went into the content."""
+    chosen = layout(NAME)
+    functions = [FunctionSpec("f", {"type": "object"})]
+    text = chosen.text([("f", "", json.dumps({"a": 1}))])
+    cut = text.index(f"{M}</invoke>")
+    text = text[:cut] + f"{M}<" + "k" * 250 + f">2{M}</k>" + text[cut:]
+    parser = LayoutCallParser(chosen, functions)
+    content = "".join(parser.feed(ch)[0] for ch in text) + parser.finish()
+    assert parser.calls == []
+    assert content == text[len(chosen.preamble) :]  # (the empty thinking block is not content)

@@ -357,6 +357,8 @@ class LayoutCallParser:
             self._written += self._take(len(self._buffer) - held if done < 0 else done)
             if done < 0:
                 return False
+            if getattr(self._json, "failed", False):
+                return self._abandon(content)
             try:
                 schema = self._schemas.get(str(self._values.get("name")))
                 self._values["arguments"] = syntax.to_json(self._written, schema)

@@ -88,7 +88,7 @@ class Indented:
         """The rules of one function's arguments (an object) in this form: the head rule's
         name and the rules' text."""
         writer = _Rules(f"ind-{index}", self, visit, schema)
-        head = writer.value(schema, 0, 0)
+        head = writer.value({**schema, "type": "object"}, 0, 0)  # arguments are an object
         writer.out.append(f"ind-{index} ::= {head}")
         return f"ind-{index}", "\n".join(writer.out)
 
@@ -148,7 +148,13 @@ class _Rules:
         for word in ("anyOf", "oneOf"):
             options = schema.get(word)
             if isinstance(options, list) and options:
-                return " | ".join(self.value(o, depth, refs) for o in options)
+                # Each option with the keywords beside it (an option may say only which
+                # members are required).
+                rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
+                return " | ".join(
+                    self.value({**rest, **o} if isinstance(o, dict) else o, depth, refs)
+                    for o in options
+                )
         kind = schema.get("type")
         if isinstance(kind, list) and kind:
             return " | ".join(
@@ -195,18 +201,17 @@ class _Rules:
         ]  # fmt: skip
         must = [m for r, m in members if r]
         may = [m for r, m in members if not r]
-        # rest-k: the optional members k.. each after a separator (something came before).
-        rest = ""
+        # rests[k]: the optional members k.. each after a separator (something came before).
+        rests = [""]
         for member in reversed(may):
-            rest = self.rule(f"( {sep} {member} )? {rest}".strip())
+            rests.insert(0, self.rule(f"( {sep} {member} )? {rests[0]}".strip()))
         if must:
-            return f'"{{" {inner} {f" {sep} ".join(must)} {rest} {close}'
-        # None required: the first member present comes without a separator.
+            return f'"{{" {inner} {f" {sep} ".join(must)} {rests[0]} {close}'
+        # None required: the first member present comes without a separator (a chain, so
+        # the rules grow with the members, not with their square).
         first = ""
-        later = [self.rule(f"( {sep} {m} )?") for m in may]
         for k in range(len(may) - 1, -1, -1):
-            after = " ".join(later[k + 1 :])
-            option = f"{may[k]} {after}".strip()
+            option = f"{may[k]} {rests[k + 1]}".strip()
             first = self.rule(f"( {option} ) | {first}" if first else option)
         return f'"{{}}" | "{{" {inner} {first} {close}'
 

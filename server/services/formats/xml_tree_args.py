@@ -19,13 +19,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.engine.gbnf import gbnf_literal
+from server.engine.grammar import SchemaNotSupported
 from server.services.formats.params import without_rule
 
 # How deep objects and lists may nest inside the arguments (deeper values are text).
 MAX_DEPTH = 6
 MAX_REFS = 16
-# A tag's name: a parameter's name, or ``item``.
-_TAG = re.compile(r"[^<>/\s]{1,200}")
+# A tag's name: a parameter's name, or ``item`` (the template writes names as they are; one
+# holding <, > or / or a line break, or longer than this, cannot be read back: refused).
+_TAG = re.compile(r"[^<>/\n]{1,200}")
+_TAG_CLASS = "[^<>/\\n]"
+# How many schema steps reading one call's arguments back may take (anyOf tries each
+# option, and a deep tree under nested options could take exponentially many).
+MAX_STEPS = 20_000
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 
 
@@ -68,7 +74,9 @@ class XmlTree:
         definitions = {
             k: root[k] for k in ("$defs", "definitions") if isinstance(root.get(k), dict)
         }
-        value = _typed(content or [], {**root, "type": "object"}, definitions, 0)
+        value = _Reader(definitions).typed(content or [], {**root, "type": "object"}, 0)
+        if not isinstance(value, dict):
+            raise ValueError("the arguments are not an object")
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
     def _read(self, text: str, at: int, depth: int) -> tuple[str | list[tuple[str, Any]], int]:
@@ -116,6 +124,7 @@ class TreeScan:
         self.depth = 0
         self.held = 0
         self.done = False
+        self.failed = False  # the text turned out to be no arguments
 
     def feed(self, text: str) -> int:
         m = self.marker
@@ -133,7 +142,7 @@ class TreeScan:
             close = text.find(">", found + len(m))
             if close < 0 or len(text) - found < len(m) + 2:
                 if len(text) - found > len(m) + 202:
-                    self.done = True  # no tag is that long: not arguments
+                    self.failed = True  # no tag is that long: not arguments
                     return found
                 self.held = len(text) - found
                 return -1
@@ -145,61 +154,114 @@ class TreeScan:
             elif text.startswith("<", found + len(m)):
                 self.depth += 1
                 if self.depth > MAX_DEPTH + 2:
-                    self.done = True  # not arguments: the reader refuses them
+                    self.failed = True  # not arguments
                     return close + 1
             at = close + 1
 
 
-def _typed(content: Any, schema: Any, definitions: Mapping[str, Any], refs: int) -> Any:
-    """``content`` (text, or elements) as the value ``schema`` describes."""
-    schema = schema if isinstance(schema, dict) else {}
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and refs < MAX_REFS:
-        target = _resolve(ref, definitions)
-        if target is not None:
-            return _typed(content, target, definitions, refs + 1)
-    options = [o for w in ("anyOf", "oneOf") for o in schema.get(w) or [] if isinstance(o, dict)]
+def _options(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """The schemas a value may match, one of: ``anyOf``/``oneOf`` options (each with the
+    keywords beside them: an option may say only which members are required) and a type
+    list's types; none for a plain schema."""
+    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
+    options = [
+        {**rest, **o}
+        for w in ("anyOf", "oneOf")
+        if isinstance(schema.get(w), list)
+        for o in schema[w]
+        if isinstance(o, dict)
+    ]
     kind = schema.get("type")
-    if isinstance(kind, list):
-        options += [{**schema, "type": k} for k in kind if isinstance(k, str)]
-    if options:
-        for option in options:
-            try:
-                return _typed(content, option, definitions, refs)
-            except ValueError:
-                continue
-        raise ValueError("the value fits none of its schema's options")
-    values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
-    if "const" in schema:
-        values = [schema["const"]]
-    if values is not None and isinstance(content, str):
-        for v in values:
-            if XmlTree("").write(v) == content and not isinstance(v, (dict, list)):
-                return v
-    if kind is None:
-        kind = (
-            "object"
-            if "properties" in schema
-            else "array"
-            if "items" in schema
-            else _untyped_kind(content)
-        )
-    if kind == "object":
-        if content == "":
-            return {}
-        if isinstance(content, str):
+    if not options and isinstance(kind, list):
+        options = [{**schema, "type": k} for k in kind if isinstance(k, str)]
+    return options
+
+
+def _allows_null(schema: Any) -> bool:
+    if not isinstance(schema, dict):
+        return False
+    kind = schema.get("type")
+    return (
+        kind == "null"
+        or (isinstance(kind, list) and "null" in kind)
+        or any(_allows_null(o) for o in _options(schema) if o.get("type") != kind)
+    )
+
+
+class _Reader:
+    """Reads a tree's content as the value a schema describes, in a bounded number of
+    steps."""
+
+    def __init__(self, definitions: Mapping[str, Any]) -> None:
+        self.definitions = definitions
+        self.steps = 0
+
+    def typed(self, content: Any, schema: Any, refs: int) -> Any:
+        """``content`` (text, or elements) as the value ``schema`` describes."""
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise ValueError("the arguments take too long to read against their schema")
+        schema = schema if isinstance(schema, dict) else {}
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and refs < MAX_REFS:
+            target = _resolve(ref, self.definitions)
+            if target is not None:
+                return self.typed(content, target, refs + 1)
+        options = _options(schema)
+        if options:
+            for option in options:
+                try:
+                    return self.typed(content, option, refs)
+                except ValueError:
+                    if self.steps > MAX_STEPS:
+                        raise
+                    continue
+            raise ValueError("the value fits none of its schema's options")
+        values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
+        if "const" in schema:
+            values = [schema["const"]]
+        if values is not None and isinstance(content, str):
+            for v in values:
+                if XmlTree("").write(v) == content and not isinstance(v, (dict, list)):
+                    return v
+        kind = schema.get("type")
+        if kind is None:
+            kind = (
+                "object"
+                if "properties" in schema
+                else "array"
+                if "items" in schema
+                else _untyped_kind(content)
+            )
+        if kind == "object":
+            return self.object(content, schema, refs)
+        if kind == "array":
+            if content == "":
+                return []
+            if isinstance(content, str) or any(tag != "item" for tag, _ in content):
+                raise ValueError("a list was expected")
+            return [self.typed(c, schema.get("items", {}), refs) for _, c in content]
+        if not isinstance(content, str):
+            raise ValueError("a single value was expected")
+        return _scalar(content, kind, schema)
+
+    def object(self, content: Any, schema: dict[str, Any], refs: int) -> dict[str, Any]:
+        if isinstance(content, str) and content:
             raise ValueError("an object was expected")
         properties = schema.get("properties")
         properties = properties if isinstance(properties, dict) else {}
-        return {tag: _typed(c, properties.get(tag, {}), definitions, refs) for tag, c in content}
-    if kind == "array":
-        if content == "":
-            return []
-        if isinstance(content, str) or any(tag != "item" for tag, _ in content):
-            raise ValueError("a list was expected")
-        return [_typed(c, schema.get("items", {}), definitions, refs) for _, c in content]
-    if not isinstance(content, str):
-        raise ValueError("a single value was expected")
+        extra = schema.get("additionalProperties", {})
+        out = {tag: self.typed(c, properties.get(tag, extra), refs) for tag, c in content or []}
+        # A required member that may be null and is left out (the template writes no null
+        # member) was null.
+        listed = schema.get("required")
+        for key in listed if isinstance(listed, list) else []:
+            if isinstance(key, str) and key not in out and _allows_null(properties.get(key)):
+                out[key] = None
+        return out
+
+
+def _scalar(content: str, kind: Any, schema: dict[str, Any]) -> Any:
     if kind in ("integer", "number"):
         if _NUMBER.fullmatch(content) is None:
             raise ValueError("a number was expected")
@@ -283,14 +345,10 @@ class _Rules:
         if values is not None:
             written = {XmlTree(self.marker).write(v) for v in values if v is not None}
             return " | ".join(gbnf_literal(w) for w in sorted(written)) or '""'
-        options = [o for w in ("anyOf", "oneOf") for o in schema.get(w) or []]
+        options = _options(schema)
         if options:
             return " | ".join(self.value(o, depth, refs) for o in options)
         kind = schema.get("type")
-        if isinstance(kind, list) and kind:
-            return " | ".join(
-                self.value({**schema, "type": k}, depth, refs) for k in kind if isinstance(k, str)
-            )
         if kind == "object" or (kind is None and "properties" in schema):
             return self.members(schema, depth, refs) if depth < MAX_DEPTH else '""'
         if kind == "array" or (kind is None and "items" in schema):
@@ -314,7 +372,7 @@ class _Rules:
             if schema.get("additionalProperties") is False:
                 return '""'
             m = self.marker
-            name = "[^<>/ \\t\\n]+"
+            name = f"{_TAG_CLASS}{{1,200}}"
             member = (
                 f"{gbnf_literal(m + '<')} {name} {gbnf_literal('>')} xt-text "
                 f"{gbnf_literal(m + '</')} {name} {gbnf_literal('>')}"
@@ -322,8 +380,18 @@ class _Rules:
             return f"( {member} )*"
         listed = schema.get("required")
         required = {k for k in (listed if isinstance(listed, list) else []) if isinstance(k, str)}
+        for name in declared:
+            if not _TAG.fullmatch(name):
+                raise SchemaNotSupported(
+                    f"MiniMax-M3's calls cannot hold a parameter named {name[:40]!r}: its "
+                    "tags take names without <, >, / or line breaks, up to 200 characters"
+                )
+        # A member left out where null (the template writes no null member): optional.
         parts = [
-            (name in required, self.element(name, self.value(sub, depth + 1, refs)))
+            (
+                name in required and not _allows_null(sub),
+                self.element(name, self.value(sub, depth + 1, refs)),
+            )
             for name, sub in declared.items()
         ]
         order = [p for r, p in parts if r] + [f"( {p} )?" for r, p in parts if not r]
