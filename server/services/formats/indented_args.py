@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from server.engine.gbnf import gbnf_literal
+from server.services.formats.schema_rules import SchemaRules, options
 
 # How deep lists and objects may nest inside the arguments; deeper values are scalars. (The
 # grammar writes each depth's indentation out, so it grows with this bound.)
 MAX_DEPTH = 6
-# How many $ref hops one value may take before it is taken as any value.
-MAX_REFS = 16
 _SCALARS = ("string", "number", "integer", "boolean", "null")
 
 
@@ -93,24 +92,12 @@ class Indented:
         return f"ind-{index}", "\n".join(writer.out)
 
 
-class _Rules:
+class _Rules(SchemaRules):
     def __init__(
         self, prefix: str, form: Indented, visit: Callable[..., str], root: dict[str, Any]
     ) -> None:
-        self.prefix, self.form, self.visit = prefix, form, visit
-        self.out: list[str] = []
-        self.count = 0
-        self.definitions = {
-            k: root[k] for k in ("$defs", "definitions") if isinstance(root.get(k), dict)
-        }
-        self.done: dict[tuple[int, int], str] = {}
-        self.kept: list[Any] = []  # (id(schema), depth) -> its rule
-
-    def rule(self, body: str) -> str:
-        name = f"{self.prefix}-{self.count}"
-        self.count += 1
-        self.out.append(f"{name} ::= {body}")
-        return name
+        super().__init__(prefix, visit, root)
+        self.form = form
 
     def newline(self, depth: int) -> str:
         return gbnf_literal("\n" + " " * (self.form.base + self.form.step * depth))
@@ -122,44 +109,18 @@ class _Rules:
             text.replace("\n", "\n" + " " * (self.form.base + self.form.step * depth))
         )
 
-    def value(self, schema: Any, depth: int, refs: int) -> str:
-        """A rule (its name) for a value under ``schema`` at ``depth``."""
-        if not isinstance(schema, dict):
-            return self.any(depth)
-        key = (id(schema), depth)
-        if key not in self.done:
-            # (The schema is kept with its rule: a schema made on the way, freed, could
-            # leave its id to another.)
-            self.kept.append(schema)
-            self.done[key] = self.rule(self.body(schema, depth, refs))
-        return self.done[key]
-
     def body(self, schema: dict[str, Any], depth: int, refs: int) -> str:
-        ref = schema.get("$ref")
-        if isinstance(ref, str):
-            target = self.resolve(ref)
-            if target is None or refs >= MAX_REFS:
-                return self.any(depth)
-            return self.value(target, depth, refs + 1)
+        referenced = self.referenced(schema, depth, refs)
+        if referenced is not None:
+            return referenced
         if "const" in schema:
             return self.dumped(schema["const"], depth)
         if isinstance(schema.get("enum"), list) and schema["enum"]:
             return " | ".join(self.dumped(v, depth) for v in schema["enum"])
-        for word in ("anyOf", "oneOf"):
-            options = schema.get(word)
-            if isinstance(options, list) and options:
-                # Each option with the keywords beside it (an option may say only which
-                # members are required).
-                rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
-                return " | ".join(
-                    self.value({**rest, **o} if isinstance(o, dict) else o, depth, refs)
-                    for o in options
-                )
+        alternatives = options(schema)
+        if alternatives:
+            return " | ".join(self.value(o, depth, refs) for o in alternatives)
         kind = schema.get("type")
-        if isinstance(kind, list) and kind:
-            return " | ".join(
-                self.value({**schema, "type": k}, depth, refs) for k in kind if isinstance(k, str)
-            )
         if kind == "object" or (kind is None and "properties" in schema):
             return self.object(schema, depth, refs)
         if kind == "array" or (kind is None and "items" in schema):
@@ -167,13 +128,6 @@ class _Rules:
         if kind in _SCALARS:
             return self.visit(schema, f"{self.prefix}-leaf")
         return self.any(depth)
-
-    def resolve(self, ref: str) -> Any:
-        for word in ("$defs", "definitions"):
-            head = f"#/{word}/"
-            if ref.startswith(head):
-                return self.definitions.get(word, {}).get(ref[len(head) :])
-        return None
 
     def object(self, schema: dict[str, Any], depth: int, refs: int) -> str:
         if depth >= MAX_DEPTH:
@@ -225,6 +179,9 @@ class _Rules:
         if isinstance(least, int) and not isinstance(least, bool) and least > 0:
             return full
         return f'"[]" | {full}'
+
+    def fallback(self, depth: int) -> str:
+        return self.any(depth)
 
     def any(self, depth: int) -> str:
         key = (0, depth)

@@ -21,10 +21,16 @@ from typing import Any
 from server.engine.gbnf import gbnf_literal
 from server.engine.grammar import SchemaNotSupported
 from server.services.formats.params import without_rule
+from server.services.formats.schema_rules import (
+    MAX_REFS,
+    SchemaRules,
+    definitions_of,
+    options,
+    resolve,
+)
 
 # How deep objects and lists may nest inside the arguments (deeper values are text).
 MAX_DEPTH = 6
-MAX_REFS = 16
 # A tag's name: a parameter's name, or ``item`` (the template writes names as they are; one
 # holding <, > or / or a line break, or longer than this, cannot be read back: refused).
 _TAG = re.compile(r"[^<>/\n]{1,200}")
@@ -71,10 +77,7 @@ class XmlTree:
         if at != len(text) or (isinstance(content, str) and content):
             raise ValueError("the arguments are not a tree of elements")
         root = schema if isinstance(schema, dict) else {}
-        definitions = {
-            k: root[k] for k in ("$defs", "definitions") if isinstance(root.get(k), dict)
-        }
-        value = _Reader(definitions).typed(content or [], {**root, "type": "object"}, 0)
+        value = _Reader(definitions_of(root)).typed(content or [], {**root, "type": "object"}, 0)
         if not isinstance(value, dict):
             raise ValueError("the arguments are not an object")
         return json.dumps(value, ensure_ascii=False, allow_nan=False)
@@ -159,24 +162,6 @@ class TreeScan:
             at = close + 1
 
 
-def _options(schema: dict[str, Any]) -> list[dict[str, Any]]:
-    """The schemas a value may match, one of: ``anyOf``/``oneOf`` options (each with the
-    keywords beside them: an option may say only which members are required) and a type
-    list's types; none for a plain schema."""
-    rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
-    options = [
-        {**rest, **o}
-        for w in ("anyOf", "oneOf")
-        if isinstance(schema.get(w), list)
-        for o in schema[w]
-        if isinstance(o, dict)
-    ]
-    kind = schema.get("type")
-    if not options and isinstance(kind, list):
-        options = [{**schema, "type": k} for k in kind if isinstance(k, str)]
-    return options
-
-
 def _allows_null(schema: Any) -> bool:
     if not isinstance(schema, dict):
         return False
@@ -184,7 +169,7 @@ def _allows_null(schema: Any) -> bool:
     return (
         kind == "null"
         or (isinstance(kind, list) and "null" in kind)
-        or any(_allows_null(o) for o in _options(schema) if o.get("type") != kind)
+        or any(_allows_null(o) for o in options(schema) if o.get("type") != kind)
     )
 
 
@@ -204,12 +189,12 @@ class _Reader:
         schema = schema if isinstance(schema, dict) else {}
         ref = schema.get("$ref")
         if isinstance(ref, str) and refs < MAX_REFS:
-            target = _resolve(ref, self.definitions)
+            target = resolve(ref, self.definitions)
             if target is not None:
                 return self.typed(content, target, refs + 1)
-        options = _options(schema)
-        if options:
-            for option in options:
+        alternatives = options(schema)
+        if alternatives:
+            for option in alternatives:
                 try:
                     return self.typed(content, option, refs)
                 except ValueError:
@@ -288,66 +273,33 @@ def _untyped_kind(content: Any) -> str:
     return "array" if content and all(tag == "item" for tag, _ in content) else "object"
 
 
-def _resolve(ref: str, definitions: Mapping[str, Any]) -> Any:
-    for word in ("$defs", "definitions"):
-        head = f"#/{word}/"
-        if ref.startswith(head):
-            found = definitions.get(word, {})
-            return found.get(ref[len(head) :]) if isinstance(found, dict) else None
-    return None
-
-
-class _Rules:
+class _Rules(SchemaRules):
     def __init__(
         self, prefix: str, marker: str, visit: Callable[..., str], root: dict[str, Any]
     ) -> None:
-        self.prefix, self.marker, self.visit = prefix, marker, visit
-        self.out: list[str] = []
-        self.count = 0
-        self.definitions = {
-            k: root[k] for k in ("$defs", "definitions") if isinstance(root.get(k), dict)
-        }
-        self.done: dict[tuple[int, int], str] = {}
-        self.kept: list[Any] = []
+        super().__init__(prefix, visit, root)
+        self.marker = marker
 
-    def rule(self, body: str) -> str:
-        name = f"{self.prefix}-{self.count}"
-        self.count += 1
-        self.out.append(f"{name} ::= {body}")
-        return name
+    def fallback(self, depth: int) -> str:
+        return "xt-text"
 
     def element(self, tag: str, content: str) -> str:
         m = self.marker
         return f"{gbnf_literal(f'{m}<{tag}>')} {content} {gbnf_literal(f'{m}</{tag}>')}"
 
-    def value(self, schema: Any, depth: int, refs: int) -> str:
-        """A rule (its name) for the content of an element whose value ``schema`` holds."""
-        if not isinstance(schema, dict):
-            return "xt-text"
-        key = (id(schema), depth)
-        if key not in self.done:
-            # (The schema is kept with its rule: a schema made on the way, freed, could
-            # leave its id to another.)
-            self.kept.append(schema)
-            self.done[key] = self.rule(self.body(schema, depth, refs))
-        return self.done[key]
-
     def body(self, schema: dict[str, Any], depth: int, refs: int) -> str:
-        ref = schema.get("$ref")
-        if isinstance(ref, str):
-            target = _resolve(ref, self.definitions)
-            if target is None or refs >= MAX_REFS:
-                return "xt-text"
-            return self.value(target, depth, refs + 1)
+        referenced = self.referenced(schema, depth, refs)
+        if referenced is not None:
+            return referenced
         values = schema.get("enum") if isinstance(schema.get("enum"), list) else None
         if "const" in schema:
             values = [schema["const"]]
         if values is not None:
             written = {XmlTree(self.marker).write(v) for v in values if v is not None}
             return " | ".join(gbnf_literal(w) for w in sorted(written)) or '""'
-        options = _options(schema)
-        if options:
-            return " | ".join(self.value(o, depth, refs) for o in options)
+        alternatives = options(schema)
+        if alternatives:
+            return " | ".join(self.value(o, depth, refs) for o in alternatives)
         kind = schema.get("type")
         if kind == "object" or (kind is None and "properties" in schema):
             return self.members(schema, depth, refs) if depth < MAX_DEPTH else '""'
