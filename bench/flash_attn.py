@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import append_results
-from server.engine.llama import BatchEntry, LlamaBackend
+from server.engine.backend import BatchEntry
+from server.engine.llama import LlamaBackend
 from server.engine.types import SamplingParams
 
 TEXT = (

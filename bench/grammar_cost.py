@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import append_results
+from server.engine.backend import BatchEntry
 from server.engine.grammar import json_schema_grammar
-from server.engine.llama import BatchEntry, LlamaBackend
+from server.engine.llama import LlamaBackend
 from server.engine.types import SamplingParams
 
 PROMPT = "<|im_start|>user\nDescribe a person as JSON.<|im_end|>\n<|im_start|>assistant\n"

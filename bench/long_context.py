@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from flash_attn import TEXT, decode_rate
 
 from bench import append_results
-from server.engine.llama import BatchEntry, LlamaBackend
+from server.engine.backend import BatchEntry
+from server.engine.llama import LlamaBackend
 
 # name: (flash_attn, cache_type_k, cache_type_v)
 LAYOUTS = {

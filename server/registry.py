@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from server.engine.exactness import batch_rows_match_single
 from server.engine.llama import LlamaBackend
 from server.engine.lookup import LookupSettings
 from server.engine.scheduler import Scheduler
@@ -345,7 +346,7 @@ class ModelRegistry:
             # Only where it keeps outputs exact, checked on this very context. With flash
             # attention off no CPU layout measured was (tests/engine/test_exact_batches.py),
             # so the check, a 300-token prefill, is spared there.
-            speculate = config.effective_flash_attn != "off" and backend.batch_rows_match_single()
+            speculate = config.effective_flash_attn != "off" and batch_rows_match_single(backend)
         speculate = speculate and backend.can_drop_tail
         scheduler = Scheduler(
             backend,

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from server.engine.exactness import batch_rows_match_single
 from server.models.sources import CATALOG
 from server.registry import open_backend
 from server.serving import build_server, listening_sockets
@@ -152,7 +153,7 @@ def batches_are_exact(settings: Settings, model: str = "smollm2") -> bool:
     assert config.path is not None
     backend = open_backend(Path(config.path), config, config.n_ctx or 1024)
     try:
-        return backend.batch_rows_match_single()
+        return batch_rows_match_single(backend)
     finally:
         backend.close()
 

@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from server.engine.llama import BatchEntry
 from server.engine.types import SamplingParams, TopLogprob
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One token of one sequence in a decode step."""
+
+    slot: int
+    token: int
+    position: int
+    want_logits: bool
 
 
 class Backend(Protocol):

@@ -20,8 +20,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 
-from server.engine.backend import Backend
-from server.engine.llama import BatchEntry
+from server.engine.backend import Backend, BatchEntry
 from server.engine.lookup import DraftPolicy, LookupSettings, NgramIndex
 from server.engine.prefix import common_prefix_length
 from server.engine.queue import FairQueue

@@ -10,10 +10,14 @@ cells), so it is measured at load, not assumed.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.engine.llama import BatchEntry, LlamaBackend
+from server.engine.backend import BatchEntry
+
+if TYPE_CHECKING:  # the check drives the real backend, which does not import it
+    from server.engine.llama import LlamaBackend
 
 logger = logging.getLogger(__name__)
 

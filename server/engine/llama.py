@@ -12,13 +12,13 @@ import ctypes
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
 import numpy as np
 
+from server.engine.backend import BatchEntry
 from server.engine.embedder import LlamaEmbedder
 from server.engine.sampler import Samplers
 from server.engine.tokenizer import SpecialToken, Tokenizer
@@ -122,16 +122,6 @@ CACHE_TYPES: dict[str, int] = {
     "q5_1": 7,
     "iq4_nl": 20,
 }
-
-
-@dataclass(frozen=True)
-class BatchEntry:
-    """One token of one sequence in a decode step."""
-
-    slot: int
-    token: int
-    position: int
-    want_logits: bool
 
 
 class LlamaBackend:
@@ -396,13 +386,6 @@ class LlamaBackend:
         status = llama_cpp.llama_decode(self._ctx, batch)
         if status != 0:
             raise RuntimeError(f"llama_decode failed with status {status}")
-
-    def batch_rows_match_single(self) -> bool:
-        """Whether a batch of one sequence's tokens gets bit for bit the logits of single
-        tokens here (see :mod:`server.engine.exactness`)."""
-        from server.engine.exactness import batch_rows_match_single
-
-        return batch_rows_match_single(self)
 
     def output_logits(self, count: int) -> np.ndarray:
         """A copy of the last decode's ``count`` rows of logits, in batch order."""

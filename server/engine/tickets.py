@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from server.engine.llama import BatchEntry
+from server.engine.backend import BatchEntry
 from server.engine.lookup import DraftPolicy, NgramIndex
 from server.engine.text import TextStream, TokenTexts
 from server.engine.types import GenerationRequest, SamplingDeadEnd, TokenEvent

@@ -39,7 +39,7 @@ def test_the_probe_tells_exact_cache_layouts_from_inexact(
         cache_type_v=cache_type if flash_attn == "on" else "f16",
     )
     try:
-        assert backend.batch_rows_match_single() is exact
+        assert exactness.batch_rows_match_single(backend) is exact
         # The probe leaves no cells behind.
         assert backend.truncate(0, 0) and backend.truncate(1, 0)
     finally:
@@ -65,6 +65,6 @@ def test_a_probe_whose_decode_fails_answers_not_exact(monkeypatch: pytest.Monkey
 
     try:
         monkeypatch.setattr(backend, "decode", fail)
-        assert backend.batch_rows_match_single() is False
+        assert exactness.batch_rows_match_single(backend) is False
     finally:
         backend.close()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.engine.llama import BatchEntry, LlamaBackend, _model_identity
+from server.engine.backend import BatchEntry
+from server.engine.llama import LlamaBackend, _model_identity
 from tests.conftest import model_file
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from server.engine.backend import BatchEntry
 from server.engine.grammar import json_object_grammar, json_schema_grammar
-from server.engine.llama import BatchEntry, LlamaBackend
+from server.engine.llama import LlamaBackend
 from server.engine.types import SamplingParams
 from tests.conftest import model_file
 

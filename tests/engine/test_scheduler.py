@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from server.engine.backend import Backend
+from server.engine.backend import Backend, BatchEntry
 from server.engine.core import SchedulerCore
-from server.engine.llama import BatchEntry
 from server.engine.lookup import LookupSettings
 from server.engine.scheduler import Scheduler
 from server.engine.state_cache import StateCache
