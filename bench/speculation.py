@@ -3,11 +3,11 @@ prompt, with speculation on and off, at one and at four streams.
 
 Starts one `hearth serve` with the model registered three times: ``fa-off`` (Hearth's CPU
 default: flash attention off, so no speculation), ``fa-on`` (flash attention on, speculation
-off) and ``spec`` (flash attention on, speculation on; exact there, see the README). Each round
-sends every workload to every model in turn (alternating, so that drift in the machine's speed
-hits all alike) and times the decode: completion tokens over the time from the first streamed
-token to the last. Prints the median of the rounds, with the guesses kept, and with
-``--write`` appends the table to bench/RESULTS.md. A benchmark, not a test.
+off) and ``spec`` (flash attention on, speculation on; exact there, see docs/development.md).
+Each round sends every workload to every model in turn (alternating, so that drift in the
+machine's speed hits all alike) and times the decode: completion tokens over the time from
+the first streamed token to the last. Prints the median of the rounds, with the guesses kept,
+and with ``--write`` appends the table to bench/RESULTS.md. A benchmark, not a test.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Precedence, highest first: command-line options, ``HEARTH_*`` environment variables, the TOML
 config file (``config/models.toml`` by default), the defaults written here. Every field carries
-its description; the README's settings table is written from these.
+its description; docs/configuration.md's settings table is written from these.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None,
         description="A TOML file of [[keys]] with a name, `key` or `key_sha256`, and "
-        "optional limits (see the README).",
+        "optional limits (see docs/operations.md).",
     )
     key_requests_per_minute: int | None = Field(
         None, ge=1, description="Default limit for each API key: requests per minute."

@@ -147,7 +147,7 @@ def batches_are_exact(settings: Settings, model: str = "smollm2") -> bool:
     """What the load-time check answers for ``model`` as ``settings`` configure it, on this CPU
     and llama.cpp build. Where it answers yes, a reused prefix (generated tokens included)
     gives bit for bit a cold run's logits, and a stream beside others those of a stream alone;
-    elsewhere only close ones, which can flip a near-tie greedy token (README, "What holds on
+    elsewhere only close ones, which can flip a near-tie greedy token (docs/development.md, "What holds on
     which CPU"). Loads the model on its own; the answer is kept for the server's own check."""
     config = next(m for m in settings.models if m.name == model)
     assert config.path is not None

@@ -141,14 +141,16 @@ class ModelConfig(BaseModel):
         description="llama.cpp flash attention. Unset: `off` on the CPU (decoding was faster "
         "there from 1,000 tokens of context, by 1.7-2.7x, on the CPU measured), `auto` with "
         "GPU layers. Whether a reused prefix gives bit for bit the output of recomputing it "
-        "depends on this, the cache types and the CPU (README, 'What holds on which CPU').",
+        "depends on this, the cache types and the CPU (docs/development.md, 'What holds on "
+        "which CPU').",
     )
     cache_type_k: CacheType = Field(
         "f16",
         description="Element type of the KV cache's keys: f32, f16, bf16, q8_0, q4_0, q4_1, "
         "q5_0, q5_1 or iq4_nl. On the CPU `q8_0` decoded up to 1.4x faster after long "
         "prompts in 53% of the memory; with flash attention and `q8_0` values it is the "
-        "layout where reuse was measured bit-exact (README, 'What holds on which CPU').",
+        "layout where reuse was measured bit-exact (docs/development.md, 'What holds on "
+        "which CPU').",
     )
     cache_type_v: CacheType = Field(
         "f16",

@@ -137,7 +137,7 @@ def test_stream_without_include_usage_sends_no_usage(client: TestClient) -> None
 def test_streamed_text_equals_non_streamed_text_at_temperature_zero(client: TestClient) -> None:
     # Both read the prompt from the cache alike: the first request only puts it there. A
     # prompt read whole and one read from the cache may round differently on some CPUs
-    # (README, "What holds on which CPU"), which is not what this compares.
+    # (docs/development.md, "What holds on which CPU"), which is not what this compares.
     messages = [{"role": "user", "content": "Name three colours of the sea."}]
     chat(client, messages=messages, temperature=0, max_tokens=1)
     whole = chat(client, messages=messages, temperature=0, max_tokens=40)

@@ -59,7 +59,7 @@ def test_gemma_streams_the_same_text_as_it_returns(client: TestClient) -> None:
     }
     # Both read the prompt from the cache alike: the first request only puts it there. A
     # prompt read whole and one read from the cache may round differently on some CPUs
-    # (README, "What holds on which CPU"), which is not what this compares.
+    # (docs/development.md, "What holds on which CPU"), which is not what this compares.
     complete(client, **{**body, "max_tokens": 1})
     whole = complete(client, **body)["choices"][0]["text"]
     chunks = sse_chunks(client.post(URL, json={**body, "stream": True}))

@@ -1,6 +1,6 @@
 """KV reuse across requests on the real models: reported, and giving a cold run's output.
 
-How exactly depends on the CPU, the llama.cpp build and the KV layout (README, "What holds on
+How exactly depends on the CPU, the llama.cpp build and the KV layout (docs/development.md, "What holds on
 which CPU"). Where the load-time check finds that a batch of one sequence's tokens is decoded
 bit for bit as single tokens, a reused prefix gives exactly a cold run's logits, generated
 tokens (decoded one at a time) and all: the outputs are compared whole. Elsewhere reuse is

@@ -51,7 +51,7 @@ def client() -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(models=models))) as test_client:
         # The answers compared below, of either model, all read the prompt from the cache
         # alike: these requests only put it there. A prompt read whole and one read from the
-        # cache may round differently on some CPUs (README, "What holds on which CPU").
+        # cache may round differently on some CPUs (docs/development.md, "What holds on which CPU").
         for model in ("thinker", "raw"):
             assert chat(test_client, model, max_tokens=1).status_code == 200
         yield test_client

@@ -1,7 +1,7 @@
 """Prompt-lookup speculation on the real model: the output is exactly plain decoding's, greedy
 and seeded-sampled, with logprobs and a grammar, alone and beside other streams; copying
 prompts keep most guesses, and the counters show it. Loading turns speculation on only where
-its check finds batches exact on this CPU and build (README, "What holds on which CPU");
+its check finds batches exact on this CPU and build (docs/development.md, "What holds on which CPU");
 elsewhere these tests check that it stayed off."""
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def test_chat_is_proxied_and_named_as_here(front: TestClient, live_server: LiveS
     messages = [{"role": "user", "content": "Name a colour of the sky."}]
     body = {"model": "far", "messages": messages, "max_tokens": 8, "temperature": 0}
     # Both answers below read the prompt from the cache alike: this request only puts it
-    # there (a prompt read whole may round differently on some CPUs; README, "What holds
+    # there (a prompt read whole may round differently on some CPUs; docs/development.md, "What holds
     # on which CPU").
     url = live_server.base_url + "/v1/chat/completions"
     httpx.post(url, json={**body, "model": "smollm2", "max_tokens": 1}).raise_for_status()

@@ -154,7 +154,7 @@ def test_streamed_text_equals_the_whole_answer(claude: anthropic.Anthropic) -> N
     }
     # Both read the prompt from the cache alike: the first request only puts it there. A
     # prompt read whole and one read from the cache may round differently on some CPUs
-    # (README, "What holds on which CPU"), which is not what this compares.
+    # (docs/development.md, "What holds on which CPU"), which is not what this compares.
     claude.messages.create(**{**request, "max_tokens": 1})
     whole = claude.messages.create(**request)
     with claude.messages.stream(**request) as stream:

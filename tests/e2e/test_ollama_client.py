@@ -71,7 +71,7 @@ def test_a_streamed_chat_joins_to_the_whole_answer(client: ollama.Client) -> Non
     }
     # Both read the prompt from the cache alike: the first request only puts it there. A
     # prompt read whole and one read from the cache may round differently on some CPUs
-    # (README, "What holds on which CPU"), which is not what this compares.
+    # (docs/development.md, "What holds on which CPU"), which is not what this compares.
     client.chat(**{**request, "options": {"num_predict": 1}})  # type: ignore[call-overload]
     whole = client.chat(**request)  # type: ignore[call-overload]
     parts = list(client.chat(**request, stream=True))  # type: ignore[call-overload]

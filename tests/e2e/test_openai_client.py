@@ -34,7 +34,7 @@ def test_chat_completion(client: openai.OpenAI) -> None:
 def test_chat_stream_with_usage_matches_the_non_streamed_text(client: openai.OpenAI) -> None:
     # Both read the prompt from the cache alike: the first request only puts it there. A
     # prompt read whole and one read from the cache may round differently on some CPUs
-    # (README, "What holds on which CPU"), which is not what this compares.
+    # (docs/development.md, "What holds on which CPU"), which is not what this compares.
     question: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name a red fruit."}]
     client.chat.completions.create(model="smollm2", messages=question, max_tokens=1)
     whole = client.chat.completions.create(

@@ -14,7 +14,7 @@ from server.services.reasoning import THINK_TAGS, Markers
 @dataclass(frozen=True)
 class Family:
     """``detect``: a pattern found in the family's chat templates. ``reasoning``: the
-    markers its models think between, or None. ``notes``: what the README's table says."""
+    markers its models think between, or None. ``notes``: what the table of docs/api.md says."""
 
     name: str
     detect: re.Pattern[str]
