@@ -13,48 +13,39 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from server.engine.embedder import EmbeddingCancelled, LlamaEmbedder
-from server.errors import QueueFullError
+from server.pool import BoundedPool
 
 
 class EmbeddingWorker:
-    """Embeds through a context made on first use by ``make_context``. The asyncio side
-    (:meth:`embed`) is used from the event loop only."""
+    """Embeds through a context made on first use by ``make_context``, on one thread of a
+    bounded pool (:mod:`server.pool`). The asyncio side (:meth:`embed`) is used from the
+    event loop only."""
 
     def __init__(
         self, name: str, make_context: Callable[[], LlamaEmbedder], max_waiting: int
     ) -> None:
-        self._name = name
         self._make_context = make_context
         self._context: LlamaEmbedder | None = None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embed-{name}")
-        self._max_waiting = max_waiting
-        self._pending = 0
+        self._pool = BoundedPool(
+            1,
+            max_waiting,
+            name=f"embed-{name}",
+            full=f"the embeddings queue for model '{name}' is full ({max_waiting} waiting)",
+        )
 
     @property
     def pending(self) -> int:
-        return self._pending
+        return self._pool.pending
 
     async def embed(self, inputs: Sequence[Sequence[int]]) -> list[list[float]]:
-        if self._pending > self._max_waiting:  # one running, max_waiting waiting
-            raise QueueFullError(
-                f"the embeddings queue for model '{self._name}' is full "
-                f"({self._max_waiting} waiting)",
-                retry_after=1,
-            )
         abandoned = threading.Event()
-        self._pending += 1
         try:
-            return await asyncio.wrap_future(
-                self._pool.submit(self._embed, inputs, abandoned.is_set)
-            )
+            return await self._pool.run(self._embed, inputs, abandoned.is_set)
         except asyncio.CancelledError:
             abandoned.set()  # running already: stop at the next batch
             raise
-        finally:
-            self._pending -= 1
 
     def _embed(
         self, inputs: Sequence[Sequence[int]], abandoned: Callable[[], bool]
@@ -67,7 +58,7 @@ class EmbeddingWorker:
 
     def close(self) -> None:
         """Wait for the running call, drop the waiting ones, free the context."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.close(wait=True)
         if self._context is not None:
             self._context.close()
             self._context = None
