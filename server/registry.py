@@ -72,6 +72,7 @@ class ModelRegistry:
             logger.error("cannot read the pulled models: %s", exc.message)
         self._accepting = True
         self._reaper: asyncio.Task[None] | None = None
+        self.reaper_passes = 0
         self.created = int(time.time())
 
     def _register(self, model: ModelConfig) -> None:
@@ -295,6 +296,7 @@ class ModelRegistry:
             await self.reap_idle()
 
     async def reap_idle(self) -> None:
+        self.reaper_passes += 1  # (how a test knows a pass has looked since some moment)
         now = time.monotonic()
         for handle in list(self._loaded.values()):
             if handle.config.pin or handle.keep_alive is None or not handle.idle:

@@ -41,6 +41,14 @@ def run(scenario: Callable[[ModelRegistry], Awaitable[None]], settings: Settings
     asyncio.run(main())
 
 
+async def reaper_looked_twice(registry: ModelRegistry) -> None:
+    """Until two passes of the reaper have looked at the models since now: the second comes
+    a whole interval later, past any keep_alive shorter than it, so a model still loaded
+    then was kept on purpose (not merely not looked at yet)."""
+    since = registry.reaper_passes
+    await wait_for(lambda: registry.reaper_passes >= since + 2)
+
+
 async def wait_for(condition: Callable[[], bool], seconds: float = 10) -> None:
     for _ in range(int(seconds / 0.05)):
         if condition():
@@ -66,7 +74,7 @@ def test_an_idle_model_unloads_after_keep_alive_and_reloads_on_use() -> None:
     async def scenario(registry: ModelRegistry) -> None:
         async with registry.use("gemma3-270m") as handle:
             assert handle.keep_alive == 0.3
-            await asyncio.sleep(0.6)
+            await reaper_looked_twice(registry)
             assert registry.is_loaded("gemma3-270m")  # held by a lease: never unloaded
         await wait_for(lambda: not registry.is_loaded("gemma3-270m"))
         assert registry.lifecycle_counts()["gemma3-270m"]["keep_alive"] == 1
@@ -81,7 +89,7 @@ def test_a_requests_keep_alive_replaces_the_models() -> None:
         (await registry.checkout("smollm2", keep_alive=0)).release()
         await wait_for(lambda: not registry.is_loaded("smollm2"))
         (await registry.checkout("smollm2", keep_alive=-1)).release()
-        await asyncio.sleep(1.2)
+        await reaper_looked_twice(registry)
         assert registry.is_loaded("smollm2")
 
     run(scenario, settings_with(smollm2={"keep_alive": 3600}))
@@ -90,7 +98,7 @@ def test_a_requests_keep_alive_replaces_the_models() -> None:
 def test_a_pinned_model_never_unloads() -> None:
     async def scenario(registry: ModelRegistry) -> None:
         (await registry.checkout("smollm2", keep_alive=0)).release()
-        await asyncio.sleep(1.2)
+        await reaper_looked_twice(registry)
         assert registry.is_loaded("smollm2")
 
     run(scenario, settings_with(smollm2={"pin": True, "keep_alive": 0.1}))
