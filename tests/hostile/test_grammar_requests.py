@@ -180,9 +180,14 @@ def test_a_schema_nested_600_deep_is_a_400_not_a_500(server: ServerProcess) -> N
 def test_a_grammar_llama_cpp_would_refuse_is_a_400_logged_in_one_line(
     server: ServerProcess,
 ) -> None:
-    # The converter writes a property name holding a quote into a literal it does not
-    # escape: llama.cpp refused it and printed the whole grammar to stderr.
-    schema = {"type": "object", "properties": {'say "hi"': {"type": "string"}}}
+    # The converter copies a pattern's \u escape into the grammar as it is, and llama.cpp
+    # refuses one of fewer than 4 hex digits (printing the whole grammar to stderr). (Its
+    # other such hole, a property name holding a quote, is closed: grammars now write
+    # every literal themselves, and such a name is served.)
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string", "pattern": "^\\u00$"}},
+    }
     before = len(server.log().splitlines())
     with server.client() as http:
         response = http.post(
