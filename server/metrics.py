@@ -18,10 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from server.engine.tickets import CACHE_COUNTERS, SchedulerStats
+from server.engine.jobs import SchedulerStats
+from server.engine.kv import KV_COUNTERS
 
 if TYPE_CHECKING:
-    from server.handle import ModelHandle
+    from server.loaded_model import ModelHandle
     from server.registry import ModelRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -210,7 +211,7 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
             f"KV prefix reuse: {kind.replace('_', ' ')}.",
             labels=["model"],
         )
-        for kind in CACHE_COUNTERS
+        for kind in KV_COUNTERS
     }
     speculation = CounterMetricFamily(
         "hearth_speculative_tokens",
@@ -232,7 +233,7 @@ def _engine_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
     )
     for handle in handles:
         name = handle.name
-        stats = handle.scheduler.stats()
+        stats = handle.engine.stats()
         for metric, (_, read) in gauges.items():
             families[metric].add_metric([name], float(read(handle, stats)))
         for kind, family in cache.items():
@@ -272,7 +273,7 @@ def _vllm_metrics(handles: Iterable[ModelHandle]) -> Iterator[Metric]:
         labels=["model_name", "block_size", "num_gpu_blocks"],
     )
     for handle in handles:
-        stats = handle.scheduler.stats()
+        stats = handle.engine.stats()
         waiting.add_metric([handle.name], stats.queued + stats.deferred)
         running.add_metric([handle.name], stats.running)
         for family in usage:

@@ -15,19 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from server.engine.exactness import batch_rows_match_single
-from server.engine.llama import LlamaBackend
-from server.engine.lookup import LookupSettings
-from server.engine.scheduler import Scheduler
-from server.engine.state_cache import StateCache
 from server.errors import (
     ModelNotFoundError,
     ModelSourceError,
@@ -35,9 +28,9 @@ from server.errors import (
     ShuttingDownError,
     UnsupportedFeatureError,
 )
-from server.handle import Lease, ModelHandle
+from server.loaded_model import Lease, ModelHandle, load_model
 from server.models.config import ModelConfig
-from server.models.gguf import GGUFError, gguf_size, read_metadata
+from server.models.gguf import gguf_size
 from server.models.pull import reference_name
 from server.models.pulled import PulledModel, PulledModels
 from server.models.sources import catalog_entry
@@ -176,7 +169,7 @@ class ModelRegistry:
 
     def failed_models(self) -> list[str]:
         """Loaded models whose engine stopped (each reloads on its next request)."""
-        return [h.name for h in self._loaded.values() if h.scheduler.failed]
+        return [h.name for h in self._loaded.values() if h.engine.failed]
 
     def lifecycle_counts(self) -> dict[str, Counter[str]]:
         return {name: Counter(events) for name, events in self._events.items()}
@@ -201,10 +194,10 @@ class ModelRegistry:
                 param="model",
             )
         handle = self._loaded.get(config.name)
-        if handle is None or handle.scheduler.failed:
+        if handle is None or handle.engine.failed:
             async with self._locks[config.name]:
                 handle = self._loaded.get(config.name)
-                if handle is not None and handle.scheduler.failed:
+                if handle is not None and handle.engine.failed:
                     logger.error("model %s: its engine stopped; reloading it", config.name)
                     await self._unload(handle, "failed")
                     handle = None
@@ -305,101 +298,18 @@ class ModelRegistry:
                 await self._unload(handle, "keep_alive")
 
     def _load(self, config: ModelConfig) -> ModelHandle:
-        path = self.model_path(config)
-        if not path.is_file():
-            if config.source is not None:
-                raise ModelUnavailableError(
-                    f"model '{config.name}' is not pulled yet: run `hearth pull {config.source}`"
-                )
-            hint = f"; run `hearth models pull {config.package}`" if config.package else ""
-            raise ModelUnavailableError(f"model '{config.name}': file {path} is missing{hint}")
-        started = time.monotonic()
-        try:
-            metadata = read_metadata(path)
-        except (GGUFError, OSError):
-            metadata = {}  # llama.cpp says what is wrong with the file, below
-        context = config.context(metadata)
-        backend = open_backend(path, config, context.n_ctx)
-        template = config.chat_template
-        if config.chat_template_file is not None:
-            template_path = self._settings.resolve_path(config.chat_template_file)
-            try:
-                template = template_path.read_text()
-            except OSError as exc:
-                backend.close()
-                raise ModelUnavailableError(
-                    f"model '{config.name}': cannot read chat template {template_path}: {exc}"
-                ) from exc
-        if template is None:
-            template = backend.chat_template()
-        state_cache = None
-        if self._settings.kv_cache_ram_bytes > 0:
-            state_cache = StateCache(
-                model_key=backend.identity,
-                ram_bytes=self._settings.kv_cache_ram_bytes,
-                # One directory per configured model: two entries of one GGUF are two caches,
-                # which must not evict and rename each other's files.
-                disk_dir=self._settings.kv_cache_dir.expanduser() / _dir_name(config.name),
-                disk_bytes=self._settings.kv_cache_disk_bytes,
-                scan_interval=self._settings.kv_cache_scan_interval,
-            )
-        speculate = config.speculative.enabled
-        if speculate is None:
-            # Only where it keeps outputs exact, checked on this very context. With flash
-            # attention off no CPU layout measured was (tests/engine/test_exact_batches.py),
-            # so the check, a 300-token prefill, is spared there.
-            speculate = config.effective_flash_attn != "off" and batch_rows_match_single(backend)
-        speculate = speculate and backend.can_drop_tail
-        scheduler = Scheduler(
-            backend,
-            state_cache=state_cache,
-            name=config.name,
-            max_queue=config.max_queue or self._settings.max_queue,
-            max_queue_per_owner=self._settings.max_queue_per_owner,
-            prefill_chunk=config.prefill_chunk,
-            queue_timeout=self._settings.queue_timeout,
-            lookup=LookupSettings(
-                enabled=speculate,
-                max_draft=config.speculative.max_draft,
-                ngram=max(config.speculative.ngram, config.speculative.min_ngram),
-                min_ngram=config.speculative.min_ngram,
-            ),
-        )
-        scheduler.start()
-        logger.info(
-            "loaded model %s from %s in %.2fs (n_ctx=%d: %s; slots=%d, chat template: %s, "
-            "KV cache %s/%s, speculation %s)",
-            config.name,
-            path,
-            time.monotonic() - started,
-            backend.n_ctx,
-            context.reason,
-            config.slots,
-            "yes" if template else "none",
-            config.cache_type_k,
-            config.cache_type_v,
-            "on" if speculate else "off",
-        )
-        return ModelHandle(
-            config,
-            backend,
-            scheduler,
-            template,
-            size_bytes=gguf_size(path) + backend.kv_cache_bytes,
-            keep_alive=config.keep_alive,
-            max_embedding_waiting=config.max_queue or self._settings.max_queue,
-        )
+        return load_model(config, self.model_path(config), self._settings)
 
     def stop_accepting(self) -> None:
         """From now on every new request gets 503; what is queued or running carries on."""
         self._accepting = False
         for handle in self._loaded.values():
-            handle.scheduler.stop_accepting()
+            handle.engine.stop_accepting()
 
     def cancel_all(self) -> None:
         """Stop every queued and running generation of every model."""
         for handle in self._loaded.values():
-            handle.scheduler.cancel_all()
+            handle.engine.cancel_all()
 
     def stop_reaper(self) -> None:
         if self._reaper is not None:
@@ -411,26 +321,3 @@ class ModelRegistry:
         for handle in self._loaded.values():
             handle.close()
         self._loaded.clear()
-
-
-def open_backend(path: Path, config: ModelConfig, n_ctx: int) -> LlamaBackend:
-    """The llama.cpp context of a model entry, with each sequence's context ``n_ctx``."""
-    return LlamaBackend(
-        path,
-        n_ctx=n_ctx,
-        n_slots=config.slots,
-        n_threads=config.effective_threads(),
-        # Room for every slot's next token beside one prefill chunk.
-        n_batch=config.prefill_chunk + config.slots,
-        kv_unified=config.kv_unified,
-        flash_attn=config.effective_flash_attn,
-        cache_type_k=config.cache_type_k,
-        cache_type_v=config.cache_type_v,
-        n_gpu_layers=config.n_gpu_layers,
-    )
-
-
-def _dir_name(name: str) -> str:
-    """A model name as one safe path component (names may hold '/' or ':')."""
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64]
-    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"

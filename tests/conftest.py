@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.engine.exactness import batch_rows_match_single
+from server.loaded_model import open_backend
 from server.models.sources import CATALOG
-from server.registry import open_backend
 from server.serving import build_server, listening_sockets
 from server.settings import Settings, load_settings
 

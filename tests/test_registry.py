@@ -170,7 +170,7 @@ def test_two_entries_of_one_gguf_keep_their_saved_states_apart(tmp_path: Path) -
         dirs = []
         for name in ("one", "two/b"):
             lease = await registry.checkout(name)
-            cache = lease.handle.scheduler._core._saver.cache
+            cache = lease.handle.engine._scheduler._kv.cache
             assert cache is not None and cache.folder is not None
             dirs.append(cache.folder)
             lease.release()

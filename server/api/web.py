@@ -90,7 +90,7 @@ async def status(state: State, context: Context) -> ServerStatus:
         )
         handle = registry.loaded_handle(config.name)
         if handle is not None:
-            stats = handle.scheduler.stats()
+            stats = handle.engine.stats()
             model.slots = handle.config.slots
             model.slots_busy = stats.running
             model.queue_depth = stats.queued + stats.deferred

@@ -1,4 +1,4 @@
-"""The contract between the scheduler core and a model."""
+"""The contract between the scheduler and a model: the backend protocol and its types."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class BatchEntry:
 
 
 class Backend(Protocol):
-    """What the core needs from a model; :class:`server.engine.llama.LlamaBackend` is the real
+    """What the scheduler needs from a model; :class:`server.engine.llama.LlamaBackend` is the real
     one, and the scheduler tests use a deterministic fake."""
 
     n_ctx: int

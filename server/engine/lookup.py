@@ -5,7 +5,7 @@ Much local work copies from its input (editing code, quoting a document, rewriti
 last few tokens of the output also occur earlier in the prompt or the output, the tokens that
 followed them there are a good guess for what follows now. The scheduler decodes the guesses
 in the same batch as the sequence's next token, and keeps exactly those the model would have
-chosen itself (see ``SchedulerCore``), so the output is unchanged; a wrong guess costs only
+chosen itself (see ``Scheduler``), so the output is unchanged; a wrong guess costs only
 the batch room it took.
 
 :class:`NgramIndex` finds the guesses; :class:`DraftPolicy` decides how many to make, from how

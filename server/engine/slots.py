@@ -1,12 +1,8 @@
-"""Which slot a new request should take, given what every slot's KV cache already holds.
+"""What each slot's KV cells hold, indexed by token prefix: the table the KV manager
+(:mod:`server.engine.kv`) chooses slots from.
 
-A slot keeps its KV cells after its request ends, so the next turn of a conversation, or
-another question about the same document, finds its prefix already computed. The choice:
-
-1. the free slot sharing the longest prefix with the prompt;
-2. if another slot, busy or idle, shares a clearly longer prefix, copy that slot's cache
-   into a free one (``llama_memory_seq_cp``) rather than recompute it;
-3. with nothing shared, the free slot used least recently, so that warm caches live longest.
+A slot keeps its KV cells after its sequence ends, so the next turn of a conversation, or
+another question about the same document, finds its prefix already computed.
 """
 
 from __future__ import annotations
@@ -34,10 +30,10 @@ class Assignment:
     copy_from: int | None = None
 
 
-class SlotCache:
+class SlotTable:
     """What each slot holds, indexed by token prefix within its cache scope (see
     :func:`server.engine.prefix.scoped`: a slot is only reused or copied for a prompt of the
-    same scope). Used by the engine thread only."""
+    same scope). Owned by the KV manager, on the engine thread."""
 
     def __init__(self, n_slots: int) -> None:
         self._tokens: list[list[int]] = [[] for _ in range(n_slots)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from server.engine.scheduler import Scheduler
-from server.engine.tickets import Ticket
+from server.engine.jobs import Job
+from server.engine.loop import EngineLoop
 from server.engine.types import GenerationRequest, TokenEvent
 
 
@@ -28,12 +28,12 @@ class GenerationStream:
     """The events of one submitted request; :meth:`cancel` stops it (its slot frees at the
     next engine step). Made by :func:`open_streams`, which queues a request's jobs together."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: EngineLoop) -> None:
         loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[TokenEvent] = asyncio.Queue()
         self._scheduler = scheduler
         self._finished = False
-        self._ticket: Ticket | None = None
+        self._job: Job | None = None
 
         self.sink = _LoopSink(loop, self._events)
 
@@ -49,15 +49,17 @@ class GenerationStream:
         return event
 
     def cancel(self) -> None:
-        if not self._finished and self._ticket is not None:
-            self._scheduler.cancel(self._ticket)
+        if not self._finished and self._job is not None:
+            self._scheduler.cancel(self._job)
 
 
-def open_streams(scheduler: Scheduler, requests: list[GenerationRequest]) -> list[GenerationStream]:
+def open_streams(
+    scheduler: EngineLoop, requests: list[GenerationRequest]
+) -> list[GenerationStream]:
     """Queue one request's jobs, all or none (raises QueueFullError or ShuttingDownError),
     and return their event streams."""
     streams = [GenerationStream(scheduler) for _ in requests]
-    tickets = scheduler.submit_all([(r, s.sink) for r, s in zip(requests, streams, strict=True)])
-    for stream, ticket in zip(streams, tickets, strict=True):
-        stream._ticket = ticket
+    jobs = scheduler.submit_all([(r, s.sink) for r, s in zip(requests, streams, strict=True)])
+    for stream, job in zip(streams, jobs, strict=True):
+        stream._job = job
     return streams

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from server.errors import ContextLengthExceededError, InvalidRequestError
-from server.handle import ModelHandle
+from server.loaded_model import ModelHandle
 from server.metrics import RunRecord
 from server.registry import ModelRegistry
 from server.services.generation import Caller, check_prompt_length, check_token_ids

@@ -174,7 +174,7 @@ def test_an_overwritten_slot_is_restored_from_the_ram_state_cache() -> None:
         original = post(client, "/v1/completions", first)
         post(client, "/v1/completions", other)  # takes the only slot: "rivers" is saved first
         again = post(client, "/v1/completions", first)
-        scheduler = client.app.state.hearth.registry.loaded_handle("smollm2").scheduler  # type: ignore[attr-defined]
+        scheduler = client.app.state.hearth.registry.loaded_handle("smollm2").engine  # type: ignore[attr-defined]
         assert scheduler.stats().cache["restores"] == 1
         assert (scheduler.stats().states or {})["ram_bytes"] > 0
     assert (

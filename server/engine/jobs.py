@@ -1,23 +1,22 @@
-"""What the scheduler core works with and hands out: tickets (one sequence each, with its
-state), where a slot's KV comes from (:class:`Placement`), a step's plan and its result, and
-the core's counters."""
+"""What the scheduler works with and hands out: jobs (one generation each, the engine's unit
+of work, with its state), a step's plan and its result, and the scheduler's counters."""
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
 
 from server.engine.backend import BatchEntry
+from server.engine.kv import KvOp, Placed
 from server.engine.lookup import DraftPolicy, NgramIndex
 from server.engine.text import TextStream, TokenTexts
-from server.engine.types import GenerationRequest, SamplingDeadEnd, TokenEvent
+from server.engine.types import GenerationRequest, TokenEvent, TopLogprob
 
 EventSink = Callable[[TokenEvent], None]
 
 
-class TicketState(enum.Enum):
+class JobState(enum.Enum):
     QUEUED = "queued"  # in the fair queue
     DEFERRED = "deferred"  # out of the queue, waiting for a running prompt it shares
     PREFILLING = "prefilling"  # in a slot, its prompt being read
@@ -26,12 +25,13 @@ class TicketState(enum.Enum):
 
 
 @dataclass(eq=False)
-class Ticket:
-    """A submitted request as the core tracks it."""
+class Job:
+    """One generation (a choice of a request, for one of its prompts) as the scheduler
+    tracks it."""
 
     request: GenerationRequest
     sink: EventSink
-    state: TicketState = TicketState.QUEUED
+    state: JobState = JobState.QUEUED
     submitted_at: float = 0.0
     cancelled: bool = False
     # Set once admitted into a slot:
@@ -56,47 +56,46 @@ class Ticket:
 
     @property
     def in_slot(self) -> int:
-        assert self.slot is not None, "the ticket holds no slot"
+        assert self.slot is not None, "the job holds no slot"
         return self.slot
-
-
-KvSource = Literal["reuse", "copy", "restore", "none"]
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a new sequence's slot gets the KV of its prompt's first ``keep`` tokens: what the
-    slot holds already (``reuse``), another slot's cells (``copy``), a saved state
-    (``restore``), or nowhere (``none``: the whole prompt is computed)."""
-
-    slot: int
-    source: KvSource
-    keep: int
-    # The slot to copy from: for ``copy``, and for a ``restore`` that llama.cpp refuses (a
-    # refused restore leaves the slot empty), with ``copy_keep`` tokens of it kept.
-    copy_from: int | None = None
-    copy_keep: int = 0
-    state: memoryview | None = None
 
 
 @dataclass
 class StepPlan:
-    """One batch: its entries, and which tickets sample at which entry."""
+    """One step as data: the KV operations to carry out first (slots saved, given to new
+    sequences, released), then one batch: its entries, and which jobs sample at which
+    entry."""
 
+    kv_ops: list[KvOp] = field(default_factory=list)
     entries: list[BatchEntry] = field(default_factory=list)
-    sampled: list[tuple[Ticket, int]] = field(default_factory=list)
-    # No sequence was in a slot when the step was planned: the engine may rest.
+    sampled: list[tuple[Job, int]] = field(default_factory=list)
+    # No sequence was in a slot when the step was planned: the engine may rest (once its
+    # KV operations, if any, are done).
     idle: bool = True
 
 
 @dataclass(frozen=True)
-class StepResult:
-    """What the backend gave for a plan: a token (or the dead end that left none) for each
-    sampled ticket, or the decode's error."""
+class Sampled:
+    """What one sampled job chose: its token, or with a draft every token it chose in turn
+    while they matched the draft (the first that differs, or one past the draft, ends it)."""
 
-    # Per sampled ticket: the token it chose, or with a draft every token it chose in turn
-    # while they matched the draft (the first that differs, or one past the draft, ends it).
-    tokens: tuple[tuple[int, ...] | SamplingDeadEnd, ...] = ()
+    tokens: tuple[int, ...] = ()
+    # Per token, when the request asked for logprobs: its logprob and the top alternatives.
+    logprobs: tuple[tuple[float, tuple[TopLogprob, ...]], ...] = ()
+    # Sampling left no token (a grammar with no way on): why.
+    dead_end: str | None = None
+    # The rejected guesses' KV could not be dropped: the slot's cells are unknown.
+    rollback_failed: bool = False
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What the backend did with a plan: what each placement achieved, and per sampled
+    job what it chose (None: not decoded this step, its placement fell short); or the
+    decode's error."""
+
+    sampled: tuple[Sampled | None, ...] = ()
+    placed: tuple[Placed, ...] = ()
     error: str | None = None
 
 
@@ -106,7 +105,7 @@ class SchedulerStats:
     deferred: int  # out of the queue, waiting for a shared prompt
     running: int  # holding a slot
     finished: Mapping[str, int]  # sequences ended, by finish reason
-    # KV reuse at admission: hits, misses, tokens_saved, copies, restores.
+    # KV reuse at admission (see server.engine.kv.KV_COUNTERS).
     cache: Mapping[str, int]
     # The state cache's counters (bytes, evictions), if the model has one.
     states: Mapping[str, int] | None
@@ -115,6 +114,3 @@ class SchedulerStats:
     # KV cells (one token's keys and values each) held by running sequences, and all cells.
     kv_cells_used: int = 0
     kv_cells: int = 0
-
-
-CACHE_COUNTERS = ("hits", "misses", "tokens_saved", "copies", "restores")
