@@ -3,6 +3,7 @@ output back as content and tool calls (family-neutral; the adapters shape it).""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -17,7 +18,7 @@ from server.engine.grammar_limits import GrammarLimitError
 from server.engine.relax import relax_schema
 from server.engine.types import Grammar, TokenEvent, TokenLogprob
 from server.errors import ChatTemplateMissingError, InvalidRequestError
-from server.handle import Lease, ModelHandle
+from server.loaded_model import Lease, ModelHandle
 from server.registry import ModelRegistry
 from server.services.call_tokens import CallTokens, tokenize_with
 from server.services.formats import ChatFormat, choose_format
@@ -79,6 +80,9 @@ class ChatEvent:
     finish_reason: ChatFinish | None = None
     reasoning: str = ""
     stop_sequence: str | None = None
+    # At the end: how many of the calls streamed are whole (the first ones; a call cut off
+    # is not one, and a whole answer leaves it out).
+    whole_calls: int = 0
 
 
 class ChatService:
@@ -92,13 +96,18 @@ class ChatService:
         self._formats: dict[str, ChatFormat] = {}
         self._call_tokens: dict[tuple[str, int], CallTokens] = {}
 
-    async def prepare(self, spec: GenerationSpec, caller: Caller) -> Run:
-        """Validate, render and tokenize; every error here is raised before any byte is sent."""
+    async def prepare(
+        self, spec: GenerationSpec, caller: Caller, lease: Lease | None = None
+    ) -> Run:
+        """Validate, render and tokenize; every error here is raised before any byte is sent.
+        ``lease``: the model already checked out for this run (it is the run's from now on).
+        """
         assert spec.messages is not None
         self._limits.check_counts(len(spec.messages), len(spec.tools))
-        lease = await self._registry.checkout(
-            spec.model, keep_alive=spec.keep_alive, may_shorten=caller.may_shorten_keep_alive
-        )
+        if lease is None:
+            lease = await self._registry.checkout(
+                spec.model, keep_alive=spec.keep_alive, may_shorten=caller.may_shorten_keep_alive
+            )
         with released_on_error(lease) as handle:
             return await self._prep.run(self._prepare, spec, caller, lease, handle)
 
@@ -271,54 +280,13 @@ class ChatService:
 
     @staticmethod
     async def answers(run: Run) -> list[ChatAnswer]:
-        """Every choice run to its end, split into reasoning, content and tool calls."""
-        splits = _Splits(run)
-        texts: list[list[str]] = [[] for _ in run.jobs]
-        thoughts: list[list[str]] = [[] for _ in run.jobs]
-        logprobs: list[list[TokenLogprob]] = [[] for _ in run.jobs]
-        reasons: dict[int, str] = {}
-        stops: dict[int, str | None] = {}
-        written: list[list[int]] = [[] for _ in run.jobs]
-        async for index, event in run.events():
-            thought, piece = splits.feed(index, event)
-            thoughts[index].append(thought)
-            texts[index].append(piece)
-            written[index] += event.token_ids
-            logprobs[index] += event.logprobs
-            if event.finish_reason is not None:
-                check_finish(event)
-                reasons[index] = event.finish_reason
-                stops[index] = event.stop_sequence
-        answers = []
-        for index in range(len(run.jobs)):
-            text = "".join(texts[index])
-            finish: ChatFinish = normal_finish(reasons.get(index, "stop"))
-            content: str | None = text
-            calls: list[ParsedCall] = []
-            if run.tools is not None:
-                parser = run.tools.parser()
-                head, _ = parser.feed(text)
-                # A call cut off by max_tokens is not returned, as markup or as a call.
-                content = head + parser.finish(partial_as_content=finish != "length")
-                calls = parser.calls
-                if calls:
-                    content = content if content.strip() else None
-                    finish = "tool_calls" if finish == "stop" else finish
-                    if content is None and finish == "tool_calls" and run.remember is not None:
-                        run.remember(text, written[index])
-            reasoning = "".join(thoughts[index]) if run.think_start is not None else None
-            answers.append(
-                ChatAnswer(
-                    index,
-                    content,
-                    calls,
-                    finish,
-                    tuple(logprobs[index]),
-                    reasoning,
-                    stops.get(index),
-                )
-            )
-        return answers
+        """Every choice run to its end, split into reasoning, content and tool calls: the
+        same events a stream gets (:meth:`events`), gathered."""
+        answers = [_Gathered(index) for index in range(len(run.jobs))]
+        async with contextlib.aclosing(ChatService.events(run)) as events:
+            async for event in events:
+                answers[event.index].add(event)
+        return [gathered.answer(thinks=run.think_start is not None) for gathered in answers]
 
     @staticmethod
     async def events(run: Run) -> AsyncGenerator[ChatEvent, None]:
@@ -348,7 +316,12 @@ class ChatService:
                     reason = "tool_calls"
                     if run.remember is not None and not shown[index]:
                         run.remember("".join(written[index]), ids[index])
-                yield ChatEvent(index, finish_reason=reason, stop_sequence=event.stop_sequence)
+                yield ChatEvent(
+                    index,
+                    finish_reason=reason,
+                    stop_sequence=event.stop_sequence,
+                    whole_calls=len(parser.calls) if parser is not None else 0,
+                )
 
     def format_for(self, handle: ModelHandle) -> ChatFormat:
         """How ``handle``'s model writes tool calls: its family's format, learned from its chat
@@ -382,6 +355,50 @@ class ChatService:
             )
             self._templates[handle.name] = template
         return template
+
+
+class _Gathered:
+    """One choice's stream events gathered into its whole answer."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+        # Per call index: its id, its name, the pieces of its arguments.
+        self.calls: dict[int, tuple[str, str, list[str]]] = {}
+        self.finish: ChatFinish = "stop"
+        self.stop_sequence: str | None = None
+
+    def add(self, event: ChatEvent) -> None:
+        self.content.append(event.content)
+        self.reasoning.append(event.reasoning)
+        self.logprobs += event.logprobs
+        for delta in event.calls:
+            if delta.index not in self.calls:
+                self.calls[delta.index] = (delta.id or "", delta.name or "", [])
+            self.calls[delta.index][2].append(delta.arguments)
+        if event.finish_reason is not None:
+            self.finish, self.stop_sequence = event.finish_reason, event.stop_sequence
+            for index in [i for i in self.calls if i >= event.whole_calls]:
+                del self.calls[index]
+
+    def answer(self, *, thinks: bool) -> ChatAnswer:
+        content: str | None = "".join(self.content)
+        if self.calls and not (content or "").strip():
+            content = None
+        return ChatAnswer(
+            self.index,
+            content,
+            [
+                ParsedCall(call_id, name, "".join(arguments))
+                for call_id, name, arguments in (self.calls[i] for i in sorted(self.calls))
+            ],
+            self.finish,
+            tuple(self.logprobs),
+            "".join(self.reasoning) if thinks else None,
+            self.stop_sequence,
+        )
 
 
 class _Splits:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from server.engine.types import GenerationRequest
 from server.errors import InvalidRequestError
-from server.handle import Lease, ModelHandle
+from server.loaded_model import Lease, ModelHandle
 from server.registry import ModelRegistry
 from server.services.generation import (
     Caller,
@@ -38,11 +38,16 @@ class CompletionService:
         self._limits = limits
         self._prep = prep
 
-    async def prepare(self, spec: GenerationSpec, caller: Caller) -> Run:
-        """Validate and tokenize; the run's ``echoes`` hold, per choice, the echoed prompt."""
-        lease = await self._registry.checkout(
-            spec.model, keep_alive=spec.keep_alive, may_shorten=caller.may_shorten_keep_alive
-        )
+    async def prepare(
+        self, spec: GenerationSpec, caller: Caller, lease: Lease | None = None
+    ) -> Run:
+        """Validate and tokenize; the run's ``echoes`` hold, per choice, the echoed prompt.
+        ``lease``: the model already checked out for this run (it is the run's from now on).
+        """
+        if lease is None:
+            lease = await self._registry.checkout(
+                spec.model, keep_alive=spec.keep_alive, may_shorten=caller.may_shorten_keep_alive
+            )
         with released_on_error(lease) as handle:
             return await self._prepare(spec, caller, lease, handle)
 

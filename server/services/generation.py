@@ -26,7 +26,7 @@ from server.errors import (
     RequestTimeoutError,
     ShuttingDownError,
 )
-from server.handle import Lease, ModelHandle
+from server.loaded_model import Lease, ModelHandle
 from server.metrics import RunRecord
 from server.services.reasoning import THINK_TAGS
 from server.services.spec import GenerationSpec
@@ -167,29 +167,22 @@ class Run:
             self.ledger.meter(self.prompt_token_count)
 
     async def results(self) -> list[ChoiceResult]:
-        """Run every choice to its end; their results in choice order."""
-        self.submit()
-        assert self._streams is not None
-
-        async def drain(index: int, stream: GenerationStream) -> ChoiceResult:
-            parts: list[str] = []
-            logprobs: list[TokenLogprob] = []
-            async for generated in stream:
-                event = self._served(index, generated)
-                if event is None:
-                    continue
-                parts.append(event.text)
-                logprobs += event.logprobs
+        """Run every choice to its end; their results in choice order: the same events a
+        stream gets (:meth:`events`), gathered."""
+        texts: list[list[str]] = [[] for _ in self.jobs]
+        logprobs: list[list[TokenLogprob]] = [[] for _ in self.jobs]
+        ends: dict[int, ChoiceResult] = {}
+        async with contextlib.aclosing(self.events()) as events:
+            async for index, event in events:
+                texts[index].append(event.text)
+                logprobs[index] += event.logprobs
                 if event.finish_reason is not None:
                     check_finish(event)
-                    return ChoiceResult.of(index, "".join(parts), event, tuple(logprobs))
+                    text = "".join(texts[index])
+                    ends[index] = ChoiceResult.of(index, text, event, tuple(logprobs[index]))
+        if len(ends) < len(self.jobs):
             raise EngineError("the engine ended a sequence without a finish event")
-
-        try:
-            streams = enumerate(self._streams)
-            self.finals = list(await asyncio.gather(*(drain(i, s) for i, s in streams)))
-        finally:
-            self._cancel()
+        self.finals = [ends[index] for index in range(len(self.jobs))]
         return self.finals
 
     async def events(self) -> AsyncGenerator[tuple[int, TokenEvent], None]:

@@ -23,7 +23,13 @@ from server.api.responses import OLLAMA_GENERATION_RESPONSES
 from server.api.runner import local_model, serve
 from server.errors import UnsupportedFeatureError
 from server.protocol.ollama import ChatRequest, GenerateRequest, GenerationFields
-from server.services.generation import Caller, Run, check_finish, normal_finish
+from server.services.generation import (
+    Caller,
+    Run,
+    check_finish,
+    normal_finish,
+    released_on_error,
+)
 from server.services.spec import GenerationSpec, Turn
 from server.services.tools import ParsedCall, arguments_object
 from server.state import AppState
@@ -182,7 +188,7 @@ class ChatAdapter(_OllamaAdapter):
         (answer,) = await self.state.chat.answers(run)
         calls = [_call(c) for c in answer.calls]
         message = _message(answer.content or "", answer.reasoning or "", calls)
-        finish = "length" if answer.finish_reason == "length" else "stop"
+        finish = normal_finish(answer.finish_reason)
         return {**self.head(run), "message": message, **self.final(run, finish)}
 
     async def lines(self, run: Run) -> AsyncGenerator[dict[str, Any], None]:
@@ -206,7 +212,7 @@ class ChatAdapter(_OllamaAdapter):
                 if delta.arguments and pending:
                     pending[-1][1] += delta.arguments
             if piece.finish_reason is not None:
-                finish = "length" if piece.finish_reason == "length" else "stop"
+                finish = normal_finish(piece.finish_reason)
         if pending and finish == "length":
             # The last call was cut off by the length: not sent, as a whole answer drops it.
             pending.pop()
@@ -236,21 +242,24 @@ class GenerateAdapter(_OllamaAdapter):
                 "context is not supported; send the whole prompt (its cached prefix is reused)",
                 param="context",
             )
-        handle = self.state.registry.loaded_handle(body.model)
-        templated = body.raw or body.template is not None
-        if not templated and handle is None:
-            # Whether the model has a chat template is known once it is loaded.
-            (await self.state.registry.checkout(body.model)).release()
-            handle = self.state.registry.loaded_handle(body.model)
-        if templated or handle is None or handle.chat_template_source is None:
-            return await self.state.completions.prepare(self._prompt_spec(fields), caller)
-        self.as_chat = True
-        turns = (
-            *((Turn("system", body.system),) if body.system else ()),
-            Turn("user", body.prompt),
+        # Checked out once, here: whether the prompt goes through the chat template depends
+        # on the loaded model (a base model has none).
+        lease = await self.state.registry.checkout(
+            body.model,
+            keep_alive=body.keep_alive_seconds,
+            may_shorten=caller.may_shorten_keep_alive,
         )
-        spec = GenerationSpec(messages=turns, template_kwargs=kwargs, **fields)
-        return await self.state.chat.prepare(spec, caller)
+        with released_on_error(lease) as handle:
+            if body.raw or body.template is not None or handle.chat_template_source is None:
+                spec = self._prompt_spec(fields)
+                return await self.state.completions.prepare(spec, caller, lease)
+            self.as_chat = True
+            turns = (
+                *((Turn("system", body.system),) if body.system else ()),
+                Turn("user", body.prompt),
+            )
+            spec = GenerationSpec(messages=turns, template_kwargs=kwargs, **fields)
+            return await self.state.chat.prepare(spec, caller, lease)
 
     def _prompt_spec(self, fields: dict[str, Any]) -> GenerationSpec:
         """The prompt as text: raw as sent, through ``template``, or, for a base model (no
@@ -275,7 +284,7 @@ class GenerateAdapter(_OllamaAdapter):
             finish = normal_finish(result.finish_reason)
             return {**self.head(run), "response": result.text, **self.final(run, finish)}
         (answer,) = await self.state.chat.answers(run)
-        finish = "length" if answer.finish_reason == "length" else "stop"
+        finish = normal_finish(answer.finish_reason)
         extra = {"thinking": answer.reasoning} if answer.reasoning else {}
         return {
             **self.head(run),
@@ -292,7 +301,7 @@ class GenerateAdapter(_OllamaAdapter):
                     extra = {"thinking": piece.reasoning} if piece.reasoning else {}
                     yield {**self.head(run), "response": piece.content, **extra, "done": False}
                 if piece.finish_reason is not None:
-                    finish = "length" if piece.finish_reason == "length" else "stop"
+                    finish = normal_finish(piece.finish_reason)
         else:
             async for _, event in run.events():
                 if event.text:
