@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import jinja2
 from jinja2 import meta
 
-from server.errors import ChatTemplateError, UnsupportedFeatureError
+from server.errors import ChatTemplateError
+from server.services.content import content_text
 from server.services.template_sandbox import RenderLimits, TemplateSandbox
 
 
@@ -254,17 +255,7 @@ _RESERVED = frozenset(
 
 def message_to_template_dict(role: str, content: Any, extra: dict[str, Any]) -> dict[str, Any]:
     """Flatten one OpenAI message for a template: text parts joined into one string."""
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if part.get("type") != "text" or part.get("text") is None:
-                raise UnsupportedFeatureError(
-                    f"message content parts of type '{part.get('type')}' are not supported; "
-                    "send text parts only",
-                    param="messages",
-                )
-            texts.append(part["text"])
-        content = "".join(texts)
+    content = content_text(content, param="messages", part_param=False)
     if content is None or (content == "" and role == "assistant" and extra.get("tool_calls")):
         # A turn of calls keeps null content, as OpenAI clients send it (a template that
         # cannot take it gets "": ChatTemplate.content_as_text).

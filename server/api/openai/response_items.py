@@ -8,8 +8,9 @@ import re
 import secrets
 from typing import Any
 
-from server.errors import InvalidRequestError, UnsupportedFeatureError
+from server.errors import InvalidRequestError
 from server.protocol.responses import ResponseRequest
+from server.services.content import content_text
 from server.services.spec import FunctionTool, OutputFormat, PastCall, ToolChoice, Turn
 
 logger = logging.getLogger(__name__)
@@ -95,25 +96,7 @@ def _call_id(item: dict[str, Any], where: str) -> str | None:
 
 def _text(content: Any, where: str) -> str:
     """A message's content (text, or text parts) as text; other parts are a 400."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise InvalidRequestError(f"{where} must be text or a list of parts", param=where)
-    texts = []
-    for j, part in enumerate(content):
-        kind = part.get("type") if isinstance(part, dict) else None
-        if isinstance(kind, str) and kind in _TEXT_PARTS and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            texts.append(part["refusal"])
-        else:
-            raise UnsupportedFeatureError(
-                f"{where}[{j}] is a part of type {kind!r}; only text parts are supported",
-                param=f"{where}[{j}]",
-            )
-    return "".join(texts)
+    return content_text(content, param=where, kinds=_TEXT_PARTS, refusals=True) or ""
 
 
 def function_tools(tools: list[dict[str, Any]]) -> tuple[FunctionTool, ...]:
