@@ -271,3 +271,29 @@ def test_a_long_keep_alive_is_refused_at_once() -> None:
     with pytest.raises(ValueError):
         parse_keep_alive("1" + " " * 50_000 + "x")  # took seconds: a backtracking pattern
     assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_generate_checks_its_model_out_once(raw: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whether the prompt goes through the chat template is known from the model it leases
+    (Gemma-3-270M, a base model, has none): one checkout per request, even for a model not yet
+    loaded, none taken and given back only to look."""
+    base = "gemma3-270m"
+    settings = make_settings(models=[m for m in make_settings().models if m.name == base])
+    with TestClient(create_app(settings), raise_server_exceptions=False) as fresh:
+        registry = fresh.app.state.hearth.registry  # type: ignore[attr-defined]
+        assert not registry.is_loaded(base)
+        checkouts: list[str] = []
+        checkout = registry.checkout
+
+        async def counted(name: str, **kwargs: Any) -> Any:
+            checkouts.append(name)
+            return await checkout(name, **kwargs)
+
+        monkeypatch.setattr(registry, "checkout", counted)
+        body = {"model": base, "prompt": "The sky is", "raw": raw, "stream": False}
+        answer = fresh.post("/api/generate", json={**body, "options": {"num_predict": 2}})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["done"] is True
+        assert checkouts == [base]
+        assert registry.loaded_handle(base).active == 0  # and its lease given back
