@@ -211,7 +211,7 @@ class LocalServer:
         import socket
 
         from server.app import create_app
-        from server.serving import build_server, listening_sockets
+        from server.http_server import build_server, listening_sockets
 
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

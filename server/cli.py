@@ -184,9 +184,9 @@ def _settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def serve(settings: Settings) -> None:
     from server.app import create_app
+    from server.http_server import build_server, listening_sockets
     from server.logs import configure_logging
     from server.services.response_store import StoreError
-    from server.serving import build_server, listening_sockets
     from server.state import build_keys, open_response_store
 
     build_keys(settings)  # a bad keys file stops here, before the server starts

@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.engine.exactness import batch_rows_match_single
+from server.http_server import build_server, listening_sockets
 from server.loaded_model import open_backend
 from server.models.sources import CATALOG
-from server.serving import build_server, listening_sockets
 from server.settings import Settings, load_settings
 
 MODELS_DIR = load_settings(None).models_dir.expanduser()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from server.api.deps import State
-from server.api.responses import ERROR_RESPONSES
+from server.api.openapi_errors import ERROR_RESPONSES
 from server.errors import ServiceUnavailableError
 from server.metrics import CONTENT_TYPE
 from server.protocol.models import Readiness

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from server.api.deps import State
-from server.api.responses import ERROR_RESPONSES
+from server.api.openapi_errors import ERROR_RESPONSES
 from server.models.config import ModelConfig
 from server.protocol.models import ModelCard, ModelList
 from server.registry import ModelRegistry

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from server.api.deps import Context, State
 from server.api.openai.chat import tools_of, turns_of
-from server.api.responses import ERROR_RESPONSES
+from server.api.openapi_errors import ERROR_RESPONSES
 from server.protocol.tokens import (
     DetokenizeRequest,
     DetokenizeResponse,

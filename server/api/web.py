@@ -17,7 +17,7 @@ from fastapi.responses import PlainTextResponse
 
 from server.api.deps import Context, State
 from server.api.ollama.models import ROOT_TEXT
-from server.api.responses import ERROR_RESPONSES
+from server.api.openapi_errors import ERROR_RESPONSES
 from server.errors import NotFoundError
 from server.protocol.status import KeyUsage, ModelStatus, ServerStatus
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from server.engine.backend import BatchEntry
 from server.engine.kv import KvOp, Placed
 from server.engine.lookup import DraftPolicy, NgramIndex
-from server.engine.text import TextStream, TokenTexts
+from server.engine.text_stream import TextStream, TokenTexts
 from server.engine.types import GenerationRequest, TokenEvent, TopLogprob
 
 EventSink = Callable[[TokenEvent], None]

@@ -41,7 +41,7 @@ from server.engine.prefix import common_prefix_length
 from server.engine.queue import FairQueue
 from server.engine.slots import MIN_COPY_GAIN, MIN_RECOMPUTED
 from server.engine.state_cache import StateCache
-from server.engine.text import TextStream, TokenTexts
+from server.engine.text_stream import TextStream, TokenTexts
 from server.engine.types import (
     FinishReason,
     SamplingDeadEnd,

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from server.nesting import MAX_JSON_DEPTH, nesting_depth
+from server.json_depth import MAX_JSON_DEPTH, nesting_depth
 
 logger = logging.getLogger("hearth.protocol")
 

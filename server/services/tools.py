@@ -34,7 +34,7 @@ from server.engine.grammar_limits import GrammarLimitError
 from server.engine.relax import relax_schema
 from server.engine.types import Grammar
 from server.errors import InvalidRequestError
-from server.nesting import MAX_JSON_DEPTH, nesting_depth
+from server.json_depth import MAX_JSON_DEPTH, nesting_depth
 from server.services.spec import FunctionTool, ToolChoice
 
 # For chat templates that know nothing of tools: how the model learns what it may call.

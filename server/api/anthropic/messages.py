@@ -30,7 +30,7 @@ from server.api.anthropic.convert import (
 )
 from server.api.deps import Context, State
 from server.api.errors import error_payload
-from server.api.responses import ANTHROPIC_ERROR_RESPONSES, ANTHROPIC_GENERATION_RESPONSES
+from server.api.openapi_errors import ANTHROPIC_ERROR_RESPONSES, ANTHROPIC_GENERATION_RESPONSES
 from server.api.runner import local_model, serve
 from server.api.sse import named_event_stream
 from server.errors import HearthError

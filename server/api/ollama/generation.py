@@ -19,7 +19,7 @@ from server.api.deps import State, context_of
 from server.api.ndjson import ndjson_response
 from server.api.ollama import convert
 from server.api.ollama.template import render
-from server.api.responses import OLLAMA_GENERATION_RESPONSES
+from server.api.openapi_errors import OLLAMA_GENERATION_RESPONSES
 from server.api.runner import local_model, serve
 from server.errors import UnsupportedFeatureError
 from server.protocol.ollama import ChatRequest, GenerateRequest, GenerationFields

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from server.api.deps import State, context_of
 from server.api.ndjson import ndjson_response
-from server.api.responses import OLLAMA_ERROR_RESPONSES
+from server.api.openapi_errors import OLLAMA_ERROR_RESPONSES
 from server.errors import InvalidRequestError, PermissionDeniedError, UnsupportedFeatureError
 from server.protocol.ollama import CopyRequest, CreateRequest, DeleteRequest, PullRequest
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from server.api.cancellation import unless_disconnected
 from server.api.deps import Context, State, caller_of
-from server.api.responses import OLLAMA_ERROR_RESPONSES
+from server.api.openapi_errors import OLLAMA_ERROR_RESPONSES
 from server.errors import HearthError, InvalidRequestError
 from server.protocol.common import KEEP_ALIVE_FOREVER
 from server.protocol.ollama import EmbeddingsRequest, EmbedRequest, ShowRequest

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from server.api.deps import State
 from server.api.openai.common import OpenAIAdapter, sampling_of, serve_openai
 from server.api.openai.logprobs import chat_logprobs
-from server.api.responses import GENERATION_RESPONSES
+from server.api.openapi_errors import GENERATION_RESPONSES
 from server.errors import InvalidRequestError
 from server.protocol.chat import (
     AssistantMessage,

@@ -11,7 +11,7 @@ from server.api.deps import State
 from server.api.openai.chat import openai_usage
 from server.api.openai.common import OpenAIAdapter, sampling_of, serve_openai
 from server.api.openai.logprobs import completion_logprobs
-from server.api.responses import GENERATION_RESPONSES
+from server.api.openapi_errors import GENERATION_RESPONSES
 from server.errors import UnsupportedFeatureError
 from server.protocol.completions import Completion, CompletionChoice, CompletionRequest
 from server.services.generation import Caller, Run, check_finish, normal_finish

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from server.api.cancellation import unless_disconnected
 from server.api.deps import Context, State, caller_of
 from server.api.openai.proxy import forward_if_remote
-from server.api.responses import ERROR_RESPONSES
+from server.api.openapi_errors import ERROR_RESPONSES
 from server.protocol.embeddings import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from server.services.embeddings import Embeddings, EmbeddingSpec
 

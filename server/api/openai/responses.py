@@ -35,7 +35,7 @@ from server.api.openai.response_items import (
     tool_echo,
     turns_of,
 )
-from server.api.responses import ERROR_RESPONSES, GENERATION_RESPONSES
+from server.api.openapi_errors import ERROR_RESPONSES, GENERATION_RESPONSES
 from server.api.runner import local_model, serve
 from server.api.sse import named_event_stream
 from server.context import RequestContext

@@ -1,4 +1,4 @@
-from server.engine.text import TextStream, TokenTexts
+from server.engine.text_stream import TextStream, TokenTexts
 
 
 def feed(stream: TextStream, pieces: list[bytes]) -> list[str]:
