@@ -42,7 +42,7 @@ from server.protocol.anthropic import (
     TokenCount,
     Usage,
 )
-from server.services.chat import ChatFinish
+from server.services.chat_output import ChatFinish
 from server.services.generation import Caller, Run, RunUsage
 from server.services.spec import GenerationSpec, Sampling
 from server.state import AppState
