@@ -83,6 +83,7 @@ class PeerServer:
     command: list[str]
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None  # `python -m server` imports from here first
 
 
 def free_port() -> int:
@@ -193,6 +194,7 @@ class RunningServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **server.env},
+            cwd=server.cwd,
         )
 
     def stop(self) -> None:
@@ -399,10 +401,11 @@ def append_results(
 def peer_servers(args: argparse.Namespace, model: str, config: Path) -> list[PeerServer]:
     """The three servers, each on a free port, with the same model, context and threads."""
     python = sys.executable
+    serve = [python, "-m", "server", "serve", "--config", str(config), "--log-level", "warning"]
     servers = [
         PeerServer(
             "hearth",
-            [python, "-m", "server", "serve", "--config", str(config), "--log-level", "warning"],
+            serve,
             port := free_port(),
             {
                 "HEARTH_PORT": str(port),
@@ -436,6 +439,23 @@ def peer_servers(args: argparse.Namespace, model: str, config: Path) -> list[Pee
             p2,
         ),
     ]
+    if args.baseline is not None:
+        # Hearth as another checkout has it (e.g. `git worktree add DIR COMMIT`), in this
+        # environment: before and after a change, measured in the same alternating rounds.
+        servers.insert(
+            1,
+            PeerServer(
+                "hearth-baseline",
+                serve,
+                port := free_port(),
+                {
+                    "HEARTH_PORT": str(port),
+                    "HEARTH_KV_CACHE_DISK_BYTES": "0",
+                    "PYTHONPATH": str(args.baseline.resolve()),
+                },
+                cwd=args.baseline.resolve(),
+            ),
+        )
     if args.llama_server and args.llama_server.exists():
         servers.append(
             PeerServer(
@@ -481,6 +501,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=int, default=5, help="rounds per server; medians are reported"
     )
     parser.add_argument("--write", type=Path, help="append the table to this markdown file")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout of Hearth to measure beside this one (column hearth-baseline)",
+    )
     args = parser.parse_args(argv)
 
     model = "bench"
