@@ -355,13 +355,19 @@ def format_table(results: list[ServerResult]) -> str:
 
 def machine_description(threads: int) -> str:
     cpu = "unknown CPU"
+    vector: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == "unknown CPU":
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not vector:
+                # What llama.cpp picks its kernels by: the CPU's vector extensions.
+                flags = line.split(":", 1)[1].split()
+                vector = {f for f in flags if f.startswith(("avx", "amx", "f16c", "fma"))}
     except OSError:
         pass
+    if vector:
+        cpu += ", " + " ".join(sorted(vector))
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     system = f"{platform.system()} {platform.machine()}"
     return (
