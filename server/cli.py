@@ -1,4 +1,4 @@
-"""The ``hearth`` command: ``serve``, ``chat``, ``pull``, ``cluster``,
+"""The ``hearth`` command: ``serve``, ``chat``, ``pull``, ``cluster``, ``doctor``,
 ``models list|pull|show|rm``, ``keys hash``.
 
 ``serve``'s options are generated from the scalar fields of :class:`server.settings.Settings`,
@@ -167,6 +167,19 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--models-dir", dest="models_dir", default=None, help="Where pulled models are stored."
         )
+    doctor = commands.add_parser(
+        "doctor",
+        parents=[common],
+        help="What this machine gives each configured model: the CPU as llama.cpp sees it, "
+        "and the flash attention and speculation loading chooses by measuring (measured now "
+        "unless remembered).",
+    )
+    doctor.add_argument("names", nargs="*", metavar="MODEL", help="Models (default: all).")
+    doctor.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="Measure again what is remembered (say, after it was measured on a busy machine).",
+    )
     keys = commands.add_parser("keys", help="API key helpers.")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
     hashing = key_commands.add_parser(
@@ -492,6 +505,10 @@ def main(argv: list[str] | None = None) -> int:
             serve(settings)
         elif args.command == "pull":
             models_pull(settings, args.name)
+        elif args.command == "doctor":
+            from server.doctor import doctor
+
+            return doctor(settings, args.names, remeasure=args.remeasure)
         elif args.models_command == "list":
             models_list(settings, args.server_url, args.server_key)
         elif args.models_command == "show":

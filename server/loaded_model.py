@@ -15,11 +15,20 @@ from pathlib import Path
 from server.embedding_worker import EmbeddingWorker
 from server.engine.embedder import LlamaEmbedder
 from server.engine.exactness import batch_rows_match_single
-from server.engine.llama import LlamaBackend
+from server.engine.llama import LlamaBackend, model_identity
 from server.engine.lookup import LookupSettings
 from server.engine.loop import EngineLoop
 from server.engine.state_cache import StateCache
 from server.engine.stream import GenerationStream, open_streams
+from server.engine.tuning import (
+    LONG,
+    STEPS,
+    VERSION,
+    LayoutChoice,
+    LayoutMemory,
+    cpu_signature,
+    measure_flash_attn,
+)
 from server.engine.types import GenerationRequest, Grammar
 from server.errors import InvalidRequestError, ModelUnavailableError
 from server.models.config import ModelConfig
@@ -49,6 +58,10 @@ class ModelHandle:
     active: int = 0
     # Embedding requests wait at most this many deep (the model's max_queue).
     max_embedding_waiting: int = 64
+    # The flash attention it runs with and why (measured on this CPU unless configured).
+    layout: LayoutChoice = field(default_factory=lambda: LayoutChoice("off", "configured"))
+    # Whether prompt-lookup speculation is on (only where batches were measured exact).
+    speculation: bool = False
     _embeddings: EmbeddingWorker = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -188,7 +201,8 @@ def load_model(config: ModelConfig, path: Path, settings: Settings) -> ModelHand
     except (GGUFError, OSError):
         metadata = {}  # llama.cpp says what is wrong with the file, below
     context = config.context(metadata)
-    backend = open_backend(path, config, context.n_ctx)
+    layout = choose_layout(config, path, context.n_ctx, settings)
+    backend = open_backend(path, config, context.n_ctx, layout.flash_attn)
     template = config.chat_template
     if config.chat_template_file is not None:
         template_path = settings.resolve_path(config.chat_template_file)
@@ -217,7 +231,7 @@ def load_model(config: ModelConfig, path: Path, settings: Settings) -> ModelHand
         # Only where it keeps outputs exact, checked on this very context. With flash
         # attention off no CPU layout measured was (tests/engine/test_exact_batches.py),
         # so the check, a 300-token prefill, is spared there.
-        speculate = config.effective_flash_attn != "off" and batch_rows_match_single(backend)
+        speculate = layout.flash_attn != "off" and batch_rows_match_single(backend)
     speculate = speculate and backend.can_drop_tail
     engine = EngineLoop(
         backend,
@@ -237,7 +251,7 @@ def load_model(config: ModelConfig, path: Path, settings: Settings) -> ModelHand
     engine.start()
     logger.info(
         "loaded model %s from %s in %.2fs (n_ctx=%d: %s; slots=%d, chat template: %s, "
-        "KV cache %s/%s, speculation %s)",
+        "KV cache %s/%s, %s, speculation %s)",
         config.name,
         path,
         time.monotonic() - started,
@@ -247,6 +261,7 @@ def load_model(config: ModelConfig, path: Path, settings: Settings) -> ModelHand
         "yes" if template else "none",
         config.cache_type_k,
         config.cache_type_v,
+        layout.describe(),
         "on" if speculate else "off",
     )
     return ModelHandle(
@@ -257,10 +272,57 @@ def load_model(config: ModelConfig, path: Path, settings: Settings) -> ModelHand
         size_bytes=gguf_size(path) + backend.kv_cache_bytes,
         keep_alive=config.keep_alive,
         max_embedding_waiting=config.max_queue or settings.max_queue,
+        layout=layout,
+        speculation=speculate,
     )
 
 
-def open_backend(path: Path, config: ModelConfig, n_ctx: int) -> LlamaBackend:
+def choose_layout(
+    config: ModelConfig, path: Path, n_ctx: int, settings: Settings, *, remeasure: bool = False
+) -> LayoutChoice:
+    """The flash attention ``config``'s model runs with: as configured; ``auto`` with GPU
+    layers (llama.cpp decides per device); else the faster of off and on as measured on this
+    CPU (:mod:`server.engine.tuning`), remembered in ``settings.layout_memory`` (measured
+    again with ``remeasure``)."""
+    if config.flash_attn is not None:
+        return LayoutChoice(config.flash_attn, "configured")
+    if config.n_gpu_layers != 0:
+        return LayoutChoice("auto", "gpu")
+    probe_ctx = min(n_ctx, LONG + 2 * STEPS + 8)
+    key = model_identity(
+        path,
+        f"flash-attn-choice-v{VERSION}",
+        cpu_signature(),
+        config.effective_threads(),
+        config.slots,
+        config.prefill_chunk,
+        config.kv_unified,
+        config.cache_type_k,
+        config.cache_type_v,
+        probe_ctx,
+    )
+    memory = LayoutMemory(settings.layout_memory.expanduser())
+    known = None if remeasure else memory.recall(key)
+    if known is not None:
+        return known
+    started = time.monotonic()
+    choice = measure_flash_attn(
+        lambda flash_attn: open_backend(path, config, probe_ctx, flash_attn),
+        config.slots,
+        probe_ctx,
+    )
+    logger.info(
+        "model %s: measured in %.1fs: %s",
+        config.name,
+        time.monotonic() - started,
+        choice.describe(),
+    )
+    if choice.source == "measured":
+        memory.remember(key, choice)
+    return choice
+
+
+def open_backend(path: Path, config: ModelConfig, n_ctx: int, flash_attn: str) -> LlamaBackend:
     """The llama.cpp context of a model entry, with each sequence's context ``n_ctx``."""
     return LlamaBackend(
         path,
@@ -270,7 +332,7 @@ def open_backend(path: Path, config: ModelConfig, n_ctx: int) -> LlamaBackend:
         # Room for every slot's next token beside one prefill chunk.
         n_batch=config.prefill_chunk + config.slots,
         kv_unified=config.kv_unified,
-        flash_attn=config.effective_flash_attn,
+        flash_attn=flash_attn,
         cache_type_k=config.cache_type_k,
         cache_type_v=config.cache_type_v,
         n_gpu_layers=config.n_gpu_layers,

@@ -34,6 +34,10 @@ def _default_kv_dir() -> Path:
     return Path.home() / ".cache" / "hearth" / "kv"
 
 
+def _default_layout_memory() -> Path:
+    return Path.home() / ".cache" / "hearth" / "layouts.json"
+
+
 def _default_responses_db() -> Path:
     return Path.home() / ".cache" / "hearth" / "responses.sqlite3"
 
@@ -164,6 +168,12 @@ class Settings(BaseSettings):
         default_factory=_default_kv_dir,
         description="Where saved KV states are written. Replicas of one model may share it "
         "(a volume on one host, a ReadWriteMany volume): each finds the others' states.",
+    )
+    layout_memory: Path = Field(
+        default_factory=_default_layout_memory,
+        description="Where the flash attention measured at load for each model, layout and "
+        "CPU is remembered, so a machine measures once (a model with `flash_attn` set is "
+        "not measured).",
     )
     kv_cache_scan_interval: float = Field(
         1.0,

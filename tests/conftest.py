@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.engine.exactness import batch_rows_match_single
 from server.http_server import build_server, listening_sockets
-from server.loaded_model import open_backend
+from server.loaded_model import choose_layout, open_backend
 from server.models.sources import CATALOG
 from server.settings import Settings, load_settings
 
@@ -151,7 +151,9 @@ def batches_are_exact(settings: Settings, model: str = "smollm2") -> bool:
     which CPU"). Loads the model on its own; the answer is kept for the server's own check."""
     config = next(m for m in settings.models if m.name == model)
     assert config.path is not None
-    backend = open_backend(Path(config.path), config, config.n_ctx or 1024)
+    n_ctx = config.n_ctx or 1024
+    layout = choose_layout(config, Path(config.path), n_ctx, settings)
+    backend = open_backend(Path(config.path), config, n_ctx, layout.flash_attn)
     try:
         return batch_rows_match_single(backend)
     finally:

@@ -96,6 +96,10 @@ async def status(state: State, context: Context) -> ServerStatus:
             model.queue_depth = stats.queued + stats.deferred
             model.prefix_cache_hits = stats.cache.get("hits", 0)
             model.prefix_cache_misses = stats.cache.get("misses", 0)
+            model.flash_attn = handle.layout.flash_attn
+            model.flash_attn_source = handle.layout.source
+            model.layout_rates = handle.layout.rates or None
+            model.speculation = handle.speculation
         models.append(model)
     keys = None
     if context.api_key is not None and context.api_key.admin:

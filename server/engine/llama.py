@@ -102,6 +102,12 @@ def _init_llama() -> None:
     llama_cpp.llama_backend_init()
 
 
+def system_info() -> str:
+    """What llama.cpp was built with and uses on this CPU (its vector extensions, backends)."""
+    _init_llama()
+    return bytes(llama_cpp.llama_print_system_info() or b"").decode(errors="replace").strip()
+
+
 # llama_token_attr bits (llama.h)
 _ATTR_UNKNOWN, _ATTR_CONTROL, _ATTR_USER_DEFINED = 1 << 0, 1 << 3, 1 << 4
 _ATTR_LSTRIP, _ATTR_RSTRIP = 1 << 7, 1 << 8
@@ -161,7 +167,7 @@ class LlamaBackend:
         # A sequence's saved state records how many KV streams the context has (one per slot
         # unless unified); llama.cpp refuses it in a context with another count.
         streams = 1 if kv_unified else n_slots
-        self.identity = _model_identity(
+        self.identity = model_identity(
             path, kv_unified, flash_attn, cache_type_k, cache_type_v, streams
         )
 
@@ -442,7 +448,7 @@ class LlamaBackend:
 _IDENTITY_SAMPLES, _IDENTITY_BLOCK = 32, 1 << 16
 
 
-def _model_identity(path: Path, *layout: object) -> str:
+def model_identity(path: Path, *layout: object) -> str:
     """What a saved KV state depends on: the weights, the llama.cpp build, and the cache
     ``layout`` (pooled or not; flash attention stores V untransposed; the element types; the
     number of streams).

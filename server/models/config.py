@@ -138,11 +138,12 @@ class ModelConfig(BaseModel):
     )
     flash_attn: Literal["auto", "on", "off"] | None = Field(
         None,
-        description="llama.cpp flash attention. Unset: `off` on the CPU (decoding was faster "
-        "there from 1,000 tokens of context, by 1.7-2.7x, on the CPU measured), `auto` with "
-        "GPU layers. Whether a reused prefix gives bit for bit the output of recomputing it "
-        "depends on this, the cache types and the CPU (docs/development.md, 'What holds on "
-        "which CPU').",
+        description="llama.cpp flash attention. Unset: on the CPU, the faster of `off` and "
+        "`on` as measured at load on this CPU at 1 and `slots` sequences after a short and a "
+        "long prompt (remembered in `layout_memory`, shown by `hearth doctor` and /status); "
+        "`auto` with GPU layers. Whether a reused prefix gives bit for bit the output of "
+        "recomputing it depends on this, the cache types and the CPU (docs/development.md, "
+        "'What holds on which CPU').",
     )
     cache_type_k: CacheType = Field(
         "f16",
@@ -224,7 +225,7 @@ class ModelConfig(BaseModel):
             raise ValueError(
                 f"model '{self.name}': set exactly one of `path`, `package`, `source` or `upstream`"
             )
-        if self.cache_type_v not in ("f32", "f16", "bf16") and self.effective_flash_attn != "on":
+        if self.cache_type_v not in ("f32", "f16", "bf16") and self.flash_attn != "on":
             raise ValueError(
                 f"model '{self.name}': cache_type_v = \"{self.cache_type_v}\" needs "
                 'flash_attn = "on" (llama.cpp stores quantized values only there)'
@@ -238,15 +239,6 @@ class ModelConfig(BaseModel):
     @property
     def names(self) -> list[str]:
         return [self.name, *self.aliases]
-
-    @property
-    def effective_flash_attn(self) -> Literal["auto", "on", "off"]:
-        """Flash attention as configured, else per backend: measured on the CPU (SmolLM2, two
-        threads; bench/RESULTS.md), its kernel was slower at every context from 1,000 tokens
-        and under contention, and only faster on tiny contexts."""
-        if self.flash_attn is not None:
-            return self.flash_attn
-        return "auto" if self.n_gpu_layers != 0 else "off"
 
     def effective_threads(self) -> int:
         return self.threads or os.cpu_count() or 1

@@ -17,6 +17,23 @@ class ModelStatus(BaseModel):
     prompt_tokens: int = Field(0, description="Prompt tokens read since the server started.")
     cached_tokens: int = Field(0, description="Of those, tokens whose KV was reused.")
     completion_tokens: int = Field(0, description="Tokens generated since the server started.")
+    flash_attn: str | None = Field(
+        None, description="The flash attention the loaded model runs with (on, off or auto)."
+    )
+    flash_attn_source: str | None = Field(
+        None,
+        description="Why: configured; gpu (llama.cpp decides per device); measured (at this "
+        "load, on this CPU); remembered (measured earlier on this CPU); unmeasured (no "
+        "candidate could be timed).",
+    )
+    layout_rates: dict[str, dict[str, float]] | None = Field(
+        None,
+        description="Decode tokens/s measured per flash attention candidate and shape "
+        "(sequences x context), when measured.",
+    )
+    speculation: bool | None = Field(
+        None, description="Whether prompt-lookup speculation is on for the loaded model."
+    )
 
 
 class KeyUsage(BaseModel):

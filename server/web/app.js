@@ -357,6 +357,13 @@ async function refreshStatus() {
     }
     cell(row, rate);
     cell(row, String(model.completion_tokens));
+    cell(row, model.flash_attn ? `${model.flash_attn} (${model.flash_attn_source})` : "–");
+    if (model.layout_rates) {
+      // The measurement behind the choice, as a tooltip: tokens/s per candidate and shape.
+      row.lastChild.title = Object.entries(model.layout_rates)
+        .map(([mode, rates]) => `${mode}: ` + Object.entries(rates).map(([shape, rate]) => `${shape} ${Math.round(rate)}`).join(", "))
+        .join("\n");
+    }
     body.append(row);
   }
   state.lastTotals = { at: now, totals };

@@ -56,6 +56,11 @@ def test_status_reports_each_model_and_what_it_did(client: TestClient) -> None:
     assert smollm2["loaded"] is True and smollm2["slots"] == 8
     assert smollm2["completion_tokens"] == old["smollm2"]["completion_tokens"] + generated
     assert smollm2["prefix_cache_hits"] + smollm2["prefix_cache_misses"] >= 1
+    # Loading chose its flash attention by timing both on this CPU (or remembered doing so).
+    assert smollm2["flash_attn"] in ("on", "off")
+    assert smollm2["flash_attn_source"] in ("measured", "remembered")
+    assert set(smollm2["layout_rates"]) == {"off", "on"}
+    assert smollm2["speculation"] is False or smollm2["flash_attn"] == "on"
     assert models["gemma3-270m"]["slots"] == 0 or models["gemma3-270m"]["loaded"]
     assert status["keys"] is None
     assert status["uptime_seconds"] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.engine.backend import BatchEntry
-from server.engine.llama import LlamaBackend, _model_identity
+from server.engine.llama import LlamaBackend, model_identity
 from tests.conftest import model_file
 
 
@@ -18,13 +18,13 @@ def test_files_alike_in_size_and_first_mebibyte_have_different_identities(
     first.write_bytes(head + bytes(range(256)) * 40_000)
     second.write_bytes(head + bytes(reversed(range(256))) * 40_000)
     assert first.stat().st_size == second.stat().st_size
-    assert _model_identity(first, False) != _model_identity(second, False)
-    assert _model_identity(first, False) == _model_identity(first, False)
-    assert _model_identity(first, False) != _model_identity(first, True)
-    assert _model_identity(first, False, "off") != _model_identity(first, False, "on")
+    assert model_identity(first, False) != model_identity(second, False)
+    assert model_identity(first, False) == model_identity(first, False)
+    assert model_identity(first, False) != model_identity(first, True)
+    assert model_identity(first, False, "off") != model_identity(first, False, "on")
     # The cache's element types change the bytes of a saved state.
-    off_f16 = _model_identity(first, False, "off", "f16", "f16")
-    assert off_f16 != _model_identity(first, False, "off", "q8_0", "f16")
+    off_f16 = model_identity(first, False, "off", "f16", "f16")
+    assert off_f16 != model_identity(first, False, "off", "q8_0", "f16")
 
 
 def test_a_state_restores_where_the_identity_matches_and_the_identity_tells_where_not() -> None:

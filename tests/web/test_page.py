@@ -160,6 +160,10 @@ def test_the_status_view_shows_the_model_and_follows_its_work(
     # It polls every two seconds.
     expect(row.locator("td").nth(6)).to_have_text(str(before + generated), timeout=10_000)
     expect(row.locator("td").nth(4)).to_have_text(re.compile(r"\d+% of \d+"))
+    # The flash attention loading chose by measuring on this CPU (or remembered doing so).
+    expect(row.locator("td").nth(7)).to_have_text(
+        re.compile(r"^(on|off) \((measured|remembered)\)$")
+    )
     expect(page.locator("#keys-usage")).to_be_hidden()
     screenshot(page, "web-status")
     assert watched.errors == []
