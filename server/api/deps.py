@@ -18,7 +18,13 @@ def get_state(request: Request) -> AppState:
     return state
 
 
-State = Annotated[AppState, Depends(get_state)]
+async def _state(request: Request) -> AppState:
+    # A coroutine, so FastAPI calls it on the event loop: a plain function dependency is run
+    # in its thread pool, two thread hops per request for reading an attribute.
+    return get_state(request)
+
+
+State = Annotated[AppState, Depends(_state)]
 
 
 def context_of(request: Request) -> RequestContext:
@@ -27,7 +33,11 @@ def context_of(request: Request) -> RequestContext:
     return context
 
 
-Context = Annotated[RequestContext, Depends(context_of)]
+async def _context(request: Request) -> RequestContext:
+    return context_of(request)  # a coroutine for the same reason as _state
+
+
+Context = Annotated[RequestContext, Depends(_context)]
 
 
 def caller_of(context: RequestContext, state: AppState, user: str | None) -> Caller:

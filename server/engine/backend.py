@@ -26,6 +26,8 @@ class Backend(Protocol):
     n_ctx: int
     n_slots: int
     n_batch: int
+    # Prompt tokens computed even when all are cached (server/engine/slots.py, MIN_RECOMPUTED).
+    min_recomputed: int
 
     def begin(self, slot: int, sampling: SamplingParams) -> None: ...
     def end(self, slot: int) -> None: ...

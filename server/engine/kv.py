@@ -37,7 +37,7 @@ from typing import Literal
 
 from server.engine.backend import Backend
 from server.engine.prefix import scope_length, scoped
-from server.engine.slots import MIN_COPY_GAIN, MIN_RECOMPUTED, SlotTable
+from server.engine.slots import MIN_COPY_GAIN, SlotTable
 from server.engine.state_cache import StateCache
 from server.engine.types import SamplingParams
 
@@ -120,7 +120,7 @@ class KvManager:
     def __init__(self, backend: Backend, cache: StateCache | None) -> None:
         self._backend = backend
         self.cache = cache
-        self._table = SlotTable(backend.n_slots)
+        self._table = SlotTable(backend.n_slots, backend.min_recomputed)
         self._free = list(range(backend.n_slots))
         self._ops: list[KvOp] = []
         self.counters: Counter[str] = Counter(dict.fromkeys(KV_COUNTERS, 0))
@@ -268,7 +268,7 @@ class KvManager:
         if self.cache is None:
             return None
         depth, entry = self.cache.longest_match(scoped(scope, prompt))
-        usable = min(depth - scope_length(scope), len(prompt) - MIN_RECOMPUTED)
+        usable = min(depth - scope_length(scope), len(prompt) - self._table.min_recomputed)
         if entry is None or usable < better_than + MIN_COPY_GAIN:
             return None
         # A server sharing the state folder may run a longer context: its longer states

@@ -21,6 +21,7 @@ import numpy as np
 from server.engine.backend import BatchEntry
 from server.engine.embedder import LlamaEmbedder
 from server.engine.sampler import Samplers
+from server.engine.slots import MIN_RECOMPUTED
 from server.engine.tokenizer import SpecialToken, Tokenizer
 from server.engine.types import Grammar, SamplingParams, TopLogprob
 from server.errors import ModelUnavailableError
@@ -196,6 +197,9 @@ class LlamaBackend:
         self.n_ctx: int = llama_cpp.llama_n_ctx(self._ctx) // n_slots
         self.n_slots = n_slots
         self.n_batch = n_batch
+        # Only without flash attention does recomputing a second cached token keep a reused
+        # prompt's logits exact (server/engine/slots.py).
+        self.min_recomputed = MIN_RECOMPUTED if flash_attn == "off" else 1
         self.n_vocab: int = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self.n_embd: int = llama_cpp.llama_model_n_embd(self._model)
         # The KV cache's size: every layer keeps a key and a value vector per cell.

@@ -39,7 +39,7 @@ from server.engine.kv import KvManager
 from server.engine.lookup import DraftPolicy, LookupSettings, NgramIndex
 from server.engine.prefix import common_prefix_length
 from server.engine.queue import FairQueue
-from server.engine.slots import MIN_COPY_GAIN, MIN_RECOMPUTED
+from server.engine.slots import MIN_COPY_GAIN
 from server.engine.state_cache import StateCache
 from server.engine.text_stream import TextStream, TokenTexts
 from server.engine.types import (
@@ -428,7 +428,7 @@ class Scheduler:
             if other.state is JobState.PREFILLING:
                 shared = min(
                     common_prefix_length(prompt, other.request.prompt_tokens),
-                    len(prompt) - MIN_RECOMPUTED,
+                    len(prompt) - self._backend.min_recomputed,
                 )
                 if shared >= MIN_COPY_GAIN and shared > other.prefilled:
                     return other

@@ -15,11 +15,15 @@ from server.engine.prefix import PrefixTree, scope_length, scoped
 
 # A copy moves a whole KV stream; below this many extra tokens, recomputing is as cheap.
 MIN_COPY_GAIN = 32
-# Prompt tokens always computed, even when all are cached: the last one's logits are needed,
-# and llama.cpp computes attention for a lone query with another kernel than for several,
-# whose rounding differs (0.84 in a logit, measured): with two, a reused prompt prefix gave
-# the same logits as reading the whole prompt at once (exactly, with flash attention off, on
-# the CPUs measured; a reused answer's tokens, decoded one at a time, only close ones).
+# Prompt tokens always computed, even when all are cached: the last one's logits are needed.
+# With flash attention off, llama.cpp computes attention for a lone query with another kernel
+# than for several, whose rounding differs (0.84 in a logit, measured): with two, a reused
+# prompt prefix gave the same logits as reading the whole prompt at once (exactly, on the CPUs
+# measured; a reused answer's tokens, decoded one at a time, only close ones). With it on, two
+# matched no better than one (AMD EPYC, AVX-512: both exact on short prompts, both ~0.5 off
+# past 70 tokens), so there the second token would be a prefill step bought for nothing: a
+# quarter of a fully cached 1-token request's time. The backend says which
+# (``min_recomputed``).
 MIN_RECOMPUTED = 2
 
 
@@ -35,7 +39,8 @@ class SlotTable:
     :func:`server.engine.prefix.scoped`: a slot is only reused or copied for a prompt of the
     same scope). Owned by the KV manager, on the engine thread."""
 
-    def __init__(self, n_slots: int) -> None:
+    def __init__(self, n_slots: int, min_recomputed: int = MIN_RECOMPUTED) -> None:
+        self.min_recomputed = min_recomputed
         self._tokens: list[list[int]] = [[] for _ in range(n_slots)]
         self._scopes = [""] * n_slots
         self._saved = [True] * n_slots  # is what the slot holds already in the state cache?
@@ -58,7 +63,7 @@ class SlotTable:
     ) -> Assignment:
         """Pick a slot for ``prompt``. ``valid_length(slot)`` is how many of a slot's indexed
         tokens have their KV computed now (a busy slot may still be reading its prompt)."""
-        limit = len(prompt) - MIN_RECOMPUTED
+        limit = len(prompt) - self.min_recomputed
         key, offset = scoped(scope, prompt), scope_length(scope)
         free = set(free_slots)
         depth, slot = self._index.longest_match(key, accept=lambda s: s in free)

@@ -23,6 +23,9 @@ from server.services.prep import PrepExecutor
 from server.services.sampling import completion_budget, logit_bias_pairs, sampling_params
 from server.services.spec import GenerationSpec, Prompt
 
+# A prompt this short is tokenized on the event loop, not on a preparation thread.
+INLINE_PROMPT_CHARS = 4096
+
 
 @dataclass
 class _Prompt:
@@ -55,8 +58,9 @@ class CompletionService:
         self, spec: GenerationSpec, caller: Caller, lease: Lease, handle: ModelHandle
     ) -> Run:
         assert spec.prompt is not None
-        prompts = await self._prep.run(
-            _tokenize_prompts, handle, spec.prompt, markup=spec.parse_special
+        small = isinstance(spec.prompt, str) and len(spec.prompt) <= INLINE_PROMPT_CHARS
+        prompts = await self._prep.run_unless_small(
+            small, _tokenize_prompts, handle, spec.prompt, markup=spec.parse_special
         )
         default = handle.config.defaults.max_tokens or spec.fallback_max_tokens
         sampling = replace(

@@ -177,9 +177,14 @@ def test_an_overwritten_slot_is_restored_from_the_ram_state_cache() -> None:
         scheduler = client.app.state.hearth.registry.loaded_handle("smollm2").engine  # type: ignore[attr-defined]
         assert scheduler.stats().cache["restores"] == 1
         assert (scheduler.stats().states or {})["ram_bytes"] > 0
+        # All but the last token is reused (with flash attention on, as here: one token).
+        recomputed = client.app.state.hearth.registry.loaded_handle(
+            "smollm2"
+        ).backend.min_recomputed  # type: ignore[attr-defined]
+    assert recomputed == 1
     assert (
         again["usage"]["prompt_tokens_details"]["cached_tokens"]
-        == again["usage"]["prompt_tokens"] - 2
+        == again["usage"]["prompt_tokens"] - recomputed
     )
     assert_completions_match(batches_are_exact(settings), again, original)
 

@@ -10,6 +10,7 @@ from typing import Any
 from server.engine.backend import Backend, BatchEntry
 from server.engine.jobs import Job, SchedulerStats
 from server.engine.scheduler import Scheduler
+from server.engine.slots import MIN_RECOMPUTED
 from server.engine.types import GenerationRequest, SamplingParams, TokenEvent, TopLogprob
 
 EOG = 999
@@ -24,6 +25,7 @@ class FakeBackend:
         self.n_slots = n_slots
         self.n_ctx = n_ctx
         self.n_batch = n_batch
+        self.min_recomputed = MIN_RECOMPUTED
         self.eog_after = eog_after
         self.batches: list[list[BatchEntry]] = []
         self.generated: dict[int, int] = {}

@@ -55,3 +55,18 @@ def test_errors_in_the_work_reach_the_caller() -> None:
         prep.close()
 
     asyncio.run(scenario())
+
+
+def test_small_work_runs_on_the_event_loop_and_the_rest_on_a_preparation_thread() -> None:
+    async def scenario() -> tuple[str, str]:
+        prep = PrepExecutor(threads=1, max_waiting=1)
+        try:
+            small = await prep.run_unless_small(True, lambda: threading.current_thread().name)
+            large = await prep.run_unless_small(False, lambda: threading.current_thread().name)
+            return small, large
+        finally:
+            prep.close()
+
+    small, large = asyncio.run(scenario())
+    assert small == threading.current_thread().name  # asyncio.run's loop runs on this thread
+    assert large.startswith("prep")
