@@ -9,6 +9,12 @@
 # enable, so the first matrix product dies with SIGILL. AMX is therefore left out; it only
 # speeds up large int8/bf16 batches on Sapphire Rapids and later.
 #
+# OpenMP is left out too (GGML_OPENMP=OFF): each decode then computes on threads of ggml's
+# own. With OpenMP, libgomp keeps worker threads for every thread that ever decoded (the thread
+# that loaded a model, the engine thread, the embedding worker, a second model's engine); once
+# they outnumber the cores it stops spinning at barriers and sleeps, and every decode took
+# 1.4-2x as long (issue 28; docs/engine.md, "Building llama.cpp").
+#
 # Usage: scripts/llama_wheel.sh PYTHON VERSION   (HEARTH_LLAMA_CMAKE_ARGS adds CMake options)
 set -euo pipefail
 PYTHON=$1
@@ -17,7 +23,7 @@ FLAGS=""
 if [ "$(uname -m)" = "x86_64" ]; then
   FLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 fi
-export CMAKE_ARGS="${HEARTH_LLAMA_CMAKE_ARGS:-} -DCMAKE_C_FLAGS='$FLAGS' -DCMAKE_CXX_FLAGS='$FLAGS'"
+export CMAKE_ARGS="${HEARTH_LLAMA_CMAKE_ARGS:-} -DGGML_OPENMP=OFF -DCMAKE_C_FLAGS='$FLAGS' -DCMAKE_CXX_FLAGS='$FLAGS'"
 KEY=$(printf '%s|%s|%s' "$VERSION" "$CMAKE_ARGS" "$(uname -m)" | sha256sum | cut -c1-16)
 DEST=${HEARTH_WHEEL_CACHE:-$HOME/.cache/hearth/wheels}/llama-cpp-python-$VERSION-$KEY
 if ! ls "$DEST"/llama_cpp_python-"$VERSION"-*.whl > /dev/null 2>&1; then

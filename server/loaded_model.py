@@ -15,7 +15,7 @@ from pathlib import Path
 from server.embedding_worker import EmbeddingWorker
 from server.engine.embedder import LlamaEmbedder
 from server.engine.exactness import batch_rows_match_single
-from server.engine.llama import LlamaBackend, model_identity
+from server.engine.llama import LlamaBackend, model_identity, system_info
 from server.engine.lookup import LookupSettings
 from server.engine.loop import EngineLoop
 from server.engine.state_cache import StateCache
@@ -293,6 +293,7 @@ def choose_layout(
         path,
         f"flash-attn-choice-v{VERSION}",
         cpu_signature(),
+        system_info(),  # the build's own flags (OpenMP or not, the kernels compiled in)
         config.effective_threads(),
         config.slots,
         config.prefill_chunk,

@@ -17,17 +17,18 @@ from tests.conftest import model_file
     ("flash_attn", "cache_type", "exact"),
     [
         # Without flash attention the scores of several rows and of one row are multiplied
-        # by different kernels past a few dozen cells (logits up to about 1 apart); with it,
-        # an f16 cache takes another path for several rows too. Only a q8_0 cache with flash
-        # attention treats every row alike.
+        # by different kernels past a few dozen cells (logits up to about 1 apart). With it,
+        # a q8_0 cache treats every row alike. An f16 cache took another path for several
+        # rows with llama.cpp's OpenMP threads, and was exact with its own threadpool (AMD
+        # EPYC, AVX-512): that one depends on the build, so only its answer is checked.
         ("off", "f16", False),
         ("off", "q8_0", False),
-        ("on", "f16", False),
+        ("on", "f16", None),
         ("on", "q8_0", True),
     ],
 )
 def test_the_probe_tells_exact_cache_layouts_from_inexact(
-    flash_attn: str, cache_type: str, exact: bool
+    flash_attn: str, cache_type: str, exact: bool | None
 ) -> None:
     backend = LlamaBackend(
         model_file("smollm2"),
@@ -39,7 +40,8 @@ def test_the_probe_tells_exact_cache_layouts_from_inexact(
         cache_type_v=cache_type if flash_attn == "on" else "f16",
     )
     try:
-        assert exactness.batch_rows_match_single(backend) is exact
+        answer = exactness.batch_rows_match_single(backend)
+        assert answer is exact if exact is not None else isinstance(answer, bool)
         # The probe leaves no cells behind.
         assert backend.truncate(0, 0) and backend.truncate(1, 0)
     finally:

@@ -14,7 +14,7 @@ import pytest
 
 from server.doctor import doctor
 from server.engine import tuning
-from server.engine.llama import LlamaBackend
+from server.engine.llama import LlamaBackend, system_info
 from server.engine.tuning import (
     LayoutChoice,
     LayoutMemory,
@@ -155,3 +155,12 @@ def test_doctor_shows_the_cpu_and_each_models_choice(tmp_path: Path) -> None:
     lines.clear()
     assert doctor(settings, ["smollm2"], remeasure=True, out=lines.append) == 0
     assert "(measured; off: 1x64 " in "\n".join(lines)
+
+
+def test_llama_cpp_computes_on_ggml_threadpools_not_openmp() -> None:
+    """With OpenMP, a decode after another thread had decoded took up to twice as long
+    (libgomp sleeps at barriers once its threads outnumber the cores): the loading thread's
+    checks made every later step of the engine thread slow (scripts/llama_wheel.sh)."""
+    info = system_info()
+    assert "CPU :" in info
+    assert "OPENMP = 1" not in info
