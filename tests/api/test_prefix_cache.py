@@ -174,13 +174,12 @@ def test_an_overwritten_slot_is_restored_from_the_ram_state_cache() -> None:
         original = post(client, "/v1/completions", first)
         post(client, "/v1/completions", other)  # takes the only slot: "rivers" is saved first
         again = post(client, "/v1/completions", first)
-        scheduler = client.app.state.hearth.registry.loaded_handle("smollm2").engine  # type: ignore[attr-defined]
+        handle = client.app.state.hearth.registry.loaded_handle("smollm2")  # type: ignore[attr-defined]
+        scheduler = handle.engine
         assert scheduler.stats().cache["restores"] == 1
         assert (scheduler.stats().states or {})["ram_bytes"] > 0
         # All but the last token is reused (with flash attention on, as here: one token).
-        recomputed = client.app.state.hearth.registry.loaded_handle(
-            "smollm2"
-        ).backend.min_recomputed  # type: ignore[attr-defined]
+        recomputed = handle.backend.min_recomputed
     assert recomputed == 1
     assert (
         again["usage"]["prompt_tokens_details"]["cached_tokens"]
