@@ -142,3 +142,23 @@ def test_hearth_serve_a_gguf_file_then_chat_with_it(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.communicate(timeout=60)
+
+
+def test_doctor_reports_each_model_and_fails_for_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HEARTH_LAYOUT_MEMORY", str(tmp_path / "layouts.json"))
+    config = tmp_path / "models.toml"
+    config.write_text(
+        f'[[models]]\nname = "small"\npath = "{model_file("smollm2")}"\nn_ctx = 256\n'
+        'slots = 2\nthreads = 2\nflash_attn = "off"\n'
+        '[[models]]\nname = "far"\nupstream = "http://h:1/v1"\n'
+        '[[models]]\nname = "gone"\npath = "/nonexistent/model.gguf"\n'
+    )
+    assert main(["doctor", "--config", str(config)]) == 1  # one model's file is missing
+    out = capsys.readouterr().out
+    assert out.startswith("CPU: ") and "\nllama.cpp: CPU : " in out
+    assert "small: " in out and "flash attention off (configured)" in out
+    assert "prompt-lookup speculation: off" in out
+    assert "far: remote" in out and "gone: " in out and "missing" in out
+    assert main(["doctor", "--config", str(config), "small"]) == 0
