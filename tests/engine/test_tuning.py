@@ -157,7 +157,7 @@ def test_doctor_shows_the_cpu_and_each_models_choice(tmp_path: Path) -> None:
     assert "(measured; off: 1x64 " in "\n".join(lines)
 
 
-def test_llama_cpp_computes_on_ggml_threadpools_not_openmp() -> None:
+def test_llama_cpp_is_built_without_openmp() -> None:
     """With OpenMP, a decode after another thread had decoded took up to twice as long
     (libgomp sleeps at barriers once its threads outnumber the cores): the loading thread's
     checks made every later step of the engine thread slow (scripts/llama_wheel.sh)."""
