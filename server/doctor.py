@@ -16,7 +16,7 @@ from server.engine.exactness import batch_rows_match_single
 from server.engine.llama import system_info
 from server.engine.tuning import cpu_signature
 from server.errors import HearthError
-from server.loaded_model import choose_layout, open_backend
+from server.loaded_model import choose_layout, open_backend, speculation_on
 from server.models.gguf import GGUFError, read_metadata
 from server.registry import ModelRegistry
 from server.settings import Settings
@@ -69,16 +69,12 @@ def doctor(
         try:
             if layout.flash_attn == "off":
                 exact = "not checked (flash attention off: never exact on the CPUs measured)"
-            else:
+            else:  # kept per model identity: speculation_on asks again for nothing
                 exact = "yes" if batch_rows_match_single(backend) else "no"
-            can_speculate = backend.can_drop_tail
+            speculation = "on" if speculation_on(config, layout, backend) else "off"
         finally:
             backend.close()
         out(f"  batches decode exactly as single tokens: {exact}")
-        configured = config.speculative.enabled
-        if configured is not None:
-            speculation = ("on" if configured and can_speculate else "off") + " (configured)"
-        else:
-            speculation = "on" if exact == "yes" and can_speculate else "off"
-        out(f"  prompt-lookup speculation: {speculation}")
+        configured = " (configured)" if config.speculative.enabled is not None else ""
+        out(f"  prompt-lookup speculation: {speculation}{configured}")
     return status

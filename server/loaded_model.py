@@ -226,13 +226,7 @@ def load_model(config: ModelConfig, path: Path, settings: Settings) -> ModelHand
             disk_bytes=settings.kv_cache_disk_bytes,
             scan_interval=settings.kv_cache_scan_interval,
         )
-    speculate = config.speculative.enabled
-    if speculate is None:
-        # Only where it keeps outputs exact, checked on this very context. With flash
-        # attention off no CPU layout measured was (tests/engine/test_exact_batches.py),
-        # so the check, a 300-token prefill, is spared there.
-        speculate = layout.flash_attn != "off" and batch_rows_match_single(backend)
-    speculate = speculate and backend.can_drop_tail
+    speculate = speculation_on(config, layout, backend)
     engine = EngineLoop(
         backend,
         state_cache=state_cache,
@@ -275,6 +269,17 @@ def load_model(config: ModelConfig, path: Path, settings: Settings) -> ModelHand
         layout=layout,
         speculation=speculate,
     )
+
+
+def speculation_on(config: ModelConfig, layout: LayoutChoice, backend: LlamaBackend) -> bool:
+    """Whether prompt-lookup speculation runs: as configured, else only where it keeps
+    outputs exact, checked on this very context (call it before serving). With flash
+    attention off no CPU layout measured was (tests/engine/test_exact_batches.py), so the
+    check, a 300-token prefill, is spared there. Never where the cache cannot be cut."""
+    speculate = config.speculative.enabled
+    if speculate is None:
+        speculate = layout.flash_attn != "off" and batch_rows_match_single(backend)
+    return speculate and backend.can_drop_tail
 
 
 def choose_layout(
